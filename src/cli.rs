@@ -1,0 +1,91 @@
+//! Command-line arguments (clap derive). Each subcommand turns its raw arguments into validated
+//! settings in `cmd/` before any work starts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::FimOrder;
+
+#[derive(Debug, Parser)]
+#[command(name = "infill", version, about = "Code completion in the terminal with a local fill-in-the-middle model")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the text the model proposes to insert at a position of a file.
+    Complete(CompleteArgs),
+}
+
+/// Which model to run, shared by every subcommand that runs one.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A model directory in Hugging Face layout, or a hub repo id (e.g. Qwen/Qwen2.5-Coder-0.5B).
+    /// Without it the default model built into infill is used.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+    /// Precision of the weights in memory.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// How tokens are chosen and when generation stops.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// 0 is greedy (the most probable token every time).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample only among the K most probable tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample only among the most probable tokens whose probabilities add up to P.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many generated tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Stop after this many milliseconds (prompt included).
+    #[arg(long, value_name = "MS")]
+    pub time_budget_ms: Option<u64>,
+    /// Prompt plus completion stay within this many tokens (default: the model's context).
+    #[arg(long, value_name = "TOKENS")]
+    pub context: Option<usize>,
+    /// Order of prefix and suffix in the prompt.
+    #[arg(long, value_enum, default_value_t = FimOrder::Psm)]
+    pub fim_order: FimOrder,
+    /// Alternatives recorded per generated token (--json).
+    #[arg(long, default_value_t = 5)]
+    pub top_alternatives: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The file to complete in.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// 1-based line of the cursor.
+    #[arg(long)]
+    pub line: usize,
+    /// 1-based column of the cursor, in characters.
+    #[arg(long)]
+    pub column: usize,
+    /// Print the completion, every token with its probability, and timings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}

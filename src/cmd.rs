@@ -1,0 +1,61 @@
+//! Subcommands: each validates its arguments into settings, then runs.
+
+pub mod complete;
+
+use anyhow::Context;
+
+use crate::cli::{ModelArgs, Precision, SamplingArgs};
+use crate::complete::Settings;
+use crate::model::generate::{Limits, Sampling};
+use crate::model::{LoadOptions, Model, ModelSource};
+
+/// Loads the model `args` names. Hub downloads are allowed unless `HF_HUB_OFFLINE` is set.
+pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
+    let source = ModelSource::parse(args.model.as_deref())?;
+    let online = std::env::var("HF_HUB_OFFLINE").map_or(true, |v| v.is_empty() || v == "0");
+    let dtype = match args.dtype {
+        Precision::F32 => candle_core::DType::F32,
+        Precision::F16 => candle_core::DType::F16,
+        Precision::Bf16 => candle_core::DType::BF16,
+    };
+    let opts = LoadOptions { dtype, ..LoadOptions::default() };
+    Ok(Model::open(&source, online, &opts)?)
+}
+
+/// Checks sampling arguments and turns them into pipeline settings.
+pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        anyhow::bail!("--temperature must be 0 or more (got {})", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        anyhow::bail!("--top-p must be in (0, 1] (got {})", args.top_p);
+    }
+    if args.max_tokens == 0 {
+        anyhow::bail!("--max-tokens must be at least 1");
+    }
+    Ok(Settings {
+        sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        limits: Limits {
+            max_tokens: args.max_tokens,
+            time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
+            top_alternatives: args.top_alternatives,
+        },
+        order: args.fim_order,
+        context_tokens: args.context,
+    })
+}
+
+/// Reads a source file as UTF-8 text, refusing binary files with a message that says so.
+pub fn read_source(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.contains(&0) {
+        anyhow::bail!("{}: looks like a binary file (it contains NUL bytes); infill completes text files", path.display());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not valid UTF-8 (first bad byte at offset {}); convert the file to UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}

@@ -1,0 +1,185 @@
+//! The completion pipeline: (document, cursor) -> FIM prompt -> generation -> completion.
+//!
+//! Every caller (the `complete` command, the editor's worker, the evaluation) goes through
+//! [`complete`], so what `infill eval` measures is what a person sees. The prompt keeps the text
+//! nearest the cursor: about three quarters of the window for the prefix and one quarter for the
+//! suffix, a side that needs less lends the rest to the other, and cuts fall on line boundaries.
+
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use crate::model::generate::{self, Flow, GeneratedToken, Generation, Limits, Sampling};
+use crate::model::tokenizer::{FimOrder, TokenizerError};
+use crate::model::{Model, Tokenizer};
+use crate::text::Cursor;
+
+/// How a completion is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub sampling: Sampling,
+    pub limits: Limits,
+    pub order: FimOrder,
+    /// Prompt plus generation never exceeds this many tokens (capped by the model's context).
+    pub context_tokens: Option<usize>,
+}
+
+/// The prompt sent to the model and how much of the document it kept.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prompt {
+    #[serde(skip)]
+    pub ids: Vec<u32>,
+    pub prefix_tokens: usize,
+    pub suffix_tokens: usize,
+    /// Bytes of the document before the cursor left out of the prompt (whole lines from the top).
+    pub prefix_dropped_bytes: usize,
+    /// Bytes after the cursor left out (whole lines from the bottom).
+    pub suffix_dropped_bytes: usize,
+}
+
+/// A finished completion.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    pub text: String,
+    pub generation: Generation,
+    pub prompt: Prompt,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    #[error("the context window of {window} tokens leaves no room for a prompt after {max_tokens} new tokens; lower --max-tokens")]
+    NoRoom { window: usize, max_tokens: usize },
+    #[error("tokenizing the document failed: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    #[error("the model failed: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+/// Builds the FIM prompt for `prefix` and `suffix` within `budget` content tokens.
+pub fn build_prompt(
+    tokenizer: &Tokenizer,
+    prefix: &str,
+    suffix: &str,
+    budget: usize,
+    order: FimOrder,
+) -> Result<Prompt, TokenizerError> {
+    let (p_ids, p_offsets) = tokenizer.encode_with_offsets(prefix)?;
+    let (s_ids, s_offsets) = tokenizer.encode_with_offsets(suffix)?;
+    let suffix_share = budget / 4;
+    let prefix_budget = (budget - suffix_share.min(s_ids.len())).min(budget);
+    let (p_ids, p_start) = keep_tail(tokenizer, prefix, p_ids, &p_offsets, prefix_budget)?;
+    let suffix_budget = budget - p_ids.len();
+    let (s_ids, s_end) = keep_head(tokenizer, suffix, s_ids, &s_offsets, suffix_budget)?;
+    Ok(Prompt {
+        ids: tokenizer.fim_prompt(&p_ids, &s_ids, order),
+        prefix_tokens: p_ids.len(),
+        suffix_tokens: s_ids.len(),
+        prefix_dropped_bytes: p_start,
+        suffix_dropped_bytes: suffix.len() - s_end,
+    })
+}
+
+/// Keeps at most `budget` tokens from the end of `text`, starting at a line start when there is one.
+/// Returns the tokens and the byte where the kept text starts.
+fn keep_tail(
+    tokenizer: &Tokenizer,
+    text: &str,
+    mut ids: Vec<u32>,
+    offsets: &[usize],
+    budget: usize,
+) -> Result<(Vec<u32>, usize), TokenizerError> {
+    let mut start = 0;
+    let mut first_token = ids.len().saturating_sub(budget);
+    while ids.len() > budget {
+        let cut = offsets.get(first_token).copied().unwrap_or(text.len()).max(start);
+        // The next line start at or after the token cut; inside one giant line, the token cut itself.
+        let line_start = text.get(cut..).and_then(|rest| rest.find('\n')).map(|i| cut + i + 1);
+        start = match line_start {
+            Some(s) if s < text.len() => s,
+            _ => ceil_char_boundary(text, cut),
+        };
+        ids = tokenizer.encode(text.get(start..).unwrap_or_default())?;
+        first_token += 1;
+        if ids.len() > budget && line_start.is_none() {
+            // Re-encoding a mid-line cut can still be long by a token or two: cut by tokens.
+            ids.drain(..ids.len() - budget);
+        }
+    }
+    Ok((ids, start))
+}
+
+/// Keeps at most `budget` tokens from the start of `text`, ending at a line end when there is one.
+/// Returns the tokens and the byte where the kept text ends.
+fn keep_head(
+    tokenizer: &Tokenizer,
+    text: &str,
+    mut ids: Vec<u32>,
+    offsets: &[usize],
+    budget: usize,
+) -> Result<(Vec<u32>, usize), TokenizerError> {
+    let mut end = text.len();
+    let mut limit = budget;
+    while ids.len() > budget {
+        let cut = offsets.get(limit).copied().unwrap_or(text.len()).min(end);
+        let line_end = text.get(..cut).and_then(|head| head.rfind('\n')).map(|i| i + 1);
+        end = match line_end {
+            Some(e) if e > 0 => e,
+            _ => floor_char_boundary(text, cut),
+        };
+        ids = tokenizer.encode(text.get(..end).unwrap_or_default())?;
+        limit = limit.saturating_sub(1);
+        if ids.len() > budget && line_end.is_none() {
+            ids.truncate(budget);
+        }
+    }
+    Ok((ids, end))
+}
+
+fn ceil_char_boundary(text: &str, mut i: usize) -> usize {
+    while i < text.len() && !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i.min(text.len())
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    i = i.min(text.len());
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Completes `text` at `cursor`. `on_token` sees each token and the text so far; returning
+/// [`Flow::Stop`] ends generation early.
+pub fn complete(
+    model: &mut Model,
+    text: &str,
+    cursor: Cursor,
+    settings: &Settings,
+    cancel: Option<&AtomicBool>,
+    on_token: impl FnMut(&GeneratedToken, &str) -> Flow,
+) -> Result<Completion, CompleteError> {
+    let (prefix, suffix) = cursor.split(text);
+    let window = settings
+        .context_tokens
+        .unwrap_or(usize::MAX)
+        .min(model.network.context_length());
+    let overhead = model.tokenizer.fim().lead.len() + 3;
+    let max_tokens = settings.limits.max_tokens;
+    let budget = window
+        .checked_sub(max_tokens + overhead)
+        .filter(|&b| b > 0)
+        .ok_or(CompleteError::NoRoom { window, max_tokens })?;
+    let prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, settings.order)?;
+    let generation = generate::generate(
+        &mut model.network,
+        &model.tokenizer,
+        &prompt.ids,
+        &settings.sampling,
+        &settings.limits,
+        cancel,
+        on_token,
+    )?;
+    Ok(Completion { text: generation.text.clone(), generation, prompt })
+}

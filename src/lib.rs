@@ -1,0 +1,10 @@
+//! infill: code completion in the terminal with a local fill-in-the-middle model.
+//!
+//! `text` (positions) knows nothing of models or terminals; `model` runs networks in Candle;
+//! `complete` is the one pipeline every caller uses; `cli` and `cmd` are the command-line front end.
+
+pub mod cli;
+pub mod cmd;
+pub mod complete;
+pub mod model;
+pub mod text;

@@ -1,0 +1,37 @@
+//! The language model: configuration, our Llama/Qwen2 decoder, other families through
+//! candle-transformers, loading (directory, hf-hub cache, embedded default), the tokenizer with its
+//! FIM template, and generation.
+//!
+//! Nothing here knows about the editor or the terminal; the pipeline in `complete` and the commands
+//! drive it.
+
+pub mod config;
+pub mod embedded;
+pub mod generate;
+pub mod llama;
+pub mod load;
+pub mod network;
+pub mod tokenizer;
+
+pub use config::{Family, ModelConfig};
+pub use load::{LoadError, LoadOptions, ModelSource};
+pub use network::Network;
+pub use tokenizer::{FimOrder, Tokenizer};
+
+/// A loaded model: its network, tokenizer and configuration.
+#[derive(Debug)]
+pub struct Model {
+    /// The directory, hub id or embedded name it came from.
+    pub name: String,
+    pub network: Network,
+    pub tokenizer: Tokenizer,
+    pub config: ModelConfig,
+}
+
+impl Model {
+    /// Locates and loads `source` (`online` allows hub downloads).
+    pub fn open(source: &ModelSource, online: bool, opts: &LoadOptions) -> Result<Self, LoadError> {
+        let files = load::locate(source, online)?;
+        load::load(&files, opts)
+    }
+}

@@ -1,0 +1,31 @@
+//! The default model compiled into the binary (`assets/model/`), when the build found one.
+
+use super::load::ModelFiles;
+
+/// Name under which the embedded model appears in messages and `--json` output.
+pub const NAME: &str = "infill-default (embedded)";
+
+/// The embedded model's files, or `None` when this binary was built without one.
+#[cfg(infill_default_model)]
+pub fn files() -> Option<ModelFiles> {
+    macro_rules! asset {
+        ($file:literal) => {
+            super::load::Blob::Static {
+                label: concat!("<embedded>/", $file),
+                bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/model/", $file)),
+            }
+        };
+    }
+    Some(ModelFiles {
+        name: NAME.to_string(),
+        config: asset!("config.json"),
+        tokenizer: asset!("tokenizer.json"),
+        weights: vec![asset!("model.safetensors")],
+    })
+}
+
+/// The embedded model's files, or `None` when this binary was built without one.
+#[cfg(not(infill_default_model))]
+pub fn files() -> Option<ModelFiles> {
+    None
+}

@@ -1,0 +1,325 @@
+//! Token generation: sampling with an explicit seed, stop conditions, and a record of every token.
+//!
+//! Each generated token carries its exact bytes, its probability under the model (temperature 1, so
+//! the figure means the same whatever the sampling settings), its rank among all tokens and the top-k
+//! alternatives: the probability overlay and the evaluation read these. Streaming hands out text only
+//! up to the last complete UTF-8 character, so a character split across tokens is never shown broken.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use super::network::Network;
+use super::tokenizer::Tokenizer;
+
+/// How the next token is chosen. `temperature == 0` is greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    /// Keep only the `top_k` most probable tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches `top_p` (1 = all).
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+/// When generation stops, besides the model's own end tokens.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_tokens: usize,
+    pub time_budget: Option<Duration>,
+    /// How many alternatives to record per token.
+    pub top_alternatives: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_tokens: 64, time_budget: None, top_alternatives: 5 }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model emitted an end-of-middle, end-of-text or file-separator token.
+    EndToken,
+    MaxTokens,
+    TimeBudget,
+    Cancelled,
+    /// The caller's callback asked to stop (e.g. the trimmer saw the unit close).
+    Caller,
+    /// The context window is full.
+    Context,
+}
+
+/// One alternative the model considered at a position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alternative {
+    pub text: String,
+    pub id: u32,
+    pub prob: f32,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GeneratedToken {
+    /// The token's bytes as text (an incomplete character shows as U+FFFD here, never in the completion).
+    pub text: String,
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    pub id: u32,
+    /// Probability under the model at temperature 1.
+    pub prob: f32,
+    /// 1 for the most probable token.
+    pub rank: usize,
+    pub top: Vec<Alternative>,
+}
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the KV cache.
+    pub reused_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<GeneratedToken>,
+    pub stop: StopReason,
+    pub timings: Timings,
+}
+
+/// What a streaming callback returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A small, fully specified PRNG (SplitMix64), so a seed gives the same tokens on every platform and
+/// every version of every dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Softmax of `logits` at temperature 1, computed in f64 for stable small probabilities.
+pub fn probabilities(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Picks a token id from `logits` (one vocabulary row).
+pub fn choose(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+    let argmax = || {
+        logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0
+            as u32
+    };
+    if s.temperature <= 0.0 {
+        return argmax();
+    }
+    let scaled: Vec<f32> = logits.iter().map(|l| l / s.temperature).collect();
+    let probs = probabilities(&scaled);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    if s.top_k > 0 {
+        order.truncate(s.top_k);
+    }
+    if s.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = order
+            .iter()
+            .position(|&i| {
+                mass += probs[i];
+                mass >= f64::from(s.top_p)
+            })
+            .map_or(order.len(), |p| p + 1);
+        order.truncate(keep.max(1));
+    }
+    let total: f64 = order.iter().map(|&i| probs[i]).sum();
+    let mut target = rng.next_f64() * total;
+    for &i in &order {
+        target -= probs[i];
+        if target <= 0.0 {
+            return i as u32;
+        }
+    }
+    order.first().map_or_else(argmax, |&i| i as u32)
+}
+
+/// Generates after `prompt` until a stop, calling `on_token` with each token and the completion text
+/// so far (complete characters only).
+pub fn generate(
+    network: &mut Network,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    sampling: &Sampling,
+    limits: &Limits,
+    cancel: Option<&AtomicBool>,
+    mut on_token: impl FnMut(&GeneratedToken, &str) -> Flow,
+) -> candle_core::Result<Generation> {
+    let started = Instant::now();
+    let mut rng = Rng::new(sampling.seed);
+    let stops = &tokenizer.fim().stops;
+    let mut context: Vec<u32> = prompt.to_vec();
+    let (mut logits, prefill) = network.logits_after(&context)?;
+    let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
+    let decode_start = Instant::now();
+    let mut tokens = Vec::new();
+    let mut bytes: Vec<u8> = Vec::new();
+    let stop = loop {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            break StopReason::Cancelled;
+        }
+        if tokens.len() >= limits.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        if limits.time_budget.is_some_and(|b| started.elapsed() >= b) {
+            break StopReason::TimeBudget;
+        }
+        let row: Vec<f32> = logits.to_vec1()?;
+        let id = choose(&row, sampling, &mut rng);
+        if stops.contains(&id) || id == tokenizer.fim().middle || id == tokenizer.fim().prefix {
+            break StopReason::EndToken;
+        }
+        let token = describe(tokenizer, &row, id, limits.top_alternatives);
+        bytes.extend_from_slice(&token.bytes);
+        let flow = on_token(&token, complete_prefix(&bytes));
+        tokens.push(token);
+        context.push(id);
+        if flow == Flow::Stop {
+            break StopReason::Caller;
+        }
+        if context.len() >= network.context_length() {
+            break StopReason::Context;
+        }
+        logits = next_logits(network, &context)?;
+    };
+    let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let tokens_per_s = if decode_ms > 0.0 { tokens.len() as f64 / (decode_ms / 1e3) } else { 0.0 };
+    let timings =
+        Timings { prompt_tokens: prompt.len(), reused_tokens: prefill.reused, prefill_ms, decode_ms, tokens_per_s };
+    Ok(Generation { text, tokens, stop, timings })
+}
+
+fn next_logits(network: &mut Network, context: &[u32]) -> candle_core::Result<Tensor> {
+    network.logits_after(context).map(|(logits, _)| logits)
+}
+
+/// The longest prefix of `bytes` that is complete UTF-8 (a trailing partial character is held back).
+fn complete_prefix(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) if e.error_len().is_none() => {
+            // Only the tail is incomplete: everything before it is valid.
+            std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default()
+        }
+        // Invalid bytes in the middle: show nothing rather than guess; the final text is lossy-decoded.
+        Err(_) => "",
+    }
+}
+
+fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> GeneratedToken {
+    let probs = probabilities(logits);
+    let chosen = logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let rank = 1 + logits.iter().filter(|&&l| l > chosen).count();
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    let k = top.min(order.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
+    }
+    order.truncate(k);
+    order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let top = order
+        .into_iter()
+        .map(|i| Alternative { text: tokenizer.token_text(i as u32), id: i as u32, prob: probs[i] as f32 })
+        .collect();
+    GeneratedToken {
+        text: tokenizer.token_text(id),
+        bytes: tokenizer.token_bytes(id).to_vec(),
+        id,
+        prob: probs.get(id as usize).copied().unwrap_or(0.0) as f32,
+        rank,
+        top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_the_argmax_and_sampling_is_seeded() {
+        let logits = [0.1, 2.0, 1.9, -3.0];
+        let mut rng = Rng::new(1);
+        assert_eq!(choose(&logits, &Sampling::default(), &mut rng), 1);
+        let hot = Sampling { temperature: 1.0, seed: 7, ..Sampling::default() };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..32).map(|_| choose(&logits, &hot, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        assert!(draw(7).contains(&2), "temperature 1 must sometimes pick the runner-up");
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_candidates() {
+        let logits = [5.0, 4.0, 0.0, -1.0];
+        let mut rng = Rng::new(3);
+        let k1 = Sampling { temperature: 5.0, top_k: 1, ..Sampling::default() };
+        assert!((0..50).all(|_| choose(&logits, &k1, &mut rng) == 0));
+        let p = Sampling { temperature: 1.0, top_p: 0.9, ..Sampling::default() };
+        assert!((0..200).all(|_| choose(&logits, &p, &mut rng) < 2));
+    }
+
+    #[test]
+    fn splitmix_matches_its_reference_sequence() {
+        // Reference values of SplitMix64 seeded with 0 (Vigna's splitmix64.c).
+        let mut rng = Rng::new(0);
+        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn partial_characters_are_held_back_until_complete() {
+        let euro = "€".as_bytes();
+        assert_eq!(complete_prefix(&[b'a', euro[0], euro[1]]), "a");
+        assert_eq!(complete_prefix(&[b'a', euro[0], euro[1], euro[2]]), "a€");
+    }
+}

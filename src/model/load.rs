@@ -1,0 +1,528 @@
+//! Finding and loading a model: a local directory, a Hugging Face hub id, or the embedded default.
+//!
+//! Everything a user can get wrong here (a missing or pickled weight file, a truncated safetensors
+//! file, a config that does not match its weights, a tokenizer without FIM tokens) becomes a
+//! [`LoadError`] that names the file and, where there is one, the tensor. Safetensors headers are
+//! checked before any weight is mapped, so a truncated download is reported as such and never reaches
+//! candle.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::config::{ConfigError, LlamaConfig, ModelConfig};
+use super::llama::{Kernels, Llama};
+use super::network::{BigCodeConfig, Network};
+use super::tokenizer::{Tokenizer, TokenizerError};
+use super::{Model, embedded};
+
+/// Why a model could not be loaded. Every variant names what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}: no such directory, and not a Hugging Face repo id (like Qwen/Qwen2.5-Coder-0.5B)")]
+    NotFound(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Config { path: PathBuf, source: ConfigError },
+    #[error("{}: {source}", path.display())]
+    Tokenizer { path: PathBuf, source: TokenizerError },
+    #[error("{}: missing {file}; a model directory needs config.json, tokenizer.json and *.safetensors", dir.display())]
+    MissingFile { dir: PathBuf, file: &'static str },
+    #[error(
+        "{}: only pickle weights ({file}); infill refuses them because loading a pickle can run code. \
+         Convert them to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)` in transformers)",
+        dir.display()
+    )]
+    Pickle { dir: PathBuf, file: String },
+    #[error("{}: {why}; the file is damaged or incomplete, download it again", path.display())]
+    Safetensors { path: PathBuf, why: String },
+    #[error("{}: no tensor \"{tensor}\"; are the weights from the model config.json describes?", path.display())]
+    MissingTensor { path: PathBuf, tensor: String },
+    #[error(
+        "{}: tensor \"{tensor}\" has shape {got:?} but config.json implies {expected:?}; \
+         does config.json belong to these weights?",
+        path.display()
+    )]
+    Shape { path: PathBuf, tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("{}: {why}", path.display())]
+    Weights { path: PathBuf, why: String },
+    #[error("{id}: {why}")]
+    Hub { id: String, why: String },
+    #[error(
+        "no default model is built into this binary yet; pass --model with a model directory or a \
+         Hugging Face repo id (e.g. --model Qwen/Qwen2.5-Coder-0.5B)"
+    )]
+    NoDefaultModel,
+}
+
+/// Where a model comes from, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Embedded,
+    Dir(PathBuf),
+    Hub(String),
+}
+
+impl ModelSource {
+    /// Reads `--model`: nothing is the embedded default, an existing path a directory, `org/name` a
+    /// hub id.
+    pub fn parse(spec: Option<&str>) -> Result<Self, LoadError> {
+        let Some(spec) = spec else { return Ok(Self::Embedded) };
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Ok(Self::Dir(path.to_path_buf()));
+        }
+        let parts: Vec<&str> = spec.split('/').collect();
+        let valid = |s: &str| {
+            !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        match parts.as_slice() {
+            [org, name] if valid(org) && valid(name) => Ok(Self::Hub(spec.to_string())),
+            _ => Err(LoadError::NotFound(spec.to_string())),
+        }
+    }
+}
+
+/// Bytes or files of one model, found but not yet loaded.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// How the model is named in messages and `--json` output.
+    pub name: String,
+    pub config: Blob,
+    pub tokenizer: Blob,
+    pub weights: Vec<Blob>,
+}
+
+/// A file on disk or a file embedded in the binary.
+#[derive(Debug, Clone)]
+pub enum Blob {
+    File(PathBuf),
+    Static { label: &'static str, bytes: &'static [u8] },
+}
+
+impl Blob {
+    fn label(&self) -> PathBuf {
+        match self {
+            Self::File(p) => p.clone(),
+            Self::Static { label, .. } => PathBuf::from(label),
+        }
+    }
+
+    fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+        match self {
+            Self::File(p) => std::fs::read(p).map(Into::into).map_err(|source| LoadError::Io { path: p.clone(), source }),
+            Self::Static { bytes, .. } => Ok((*bytes).into()),
+        }
+    }
+}
+
+/// Finds the files of `source`, downloading from the hub when `online` and not cached.
+pub fn locate(source: &ModelSource, online: bool) -> Result<ModelFiles, LoadError> {
+    match source {
+        ModelSource::Embedded => embedded::files().ok_or(LoadError::NoDefaultModel),
+        ModelSource::Dir(dir) => locate_dir(dir),
+        ModelSource::Hub(id) => locate_hub(id, &hf_hub::Cache::from_env(), online),
+    }
+}
+
+/// The files of a model directory in Hugging Face layout.
+pub fn locate_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
+    let need = |file: &'static str| {
+        let p = dir.join(file);
+        if p.is_file() { Ok(p) } else { Err(LoadError::MissingFile { dir: dir.to_path_buf(), file }) }
+    };
+    let config = need("config.json")?;
+    let tokenizer = need("tokenizer.json")?;
+    let index = dir.join("model.safetensors.index.json");
+    let weights = if index.is_file() {
+        shard_names(&index)?.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        let mut found: Vec<PathBuf> = read_dir_sorted(dir)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        if found.is_empty() {
+            if let Some(pickle) = read_dir_sorted(dir)?.into_iter().find(|p| is_pickle(p)) {
+                let file = pickle.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                return Err(LoadError::Pickle { dir: dir.to_path_buf(), file });
+            }
+            return Err(LoadError::MissingFile { dir: dir.to_path_buf(), file: "model.safetensors" });
+        }
+        // Prefer the canonical single file when other safetensors (e.g. adapters) sit beside it.
+        if let Some(main) = found.iter().position(|p| p.ends_with("model.safetensors")) {
+            found = vec![found.swap_remove(main)];
+        }
+        found
+    };
+    for w in &weights {
+        if !w.is_file() {
+            return Err(LoadError::Safetensors { path: w.clone(), why: "listed in the index but missing".into() });
+        }
+    }
+    Ok(ModelFiles {
+        name: dir.display().to_string(),
+        config: Blob::File(config),
+        tokenizer: Blob::File(tokenizer),
+        weights: weights.into_iter().map(Blob::File).collect(),
+    })
+}
+
+/// The files of a hub model: from the local hf-hub cache first, downloaded (with progress) otherwise.
+pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<ModelFiles, LoadError> {
+    let hub_err = |why: String| LoadError::Hub { id: id.to_string(), why };
+    let cached = cache.model(id.to_string());
+    let from_cache = |file: &str| cached.get(file);
+    let complete_in_cache = || -> Option<ModelFiles> {
+        let config = from_cache("config.json")?;
+        let tokenizer = from_cache("tokenizer.json")?;
+        let weights = match from_cache("model.safetensors") {
+            Some(w) => vec![w],
+            None => {
+                let index = from_cache("model.safetensors.index.json")?;
+                let shards = shard_names(&index).ok()?;
+                shards.iter().map(|s| from_cache(s)).collect::<Option<Vec<_>>>()?
+            }
+        };
+        Some(hub_files(id, config, tokenizer, weights))
+    };
+    if let Some(files) = complete_in_cache() {
+        return Ok(files);
+    }
+    if from_cache("config.json").is_some() && from_cache("pytorch_model.bin").is_some() {
+        let dir = from_cache("config.json").and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
+        return Err(LoadError::Pickle { dir, file: "pytorch_model.bin".into() });
+    }
+    if !online {
+        return Err(hub_err(format!(
+            "not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set; download it once online \
+             (or copy the model directory here) and pass --model DIR",
+            cache.path().display()
+        )));
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| hub_err(format!("cannot reach the Hugging Face hub ({e})")))?;
+    let repo = api.model(id.to_string());
+    let info = repo.info().map_err(|e| {
+        hub_err(format!(
+            "not in the local cache and the hub could not be asked ({e}); connect to the network, or \
+             download the model elsewhere and pass --model DIR"
+        ))
+    })?;
+    let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let fetch = |file: &str| repo.get(file).map_err(|e| hub_err(format!("downloading {file} failed ({e})")));
+    let weights = if names.contains(&"model.safetensors") {
+        vec![fetch("model.safetensors")?]
+    } else if names.contains(&"model.safetensors.index.json") {
+        let index = fetch("model.safetensors.index.json")?;
+        shard_names(&index)?.iter().map(|s| fetch(s)).collect::<Result<Vec<_>, _>>()?
+    } else if let Some(pickle) = names.iter().find(|n| is_pickle(Path::new(n))) {
+        return Err(LoadError::Pickle { dir: PathBuf::from(id), file: (*pickle).to_string() });
+    } else {
+        return Err(hub_err("the repository has no safetensors weights".into()));
+    };
+    if !names.contains(&"tokenizer.json") {
+        return Err(hub_err("the repository has no tokenizer.json (infill needs the fast tokenizer file)".into()));
+    }
+    Ok(hub_files(id, fetch("config.json")?, fetch("tokenizer.json")?, weights))
+}
+
+fn hub_files(id: &str, config: PathBuf, tokenizer: PathBuf, weights: Vec<PathBuf>) -> ModelFiles {
+    ModelFiles {
+        name: id.to_string(),
+        config: Blob::File(config),
+        tokenizer: Blob::File(tokenizer),
+        weights: weights.into_iter().map(Blob::File).collect(),
+    }
+}
+
+fn is_pickle(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth" || e == "ckpt")
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io { path: dir.to_path_buf(), source };
+    let mut out = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
+    out.sort();
+    Ok(out)
+}
+
+/// The distinct shard files named by a `model.safetensors.index.json`, in order.
+fn shard_names(index: &Path) -> Result<Vec<String>, LoadError> {
+    let bad = |why: String| LoadError::Weights { path: index.to_path_buf(), why };
+    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io { path: index.to_path_buf(), source })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("has no \"weight_map\"".into()))?;
+    let mut files: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file.as_str().ok_or_else(|| bad(format!("weight_map value {file} is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(bad(format!("shard name {file:?} points outside the model directory")));
+        }
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_string());
+        }
+    }
+    if files.is_empty() {
+        return Err(bad("lists no shards".into()));
+    }
+    Ok(files)
+}
+
+/// The shape and dtype of one tensor, as its file's header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// Reads only the header of a safetensors file (not its data) and checks it against the file's length.
+pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, LoadError> {
+    use std::io::Read;
+    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    let mut head = vec![0u8; 8.min(total as usize)];
+    file.read_exact(&mut head).map_err(io)?;
+    if let Ok(len) = <[u8; 8]>::try_from(head.as_slice()) {
+        let want = u64::from_le_bytes(len).min(total.saturating_sub(8)).min(100_000_000) as usize;
+        let mut header = vec![0u8; want];
+        file.read_exact(&mut header).map_err(io)?;
+        head.extend_from_slice(&header);
+    }
+    safetensors_header(path, &head, total)
+}
+
+/// Checks a safetensors header (`bytes` holds at least the header) against the file's real length
+/// `total`: a file cut short by an interrupted download or damaged on disk fails here with the tensor
+/// it cannot hold.
+pub fn safetensors_header(path: &Path, bytes: &[u8], total: u64) -> Result<BTreeMap<String, TensorInfo>, LoadError> {
+    let bad = |why: String| LoadError::Safetensors { path: path.to_path_buf(), why };
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad(format!("only {} bytes long, shorter than a safetensors header", bytes.len())))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    let data_start = 8u64.saturating_add(header_len);
+    if header_len > 100_000_000 || data_start > total || data_start > bytes.len() as u64 {
+        return Err(bad(format!("declares a {header_len}-byte header but the file has {total} bytes")));
+    }
+    let header = bytes.get(8..data_start as usize).ok_or_else(|| bad("header out of range".into()))?;
+    let json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON ({e})")))?;
+    let data_len = total - data_start;
+    let mut out = BTreeMap::new();
+    for (name, entry) in json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+        let shape: Option<Vec<usize>> = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+        let offsets: Option<Vec<u64>> =
+            entry.get("data_offsets").and_then(|o| o.as_array()).and_then(|o| o.iter().map(|x| x.as_u64()).collect());
+        let (Some(shape), Some(&[begin, end])) = (shape, offsets.as_deref()) else {
+            return Err(bad(format!("tensor \"{name}\" has a malformed header entry")));
+        };
+        let width = match dtype.as_str() {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "U8" | "I8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            other => return Err(bad(format!("tensor \"{name}\" has unsupported dtype {other:?}"))),
+        };
+        let numel: u64 = shape.iter().map(|&d| d as u64).product();
+        if end < begin || end - begin != numel * width {
+            return Err(bad(format!("tensor \"{name}\" has {} data bytes for shape {shape:?} {dtype}", end.saturating_sub(begin))));
+        }
+        if end > data_len {
+            return Err(bad(format!(
+                "truncated: tensor \"{name}\" ends at byte {} but the file has {}",
+                data_start + end,
+                total
+            )));
+        }
+        out.insert(name, TensorInfo { dtype, shape });
+    }
+    Ok(out)
+}
+
+/// Settings for turning files into a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32 }
+    }
+}
+
+/// Loads located files into a ready model.
+pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> {
+    let config_path = files.config.label();
+    let config_text = files.config.read()?;
+    let config_text = std::str::from_utf8(&config_text)
+        .map_err(|_| LoadError::Config { path: config_path.clone(), source: ConfigError::Json("not UTF-8".into()) })?;
+    let config = ModelConfig::parse(config_text).map_err(|source| LoadError::Config { path: config_path.clone(), source })?;
+    let tokenizer_bytes = files.tokenizer.read()?;
+    let tokenizer = Tokenizer::from_bytes(&tokenizer_bytes, config.vocab_size())
+        .map_err(|source| LoadError::Tokenizer { path: files.tokenizer.label(), source })?;
+
+    // Check every header before mapping anything; remember which file holds which tensor.
+    let mut owner: BTreeMap<String, (PathBuf, TensorInfo)> = BTreeMap::new();
+    for blob in &files.weights {
+        let path = blob.label();
+        let header = match blob {
+            Blob::File(p) => read_safetensors_header(p)?,
+            Blob::Static { bytes, .. } => safetensors_header(&path, bytes, bytes.len() as u64)?,
+        };
+        for (name, info) in header {
+            owner.insert(name, (path.clone(), info));
+        }
+    }
+    let first = files.weights.first().map(Blob::label).unwrap_or_default();
+    let vb = var_builder(files, opts)?;
+    let candle = |e: candle_core::Error| LoadError::Weights { path: first.clone(), why: e.to_string() };
+    let network = match &config {
+        ModelConfig::Llama(c) => {
+            check_llama_tensors(c, &owner, &first)?;
+            let tie = !owner.contains_key("lm_head.weight");
+            Network::llama(Llama::new(c, vb, tie, Kernels::Fused).map_err(candle)?)
+        }
+        ModelConfig::Starcoder2 { raw, max_position_embeddings, .. } => {
+            let c: candle_transformers::models::starcoder2::Config = serde_json::from_value(raw.clone()).map_err(|e| {
+                LoadError::Config { path: config_path.clone(), source: ConfigError::Json(e.to_string()) }
+            })?;
+            Network::starcoder2(&c, vb, *max_position_embeddings).map_err(candle)?
+        }
+        &ModelConfig::GptBigCode { vocab_size, n_positions, n_layer, n_embd, n_head, n_inner, layer_norm_epsilon, multi_query } => {
+            let c = BigCodeConfig { vocab_size, n_positions, n_layer, n_embd, n_head, n_inner, layer_norm_epsilon, multi_query };
+            Network::bigcode(c, vb).map_err(candle)?
+        }
+    };
+    Ok(Model { name: files.name.clone(), network, tokenizer, config })
+}
+
+fn var_builder(files: &ModelFiles, opts: &LoadOptions) -> Result<VarBuilder<'static>, LoadError> {
+    match files.weights.as_slice() {
+        [Blob::Static { label, bytes }] => VarBuilder::from_slice_safetensors(bytes, opts.dtype, &opts.device)
+            .map_err(|e| LoadError::Weights { path: PathBuf::from(label), why: e.to_string() }),
+        blobs => {
+            let paths: Vec<PathBuf> = blobs.iter().map(Blob::label).collect();
+            // SAFETY: the files are mapped read-only; as with every mmap, modifying them while infill
+            // runs is undefined behaviour, the same contract as candle's and transformers' loaders.
+            #[allow(unsafe_code)]
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&paths, opts.dtype, &opts.device) };
+            vb.map_err(|e| LoadError::Weights { path: paths.first().cloned().unwrap_or_default(), why: e.to_string() })
+        }
+    }
+}
+
+/// Every tensor our decoder will ask for, with the shape the config implies.
+pub fn llama_tensor_shapes(c: &LlamaConfig, tied: bool) -> Vec<(String, Vec<usize>)> {
+    let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let mut add = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+        add("input_layernorm.weight", vec![h]);
+        add("post_attention_layernorm.weight", vec![h]);
+        for (proj, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            add(&format!("self_attn.{proj}.weight"), vec![rows, h]);
+            if c.qkv_bias {
+                add(&format!("self_attn.{proj}.bias"), vec![rows]);
+            }
+        }
+        add("self_attn.o_proj.weight", vec![h, q]);
+        if c.o_bias {
+            add("self_attn.o_proj.bias", vec![h]);
+        }
+        for (proj, shape) in [("gate_proj", vec![i, h]), ("up_proj", vec![i, h]), ("down_proj", vec![h, i])] {
+            let rows = shape.first().copied().unwrap_or_default();
+            add(&format!("mlp.{proj}.weight"), shape);
+            if c.mlp_bias {
+                add(&format!("mlp.{proj}.bias"), vec![rows]);
+            }
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !tied {
+        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    out
+}
+
+fn check_llama_tensors(
+    c: &LlamaConfig,
+    owner: &BTreeMap<String, (PathBuf, TensorInfo)>,
+    first: &Path,
+) -> Result<(), LoadError> {
+    let tied = !owner.contains_key("lm_head.weight");
+    for (name, expected) in llama_tensor_shapes(c, tied) {
+        match owner.get(&name) {
+            None => return Err(LoadError::MissingTensor { path: first.to_path_buf(), tensor: name }),
+            Some((path, info)) if info.shape != expected => {
+                return Err(LoadError::Shape { path: path.clone(), tensor: name, expected, got: info.shape.clone() });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_file(entries: &str, data: usize) -> Vec<u8> {
+        let header = format!("{{{entries}}}");
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend(std::iter::repeat_n(0u8, data));
+        out
+    }
+
+    #[test]
+    fn header_check_reports_truncation_with_the_tensor_name() {
+        let entry = r#""w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}"#;
+        let ok = header_file(entry, 24);
+        let parsed = safetensors_header(Path::new("m.safetensors"), &ok, ok.len() as u64).unwrap();
+        assert_eq!(parsed["w"].shape, vec![2, 3]);
+        let short = header_file(entry, 20);
+        let err = safetensors_header(Path::new("m.safetensors"), &short, short.len() as u64).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("\"w\"") && err.contains("m.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn header_check_rejects_garbage_without_panicking() {
+        for bytes in [&b""[..], b"abc", &[255u8; 16], &[4, 0, 0, 0, 0, 0, 0, 0, b'{', b'x']] {
+            assert!(safetensors_header(Path::new("x.safetensors"), bytes, bytes.len() as u64).is_err());
+        }
+        let lying = header_file(r#""w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,8]}"#, 8);
+        assert!(safetensors_header(Path::new("x"), &lying, lying.len() as u64).is_err());
+    }
+
+    #[test]
+    fn model_source_tells_dirs_from_hub_ids() {
+        assert_eq!(ModelSource::parse(None).unwrap(), ModelSource::Embedded);
+        assert_eq!(ModelSource::parse(Some("Qwen/Qwen2.5-Coder-0.5B")).unwrap(), ModelSource::Hub("Qwen/Qwen2.5-Coder-0.5B".into()));
+        let dir = std::env::temp_dir();
+        assert_eq!(ModelSource::parse(dir.to_str()).unwrap(), ModelSource::Dir(dir.clone()));
+        assert!(matches!(ModelSource::parse(Some("no/such/dir")), Err(LoadError::NotFound(_))));
+        assert!(matches!(ModelSource::parse(Some("../x")), Err(LoadError::NotFound(_))));
+    }
+}
