@@ -10,7 +10,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(infill_default_model)");
     println!("cargo::rerun-if-changed=assets/model");
     let dir = Path::new("assets/model");
-    let complete = ["config.json", "tokenizer.json", "model.safetensors"].iter().all(|f| dir.join(f).is_file());
+    let complete = ["config.json", "tokenizer.json", "model.safetensors"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
     if complete {
         println!("cargo::rustc-cfg=infill_default_model");
     }

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::model::FimOrder;
 
 #[derive(Debug, Parser)]
-#[command(name = "infill", version, about = "Code completion in the terminal with a local fill-in-the-middle model")]
+#[command(
+    name = "infill",
+    version,
+    about = "Code completion in the terminal with a local fill-in-the-middle model"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -18,7 +18,10 @@ pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
         Precision::F16 => candle_core::DType::F16,
         Precision::Bf16 => candle_core::DType::BF16,
     };
-    let opts = LoadOptions { dtype, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
     Ok(Model::open(&source, online, &opts)?)
 }
 
@@ -34,7 +37,12 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
         anyhow::bail!("--max-tokens must be at least 1");
     }
     Ok(Settings {
-        sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
         limits: Limits {
             max_tokens: args.max_tokens,
             time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
@@ -49,7 +57,10 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
 pub fn read_source(path: &std::path::Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if bytes.contains(&0) {
-        anyhow::bail!("{}: looks like a binary file (it contains NUL bytes); infill completes text files", path.display());
+        anyhow::bail!(
+            "{}: looks like a binary file (it contains NUL bytes); infill completes text files",
+            path.display()
+        );
     }
     String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(

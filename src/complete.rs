@@ -47,7 +47,9 @@ pub struct Completion {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompleteError {
-    #[error("the context window of {window} tokens leaves no room for a prompt after {max_tokens} new tokens; lower --max-tokens")]
+    #[error(
+        "the context window of {window} tokens leaves no room for a prompt after {max_tokens} new tokens; lower --max-tokens"
+    )]
     NoRoom { window: usize, max_tokens: usize },
     #[error("tokenizing the document failed: {0}")]
     Tokenizer(#[from] TokenizerError),
@@ -91,9 +93,16 @@ fn keep_tail(
     let mut start = 0;
     let mut first_token = ids.len().saturating_sub(budget);
     while ids.len() > budget {
-        let cut = offsets.get(first_token).copied().unwrap_or(text.len()).max(start);
+        let cut = offsets
+            .get(first_token)
+            .copied()
+            .unwrap_or(text.len())
+            .max(start);
         // The next line start at or after the token cut; inside one giant line, the token cut itself.
-        let line_start = text.get(cut..).and_then(|rest| rest.find('\n')).map(|i| cut + i + 1);
+        let line_start = text
+            .get(cut..)
+            .and_then(|rest| rest.find('\n'))
+            .map(|i| cut + i + 1);
         start = match line_start {
             Some(s) if s < text.len() => s,
             _ => ceil_char_boundary(text, cut),
@@ -121,7 +130,10 @@ fn keep_head(
     let mut limit = budget;
     while ids.len() > budget {
         let cut = offsets.get(limit).copied().unwrap_or(text.len()).min(end);
-        let line_end = text.get(..cut).and_then(|head| head.rfind('\n')).map(|i| i + 1);
+        let line_end = text
+            .get(..cut)
+            .and_then(|head| head.rfind('\n'))
+            .map(|i| i + 1);
         end = match line_end {
             Some(e) if e > 0 => e,
             _ => floor_char_boundary(text, cut),
@@ -181,5 +193,9 @@ pub fn complete(
         cancel,
         on_token,
     )?;
-    Ok(Completion { text: generation.text.clone(), generation, prompt })
+    Ok(Completion {
+        text: generation.text.clone(),
+        generation,
+        prompt,
+    })
 }

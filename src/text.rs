@@ -9,7 +9,11 @@ pub enum PositionError {
     #[error("line {line} is out of range: the file has {lines} line(s)")]
     Line { line: usize, lines: usize },
     #[error("column {column} is out of range: line {line} has {chars} character(s), so columns run 1..={}", chars + 1)]
-    Column { line: usize, column: usize, chars: usize },
+    Column {
+        line: usize,
+        column: usize,
+        chars: usize,
+    },
     #[error("lines and columns start at 1")]
     Zero,
 }
@@ -33,9 +37,18 @@ impl Cursor {
                 let body = l.strip_suffix('\n').unwrap_or(l);
                 let body = body.strip_suffix('\r').unwrap_or(body);
                 let chars = body.chars().count();
-                return match body.char_indices().map(|(b, _)| b).chain([body.len()]).nth(column - 1) {
+                return match body
+                    .char_indices()
+                    .map(|(b, _)| b)
+                    .chain([body.len()])
+                    .nth(column - 1)
+                {
                     Some(b) => Ok(Self(start + b)),
-                    None => Err(PositionError::Column { line, column, chars }),
+                    None => Err(PositionError::Column {
+                        line,
+                        column,
+                        chars,
+                    }),
                 };
             }
             start += l.len();
@@ -47,7 +60,11 @@ impl Cursor {
                 return if column == 1 {
                     Ok(Self(text.len()))
                 } else {
-                    Err(PositionError::Column { line, column, chars: 0 })
+                    Err(PositionError::Column {
+                        line,
+                        column,
+                        chars: 0,
+                    })
                 };
             }
         }
@@ -71,6 +88,7 @@ impl Cursor {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -87,9 +105,18 @@ mod tests {
     fn out_of_range_positions_are_errors() {
         let text = "ab\ncd\n";
         assert_eq!(Cursor::from_line_column(text, 3, 1).unwrap().byte(), 6);
-        assert_eq!(Cursor::from_line_column(text, 4, 1), Err(PositionError::Line { line: 4, lines: 3 }));
-        assert!(matches!(Cursor::from_line_column(text, 1, 4), Err(PositionError::Column { chars: 2, .. })));
-        assert_eq!(Cursor::from_line_column(text, 0, 1), Err(PositionError::Zero));
+        assert_eq!(
+            Cursor::from_line_column(text, 4, 1),
+            Err(PositionError::Line { line: 4, lines: 3 })
+        );
+        assert!(matches!(
+            Cursor::from_line_column(text, 1, 4),
+            Err(PositionError::Column { chars: 2, .. })
+        ));
+        assert_eq!(
+            Cursor::from_line_column(text, 0, 1),
+            Err(PositionError::Zero)
+        );
         assert_eq!(Cursor::from_line_column("", 1, 1).unwrap().byte(), 0);
         assert_eq!(Cursor::from_line_column("a\r\nb", 1, 2).unwrap().byte(), 1);
         assert!(Cursor::from_line_column("a\r\nb", 1, 3).is_err());

@@ -34,8 +34,14 @@ pub fn run(args: &CompleteArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let settings = super::settings(&args.sampling)?;
     let mut model = super::open_model(&args.model)?;
-    let completion =
-        complete::complete(&mut model, &text, cursor, &settings, None, |_: &GeneratedToken, _: &str| Flow::Continue)?;
+    let completion = complete::complete(
+        &mut model,
+        &text,
+        cursor,
+        &settings,
+        None,
+        |_: &GeneratedToken, _: &str| Flow::Continue,
+    )?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let report = report(&model, &completion);

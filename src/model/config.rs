@@ -51,7 +51,9 @@ pub enum ConfigError {
     Json(String),
     #[error("has no \"model_type\"; add the family's model_type ({SUPPORTED_MODEL_TYPES})")]
     MissingModelType,
-    #[error("has model_type \"{0}\", which infill does not support (supported: {SUPPORTED_MODEL_TYPES})")]
+    #[error(
+        "has model_type \"{0}\", which infill does not support (supported: {SUPPORTED_MODEL_TYPES})"
+    )]
     UnsupportedModelType(String),
     #[error("lacks the field \"{0}\"")]
     MissingField(&'static str),
@@ -109,7 +111,8 @@ pub enum ModelConfig {
 impl ModelConfig {
     /// Parses the text of a `config.json`.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let raw: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         let model_type = raw
             .get("model_type")
             .and_then(Value::as_str)
@@ -118,7 +121,9 @@ impl ModelConfig {
             .ok_or_else(|| ConfigError::UnsupportedModelType(model_type.to_string()))?;
         let fields = Fields(&raw);
         match family {
-            Family::Qwen2 | Family::Llama => LlamaConfig::from_fields(family, &fields).map(Self::Llama),
+            Family::Qwen2 | Family::Llama => {
+                LlamaConfig::from_fields(family, &fields).map(Self::Llama)
+            }
             Family::Starcoder2 => {
                 // candle-transformers deserialises the rest itself; check what we rely on here.
                 let max_position_embeddings = fields.usize("max_position_embeddings")?;
@@ -126,7 +131,17 @@ impl ModelConfig {
                 for field in ["hidden_size", "num_hidden_layers", "num_attention_heads"] {
                     fields.usize(field)?;
                 }
-                Ok(Self::Starcoder2 { raw: raw.clone(), max_position_embeddings, vocab_size })
+                // candle-transformers reads the transformers 4 layout: lift rope_theta to the top.
+                let mut raw = raw.clone();
+                let theta = fields.rope_theta()?.unwrap_or(10_000.0);
+                if let Some(obj) = raw.as_object_mut() {
+                    obj.insert("rope_theta".into(), theta.into());
+                }
+                Ok(Self::Starcoder2 {
+                    raw,
+                    max_position_embeddings,
+                    vocab_size,
+                })
             }
             Family::GptBigCode => {
                 let n_embd = fields.usize_any(&["n_embd", "hidden_size"], "n_embd")?;
@@ -139,7 +154,8 @@ impl ModelConfig {
                 }
                 Ok(Self::GptBigCode {
                     vocab_size: fields.usize("vocab_size")?,
-                    n_positions: fields.usize_any(&["n_positions", "max_position_embeddings"], "n_positions")?,
+                    n_positions: fields
+                        .usize_any(&["n_positions", "max_position_embeddings"], "n_positions")?,
                     n_layer: fields.usize_any(&["n_layer", "num_hidden_layers"], "n_layer")?,
                     n_embd,
                     n_head,
@@ -163,7 +179,10 @@ impl ModelConfig {
     pub fn context_length(&self) -> usize {
         match self {
             Self::Llama(c) => c.max_position_embeddings,
-            Self::Starcoder2 { max_position_embeddings, .. } => *max_position_embeddings,
+            Self::Starcoder2 {
+                max_position_embeddings,
+                ..
+            } => *max_position_embeddings,
             Self::GptBigCode { n_positions, .. } => *n_positions,
         }
     }
@@ -171,7 +190,9 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Llama(c) => c.vocab_size,
-            Self::Starcoder2 { vocab_size, .. } | Self::GptBigCode { vocab_size, .. } => *vocab_size,
+            Self::Starcoder2 { vocab_size, .. } | Self::GptBigCode { vocab_size, .. } => {
+                *vocab_size
+            }
         }
     }
 }
@@ -180,36 +201,55 @@ impl LlamaConfig {
     fn from_fields(family: Family, f: &Fields) -> Result<Self, ConfigError> {
         let hidden_size = f.usize("hidden_size")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
-        let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
             return Err(ConfigError::Invalid {
                 field: "num_attention_heads",
-                why: format!("hidden_size {hidden_size} is not a multiple of {num_attention_heads}"),
+                why: format!(
+                    "hidden_size {hidden_size} is not a multiple of {num_attention_heads}"
+                ),
             });
         }
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(ConfigError::Invalid {
                 field: "num_key_value_heads",
-                why: format!("{num_attention_heads} attention heads are not a multiple of {num_key_value_heads}"),
+                why: format!(
+                    "{num_attention_heads} attention heads are not a multiple of {num_key_value_heads}"
+                ),
             });
         }
-        let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = f
+            .opt_usize("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads);
         if head_dim % 2 != 0 {
-            return Err(ConfigError::Invalid { field: "head_dim", why: format!("{head_dim} is odd; RoPE needs pairs") });
+            return Err(ConfigError::Invalid {
+                field: "head_dim",
+                why: format!("{head_dim} is odd; RoPE needs pairs"),
+            });
         }
         if let Some(hidden_act) = f.0.get("hidden_act").and_then(Value::as_str) {
             if hidden_act != "silu" {
                 return Err(ConfigError::Invalid {
                     field: "hidden_act",
-                    why: format!("\"{hidden_act}\" is not supported; the Llama/Qwen2 decoder uses \"silu\""),
+                    why: format!(
+                        "\"{hidden_act}\" is not supported; the Llama/Qwen2 decoder uses \"silu\""
+                    ),
                 });
             }
         }
-        if let Some(scaling) = f.0.get("rope_scaling") {
-            let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str);
-            if !scaling.is_null() && kind != Some("default") {
+        for field in ["rope_scaling", "rope_parameters"] {
+            let Some(scaling) = f.0.get(field).filter(|s| !s.is_null()) else {
+                continue;
+            };
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(Value::as_str);
+            if kind.is_some_and(|k| k != "default") {
                 return Err(ConfigError::Invalid {
-                    field: "rope_scaling",
+                    field,
                     why: format!("{scaling} is not supported (only plain RoPE with rope_theta)"),
                 });
             }
@@ -231,7 +271,7 @@ impl LlamaConfig {
             head_dim,
             max_position_embeddings: f.usize("max_position_embeddings")?,
             rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10_000.0),
+            rope_theta: f.rope_theta()?.unwrap_or(10_000.0),
             qkv_bias,
             o_bias,
             mlp_bias: f.opt_bool("mlp_bias")?.unwrap_or(false),
@@ -286,19 +326,31 @@ impl Fields<'_> {
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| ConfigError::Invalid { field, why: format!("{v} is not a non-negative integer") }),
+                .ok_or_else(|| ConfigError::Invalid {
+                    field,
+                    why: format!("{v} is not a non-negative integer"),
+                }),
         }
     }
 
     fn usize(&self, field: &'static str) -> Result<usize, ConfigError> {
-        let n = self.opt_usize(field)?.ok_or(ConfigError::MissingField(field))?;
+        let n = self
+            .opt_usize(field)?
+            .ok_or(ConfigError::MissingField(field))?;
         if n == 0 {
-            return Err(ConfigError::Invalid { field, why: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                field,
+                why: "must be positive".into(),
+            });
         }
         Ok(n)
     }
 
-    fn usize_any(&self, names: &[&'static str], canonical: &'static str) -> Result<usize, ConfigError> {
+    fn usize_any(
+        &self,
+        names: &[&'static str],
+        canonical: &'static str,
+    ) -> Result<usize, ConfigError> {
         for name in names {
             if self.opt_usize(name)?.is_some() {
                 return self.usize(name);
@@ -312,7 +364,31 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
-                _ => Err(ConfigError::Invalid { field, why: format!("{v} is not a positive number") }),
+                _ => Err(ConfigError::Invalid {
+                    field,
+                    why: format!("{v} is not a positive number"),
+                }),
+            },
+        }
+    }
+
+    /// `rope_theta` at the top level (transformers 4) or in `rope_parameters` (transformers 5).
+    fn rope_theta(&self) -> Result<Option<f64>, ConfigError> {
+        if let Some(theta) = self.opt_f64("rope_theta")? {
+            return Ok(Some(theta));
+        }
+        match self
+            .0
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+        {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+                _ => Err(ConfigError::Invalid {
+                    field: "rope_parameters",
+                    why: format!("rope_theta {v} is not a positive number"),
+                }),
             },
         }
     }
@@ -320,7 +396,10 @@ impl Fields<'_> {
     fn opt_bool(&self, field: &'static str) -> Result<Option<bool>, ConfigError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| ConfigError::Invalid { field, why: format!("{v} is not true or false") }),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| ConfigError::Invalid {
+                field,
+                why: format!("{v} is not true or false"),
+            }),
         }
     }
 
@@ -337,7 +416,10 @@ impl Fields<'_> {
         v.as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| ConfigError::Invalid { field, why: format!("{v} is not a token id") })
+            .ok_or_else(|| ConfigError::Invalid {
+                field,
+                why: format!("{v} is not a token id"),
+            })
     }
 }
 
@@ -351,11 +433,16 @@ pub struct ModelSummary {
 
 impl From<&ModelConfig> for ModelSummary {
     fn from(c: &ModelConfig) -> Self {
-        Self { family: c.family().model_type().into(), context_length: c.context_length(), vocab_size: c.vocab_size() }
+        Self {
+            family: c.family().model_type().into(),
+            context_length: c.context_length(),
+            vocab_size: c.vocab_size(),
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -365,34 +452,80 @@ mod tests {
 
     #[test]
     fn qwen2_config_has_qkv_bias_and_derived_head_dim() {
-        let ModelConfig::Llama(c) = ModelConfig::parse(QWEN).unwrap() else { panic!("not llama-like") };
-        assert_eq!((c.qkv_bias, c.o_bias, c.head_dim, c.num_key_value_heads), (true, false, 8, 2));
+        let ModelConfig::Llama(c) = ModelConfig::parse(QWEN).unwrap() else {
+            panic!("not llama-like")
+        };
+        assert_eq!(
+            (c.qkv_bias, c.o_bias, c.head_dim, c.num_key_value_heads),
+            (true, false, 8, 2)
+        );
         assert_eq!(c.eos_token_id, Some(7));
         assert_eq!(c.rope_theta, 1e6);
     }
 
     #[test]
     fn config_round_trips_through_hf_json() {
-        let ModelConfig::Llama(c) = ModelConfig::parse(QWEN).unwrap() else { panic!("not llama-like") };
-        let ModelConfig::Llama(back) = ModelConfig::parse(&c.to_hf_json().to_string()).unwrap() else {
+        let ModelConfig::Llama(c) = ModelConfig::parse(QWEN).unwrap() else {
+            panic!("not llama-like")
+        };
+        let ModelConfig::Llama(back) = ModelConfig::parse(&c.to_hf_json().to_string()).unwrap()
+        else {
             panic!("not llama-like")
         };
         assert_eq!(c, back);
     }
 
     #[test]
+    fn rope_theta_is_read_from_transformers_5_rope_parameters() {
+        let v5 = QWEN.replace(
+            "\"rope_theta\":1000000.0",
+            "\"rope_parameters\":{\"rope_theta\":5e5,\"rope_type\":\"default\"}",
+        );
+        let ModelConfig::Llama(c) = ModelConfig::parse(&v5).unwrap() else {
+            panic!("not llama-like")
+        };
+        assert_eq!(c.rope_theta, 5e5);
+        let yarn = QWEN.replace(
+            "\"rope_theta\":1000000.0",
+            "\"rope_parameters\":{\"rope_theta\":5e5,\"rope_type\":\"yarn\"}",
+        );
+        assert!(matches!(
+            ModelConfig::parse(&yarn),
+            Err(ConfigError::Invalid {
+                field: "rope_parameters",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn unknown_model_type_names_the_supported_ones() {
         let err = ModelConfig::parse(r#"{"model_type":"mamba"}"#).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("mamba") && msg.contains("qwen2") && msg.contains("gpt_bigcode"), "{msg}");
+        assert!(
+            msg.contains("mamba") && msg.contains("qwen2") && msg.contains("gpt_bigcode"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn inconsistent_heads_are_rejected_with_the_field_name() {
         let bad = QWEN.replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":3");
         let err = ModelConfig::parse(&bad).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { field: "num_key_value_heads", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "num_key_value_heads",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let missing = QWEN.replace("\"vocab_size\":100,", "");
-        assert_eq!(ModelConfig::parse(&missing).unwrap_err(), ConfigError::MissingField("vocab_size"));
+        assert_eq!(
+            ModelConfig::parse(&missing).unwrap_err(),
+            ConfigError::MissingField("vocab_size")
+        );
     }
 }

@@ -27,7 +27,12 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -42,7 +47,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_tokens: 64, time_budget: None, top_alternatives: 5 }
+        Self {
+            max_tokens: 64,
+            time_budget: None,
+            top_alternatives: 5,
+        }
     }
 }
 
@@ -146,8 +155,13 @@ pub fn probabilities(logits: &[f32]) -> Vec<f64> {
 /// Picks a token id from `logits` (one vocabulary row).
 pub fn choose(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     let argmax = || {
-        logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0
-            as u32
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 { (i, l) } else { best }
+            })
+            .0 as u32
     };
     if s.temperature <= 0.0 {
         return argmax();
@@ -231,10 +245,24 @@ pub fn generate(
     };
     let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let tokens_per_s = if decode_ms > 0.0 { tokens.len() as f64 / (decode_ms / 1e3) } else { 0.0 };
-    let timings =
-        Timings { prompt_tokens: prompt.len(), reused_tokens: prefill.reused, prefill_ms, decode_ms, tokens_per_s };
-    Ok(Generation { text, tokens, stop, timings })
+    let tokens_per_s = if decode_ms > 0.0 {
+        tokens.len() as f64 / (decode_ms / 1e3)
+    } else {
+        0.0
+    };
+    let timings = Timings {
+        prompt_tokens: prompt.len(),
+        reused_tokens: prefill.reused,
+        prefill_ms,
+        decode_ms,
+        tokens_per_s,
+    };
+    Ok(Generation {
+        text,
+        tokens,
+        stop,
+        timings,
+    })
 }
 
 fn next_logits(network: &mut Network, context: &[u32]) -> candle_core::Result<Tensor> {
@@ -247,7 +275,8 @@ fn complete_prefix(bytes: &[u8]) -> &str {
         Ok(s) => s,
         Err(e) if e.error_len().is_none() => {
             // Only the tail is incomplete: everything before it is valid.
-            std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default()
+            std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default())
+                .unwrap_or_default()
         }
         // Invalid bytes in the middle: show nothing rather than guess; the final text is lossy-decoded.
         Err(_) => "",
@@ -256,7 +285,10 @@ fn complete_prefix(bytes: &[u8]) -> &str {
 
 fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> GeneratedToken {
     let probs = probabilities(logits);
-    let chosen = logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let chosen = logits
+        .get(id as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
     let rank = 1 + logits.iter().filter(|&&l| l > chosen).count();
     let mut order: Vec<usize> = (0..probs.len()).collect();
     let k = top.min(order.len());
@@ -267,7 +299,11 @@ fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> Gener
     order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let top = order
         .into_iter()
-        .map(|i| Alternative { text: tokenizer.token_text(i as u32), id: i as u32, prob: probs[i] as f32 })
+        .map(|i| Alternative {
+            text: tokenizer.token_text(i as u32),
+            id: i as u32,
+            prob: probs[i] as f32,
+        })
         .collect();
     GeneratedToken {
         text: tokenizer.token_text(id),
@@ -280,6 +316,7 @@ fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> Gener
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -288,23 +325,40 @@ mod tests {
         let logits = [0.1, 2.0, 1.9, -3.0];
         let mut rng = Rng::new(1);
         assert_eq!(choose(&logits, &Sampling::default(), &mut rng), 1);
-        let hot = Sampling { temperature: 1.0, seed: 7, ..Sampling::default() };
+        let hot = Sampling {
+            temperature: 1.0,
+            seed: 7,
+            ..Sampling::default()
+        };
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..32).map(|_| choose(&logits, &hot, &mut rng)).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| choose(&logits, &hot, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
-        assert!(draw(7).contains(&2), "temperature 1 must sometimes pick the runner-up");
+        assert!(
+            draw(7).contains(&2),
+            "temperature 1 must sometimes pick the runner-up"
+        );
     }
 
     #[test]
     fn top_k_and_top_p_restrict_the_candidates() {
         let logits = [5.0, 4.0, 0.0, -1.0];
         let mut rng = Rng::new(3);
-        let k1 = Sampling { temperature: 5.0, top_k: 1, ..Sampling::default() };
+        let k1 = Sampling {
+            temperature: 5.0,
+            top_k: 1,
+            ..Sampling::default()
+        };
         assert!((0..50).all(|_| choose(&logits, &k1, &mut rng) == 0));
-        let p = Sampling { temperature: 1.0, top_p: 0.9, ..Sampling::default() };
+        let p = Sampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Sampling::default()
+        };
         assert!((0..200).all(|_| choose(&logits, &p, &mut rng) < 2));
     }
 

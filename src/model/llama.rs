@@ -36,7 +36,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], len: 0 }
+        Self {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
     }
 
     /// Number of positions held.
@@ -101,8 +104,12 @@ impl RmsNorm {
                 // transformers computes the norm in f32, then casts back before the weight.
                 let dtype = xs.dtype();
                 let x = xs.to_dtype(DType::F32)?;
-                let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-                x.broadcast_mul(&inv)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+                let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                    .sqrt()?
+                    .recip()?;
+                x.broadcast_mul(&inv)?
+                    .to_dtype(dtype)?
+                    .broadcast_mul(&self.weight)
             }
         }
     }
@@ -126,7 +133,10 @@ impl Rope {
             .to_dtype(DType::F32)?
             .reshape((cfg.max_position_embeddings, 1))?;
         let freqs = positions.matmul(&inv_freq)?;
-        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
     }
 
     /// Rotates `xs` of shape `(batch, heads, seq, head_dim)` for positions `offset..offset + seq`.
@@ -164,10 +174,30 @@ impl Attention {
     fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Ok(Self {
-            q_proj: candle_nn::linear_b(h, cfg.num_attention_heads * d, cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(h, cfg.num_key_value_heads * d, cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(h, cfg.num_key_value_heads * d, cfg.qkv_bias, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(cfg.num_attention_heads * d, h, cfg.o_bias, vb.pp("o_proj"))?,
+            q_proj: candle_nn::linear_b(
+                h,
+                cfg.num_attention_heads * d,
+                cfg.qkv_bias,
+                vb.pp("q_proj"),
+            )?,
+            k_proj: candle_nn::linear_b(
+                h,
+                cfg.num_key_value_heads * d,
+                cfg.qkv_bias,
+                vb.pp("k_proj"),
+            )?,
+            v_proj: candle_nn::linear_b(
+                h,
+                cfg.num_key_value_heads * d,
+                cfg.qkv_bias,
+                vb.pp("v_proj"),
+            )?,
+            o_proj: candle_nn::linear_b(
+                cfg.num_attention_heads * d,
+                h,
+                cfg.o_bias,
+                vb.pp("o_proj"),
+            )?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: d,
@@ -177,7 +207,9 @@ impl Attention {
     fn forward(&self, xs: &Tensor, ctx: &mut StepContext, layer: usize) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let split = |x: Tensor, heads: usize| -> Result<Tensor> {
-            x.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+            x.reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.q_proj.forward(xs)?, self.num_heads)?;
         let k = split(self.k_proj.forward(xs)?, self.num_kv_heads)?;
@@ -202,7 +234,9 @@ impl Attention {
             Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -274,12 +308,20 @@ impl Llama {
     /// the head; the loader decides it from the checkpoint (is `lm_head.weight` present?).
     pub fn new(config: &LlamaConfig, vb: VarBuilder, tie: bool, kernels: Kernels) -> Result<Self> {
         let vb_m = vb.pp("model");
-        let embed_tokens = candle_nn::embedding(config.vocab_size, config.hidden_size, vb_m.pp("embed_tokens"))?;
+        let embed_tokens = candle_nn::embedding(
+            config.vocab_size,
+            config.hidden_size,
+            vb_m.pp("embed_tokens"),
+        )?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let vb_l = vb_m.pp("layers").pp(i);
                 Ok(Block {
-                    input_layernorm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, vb_l.pp("input_layernorm"))?,
+                    input_layernorm: RmsNorm::new(
+                        config.hidden_size,
+                        config.rms_norm_eps,
+                        vb_l.pp("input_layernorm"),
+                    )?,
                     self_attn: Attention::new(config, vb_l.pp("self_attn"))?,
                     post_attention_layernorm: RmsNorm::new(
                         config.hidden_size,
@@ -297,7 +339,16 @@ impl Llama {
             candle_nn::linear_no_bias(config.hidden_size, config.vocab_size, vb.pp("lm_head"))?
         };
         let rope = Rope::new(config, vb.dtype(), vb.device())?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rope, config: config.clone(), kernels, tied: tie })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            config: config.clone(),
+            kernels,
+            tied: tie,
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -320,11 +371,19 @@ impl Llama {
     /// Hidden states after the final norm, `(batch, seq, hidden)`, for `ids` of shape `(batch, seq)`
     /// at positions `offset..`. With a cache, `offset` must equal `cache.len()` and the new keys and
     /// values are appended.
-    pub fn forward_hidden(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if let Some(c) = cache.as_deref() {
             if c.len() != offset {
-                candle_core::bail!("KV cache holds {} positions but the forward starts at {offset}", c.len());
+                candle_core::bail!(
+                    "KV cache holds {} positions but the forward starts at {offset}",
+                    c.len()
+                );
             }
         }
         if offset + t > self.config.max_position_embeddings {
@@ -334,8 +393,16 @@ impl Llama {
                 self.config.max_position_embeddings
             );
         }
-        let mask = (t > 1).then(|| causal_mask(t, offset, self.device())).transpose()?;
-        let mut ctx = StepContext { rope: &self.rope, offset, mask: mask.as_ref(), cache, kernels: self.kernels };
+        let mask = (t > 1)
+            .then(|| causal_mask(t, offset, self.device()))
+            .transpose()?;
+        let mut ctx = StepContext {
+            rope: &self.rope,
+            offset,
+            mask: mask.as_ref(),
+            cache,
+            kernels: self.kernels,
+        };
         let mut xs = self.embed_tokens.forward(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &mut ctx, i)?;
@@ -347,17 +414,30 @@ impl Llama {
     }
 
     /// Logits for every position, `(batch, seq, vocab)` in f32: scoring and training.
-    pub fn forward_all(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_all(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let hidden = self.forward_hidden(ids, offset, cache)?;
         self.lm_head.forward(&hidden)?.to_dtype(DType::F32)
     }
 
     /// Logits for the last position only, `(batch, vocab)` in f32: generation.
-    pub fn forward_last(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let hidden = self.forward_hidden(ids, offset, cache)?;
         let t = hidden.dim(1)?;
         let last = hidden.narrow(1, t - 1, 1)?;
-        self.lm_head.forward(&last)?.squeeze(1)?.to_dtype(DType::F32)
+        self.lm_head
+            .forward(&last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)
     }
 }
 
@@ -365,12 +445,21 @@ impl Llama {
 fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let total = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (t, total), device)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::model::config::{Family, LlamaConfig};
@@ -403,7 +492,16 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -421,13 +519,22 @@ mod tests {
             let input = ids(&[1, 5, 9, 13, 2, 7, 30, 41]);
             let logits = model.forward_all(&input, 0, None).unwrap();
             let targets = Tensor::new(&[5u32, 9, 13, 2, 7, 30, 41, 3], &Device::Cpu).unwrap();
-            let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0).unwrap(), &targets).unwrap();
+            let loss =
+                candle_nn::loss::cross_entropy(&logits.squeeze(0).unwrap(), &targets).unwrap();
             let grads = loss.backward().unwrap();
             let data = varmap.data().lock().unwrap();
             assert!(!data.is_empty());
             for (name, var) in data.iter() {
-                let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
-                let norm = grad.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                let grad = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{name} has no gradient"));
+                let norm = grad
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(norm > 0.0, "{name} has a zero gradient");
             }
         }
@@ -454,9 +561,13 @@ mod tests {
         let seq = [3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3];
         let full = model.forward_all(&ids(&seq), 0, None).unwrap();
         let mut cache = model.new_cache();
-        model.forward_last(&ids(&seq[..6]), 0, Some(&mut cache)).unwrap();
+        model
+            .forward_last(&ids(&seq[..6]), 0, Some(&mut cache))
+            .unwrap();
         for (pos, &tok) in seq.iter().enumerate().skip(6) {
-            let step = model.forward_last(&ids(&[tok]), pos, Some(&mut cache)).unwrap();
+            let step = model
+                .forward_last(&ids(&[tok]), pos, Some(&mut cache))
+                .unwrap();
             let want = full.narrow(1, pos, 1).unwrap().squeeze(1).unwrap();
             assert!(max_abs_diff(&step, &want) < 1e-5, "position {pos}");
         }
@@ -464,8 +575,14 @@ mod tests {
         cache.truncate(4).unwrap();
         assert_eq!(cache.len(), 4);
         let other = [3u32, 1, 4, 1, 7, 7, 8];
-        let resumed = model.forward_all(&ids(&other[4..]), 4, Some(&mut cache)).unwrap();
-        let fresh = model.forward_all(&ids(&other), 0, None).unwrap().narrow(1, 4, 3).unwrap();
+        let resumed = model
+            .forward_all(&ids(&other[4..]), 4, Some(&mut cache))
+            .unwrap();
+        let fresh = model
+            .forward_all(&ids(&other), 0, None)
+            .unwrap()
+            .narrow(1, 4, 3)
+            .unwrap();
         assert!(max_abs_diff(&resumed, &fresh) < 1e-5);
     }
 

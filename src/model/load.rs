@@ -21,14 +21,22 @@ use super::{Model, embedded};
 /// Why a model could not be loaded. Every variant names what to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}: no such directory, and not a Hugging Face repo id (like Qwen/Qwen2.5-Coder-0.5B)")]
+    #[error(
+        "{0}: no such directory, and not a Hugging Face repo id (like Qwen/Qwen2.5-Coder-0.5B)"
+    )]
     NotFound(String),
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
     Config { path: PathBuf, source: ConfigError },
     #[error("{}: {source}", path.display())]
-    Tokenizer { path: PathBuf, source: TokenizerError },
+    Tokenizer {
+        path: PathBuf,
+        source: TokenizerError,
+    },
     #[error("{}: missing {file}; a model directory needs config.json, tokenizer.json and *.safetensors", dir.display())]
     MissingFile { dir: PathBuf, file: &'static str },
     #[error(
@@ -46,7 +54,12 @@ pub enum LoadError {
          does config.json belong to these weights?",
         path.display()
     )]
-    Shape { path: PathBuf, tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("{}: {why}", path.display())]
     Weights { path: PathBuf, why: String },
     #[error("{id}: {why}")]
@@ -70,14 +83,19 @@ impl ModelSource {
     /// Reads `--model`: nothing is the embedded default, an existing path a directory, `org/name` a
     /// hub id.
     pub fn parse(spec: Option<&str>) -> Result<Self, LoadError> {
-        let Some(spec) = spec else { return Ok(Self::Embedded) };
+        let Some(spec) = spec else {
+            return Ok(Self::Embedded);
+        };
         let path = Path::new(spec);
         if path.is_dir() {
             return Ok(Self::Dir(path.to_path_buf()));
         }
         let parts: Vec<&str> = spec.split('/').collect();
         let valid = |s: &str| {
-            !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
         match parts.as_slice() {
             [org, name] if valid(org) && valid(name) => Ok(Self::Hub(spec.to_string())),
@@ -100,7 +118,10 @@ pub struct ModelFiles {
 #[derive(Debug, Clone)]
 pub enum Blob {
     File(PathBuf),
-    Static { label: &'static str, bytes: &'static [u8] },
+    Static {
+        label: &'static str,
+        bytes: &'static [u8],
+    },
 }
 
 impl Blob {
@@ -113,7 +134,12 @@ impl Blob {
 
     fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
         match self {
-            Self::File(p) => std::fs::read(p).map(Into::into).map_err(|source| LoadError::Io { path: p.clone(), source }),
+            Self::File(p) => std::fs::read(p)
+                .map(Into::into)
+                .map_err(|source| LoadError::Io {
+                    path: p.clone(),
+                    source,
+                }),
             Self::Static { bytes, .. } => Ok((*bytes).into()),
         }
     }
@@ -132,34 +158,49 @@ pub fn locate(source: &ModelSource, online: bool) -> Result<ModelFiles, LoadErro
 pub fn locate_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
     let need = |file: &'static str| {
         let p = dir.join(file);
-        if p.is_file() { Ok(p) } else { Err(LoadError::MissingFile { dir: dir.to_path_buf(), file }) }
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(LoadError::MissingFile {
+                dir: dir.to_path_buf(),
+                file,
+            })
+        }
     };
     let config = need("config.json")?;
     let tokenizer = need("tokenizer.json")?;
+    // Only the canonical names: other safetensors files (adapters, our golden test data) are not weights.
+    let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    let weights = if index.is_file() {
-        shard_names(&index)?.into_iter().map(|f| dir.join(f)).collect()
-    } else {
-        let mut found: Vec<PathBuf> = read_dir_sorted(dir)?
+    let weights: Vec<PathBuf> = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        shard_names(&index)?
             .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        if found.is_empty() {
-            if let Some(pickle) = read_dir_sorted(dir)?.into_iter().find(|p| is_pickle(p)) {
-                let file = pickle.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-                return Err(LoadError::Pickle { dir: dir.to_path_buf(), file });
-            }
-            return Err(LoadError::MissingFile { dir: dir.to_path_buf(), file: "model.safetensors" });
+            .map(|f| dir.join(f))
+            .collect()
+    } else {
+        if let Some(pickle) = read_dir_sorted(dir)?.into_iter().find(|p| is_pickle(p)) {
+            let file = pickle
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Err(LoadError::Pickle {
+                dir: dir.to_path_buf(),
+                file,
+            });
         }
-        // Prefer the canonical single file when other safetensors (e.g. adapters) sit beside it.
-        if let Some(main) = found.iter().position(|p| p.ends_with("model.safetensors")) {
-            found = vec![found.swap_remove(main)];
-        }
-        found
+        return Err(LoadError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "model.safetensors",
+        });
     };
     for w in &weights {
         if !w.is_file() {
-            return Err(LoadError::Safetensors { path: w.clone(), why: "listed in the index but missing".into() });
+            return Err(LoadError::Safetensors {
+                path: w.clone(),
+                why: "listed in the index but missing".into(),
+            });
         }
     }
     Ok(ModelFiles {
@@ -172,7 +213,10 @@ pub fn locate_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
 
 /// The files of a hub model: from the local hf-hub cache first, downloaded (with progress) otherwise.
 pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<ModelFiles, LoadError> {
-    let hub_err = |why: String| LoadError::Hub { id: id.to_string(), why };
+    let hub_err = |why: String| LoadError::Hub {
+        id: id.to_string(),
+        why,
+    };
     let cached = cache.model(id.to_string());
     let from_cache = |file: &str| cached.get(file);
     let complete_in_cache = || -> Option<ModelFiles> {
@@ -183,7 +227,10 @@ pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<Model
             None => {
                 let index = from_cache("model.safetensors.index.json")?;
                 let shards = shard_names(&index).ok()?;
-                shards.iter().map(|s| from_cache(s)).collect::<Option<Vec<_>>>()?
+                shards
+                    .iter()
+                    .map(|s| from_cache(s))
+                    .collect::<Option<Vec<_>>>()?
             }
         };
         Some(hub_files(id, config, tokenizer, weights))
@@ -192,8 +239,13 @@ pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<Model
         return Ok(files);
     }
     if from_cache("config.json").is_some() && from_cache("pytorch_model.bin").is_some() {
-        let dir = from_cache("config.json").and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
-        return Err(LoadError::Pickle { dir, file: "pytorch_model.bin".into() });
+        let dir = from_cache("config.json")
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        return Err(LoadError::Pickle {
+            dir,
+            file: "pytorch_model.bin".into(),
+        });
     }
     if !online {
         return Err(hub_err(format!(
@@ -214,21 +266,37 @@ pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<Model
         ))
     })?;
     let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    let fetch = |file: &str| repo.get(file).map_err(|e| hub_err(format!("downloading {file} failed ({e})")));
+    let fetch = |file: &str| {
+        repo.get(file)
+            .map_err(|e| hub_err(format!("downloading {file} failed ({e})")))
+    };
     let weights = if names.contains(&"model.safetensors") {
         vec![fetch("model.safetensors")?]
     } else if names.contains(&"model.safetensors.index.json") {
         let index = fetch("model.safetensors.index.json")?;
-        shard_names(&index)?.iter().map(|s| fetch(s)).collect::<Result<Vec<_>, _>>()?
+        shard_names(&index)?
+            .iter()
+            .map(|s| fetch(s))
+            .collect::<Result<Vec<_>, _>>()?
     } else if let Some(pickle) = names.iter().find(|n| is_pickle(Path::new(n))) {
-        return Err(LoadError::Pickle { dir: PathBuf::from(id), file: (*pickle).to_string() });
+        return Err(LoadError::Pickle {
+            dir: PathBuf::from(id),
+            file: (*pickle).to_string(),
+        });
     } else {
         return Err(hub_err("the repository has no safetensors weights".into()));
     };
     if !names.contains(&"tokenizer.json") {
-        return Err(hub_err("the repository has no tokenizer.json (infill needs the fast tokenizer file)".into()));
+        return Err(hub_err(
+            "the repository has no tokenizer.json (infill needs the fast tokenizer file)".into(),
+        ));
     }
-    Ok(hub_files(id, fetch("config.json")?, fetch("tokenizer.json")?, weights))
+    Ok(hub_files(
+        id,
+        fetch("config.json")?,
+        fetch("tokenizer.json")?,
+        weights,
+    ))
 }
 
 fn hub_files(id: &str, config: PathBuf, tokenizer: PathBuf, weights: Vec<PathBuf>) -> ModelFiles {
@@ -241,11 +309,15 @@ fn hub_files(id: &str, config: PathBuf, tokenizer: PathBuf, weights: Vec<PathBuf
 }
 
 fn is_pickle(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth" || e == "ckpt")
+    p.extension()
+        .is_some_and(|e| e == "bin" || e == "pt" || e == "pth" || e == "ckpt")
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let io = |source| LoadError::Io { path: dir.to_path_buf(), source };
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut out = std::fs::read_dir(dir)
         .map_err(io)?
         .map(|e| e.map(|e| e.path()))
@@ -257,15 +329,29 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// The distinct shard files named by a `model.safetensors.index.json`, in order.
 fn shard_names(index: &Path) -> Result<Vec<String>, LoadError> {
-    let bad = |why: String| LoadError::Weights { path: index.to_path_buf(), why };
-    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io { path: index.to_path_buf(), source })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("has no \"weight_map\"".into()))?;
+    let bad = |why: String| LoadError::Weights {
+        path: index.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("has no \"weight_map\"".into()))?;
     let mut files: Vec<String> = Vec::new();
     for file in map.values() {
-        let file = file.as_str().ok_or_else(|| bad(format!("weight_map value {file} is not a file name")))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map value {file} is not a file name")))?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(bad(format!("shard name {file:?} points outside the model directory")));
+            return Err(bad(format!(
+                "shard name {file:?} points outside the model directory"
+            )));
         }
         if !files.iter().any(|f| f == file) {
             files.push(file.to_string());
@@ -287,13 +373,18 @@ pub struct TensorInfo {
 /// Reads only the header of a safetensors file (not its data) and checks it against the file's length.
 pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, LoadError> {
     use std::io::Read;
-    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let total = file.metadata().map_err(io)?.len();
     let mut head = vec![0u8; 8.min(total as usize)];
     file.read_exact(&mut head).map_err(io)?;
     if let Ok(len) = <[u8; 8]>::try_from(head.as_slice()) {
-        let want = u64::from_le_bytes(len).min(total.saturating_sub(8)).min(100_000_000) as usize;
+        let want = u64::from_le_bytes(len)
+            .min(total.saturating_sub(8))
+            .min(100_000_000) as usize;
         let mut header = vec![0u8; want];
         file.read_exact(&mut header).map_err(io)?;
         head.extend_from_slice(&header);
@@ -304,46 +395,82 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
 /// Checks a safetensors header (`bytes` holds at least the header) against the file's real length
 /// `total`: a file cut short by an interrupted download or damaged on disk fails here with the tensor
 /// it cannot hold.
-pub fn safetensors_header(path: &Path, bytes: &[u8], total: u64) -> Result<BTreeMap<String, TensorInfo>, LoadError> {
-    let bad = |why: String| LoadError::Safetensors { path: path.to_path_buf(), why };
+pub fn safetensors_header(
+    path: &Path,
+    bytes: &[u8],
+    total: u64,
+) -> Result<BTreeMap<String, TensorInfo>, LoadError> {
+    let bad = |why: String| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        why,
+    };
     let len_bytes: [u8; 8] = bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad(format!("only {} bytes long, shorter than a safetensors header", bytes.len())))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "only {} bytes long, shorter than a safetensors header",
+                bytes.len()
+            ))
+        })?;
     let header_len = u64::from_le_bytes(len_bytes);
     let data_start = 8u64.saturating_add(header_len);
     if header_len > 100_000_000 || data_start > total || data_start > bytes.len() as u64 {
-        return Err(bad(format!("declares a {header_len}-byte header but the file has {total} bytes")));
+        return Err(bad(format!(
+            "declares a {header_len}-byte header but the file has {total} bytes"
+        )));
     }
-    let header = bytes.get(8..data_start as usize).ok_or_else(|| bad("header out of range".into()))?;
-    let json: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON ({e})")))?;
+    let header = bytes
+        .get(8..data_start as usize)
+        .ok_or_else(|| bad("header out of range".into()))?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| bad(format!("header is not valid JSON ({e})")))?;
     let data_len = total - data_start;
     let mut out = BTreeMap::new();
     for (name, entry) in json {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or_default().to_string();
-        let shape: Option<Vec<usize>> = entry
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
-        let offsets: Option<Vec<u64>> =
-            entry.get("data_offsets").and_then(|o| o.as_array()).and_then(|o| o.iter().map(|x| x.as_u64()).collect());
+        let dtype = entry
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let shape: Option<Vec<usize>> =
+            entry
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .and_then(|dims| {
+                    dims.iter()
+                        .map(|d| d.as_u64().map(|d| d as usize))
+                        .collect()
+                });
+        let offsets: Option<Vec<u64>> = entry
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| o.iter().map(|x| x.as_u64()).collect());
         let (Some(shape), Some(&[begin, end])) = (shape, offsets.as_deref()) else {
-            return Err(bad(format!("tensor \"{name}\" has a malformed header entry")));
+            return Err(bad(format!(
+                "tensor \"{name}\" has a malformed header entry"
+            )));
         };
         let width = match dtype.as_str() {
             "F64" | "I64" | "U64" => 8,
             "F32" | "I32" | "U32" => 4,
             "F16" | "BF16" | "I16" | "U16" => 2,
             "U8" | "I8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
-            other => return Err(bad(format!("tensor \"{name}\" has unsupported dtype {other:?}"))),
+            other => {
+                return Err(bad(format!(
+                    "tensor \"{name}\" has unsupported dtype {other:?}"
+                )));
+            }
         };
         let numel: u64 = shape.iter().map(|&d| d as u64).product();
         if end < begin || end - begin != numel * width {
-            return Err(bad(format!("tensor \"{name}\" has {} data bytes for shape {shape:?} {dtype}", end.saturating_sub(begin))));
+            return Err(bad(format!(
+                "tensor \"{name}\" has {} data bytes for shape {shape:?} {dtype}",
+                end.saturating_sub(begin)
+            )));
         }
         if end > data_len {
             return Err(bad(format!(
@@ -366,7 +493,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32 }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -374,12 +504,22 @@ impl Default for LoadOptions {
 pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> {
     let config_path = files.config.label();
     let config_text = files.config.read()?;
-    let config_text = std::str::from_utf8(&config_text)
-        .map_err(|_| LoadError::Config { path: config_path.clone(), source: ConfigError::Json("not UTF-8".into()) })?;
-    let config = ModelConfig::parse(config_text).map_err(|source| LoadError::Config { path: config_path.clone(), source })?;
+    let config_text = std::str::from_utf8(&config_text).map_err(|_| LoadError::Config {
+        path: config_path.clone(),
+        source: ConfigError::Json("not UTF-8".into()),
+    })?;
+    let config = ModelConfig::parse(config_text).map_err(|source| LoadError::Config {
+        path: config_path.clone(),
+        source,
+    })?;
     let tokenizer_bytes = files.tokenizer.read()?;
-    let tokenizer = Tokenizer::from_bytes(&tokenizer_bytes, config.vocab_size())
-        .map_err(|source| LoadError::Tokenizer { path: files.tokenizer.label(), source })?;
+    let tokenizer =
+        Tokenizer::from_bytes(&tokenizer_bytes, config.vocab_size()).map_err(|source| {
+            LoadError::Tokenizer {
+                path: files.tokenizer.label(),
+                source,
+            }
+        })?;
 
     // Check every header before mapping anything; remember which file holds which tensor.
     let mut owner: BTreeMap<String, (PathBuf, TensorInfo)> = BTreeMap::new();
@@ -395,38 +535,80 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
     }
     let first = files.weights.first().map(Blob::label).unwrap_or_default();
     let vb = var_builder(files, opts)?;
-    let candle = |e: candle_core::Error| LoadError::Weights { path: first.clone(), why: e.to_string() };
+    let candle = |e: candle_core::Error| LoadError::Weights {
+        path: first.clone(),
+        why: e.to_string(),
+    };
     let network = match &config {
         ModelConfig::Llama(c) => {
             check_llama_tensors(c, &owner, &first)?;
             let tie = !owner.contains_key("lm_head.weight");
             Network::llama(Llama::new(c, vb, tie, Kernels::Fused).map_err(candle)?)
         }
-        ModelConfig::Starcoder2 { raw, max_position_embeddings, .. } => {
-            let c: candle_transformers::models::starcoder2::Config = serde_json::from_value(raw.clone()).map_err(|e| {
-                LoadError::Config { path: config_path.clone(), source: ConfigError::Json(e.to_string()) }
-            })?;
+        ModelConfig::Starcoder2 {
+            raw,
+            max_position_embeddings,
+            ..
+        } => {
+            let c: candle_transformers::models::starcoder2::Config =
+                serde_json::from_value(raw.clone()).map_err(|e| LoadError::Config {
+                    path: config_path.clone(),
+                    source: ConfigError::Json(e.to_string()),
+                })?;
             Network::starcoder2(&c, vb, *max_position_embeddings).map_err(candle)?
         }
-        &ModelConfig::GptBigCode { vocab_size, n_positions, n_layer, n_embd, n_head, n_inner, layer_norm_epsilon, multi_query } => {
-            let c = BigCodeConfig { vocab_size, n_positions, n_layer, n_embd, n_head, n_inner, layer_norm_epsilon, multi_query };
+        &ModelConfig::GptBigCode {
+            vocab_size,
+            n_positions,
+            n_layer,
+            n_embd,
+            n_head,
+            n_inner,
+            layer_norm_epsilon,
+            multi_query,
+        } => {
+            let c = BigCodeConfig {
+                vocab_size,
+                n_positions,
+                n_layer,
+                n_embd,
+                n_head,
+                n_inner,
+                layer_norm_epsilon,
+                multi_query,
+            };
             Network::bigcode(c, vb).map_err(candle)?
         }
     };
-    Ok(Model { name: files.name.clone(), network, tokenizer, config })
+    Ok(Model {
+        name: files.name.clone(),
+        network,
+        tokenizer,
+        config,
+    })
 }
 
 fn var_builder(files: &ModelFiles, opts: &LoadOptions) -> Result<VarBuilder<'static>, LoadError> {
     match files.weights.as_slice() {
-        [Blob::Static { label, bytes }] => VarBuilder::from_slice_safetensors(bytes, opts.dtype, &opts.device)
-            .map_err(|e| LoadError::Weights { path: PathBuf::from(label), why: e.to_string() }),
+        [Blob::Static { label, bytes }] => {
+            VarBuilder::from_slice_safetensors(bytes, opts.dtype, &opts.device).map_err(|e| {
+                LoadError::Weights {
+                    path: PathBuf::from(label),
+                    why: e.to_string(),
+                }
+            })
+        }
         blobs => {
             let paths: Vec<PathBuf> = blobs.iter().map(Blob::label).collect();
             // SAFETY: the files are mapped read-only; as with every mmap, modifying them while infill
             // runs is undefined behaviour, the same contract as candle's and transformers' loaders.
             #[allow(unsafe_code)]
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&paths, opts.dtype, &opts.device) };
-            vb.map_err(|e| LoadError::Weights { path: paths.first().cloned().unwrap_or_default(), why: e.to_string() })
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&paths, opts.dtype, &opts.device) };
+            vb.map_err(|e| LoadError::Weights {
+                path: paths.first().cloned().unwrap_or_default(),
+                why: e.to_string(),
+            })
         }
     }
 }
@@ -435,7 +617,10 @@ fn var_builder(files: &ModelFiles, opts: &LoadOptions) -> Result<VarBuilder<'sta
 pub fn llama_tensor_shapes(c: &LlamaConfig, tied: bool) -> Vec<(String, Vec<usize>)> {
     let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let mut add = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
@@ -451,7 +636,11 @@ pub fn llama_tensor_shapes(c: &LlamaConfig, tied: bool) -> Vec<(String, Vec<usiz
         if c.o_bias {
             add("self_attn.o_proj.bias", vec![h]);
         }
-        for (proj, shape) in [("gate_proj", vec![i, h]), ("up_proj", vec![i, h]), ("down_proj", vec![h, i])] {
+        for (proj, shape) in [
+            ("gate_proj", vec![i, h]),
+            ("up_proj", vec![i, h]),
+            ("down_proj", vec![h, i]),
+        ] {
             let rows = shape.first().copied().unwrap_or_default();
             add(&format!("mlp.{proj}.weight"), shape);
             if c.mlp_bias {
@@ -474,9 +663,19 @@ fn check_llama_tensors(
     let tied = !owner.contains_key("lm_head.weight");
     for (name, expected) in llama_tensor_shapes(c, tied) {
         match owner.get(&name) {
-            None => return Err(LoadError::MissingTensor { path: first.to_path_buf(), tensor: name }),
+            None => {
+                return Err(LoadError::MissingTensor {
+                    path: first.to_path_buf(),
+                    tensor: name,
+                });
+            }
             Some((path, info)) if info.shape != expected => {
-                return Err(LoadError::Shape { path: path.clone(), tensor: name, expected, got: info.shape.clone() });
+                return Err(LoadError::Shape {
+                    path: path.clone(),
+                    tensor: name,
+                    expected,
+                    got: info.shape.clone(),
+                });
             }
             Some(_) => {}
         }
@@ -485,6 +684,7 @@ fn check_llama_tensors(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -503,26 +703,53 @@ mod tests {
         let parsed = safetensors_header(Path::new("m.safetensors"), &ok, ok.len() as u64).unwrap();
         assert_eq!(parsed["w"].shape, vec![2, 3]);
         let short = header_file(entry, 20);
-        let err = safetensors_header(Path::new("m.safetensors"), &short, short.len() as u64).unwrap_err().to_string();
-        assert!(err.contains("truncated") && err.contains("\"w\"") && err.contains("m.safetensors"), "{err}");
+        let err = safetensors_header(Path::new("m.safetensors"), &short, short.len() as u64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("truncated") && err.contains("\"w\"") && err.contains("m.safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
     fn header_check_rejects_garbage_without_panicking() {
-        for bytes in [&b""[..], b"abc", &[255u8; 16], &[4, 0, 0, 0, 0, 0, 0, 0, b'{', b'x']] {
-            assert!(safetensors_header(Path::new("x.safetensors"), bytes, bytes.len() as u64).is_err());
+        for bytes in [
+            &b""[..],
+            b"abc",
+            &[255u8; 16],
+            &[4, 0, 0, 0, 0, 0, 0, 0, b'{', b'x'],
+        ] {
+            assert!(
+                safetensors_header(Path::new("x.safetensors"), bytes, bytes.len() as u64).is_err()
+            );
         }
-        let lying = header_file(r#""w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,8]}"#, 8);
+        let lying = header_file(
+            r#""w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,8]}"#,
+            8,
+        );
         assert!(safetensors_header(Path::new("x"), &lying, lying.len() as u64).is_err());
     }
 
     #[test]
     fn model_source_tells_dirs_from_hub_ids() {
         assert_eq!(ModelSource::parse(None).unwrap(), ModelSource::Embedded);
-        assert_eq!(ModelSource::parse(Some("Qwen/Qwen2.5-Coder-0.5B")).unwrap(), ModelSource::Hub("Qwen/Qwen2.5-Coder-0.5B".into()));
+        assert_eq!(
+            ModelSource::parse(Some("Qwen/Qwen2.5-Coder-0.5B")).unwrap(),
+            ModelSource::Hub("Qwen/Qwen2.5-Coder-0.5B".into())
+        );
         let dir = std::env::temp_dir();
-        assert_eq!(ModelSource::parse(dir.to_str()).unwrap(), ModelSource::Dir(dir.clone()));
-        assert!(matches!(ModelSource::parse(Some("no/such/dir")), Err(LoadError::NotFound(_))));
-        assert!(matches!(ModelSource::parse(Some("../x")), Err(LoadError::NotFound(_))));
+        assert_eq!(
+            ModelSource::parse(dir.to_str()).unwrap(),
+            ModelSource::Dir(dir.clone())
+        );
+        assert!(matches!(
+            ModelSource::parse(Some("no/such/dir")),
+            Err(LoadError::NotFound(_))
+        ));
+        assert!(matches!(
+            ModelSource::parse(Some("../x")),
+            Err(LoadError::NotFound(_))
+        ));
     }
 }

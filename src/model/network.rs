@@ -13,9 +13,16 @@ use candle_transformers::models::{bigcode, starcoder2};
 use super::llama::{KvCache, Llama};
 
 enum Inner {
-    Llama { model: Llama, cache: KvCache },
+    Llama {
+        model: Llama,
+        cache: KvCache,
+    },
     Starcoder2(Box<starcoder2::Model>),
-    BigCode { model: Box<bigcode::GPTBigCode>, vb: VarBuilder<'static>, config: BigCodeConfig },
+    BigCode {
+        model: Box<bigcode::GPTBigCode>,
+        vb: VarBuilder<'static>,
+        config: BigCodeConfig,
+    },
 }
 
 /// What rebuilding a GPT-BigCode model needs (candle's `Config` is neither `Clone` nor `Deserialize`).
@@ -59,7 +66,10 @@ pub struct Network {
 
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Network").field("cached", &self.cached.len()).field("context", &self.context_length).finish()
+        f.debug_struct("Network")
+            .field("cached", &self.cached.len())
+            .field("context", &self.context_length)
+            .finish()
     }
 }
 
@@ -75,7 +85,13 @@ impl Network {
         let cache = model.new_cache();
         let context_length = model.config().max_position_embeddings;
         let device = model.device().clone();
-        Self { inner: Inner::Llama { model, cache }, cached: Vec::new(), context_length, device, dtype: DType::F32 }
+        Self {
+            inner: Inner::Llama { model, cache },
+            cached: Vec::new(),
+            context_length,
+            device,
+            dtype: DType::F32,
+        }
     }
 
     pub fn starcoder2(
@@ -85,14 +101,29 @@ impl Network {
     ) -> candle_core::Result<Self> {
         let (device, dtype) = (vb.device().clone(), vb.dtype());
         let model = starcoder2::Model::new(config, vb)?;
-        Ok(Self { inner: Inner::Starcoder2(Box::new(model)), cached: Vec::new(), context_length, device, dtype })
+        Ok(Self {
+            inner: Inner::Starcoder2(Box::new(model)),
+            cached: Vec::new(),
+            context_length,
+            device,
+            dtype,
+        })
     }
 
-    pub(crate) fn bigcode(config: BigCodeConfig, vb: VarBuilder<'static>) -> candle_core::Result<Self> {
+    pub(crate) fn bigcode(
+        config: BigCodeConfig,
+        vb: VarBuilder<'static>,
+    ) -> candle_core::Result<Self> {
         let (device, dtype) = (vb.device().clone(), vb.dtype());
         let model = Box::new(config.build(vb.clone())?);
         let context_length = config.n_positions;
-        Ok(Self { inner: Inner::BigCode { model, vb, config }, cached: Vec::new(), context_length, device, dtype })
+        Ok(Self {
+            inner: Inner::BigCode { model, vb, config },
+            cached: Vec::new(),
+            context_length,
+            device,
+            dtype,
+        })
     }
 
     pub fn context_length(&self) -> usize {
@@ -149,9 +180,18 @@ impl Network {
             candle_core::bail!("cannot predict after an empty sequence");
         }
         if tokens.len() > self.context_length {
-            candle_core::bail!("{} tokens exceed the model's context of {}", tokens.len(), self.context_length);
+            candle_core::bail!(
+                "{} tokens exceed the model's context of {}",
+                tokens.len(),
+                self.context_length
+            );
         }
-        let shared = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let shared = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
         // At least one token must run to produce logits.
         let keep = shared.min(tokens.len() - 1);
         self.truncate(keep)?;
@@ -165,6 +205,12 @@ impl Network {
         };
         self.cached.extend_from_slice(new);
         let logits = logits.squeeze(0)?.to_dtype(DType::F32)?;
-        Ok((logits, Prefill { reused: start, computed: new.len() }))
+        Ok((
+            logits,
+            Prefill {
+                reused: start,
+                computed: new.len(),
+            },
+        ))
     }
 }

@@ -19,12 +19,24 @@ pub enum TokenizerError {
          <｜fim▁begin｜> and <PRE>); use a FIM-trained model such as Qwen/Qwen2.5-Coder-0.5B"
     )]
     NoFimTokens,
-    #[error("has {vocab} tokens but config.json says vocab_size {config}; are they from the same model?")]
+    #[error(
+        "has {vocab} tokens but config.json says vocab_size {config}; are they from the same model?"
+    )]
     VocabMismatch { vocab: usize, config: usize },
 }
 
 /// Prefix-suffix-middle or suffix-prefix-middle order (Bavarian et al. 2022, section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FimOrder {
     #[default]
@@ -46,17 +58,45 @@ pub struct FimTemplate {
     pub lead: Vec<u32>,
 }
 
+/// Token names of one template family; each slot lists accepted spellings.
+type TemplateNames = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
 /// Known token names: (style, prefix, suffix, middle, extra stop tokens).
-const TEMPLATES: &[(&str, &[&str], &[&str], &[&str], &[&str])] = &[
+const TEMPLATES: &[TemplateNames] = &[
     (
         "qwen",
         &["<|fim_prefix|>"],
         &["<|fim_suffix|>"],
         &["<|fim_middle|>"],
-        &["<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|file_separator|>", "<|repo_name|>", "<|im_end|>"],
+        &[
+            "<|endoftext|>",
+            "<|fim_pad|>",
+            "<|file_sep|>",
+            "<|file_separator|>",
+            "<|repo_name|>",
+            "<|im_end|>",
+        ],
     ),
-    ("starcoder", &["<fim_prefix>"], &["<fim_suffix>"], &["<fim_middle>"], &["<|endoftext|>", "<file_sep>", "<fim_pad>"]),
-    ("santacoder", &["<fim-prefix>"], &["<fim-suffix>"], &["<fim-middle>"], &["<|endoftext|>", "<fim-pad>"]),
+    (
+        "starcoder",
+        &["<fim_prefix>"],
+        &["<fim_suffix>"],
+        &["<fim_middle>"],
+        &["<|endoftext|>", "<file_sep>", "<fim_pad>"],
+    ),
+    (
+        "santacoder",
+        &["<fim-prefix>"],
+        &["<fim-suffix>"],
+        &["<fim-middle>"],
+        &["<|endoftext|>", "<fim-pad>"],
+    ),
     (
         "deepseek",
         &["<｜fim▁begin｜>"],
@@ -64,7 +104,13 @@ const TEMPLATES: &[(&str, &[&str], &[&str], &[&str], &[&str])] = &[
         &["<｜fim▁end｜>"],
         &["<｜end▁of▁sentence｜>", "<|EOT|>"],
     ),
-    ("codellama", &["▁<PRE>", "<PRE>"], &["▁<SUF>", "<SUF>"], &["▁<MID>", "<MID>"], &["▁<EOT>", "<EOT>", "</s>"]),
+    (
+        "codellama",
+        &["▁<PRE>", "<PRE>"],
+        &["▁<SUF>", "<SUF>"],
+        &["▁<MID>", "<MID>"],
+        &["▁<EOT>", "<EOT>", "</s>"],
+    ),
 ];
 
 /// How a vocabulary entry maps to bytes.
@@ -87,19 +133,26 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("fim", &self.fim).field("vocab", &self.bytes.len()).finish()
+        f.debug_struct("Tokenizer")
+            .field("fim", &self.fim)
+            .field("vocab", &self.bytes.len())
+            .finish()
     }
 }
 
 impl Tokenizer {
     /// Reads a `tokenizer.json`. `vocab_size` is the model's (its embedding rows), checked against it.
     pub fn from_bytes(json: &[u8], vocab_size: usize) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Invalid(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
         let size = inner.get_vocab_size(true);
         let vocab: HashMap<String, u32> = inner.get_vocab(true);
         let max_id = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
         if max_id > vocab_size {
-            return Err(TokenizerError::VocabMismatch { vocab: size.max(max_id), config: vocab_size });
+            return Err(TokenizerError::VocabMismatch {
+                vocab: size.max(max_id),
+                config: vocab_size,
+            });
         }
         let fim = detect_template(&inner, &vocab).ok_or(TokenizerError::NoFimTokens)?;
         let encoding = piece_encoding(inner.get_decoder());
@@ -115,7 +168,12 @@ impl Tokenizer {
                 bytes[slot] = piece_bytes(piece, encoding);
             }
         }
-        Ok(Self { inner, fim, bytes, special })
+        Ok(Self {
+            inner,
+            fim,
+            bytes,
+            special,
+        })
     }
 
     pub fn fim(&self) -> &FimTemplate {
@@ -131,9 +189,18 @@ impl Tokenizer {
     }
 
     /// Token ids with the byte offset where each token starts.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>), TokenizerError> {
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Invalid(e.to_string()))?;
-        Ok((enc.get_ids().to_vec(), enc.get_offsets().iter().map(|(start, _)| *start).collect()))
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<usize>), TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
+        Ok((
+            enc.get_ids().to_vec(),
+            enc.get_offsets().iter().map(|(start, _)| *start).collect(),
+        ))
     }
 
     /// The exact bytes of one token (empty for an unknown id).
@@ -181,16 +248,34 @@ impl Tokenizer {
     }
 }
 
-fn detect_template(tok: &tokenizers::Tokenizer, vocab: &HashMap<String, u32>) -> Option<FimTemplate> {
+fn detect_template(
+    tok: &tokenizers::Tokenizer,
+    vocab: &HashMap<String, u32>,
+) -> Option<FimTemplate> {
     let find = |names: &[&str]| names.iter().find_map(|n| vocab.get(*n).copied());
     for (style, p, s, m, stops) in TEMPLATES {
-        let (Some(prefix), Some(suffix), Some(middle)) = (find(p), find(s), find(m)) else { continue };
-        let mut stop_ids: Vec<u32> = stops.iter().filter_map(|n| vocab.get(*n).copied()).collect();
+        let (Some(prefix), Some(suffix), Some(middle)) = (find(p), find(s), find(m)) else {
+            continue;
+        };
+        let mut stop_ids: Vec<u32> = stops
+            .iter()
+            .filter_map(|n| vocab.get(*n).copied())
+            .collect();
         stop_ids.sort_unstable();
         stop_ids.dedup();
         // A post-processor that adds a BOS shows it on an empty input.
-        let lead = tok.encode("", true).map(|e| e.get_ids().to_vec()).unwrap_or_default();
-        return Some(FimTemplate { style, prefix, suffix, middle, stops: stop_ids, lead });
+        let lead = tok
+            .encode("", true)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default();
+        return Some(FimTemplate {
+            style,
+            prefix,
+            suffix,
+            middle,
+            stops: stop_ids,
+            lead,
+        });
     }
     None
 }
@@ -237,7 +322,8 @@ fn piece_bytes(piece: &str, encoding: PieceEncoding) -> Vec<u8> {
 fn byte_level_inverse() -> &'static HashMap<char, u8> {
     static TABLE: std::sync::OnceLock<HashMap<char, u8>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        let printable =
+            |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
         let mut shifted = 0u32;
         (0..=255u8)
             .map(|b| {
@@ -254,6 +340,7 @@ fn byte_level_inverse() -> &'static HashMap<char, u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -271,6 +358,9 @@ mod tests {
     fn sentencepiece_pieces_decode_spaces_and_byte_fallback() {
         assert_eq!(piece_bytes("▁foo", PieceEncoding::SentencePiece), b" foo");
         assert_eq!(piece_bytes("<0x0A>", PieceEncoding::SentencePiece), b"\n");
-        assert_eq!(piece_bytes("<0xE2>", PieceEncoding::SentencePiece), vec![0xE2]);
+        assert_eq!(
+            piece_bytes("<0xE2>", PieceEncoding::SentencePiece),
+            vec![0xE2]
+        );
     }
 }

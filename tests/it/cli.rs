@@ -1,0 +1,198 @@
+//! The `infill` binary: output formats, exit codes and one-line errors.
+
+use std::process::{Command, Output};
+
+use crate::fixture;
+
+fn infill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn source_file(text: &[u8]) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new().suffix(".py").tempfile().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+#[test]
+fn complete_json_reports_tokens_timings_and_model() {
+    // The golden prompt, which the fixture continues for 10 tokens without stopping.
+    let g = crate::golden("qwen2");
+    let src = source_file(format!("{}{}", g.prefix, g.suffix).as_bytes());
+    let (line, column) = (
+        g.prefix.lines().count(),
+        g.prefix.lines().last().unwrap().chars().count() + 1,
+    );
+    let (line, column) = (line.to_string(), column.to_string());
+    let model = fixture("qwen2");
+    let out = infill(&[
+        "complete",
+        "--file",
+        src.path().to_str().unwrap(),
+        "--line",
+        &line,
+        "--column",
+        &column,
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "6",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = json["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 6);
+    let ids: Vec<u64> = tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = g.ids[g.prompt_len..g.prompt_len + 6]
+        .iter()
+        .map(|&i| u64::from(i))
+        .collect();
+    assert_eq!(
+        ids, want,
+        "the CLI runs the same pipeline as the golden test"
+    );
+    let joined: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(joined, json["completion"].as_str().unwrap());
+    for t in tokens {
+        let p = t["prob"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0 && t["rank"].as_u64().unwrap() >= 1);
+        assert_eq!(t["top"].as_array().unwrap().len(), 5);
+    }
+    for key in ["prompt_tokens", "prefill_ms", "decode_ms", "tokens_per_s"] {
+        assert!(json["timings"][key].is_number(), "timings.{key}");
+    }
+    assert_eq!(json["model"]["family"], "qwen2");
+    assert_eq!(json["model"]["fim_template"], "qwen");
+
+    // Plain output is the completion itself (plus a final newline when it lacks one).
+    let plain = infill(&[
+        "complete",
+        "--file",
+        src.path().to_str().unwrap(),
+        "--line",
+        &line,
+        "--column",
+        &column,
+        "--model",
+        model.to_str().unwrap(),
+        "--max-tokens",
+        "6",
+    ]);
+    let text = String::from_utf8(plain.stdout).unwrap();
+    assert_eq!(
+        text.trim_end_matches('\n'),
+        json["completion"].as_str().unwrap().trim_end_matches('\n')
+    );
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_code_2() {
+    let model = fixture("qwen2");
+    let m = model.to_str().unwrap();
+    let ok = source_file(b"x = 1\n");
+    let p = ok.path().to_str().unwrap();
+    assert_one_line_error(
+        &infill(&[
+            "complete", "--file", p, "--line", "9", "--column", "1", "--model", m,
+        ]),
+        "line 9 is out of range",
+    );
+    assert_one_line_error(
+        &infill(&[
+            "complete", "--file", p, "--line", "1", "--column", "99", "--model", m,
+        ]),
+        "column 99",
+    );
+    let binary = source_file(b"\x7fELF\x00\x00\x01");
+    let b = binary.path().to_str().unwrap();
+    assert_one_line_error(
+        &infill(&[
+            "complete", "--file", b, "--line", "1", "--column", "1", "--model", m,
+        ]),
+        "binary",
+    );
+    let latin1 = source_file(b"caf\xe9 = 1\n");
+    let l = latin1.path().to_str().unwrap();
+    assert_one_line_error(
+        &infill(&[
+            "complete", "--file", l, "--line", "1", "--column", "1", "--model", m,
+        ]),
+        "UTF-8",
+    );
+    assert_one_line_error(
+        &infill(&[
+            "complete",
+            "--file",
+            "/no/such/file.py",
+            "--line",
+            "1",
+            "--column",
+            "1",
+            "--model",
+            m,
+        ]),
+        "/no/such/file.py",
+    );
+    assert_one_line_error(
+        &infill(&[
+            "complete",
+            "--file",
+            p,
+            "--line",
+            "1",
+            "--column",
+            "1",
+            "--model",
+            "/no/such/model",
+        ]),
+        "/no/such/model",
+    );
+    assert_one_line_error(
+        &infill(&[
+            "complete",
+            "--file",
+            p,
+            "--line",
+            "1",
+            "--column",
+            "1",
+            "--model",
+            "nobody/absent-model",
+        ]),
+        "HF_HUB_OFFLINE",
+    );
+    let broken = crate::scratch_copy("qwen2");
+    std::fs::write(
+        broken.path().join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+    )
+    .unwrap();
+    let bm = broken.path().to_str().unwrap();
+    let out = infill(&[
+        "complete", "--file", p, "--line", "1", "--column", "1", "--model", bm,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    if infill::model::embedded::files().is_none() {
+        assert_one_line_error(
+            &infill(&["complete", "--file", p, "--line", "1", "--column", "1"]),
+            "no default model",
+        );
+    }
+}

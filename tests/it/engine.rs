@@ -1,0 +1,273 @@
+//! The engine against transformers: logits at every position, greedy tokens, KV-cache reuse.
+
+use candle_core::{D, Tensor};
+use infill::complete;
+use infill::model::FimOrder;
+use infill::model::generate::{self, Flow, Limits, Sampling, StopReason};
+
+use crate::{FAMILIES, golden, max_abs_diff, open};
+
+/// transformers and our Llama/Qwen2 decoder agree on every position of one forward.
+#[test]
+fn llama_family_logits_equal_transformers_at_every_position() {
+    for name in ["qwen2", "llama"] {
+        let model = open(&crate::fixture(name));
+        let g = golden(name);
+        let llama = model.network.as_llama().expect("our decoder");
+        let input = Tensor::new(g.ids.as_slice(), model.network.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = llama
+            .forward_all(&input, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let diff = max_abs_diff(&logits, &g.logits);
+        eprintln!(
+            "{name}: max |logit - transformers| over {} positions = {diff:e}",
+            g.ids.len()
+        );
+        assert!(diff < 1e-4, "{name}: {diff}");
+    }
+}
+
+/// Feeding the sequence token by token through the cache reproduces every golden row, for all
+/// four families (StarCoder2 and GPT-BigCode only expose last-position logits).
+#[test]
+fn cached_incremental_logits_equal_transformers_for_every_family() {
+    for name in FAMILIES {
+        let mut model = open(&crate::fixture(name));
+        let g = golden(name);
+        let mut worst = 0f32;
+        for end in g.prompt_len..=g.ids.len() {
+            let (logits, prefill) = model.network.logits_after(&g.ids[..end]).unwrap();
+            if end > g.prompt_len {
+                assert_eq!(
+                    prefill.computed, 1,
+                    "{name}: the cache must serve all but the new token"
+                );
+            }
+            let want = g.logits.get(end - 1).unwrap();
+            worst = worst.max(max_abs_diff(&logits, &want));
+        }
+        eprintln!("{name}: max |cached logit - transformers| = {worst:e}");
+        assert!(worst < 1e-4, "{name}: {worst}");
+    }
+}
+
+/// Our prompt assembly gives the tokens the reference built, and greedy generation the same tokens.
+#[test]
+fn greedy_generation_equals_transformers_for_every_family() {
+    for name in FAMILIES {
+        let mut model = open(&crate::fixture(name));
+        let g = golden(name);
+        let prompt =
+            complete::build_prompt(&model.tokenizer, &g.prefix, &g.suffix, 200, FimOrder::Psm)
+                .unwrap();
+        assert_eq!(prompt.ids, g.ids[..g.prompt_len], "{name}: prompt tokens");
+        let limits = Limits {
+            max_tokens: g.ids.len() - g.prompt_len,
+            ..Limits::default()
+        };
+        let out = generate::generate(
+            &mut model.network,
+            &model.tokenizer,
+            &prompt.ids,
+            &Sampling::default(),
+            &limits,
+            None,
+            |_, _| Flow::Continue,
+        )
+        .unwrap();
+        let ours: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+        let want = &g.ids[g.prompt_len..];
+        assert_eq!(ours, want[..ours.len()], "{name}: greedy tokens");
+        match out.stop {
+            StopReason::MaxTokens => assert_eq!(ours.len(), want.len()),
+            // We stop on end tokens that the reference loop (no stop tokens) ran past.
+            StopReason::EndToken => assert!(
+                model.tokenizer.fim().stops.contains(&want[ours.len()])
+                    || want[ours.len()] == model.tokenizer.fim().middle
+            ),
+            other => panic!("{name}: unexpected stop {other:?}"),
+        }
+        // Every token's probability and rank describe the reference logits at its position.
+        for (i, t) in out.tokens.iter().enumerate() {
+            let row = g.logits.get(g.prompt_len - 1 + i).unwrap();
+            let probs = candle_nn::ops::softmax(&row, D::Minus1)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert!(
+                (probs[t.id as usize] - t.prob).abs() < 1e-4,
+                "{name}: prob of token {i}"
+            );
+            assert_eq!(t.rank, 1, "greedy picks rank 1");
+            assert_eq!(t.top[0].id, t.id);
+        }
+        // Token bytes put together are exactly the completion text.
+        let bytes: Vec<u8> = out.tokens.iter().flat_map(|t| t.bytes.clone()).collect();
+        assert_eq!(String::from_utf8_lossy(&bytes), out.text);
+    }
+}
+
+/// A prompt that shares a prefix with the previous one reuses the cache and matches a fresh model.
+#[test]
+fn shared_prefix_reuse_equals_a_fresh_run() {
+    for name in FAMILIES {
+        let mut warm = open(&crate::fixture(name));
+        let g = golden(name);
+        let first = &g.ids[..g.prompt_len];
+        let mut second = g.ids[..g.prompt_len - 3].to_vec();
+        second.extend_from_slice(&g.ids[g.prompt_len..g.prompt_len + 4]);
+        warm.network.logits_after(first).unwrap();
+        let (reused_logits, prefill) = warm.network.logits_after(&second).unwrap();
+        let mut fresh = open(&crate::fixture(name));
+        let (fresh_logits, _) = fresh.network.logits_after(&second).unwrap();
+        assert!(max_abs_diff(&reused_logits, &fresh_logits) < 1e-5, "{name}");
+        if name == "qwen2" || name == "llama" {
+            assert_eq!(
+                prefill.reused,
+                g.prompt_len - 3,
+                "{name}: truncated cache is reused"
+            );
+        }
+        // The same prompt twice computes one token, not the whole prompt.
+        let (_, again) = warm.network.logits_after(&second).unwrap();
+        if name == "qwen2" || name == "llama" {
+            assert_eq!(again.computed, 1);
+        }
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed_and_respects_max_tokens() {
+    let mut model = open(&crate::fixture("qwen2"));
+    let g = golden("qwen2");
+    let prompt = &g.ids[..g.prompt_len];
+    let run = |model: &mut infill::model::Model, seed| {
+        let s = Sampling {
+            temperature: 1.5,
+            top_k: 50,
+            top_p: 0.95,
+            seed,
+        };
+        let limits = Limits {
+            max_tokens: 12,
+            ..Limits::default()
+        };
+        generate::generate(
+            &mut model.network,
+            &model.tokenizer,
+            prompt,
+            &s,
+            &limits,
+            None,
+            |_, _| Flow::Continue,
+        )
+        .unwrap()
+    };
+    let ids = |g: generate::Generation| g.tokens.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let a = ids(run(&mut model, 11));
+    let b = ids(run(&mut model, 11));
+    assert_eq!(a, b);
+    assert_ne!(a, ids(run(&mut model, 12)));
+    assert!(a.len() <= 12);
+}
+
+#[test]
+fn cancellation_and_callbacks_stop_generation() {
+    let mut model = open(&crate::fixture("llama"));
+    let g = golden("llama");
+    let prompt = &g.ids[..g.prompt_len];
+    let limits = Limits {
+        max_tokens: 50,
+        ..Limits::default()
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let out = generate::generate(
+        &mut model.network,
+        &model.tokenizer,
+        prompt,
+        &Sampling::default(),
+        &limits,
+        Some(&cancel),
+        |_, _| Flow::Continue,
+    )
+    .unwrap();
+    assert_eq!((out.stop, out.tokens.len()), (StopReason::Cancelled, 0));
+    let mut seen = Vec::new();
+    let out = generate::generate(
+        &mut model.network,
+        &model.tokenizer,
+        prompt,
+        &Sampling::default(),
+        &limits,
+        None,
+        |t, text| {
+            seen.push((t.id, text.to_string()));
+            if seen.len() == 2 {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(out.stop, StopReason::Caller);
+    assert_eq!(out.tokens.len(), 2);
+    assert!(out.text.starts_with(&seen[1].1));
+    let budget = Limits {
+        time_budget: Some(std::time::Duration::ZERO),
+        ..limits
+    };
+    let out = generate::generate(
+        &mut model.network,
+        &model.tokenizer,
+        prompt,
+        &Sampling::default(),
+        &budget,
+        None,
+        |_, _| Flow::Continue,
+    )
+    .unwrap();
+    assert_eq!(out.stop, StopReason::TimeBudget);
+}
+
+/// A long document keeps the lines nearest the cursor, cut at line boundaries, within the window.
+#[test]
+fn prompt_budget_keeps_text_nearest_the_cursor_at_line_boundaries() {
+    let model = open(&crate::fixture("qwen2"));
+    let prefix: String = (0..200)
+        .map(|i| format!("x{i} = compute({i})\n"))
+        .collect::<String>()
+        + "y = ";
+    let suffix: String = (0..200).map(|i| format!("print(z{i})\n")).collect();
+    let budget = 120;
+    let p =
+        complete::build_prompt(&model.tokenizer, &prefix, &suffix, budget, FimOrder::Psm).unwrap();
+    assert!(p.prefix_tokens + p.suffix_tokens <= budget);
+    assert!(
+        p.prefix_tokens >= budget / 2,
+        "the prefix gets the larger share: {p:?}"
+    );
+    assert!(
+        p.suffix_tokens >= budget / 8,
+        "the suffix keeps some room: {p:?}"
+    );
+    assert!(
+        prefix[..p.prefix_dropped_bytes].ends_with('\n'),
+        "prefix cut on a line start"
+    );
+    let kept_suffix = &suffix[..suffix.len() - p.suffix_dropped_bytes];
+    assert!(kept_suffix.ends_with('\n'), "suffix cut on a line end");
+    // A short suffix lends its share to the prefix.
+    let q = complete::build_prompt(&model.tokenizer, &prefix, "\n", budget, FimOrder::Psm).unwrap();
+    assert!(q.prefix_tokens > p.prefix_tokens);
+    // SPM puts the suffix first and lets the prefix run into the middle.
+    let spm = complete::build_prompt(&model.tokenizer, "ab", "cd", budget, FimOrder::Spm).unwrap();
+    let fim = model.tokenizer.fim();
+    assert_eq!(&spm.ids[..2], &[fim.prefix, fim.suffix]);
+    assert_ne!(*spm.ids.last().unwrap(), fim.middle);
+}

@@ -1,0 +1,76 @@
+//! infill's integration tests, one binary: fixtures and helpers here, one module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::string_slice)]
+
+mod cli;
+mod engine;
+mod loading;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use infill::model::{LoadOptions, Model, load};
+
+/// The tiny models made by `tests/fixtures/make_fixtures.py` (transformers is the reference).
+pub const FAMILIES: [&str; 4] = ["qwen2", "llama", "starcoder2", "gpt_bigcode"];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+pub fn open(dir: &Path) -> Model {
+    let files = load::locate_dir(dir).unwrap_or_else(|e| panic!("{e}"));
+    load::load(&files, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What transformers computed for a fixture.
+pub struct Golden {
+    pub ids: Vec<u32>,
+    pub prompt_len: usize,
+    /// `(n, vocab)` logits for every position of `ids`.
+    pub logits: Tensor,
+    pub prefix: String,
+    pub suffix: String,
+}
+
+pub fn golden(name: &str) -> Golden {
+    let dir = fixture(name);
+    let tensors =
+        candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+    let ids: Vec<i64> = tensors["input_ids"].to_vec1().unwrap();
+    let prompt_len: Vec<i64> = tensors["prompt_len"].to_vec1().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    Golden {
+        ids: ids.into_iter().map(|i| i as u32).collect(),
+        prompt_len: prompt_len[0] as usize,
+        logits: tensors["logits"].clone(),
+        prefix: meta["prefix"].as_str().unwrap().to_string(),
+        suffix: meta["suffix"].as_str().unwrap().to_string(),
+    }
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Copies a fixture model into a fresh temporary directory, for tests that damage it.
+pub fn scratch_copy(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
