@@ -1,1 +1,149 @@
-fn main() {}
+//! Engine benchmark: prefill tokens/s, time to first token, decode ms/token and peak memory.
+//!
+//! Two shapes with random weights made at run time (no download): a ~7M-parameter Qwen2 like the
+//! default model, and Qwen2.5-Coder-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads,
+//! intermediate 4864, vocab 151936). Run with `cargo bench --bench engine`; set
+//! `INFILL_BENCH=small` for the small model only, `INFILL_BENCH_DTYPES=f32,bf16` to compare
+//! precisions. Figures are printed, never asserted: timings on shared machines are noisy.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use infill::model::Network;
+use infill::model::config::{Family, LlamaConfig};
+use infill::model::llama::{Kernels, Llama};
+
+fn shape(name: &str) -> LlamaConfig {
+    let base = LlamaConfig {
+        family: Family::Qwen2,
+        vocab_size: 4096,
+        hidden_size: 256,
+        intermediate_size: 768,
+        num_hidden_layers: 8,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        max_position_embeddings: 2048,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1e6,
+        qkv_bias: true,
+        o_bias: false,
+        mlp_bias: false,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    match name {
+        "qwen2.5-coder-0.5b-shape" => LlamaConfig {
+            vocab_size: 151_936,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_hidden_layers: 24,
+            num_attention_heads: 14,
+            num_key_value_heads: 2,
+            head_dim: 64,
+            max_position_embeddings: 4096,
+            ..base
+        },
+        _ => base,
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn ids(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7919 + salt * 104_729) % vocab) as u32)
+        .collect()
+}
+
+fn bench(name: &str, dtype: DType) -> candle_core::Result<()> {
+    let cfg = shape(name);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+    let model = Llama::new(&cfg, vb, true, Kernels::Fused)?;
+    let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut net = Network::llama(model);
+    // Warm up (allocators, thread pool).
+    net.logits_after(&ids(16, cfg.vocab_size, 9))?;
+    net.reset()?;
+    let mut prefill = Vec::new();
+    for &n in &[512usize, 1024] {
+        net.reset()?;
+        let prompt = ids(n, cfg.vocab_size, n);
+        let t = Instant::now();
+        net.logits_after(&prompt)?;
+        prefill.push((
+            n,
+            n as f64 / t.elapsed().as_secs_f64(),
+            t.elapsed().as_secs_f64() * 1e3,
+        ));
+    }
+    // Decode after a 512-token prompt: the first token's latency and the steady per-token cost.
+    net.reset()?;
+    let mut seq = ids(512, cfg.vocab_size, 3);
+    let t = Instant::now();
+    net.logits_after(&seq)?;
+    let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
+    let steps = 32;
+    let t = Instant::now();
+    for i in 0..steps {
+        seq.push((i * 31 % cfg.vocab_size) as u32);
+        net.logits_after(&seq)?;
+    }
+    let decode_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    println!(
+        "{name:<26} {:>6.1}M {:<5} prefill@512 {:>7.1} tok/s  prefill@1024 {:>7.1} tok/s  TTFT@512 {:>7.0} ms  \
+         decode {:>7.1} ms/tok ({:>5.1} tok/s)  peak RSS {:>6.0} MiB",
+        params as f64 / 1e6,
+        format!("{dtype:?}").to_lowercase(),
+        prefill[0].1,
+        prefill[1].1,
+        ttft_ms,
+        decode_ms,
+        1e3 / decode_ms,
+        peak_rss_mib(),
+    );
+    Ok(())
+}
+
+fn main() {
+    let which = std::env::var("INFILL_BENCH").unwrap_or_default();
+    let dtypes: Vec<DType> = std::env::var("INFILL_BENCH_DTYPES")
+        .unwrap_or_else(|_| "f32".into())
+        .split(',')
+        .filter_map(|d| match d.trim() {
+            "f32" => Some(DType::F32),
+            "f16" => Some(DType::F16),
+            "bf16" => Some(DType::BF16),
+            _ => None,
+        })
+        .collect();
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    let mut shapes = vec!["small-7m"];
+    if which != "small" {
+        shapes.push("qwen2.5-coder-0.5b-shape");
+    }
+    for name in shapes {
+        for &dtype in &dtypes {
+            if let Err(e) = bench(name, dtype) {
+                println!("{name} {dtype:?}: failed: {e}");
+            }
+        }
+    }
+}

@@ -55,6 +55,7 @@ pub struct SamplingArgs {
     /// Sample only among the most probable tokens whose probabilities add up to P.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Seed of the sampler: the same seed gives the same tokens.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop after this many generated tokens.

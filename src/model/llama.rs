@@ -363,6 +363,10 @@ impl Llama {
         self.embed_tokens.embeddings().device()
     }
 
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
     /// A cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
