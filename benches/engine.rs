@@ -6,6 +6,7 @@
 //! `INFILL_BENCH=small` for the small model only, `INFILL_BENCH_DTYPES=f32,bf16` to compare
 //! precisions. Figures are printed, never asserted: timings on shared machines are noisy.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -74,10 +75,36 @@ fn ids(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
 
 fn bench(name: &str, dtype: DType) -> candle_core::Result<()> {
     let cfg = shape(name);
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
-    let model = Llama::new(&cfg, vb, true, Kernels::Fused)?;
-    let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    // bf16 means our bf16 kernel (as `--dtype bf16` does), built from f32 weights.
+    let var_dtype = if dtype == DType::BF16 {
+        DType::F32
+    } else {
+        dtype
+    };
+    // Random weights come from a VarMap, but a model built on `Var`s records a backprop graph on
+    // every op; detach them so this measures inference as loaded from safetensors.
+    let weights = {
+        let varmap = VarMap::new();
+        Llama::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, var_dtype, &Device::Cpu),
+            true,
+            Kernels::Fused,
+        )?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect::<HashMap<_, _>>()
+    };
+    let params: usize = weights.values().map(|t| t.elem_count()).sum();
+    let vb = VarBuilder::from_tensors(weights, var_dtype, &Device::Cpu);
+    let mut model = Llama::new(&cfg, vb, true, Kernels::Fused)?;
+    if dtype == DType::BF16 {
+        model.use_bf16_kernels()?;
+    }
     let mut net = Network::llama(model);
     // Warm up (allocators, thread pool).
     net.logits_after(&ids(16, cfg.vocab_size, 9))?;

@@ -14,9 +14,10 @@ pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let source = ModelSource::parse(args.model.as_deref())?;
     let online = std::env::var("HF_HUB_OFFLINE").map_or(true, |v| v.is_empty() || v == "0");
     let dtype = match args.dtype {
-        Precision::F32 => candle_core::DType::F32,
-        Precision::F16 => candle_core::DType::F16,
-        Precision::Bf16 => candle_core::DType::BF16,
+        Precision::Auto => None,
+        Precision::F32 => Some(candle_core::DType::F32),
+        Precision::F16 => Some(candle_core::DType::F16),
+        Precision::Bf16 => Some(candle_core::DType::BF16),
     };
     let opts = LoadOptions {
         dtype,

@@ -173,6 +173,26 @@ impl Network {
         Ok(())
     }
 
+    fn run(&mut self, new: &[u32], start: usize) -> candle_core::Result<Tensor> {
+        let input = Tensor::new(new, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.inner {
+            Inner::Llama { model, cache } => model.forward_last(&input, start, Some(cache))?,
+            Inner::Starcoder2(model) => model.forward(&input, start)?.squeeze(1)?,
+            Inner::BigCode { model, .. } => model.forward(&input, start)?,
+        };
+        logits.squeeze(0)?.to_dtype(DType::F32)
+    }
+
+    /// Empties every cache whatever `cached` says.
+    fn truncate_all(&mut self) -> candle_core::Result<()> {
+        match &mut self.inner {
+            Inner::Llama { cache, .. } => cache.clear(),
+            Inner::Starcoder2(model) => model.clear_kv_cache(),
+            Inner::BigCode { model, vb, config } => **model = config.build(vb.clone())?,
+        }
+        Ok(())
+    }
+
     /// Next-token logits (f32, one row of the vocabulary) after `tokens`, computing only the tokens
     /// not already in the cache.
     pub fn logits_after(&mut self, tokens: &[u32]) -> candle_core::Result<(Tensor, Prefill)> {
@@ -197,14 +217,16 @@ impl Network {
         self.truncate(keep)?;
         let start = self.cached.len();
         let new = tokens.get(start..).unwrap_or_default();
-        let input = Tensor::new(new, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.inner {
-            Inner::Llama { model, cache } => model.forward_last(&input, start, Some(cache))?,
-            Inner::Starcoder2(model) => model.forward(&input, start)?.squeeze(1)?,
-            Inner::BigCode { model, .. } => model.forward(&input, start)?,
+        let logits = match self.run(new, start) {
+            Ok(logits) => logits,
+            Err(e) => {
+                // A failed forward may have appended to some layers' caches only: start over.
+                self.cached.clear();
+                let _ = self.truncate_all();
+                return Err(e);
+            }
         };
         self.cached.extend_from_slice(new);
-        let logits = logits.squeeze(0)?.to_dtype(DType::F32)?;
         Ok((
             logits,
             Prefill {

@@ -271,3 +271,70 @@ fn prompt_budget_keeps_text_nearest_the_cursor_at_line_boundaries() {
     assert_eq!(&spm.ids[..2], &[fim.prefix, fim.suffix]);
     assert_ne!(*spm.ids.last().unwrap(), fim.middle);
 }
+
+/// `--dtype bf16` runs our bf16 kernel: close to transformers' f32 logits, within bf16 rounding.
+#[test]
+fn bf16_kernels_stay_close_to_the_f32_reference() {
+    for name in ["qwen2", "llama"] {
+        let files = infill::model::load::locate_dir(&crate::fixture(name)).unwrap();
+        let opts = infill::model::LoadOptions {
+            dtype: Some(candle_core::DType::BF16),
+            ..Default::default()
+        };
+        let mut model = infill::model::load::load(&files, &opts).unwrap();
+        let g = golden(name);
+        let mut worst = 0f32;
+        for end in g.prompt_len..=g.ids.len() {
+            let (logits, _) = model.network.logits_after(&g.ids[..end]).unwrap();
+            worst = worst.max(max_abs_diff(&logits, &g.logits.get(end - 1).unwrap()));
+        }
+        let scale = g
+            .logits
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        eprintln!(
+            "{name}: bf16 max |logit - transformers f32| = {worst:e} (logits up to {scale:.1})"
+        );
+        assert!(worst < 0.02 * scale, "{name}: {worst} vs scale {scale}");
+        assert!(worst > 0.0, "bf16 must actually round the weights");
+    }
+}
+
+/// With no `--dtype`, a checkpoint stored in bf16 runs on the bf16 kernel (lossless for it).
+#[test]
+fn auto_precision_follows_the_checkpoint() {
+    let tmp = crate::scratch_copy("qwen2");
+    let path = tmp.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let narrowed: std::collections::HashMap<_, _> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(candle_core::DType::BF16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&narrowed, &path).unwrap();
+    let g = golden("qwen2");
+    let ids = &g.ids[..g.prompt_len];
+    let load = |dtype| {
+        let files = infill::model::load::locate_dir(tmp.path()).unwrap();
+        let opts = infill::model::LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        let mut m = infill::model::load::load(&files, &opts).unwrap();
+        m.network.logits_after(ids).unwrap().0
+    };
+    let auto = load(None);
+    let bf16 = load(Some(candle_core::DType::BF16));
+    let f32 = load(Some(candle_core::DType::F32));
+    assert_eq!(
+        max_abs_diff(&auto, &bf16),
+        0.0,
+        "auto picks the bf16 kernel for a bf16 checkpoint"
+    );
+    assert!(max_abs_diff(&auto, &f32) > 0.0);
+}
