@@ -22,6 +22,25 @@ pub struct Cli {
 pub enum Command {
     /// Print the text the model proposes to insert at a position of a file.
     Complete(CompleteArgs),
+    /// Trim a proposal (from a file or stdin) to a syntactic boundary at a position of a file.
+    Trim(TrimArgs),
+}
+
+/// A cursor in a file, shared by the commands that work at one.
+#[derive(Debug, Clone, Args)]
+pub struct PositionArgs {
+    /// The file.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// 1-based line of the cursor.
+    #[arg(long)]
+    pub line: usize,
+    /// 1-based column of the cursor, in characters.
+    #[arg(long)]
+    pub column: usize,
+    /// The file's language (default: from its extension; see grammars/languages.toml).
+    #[arg(long)]
+    pub language: Option<String>,
 }
 
 /// Which model to run, shared by every subcommand that runs one.
@@ -79,20 +98,28 @@ pub struct SamplingArgs {
 
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
-    /// The file to complete in.
-    #[arg(long)]
-    pub file: PathBuf,
-    /// 1-based line of the cursor.
-    #[arg(long)]
-    pub line: usize,
-    /// 1-based column of the cursor, in characters.
-    #[arg(long)]
-    pub column: usize,
+    #[command(flatten)]
+    pub position: PositionArgs,
     /// Print the completion, every token with its probability, and timings as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Show the model's raw proposal, not trimmed to a syntactic boundary.
+    #[arg(long)]
+    pub no_trim: bool,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TrimArgs {
+    #[command(flatten)]
+    pub position: PositionArgs,
+    /// File holding the raw proposal (default: standard input).
+    #[arg(long)]
+    pub proposal_file: Option<PathBuf>,
+    /// Print {trimmed, raw, reason, language} as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,13 +1,16 @@
 //! Subcommands: each validates its arguments into settings, then runs.
 
 pub mod complete;
+pub mod trim;
 
 use anyhow::Context;
 
-use crate::cli::{ModelArgs, Precision, SamplingArgs};
+use crate::cli::{ModelArgs, PositionArgs, Precision, SamplingArgs};
 use crate::complete::Settings;
 use crate::model::generate::{Limits, Sampling};
 use crate::model::{LoadOptions, Model, ModelSource};
+use crate::syntax::{Language, Registry};
+use crate::text::Cursor;
 
 /// Loads the model `args` names. Hub downloads are allowed unless `HF_HUB_OFFLINE` is set.
 pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
@@ -51,6 +54,7 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
         },
         order: args.fim_order,
         context_tokens: args.context,
+        trim: true,
     })
 }
 
@@ -69,5 +73,35 @@ pub fn read_source(path: &std::path::Path) -> anyhow::Result<String> {
             path.display(),
             e.utf8_error().valid_up_to()
         )
+    })
+}
+
+/// A file read and a cursor placed in it, with the file's language.
+#[derive(Debug)]
+pub struct Position {
+    pub text: String,
+    pub cursor: Cursor,
+    /// `None`: a language infill has no grammar for (trimmed by indentation and bracket rules).
+    pub language: Option<&'static Language>,
+}
+
+/// Reads the file, checks the cursor and resolves the language.
+pub fn position(args: &PositionArgs) -> anyhow::Result<Position> {
+    let text = read_source(&args.file)?;
+    let cursor = Cursor::from_line_column(&text, args.line, args.column)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let registry = Registry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let language = match &args.language {
+        Some(name) => Some(
+            registry
+                .by_name(name)
+                .map_err(|e| anyhow::anyhow!("--language: {e}"))?,
+        ),
+        None => registry.for_path(&args.file),
+    };
+    Ok(Position {
+        text,
+        cursor,
+        language,
     })
 }

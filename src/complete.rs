@@ -9,19 +9,35 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
+use crate::model::generate::StopReason;
 use crate::model::generate::{self, Flow, GeneratedToken, Generation, Limits, Sampling};
 use crate::model::tokenizer::{FimOrder, TokenizerError};
 use crate::model::{Model, Tokenizer};
+use crate::syntax::{Language, Reason, Trimmer};
 use crate::text::Cursor;
 
 /// How a completion is asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub sampling: Sampling,
     pub limits: Limits,
     pub order: FimOrder,
     /// Prompt plus generation never exceeds this many tokens (capped by the model's context).
     pub context_tokens: Option<usize>,
+    /// Trim the proposal to a syntactic boundary (and stop generating once it is closed).
+    pub trim: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sampling: Sampling::default(),
+            limits: Limits::default(),
+            order: FimOrder::default(),
+            context_tokens: None,
+            trim: true,
+        }
+    }
 }
 
 /// The prompt sent to the model and how much of the document it kept.
@@ -40,7 +56,10 @@ pub struct Prompt {
 /// A finished completion.
 #[derive(Debug, Clone, Serialize)]
 pub struct Completion {
+    /// What to show: the trimmed proposal (or the raw one without trimming).
     pub text: String,
+    /// Why trimming cut where it did; `None` when trimming was off.
+    pub trim_reason: Option<Reason>,
     pub generation: Generation,
     pub prompt: Prompt,
 }
@@ -162,15 +181,16 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-/// Completes `text` at `cursor`. `on_token` sees each token and the text so far; returning
-/// [`Flow::Stop`] ends generation early.
+/// Completes `text` at `cursor` in `language` (`None`: unknown, trimmed by the fallback rules).
+/// `on_token` sees each token and the raw text so far; returning [`Flow::Stop`] ends generation.
 pub fn complete(
     model: &mut Model,
     text: &str,
     cursor: Cursor,
+    language: Option<&Language>,
     settings: &Settings,
     cancel: Option<&AtomicBool>,
-    on_token: impl FnMut(&GeneratedToken, &str) -> Flow,
+    mut on_token: impl FnMut(&GeneratedToken, &str) -> Flow,
 ) -> Result<Completion, CompleteError> {
     let (prefix, suffix) = cursor.split(text);
     let window = settings
@@ -184,17 +204,39 @@ pub fn complete(
         .filter(|&b| b > 0)
         .ok_or(CompleteError::NoRoom { window, max_tokens })?;
     let prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, settings.order)?;
-    let generation = generate::generate(
+    let mut trimmer = settings
+        .trim
+        .then(|| Trimmer::new(prefix, suffix, language));
+    let mut closed = false;
+    let mut generation = generate::generate(
         &mut model.network,
         &model.tokenizer,
         &prompt.ids,
         &settings.sampling,
         &settings.limits,
         cancel,
-        on_token,
+        |token, so_far| {
+            if on_token(token, so_far) == Flow::Stop {
+                return Flow::Stop;
+            }
+            // Stop paying for tokens the trimmer will cut anyway.
+            closed = trimmer.as_ref().is_some_and(|t| t.is_closed(so_far));
+            if closed { Flow::Stop } else { Flow::Continue }
+        },
     )?;
+    if closed && generation.stop == StopReason::Caller {
+        generation.stop = StopReason::UnitClosed;
+    }
+    let (shown, trim_reason) = match trimmer.as_mut() {
+        Some(t) => {
+            let trimmed = t.trim(&generation.text);
+            (trimmed.text, Some(trimmed.reason))
+        }
+        None => (generation.text.clone(), None),
+    };
     Ok(Completion {
-        text: generation.text.clone(),
+        text: shown,
+        trim_reason,
         generation,
         prompt,
     })

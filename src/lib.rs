@@ -7,4 +7,5 @@ pub mod cli;
 pub mod cmd;
 pub mod complete;
 pub mod model;
+pub mod syntax;
 pub mod text;

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Complete(args) => infill::cmd::complete::run(args),
+        Command::Trim(args) => infill::cmd::trim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

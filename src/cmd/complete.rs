@@ -7,12 +7,17 @@ use serde::Serialize;
 use crate::cli::CompleteArgs;
 use crate::complete::{self, Completion};
 use crate::model::generate::{Flow, GeneratedToken, StopReason, Timings};
-use crate::text::Cursor;
+use crate::syntax::Reason;
 
 /// The `--json` document.
 #[derive(Debug, Serialize)]
 pub struct CompleteReport<'a> {
+    /// What to show (trimmed unless --no-trim).
     pub completion: &'a str,
+    /// The model's proposal before trimming.
+    pub raw: &'a str,
+    pub trim_reason: Option<Reason>,
+    pub language: Option<&'a str>,
     pub tokens: &'a [GeneratedToken],
     pub stop: StopReason,
     pub timings: Timings,
@@ -29,22 +34,22 @@ pub struct ModelInfo<'a> {
 }
 
 pub fn run(args: &CompleteArgs) -> anyhow::Result<()> {
-    let text = super::read_source(&args.file)?;
-    let cursor = Cursor::from_line_column(&text, args.line, args.column)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    let settings = super::settings(&args.sampling)?;
+    let pos = super::position(&args.position)?;
+    let mut settings = super::settings(&args.sampling)?;
+    settings.trim = !args.no_trim;
     let mut model = super::open_model(&args.model)?;
     let completion = complete::complete(
         &mut model,
-        &text,
-        cursor,
+        &pos.text,
+        pos.cursor,
+        pos.language,
         &settings,
         None,
         |_: &GeneratedToken, _: &str| Flow::Continue,
     )?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let report = report(&model, &completion);
+        let report = report(&model, &completion, pos.language.map(|l| l.name.as_str()));
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {
@@ -57,9 +62,16 @@ pub fn run(args: &CompleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn report<'a>(model: &'a crate::model::Model, c: &'a Completion) -> CompleteReport<'a> {
+pub fn report<'a>(
+    model: &'a crate::model::Model,
+    c: &'a Completion,
+    language: Option<&'a str>,
+) -> CompleteReport<'a> {
     CompleteReport {
         completion: &c.text,
+        raw: &c.generation.text,
+        trim_reason: c.trim_reason,
+        language,
         tokens: &c.generation.tokens,
         stop: c.generation.stop,
         timings: c.generation.timings,

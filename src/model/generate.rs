@@ -64,8 +64,10 @@ pub enum StopReason {
     MaxTokens,
     TimeBudget,
     Cancelled,
-    /// The caller's callback asked to stop (e.g. the trimmer saw the unit close).
+    /// The caller's callback asked to stop.
     Caller,
+    /// The trimmer saw the syntactic unit close: later tokens would be cut anyway.
+    UnitClosed,
     /// The context window is full.
     Context,
 }
