@@ -173,9 +173,7 @@ impl Registry {
     /// The language of a file, by extension; `None` for unknown files (trimmed by the fallback rules).
     pub fn for_path(&self, path: &Path) -> Option<&Language> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        self.languages
-            .iter()
-            .find(|l| l.extensions.iter().any(|e| *e == ext))
+        self.languages.iter().find(|l| l.extensions.contains(&ext))
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Trimmed {
 enum Indent {
     Tabs,
     Spaces(usize),
+    /// No indented line to learn from: leave the proposal as it is.
+    Unknown,
 }
 
 /// A trimmer for one cursor position: holds the baseline parse of prefix + suffix.
@@ -65,9 +67,13 @@ pub struct Trimmer<'a> {
     suffix: &'a str,
     lang: Option<&'a Language>,
     parser: Option<(Parser, Tree, usize)>,
+    /// Byte range of the file (prefix + suffix) that `parser`'s baseline tree covers.
+    window: (usize, usize),
     /// The baseline already has an error around the cursor: insertions inside it are judged by the
     /// error count alone.
     broken_at_cursor: bool,
+    /// The cursor is inside a string or comment: the literal's token spans the cursor.
+    in_literal: bool,
     single_line: bool,
     indent: Indent,
     block: Block,
@@ -102,24 +108,40 @@ const MAX_CANDIDATES: usize = 24;
 impl<'a> Trimmer<'a> {
     /// Parses prefix + suffix once; `lang` of `None` uses the indentation and bracket rules only.
     pub fn new(prefix: &'a str, suffix: &'a str, lang: Option<&'a Language>) -> Self {
-        let parser = lang.and_then(|l| {
+        let full = lang.and_then(|l| {
             let mut parser = Parser::new();
             parser.set_language(&l.grammar()).ok()?;
-            let text = [prefix, suffix].concat();
-            let tree = parser.parse(&text, None)?;
-            let errors = count_errors(&tree);
-            (errors <= HOPELESS_ERRORS).then_some((parser, tree, errors))
+            let tree = parser.parse([prefix, suffix].concat(), None)?;
+            Some((parser, tree))
         });
+        let cursor = prefix.len();
         let line_before = prefix.rsplit('\n').next().unwrap_or_default();
         let line_rest = suffix.split('\n').next().unwrap_or_default();
-        let in_literal = match (&parser, lang) {
-            (Some((_, tree, _)), Some(l)) => inside_literal(tree, prefix.len(), l),
+        let in_literal = match (&full, lang) {
+            (Some((_, tree)), Some(l)) => inside_literal(tree, cursor, l),
             _ => false,
         } || heuristic_inside_literal(line_before, lang);
         let single_line = !line_rest.trim().is_empty() || in_literal;
-        let broken_at_cursor = parser
+        let broken_at_cursor = full
             .as_ref()
-            .is_some_and(|(_, tree, _)| error_overlaps(tree, prefix.len(), prefix.len(), true));
+            .is_some_and(|(_, tree)| error_overlaps(tree, cursor, cursor, true));
+        // Candidates are checked against the item around the cursor, not the whole file: parsing a
+        // function is far cheaper than re-parsing 2,000 lines, and errors elsewhere do not count.
+        let window = full
+            .as_ref()
+            .map_or((0, prefix.len() + suffix.len()), |(_, tree)| {
+                window(tree, cursor)
+            });
+        let parser = full.and_then(|(mut parser, tree)| {
+            let tree = if window == (0, prefix.len() + suffix.len()) {
+                tree
+            } else {
+                let text = [prefix.get(window.0..)?, suffix.get(..window.1 - cursor)?].concat();
+                parser.parse(text, None)?
+            };
+            let errors = count_errors(&tree);
+            (errors <= HOPELESS_ERRORS).then_some((parser, tree, errors))
+        });
         let block = if lang.is_some_and(|l| l.trim.indent_blocks) {
             python_block(prefix)
         } else {
@@ -130,7 +152,9 @@ impl<'a> Trimmer<'a> {
             suffix,
             lang,
             parser,
+            window,
             broken_at_cursor,
+            in_literal,
             single_line,
             indent: file_indent(prefix, suffix),
             block,
@@ -189,12 +213,38 @@ impl<'a> Trimmer<'a> {
                 .trim()
                 .is_empty()
             {
-                if let Some(semi) = top_level_semicolon(text.get(..end).unwrap_or_default()) {
+                // Brackets still open on the cursor's line (`for (|`) make the proposal's `;` inner.
+                let line_before = self.prefix.rsplit('\n').next().unwrap_or_default();
+                let open = top_level_semicolon(line_before, 0).1.max(0);
+                // A `for` header separates its clauses with semicolons (C, Go, Java, JavaScript).
+                let for_header = line_before.trim_start().starts_with("for ")
+                    || line_before.trim_start().starts_with("for(");
+                let semi = if for_header {
+                    None
+                } else {
+                    top_level_semicolon(text.get(..end).unwrap_or_default(), open).0
+                };
+                if let Some(semi) = semi {
                     cut(semi, Reason::LineScope, &mut end);
                 }
             }
             let closers = self.supplied_closers(text.get(..end).unwrap_or_default());
             cut(closers.0, closers.1, &mut end);
+            // With code to the right, a bracket the proposal did not open belongs to the suffix.
+            if !self
+                .suffix
+                .split('\n')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+            {
+                cut(
+                    balanced_prefix(text.get(..end).unwrap_or_default(), true),
+                    Reason::SuffixClosers,
+                    &mut end,
+                );
+            }
         } else {
             if let Some(b) = self.block_end(&text) {
                 cut(b, Reason::BlockEnd, &mut end);
@@ -355,13 +405,19 @@ impl<'a> Trimmer<'a> {
     }
 
     fn valid(&mut self, middle: &str) -> bool {
-        let broken_at_cursor = self.broken_at_cursor;
+        let (broken_at_cursor, in_literal) = (self.broken_at_cursor, self.in_literal);
         let Some((parser, base, base_errors)) = self.parser.as_mut() else {
             return true;
         };
-        let cursor = self.prefix.len();
-        let text = [self.prefix, middle, self.suffix].concat();
-        let start = point_after(Point::new(0, 0), self.prefix);
+        let (ws, we) = self.window;
+        let prefix = self.prefix.get(ws..).unwrap_or_default();
+        let suffix = self
+            .suffix
+            .get(..we.saturating_sub(self.prefix.len()))
+            .unwrap_or_default();
+        let cursor = prefix.len();
+        let text = [prefix, middle, suffix].concat();
+        let start = point_after(Point::new(0, 0), prefix);
         let mut edited = base.clone();
         edited.edit(&InputEdit {
             start_byte: cursor,
@@ -383,12 +439,45 @@ impl<'a> Trimmer<'a> {
         }
         // The last token of the middle must end where the middle ends, not run on into the suffix.
         let end = cursor + middle.trim_end().len();
-        if end == cursor {
+        if end == cursor || in_literal {
             return true;
         }
         tree.root_node()
             .descendant_for_byte_range(end - 1, end)
             .is_none_or(|leaf| leaf.end_byte() <= end)
+    }
+}
+
+/// Items longer than this many lines are searched for a smaller one around the cursor.
+const WINDOW_LINES: usize = 300;
+
+/// The byte range of the largest syntax node around `cursor` spanning at most [`WINDOW_LINES`]
+/// lines (a function, a class), or of the neighbours when the cursor sits between two.
+fn window(tree: &Tree, cursor: usize) -> (usize, usize) {
+    let mut node = tree.root_node();
+    loop {
+        let range = (node.start_byte(), node.end_byte());
+        if node.end_position().row - node.start_position().row <= WINDOW_LINES {
+            return range;
+        }
+        let mut walk = node.walk();
+        let children: Vec<_> = node.children(&mut walk).collect();
+        match children
+            .iter()
+            .position(|c| c.start_byte() <= cursor && cursor <= c.end_byte())
+        {
+            Some(i) if !children[i].is_error() => node = children[i],
+            Some(_) => return range,
+            None => {
+                // Between two children: from the one before to the one after.
+                let before = children.iter().rev().find(|c| c.end_byte() <= cursor);
+                let after = children.iter().find(|c| c.start_byte() >= cursor);
+                return (
+                    before.map_or(range.0, |c| c.start_byte()),
+                    after.map_or(range.1, |c| c.end_byte()),
+                );
+            }
+        }
     }
 }
 
@@ -454,9 +543,9 @@ fn error_overlaps(tree: &Tree, start: usize, end: usize, touching: bool) -> bool
     false
 }
 
-/// The first `;` outside brackets and quotes.
-fn top_level_semicolon(text: &str) -> Option<usize> {
-    let mut depth = 0i64;
+/// The first `;` outside brackets and quotes, starting `depth` brackets deep; also the final depth.
+fn top_level_semicolon(text: &str, depth: i64) -> (Option<usize>, i64) {
+    let mut depth = depth;
     let mut quote: Option<char> = None;
     for (i, c) in text.char_indices() {
         match (quote, c) {
@@ -465,11 +554,11 @@ fn top_level_semicolon(text: &str) -> Option<usize> {
             (None, '"' | '\'' | '`') => quote = Some(c),
             (None, '(' | '[' | '{') => depth += 1,
             (None, ')' | ']' | '}') => depth -= 1,
-            (None, ';') if depth <= 0 => return Some(i),
+            (None, ';') if depth <= 0 => return (Some(i), depth),
             _ => {}
         }
     }
-    None
+    (None, depth)
 }
 
 fn point_after(mut p: Point, text: &str) -> Point {
@@ -669,6 +758,12 @@ fn trim_end_len(text: &str, end: usize) -> usize {
 /// common step between consecutive indentation levels.
 fn file_indent(prefix: &str, suffix: &str) -> Indent {
     let (mut tabs, mut spaces) = (0usize, 0usize);
+    // The cursor's own line counts even when it holds only indentation.
+    let cursor_line = prefix.rsplit('\n').next().unwrap_or_default();
+    if cursor_line.trim().is_empty() {
+        tabs += usize::from(cursor_line.starts_with('\t'));
+        spaces += usize::from(cursor_line.starts_with(' '));
+    }
     let mut steps = [0usize; 9];
     let mut last = 0usize;
     for line in prefix.split('\n').chain(suffix.split('\n')) {
@@ -688,6 +783,9 @@ fn file_indent(prefix: &str, suffix: &str) -> Indent {
     }
     if tabs > spaces {
         return Indent::Tabs;
+    }
+    if tabs == 0 && spaces == 0 {
+        return Indent::Unknown;
     }
     let step = (2..=8)
         .max_by_key(|&s| (steps[s], usize::from(s == 4)))
@@ -728,7 +826,7 @@ fn reindent(proposal: &str, style: Indent) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::string_slice)]
 mod tests {
     use super::*;
 
@@ -751,6 +849,45 @@ mod tests {
         assert_eq!(brace_block_end("a(\"}\")\n}\nb", false), Some(8));
         assert_eq!(brace_block_end("a // }\n}", false), Some(8));
         assert_eq!(brace_block_end("if x { y }", false), None);
+    }
+
+    #[test]
+    fn generation_can_stop_once_the_unit_is_closed() {
+        let reg = crate::syntax::Registry::builtin().unwrap();
+        let rust = reg.by_name("rust").ok();
+        let block = Trimmer::new("fn f() {\n    ", "\n}\n", rust);
+        assert!(!block.is_closed("let x = 1;\n    let y"));
+        assert!(
+            !block.is_closed("let x = 1;\n}"),
+            "the closing line may still grow"
+        );
+        assert!(block.is_closed("let x = 1;\n}\n\nfn g"));
+        let line = Trimmer::new("let v = ", ";\n", rust);
+        assert!(line.single_line());
+        assert!(!line.is_closed("compute("));
+        assert!(line.is_closed("compute();\n"));
+        let py = reg.by_name("python").ok();
+        let body = Trimmer::new("def f():\n    ", "\n", py);
+        assert!(!body.is_closed("x = 1\n    return x"));
+        assert!(body.is_closed("x = 1\n    return x\n\ndef g():\n"));
+    }
+
+    #[test]
+    fn the_window_is_the_item_around_the_cursor() {
+        let reg = crate::syntax::Registry::builtin().unwrap();
+        let rust = reg.by_name("rust").ok();
+        let items: String = (0..400)
+            .map(|i| format!("fn f{i}() {{\n    let x = {i};\n}}\n"))
+            .collect();
+        let at = items.find("fn f200").unwrap() + "fn f200() {\n".len();
+        let (prefix, suffix) = items.split_at(at);
+        let t = Trimmer::new(prefix, suffix, rust);
+        let (ws, we) = t.window;
+        assert!(
+            items[ws..we].starts_with("fn f200()") && items[ws..we].ends_with('}'),
+            "{:?}",
+            &items[ws..we]
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ fn complete_json_reports_tokens_timings_and_model() {
         "--json",
         "--max-tokens",
         "6",
+        "--no-trim",
     ]);
     assert!(
         out.status.success(),
@@ -72,6 +73,39 @@ fn complete_json_reports_tokens_timings_and_model() {
     }
     assert_eq!(json["model"]["family"], "qwen2");
     assert_eq!(json["model"]["fim_template"], "qwen");
+    assert_eq!(
+        json["raw"], json["completion"],
+        "--no-trim shows the raw proposal"
+    );
+    assert!(json["trim_reason"].is_null());
+
+    // Trimmed by default: the same raw proposal, a prefix of it shown, and the reason.
+    let trimmed = infill(&[
+        "complete",
+        "--file",
+        src.path().to_str().unwrap(),
+        "--line",
+        &line,
+        "--column",
+        &column,
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "6",
+    ]);
+    let t: serde_json::Value = serde_json::from_slice(&trimmed.stdout).unwrap();
+    assert_eq!(t["language"], "python");
+    assert!(t["trim_reason"].is_string());
+    let (raw, shown) = (
+        t["raw"].as_str().unwrap(),
+        t["completion"].as_str().unwrap(),
+    );
+    assert!(
+        json["raw"].as_str().unwrap().starts_with(raw),
+        "early stop only shortens the raw text"
+    );
+    assert!(raw.starts_with(shown));
 
     // Plain output is the completion itself (plus a final newline when it lacks one).
     let plain = infill(&[
@@ -86,6 +120,7 @@ fn complete_json_reports_tokens_timings_and_model() {
         model.to_str().unwrap(),
         "--max-tokens",
         "6",
+        "--no-trim",
     ]);
     let text = String::from_utf8(plain.stdout).unwrap();
     assert_eq!(
@@ -195,4 +230,64 @@ fn bad_input_gets_one_line_and_exit_code_2() {
             "no default model",
         );
     }
+}
+
+#[test]
+fn trim_command_reads_the_proposal_from_a_file_or_stdin() {
+    let src = source_file(b"def f(a, b):\n    \n\nprint(f(1, 2))\n");
+    let proposal = source_file(b"return a + b\n\ndef g():\n    pass\n");
+    let p = src.path().to_str().unwrap();
+    let out = infill(&[
+        "trim",
+        "--file",
+        p,
+        "--line",
+        "2",
+        "--column",
+        "5",
+        "--proposal-file",
+        proposal.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "return a + b");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args([
+            "trim", "--file", p, "--line", "2", "--column", "5", "--json",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"return a + b\n}")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["trimmed"], "return a + b");
+    assert_eq!(json["language"], "python");
+    assert!(json["reason"].is_string());
+
+    assert_one_line_error(
+        &infill(&[
+            "trim",
+            "--file",
+            p,
+            "--line",
+            "1",
+            "--column",
+            "1",
+            "--language",
+            "cobol",
+        ]),
+        "cobol",
+    );
 }
