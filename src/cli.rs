@@ -24,6 +24,79 @@ pub enum Command {
     Complete(CompleteArgs),
     /// Trim a proposal (from a file or stdin) to a syntactic boundary at a position of a file.
     Trim(TrimArgs),
+    /// Fine-tune a model on your repositories (or train one from scratch).
+    Train(TrainArgs),
+    /// Tokenizer tools.
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE tokenizer with the FIM special tokens.
+    Train(TokenizerTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenizerTrainArgs {
+    /// Folders of source code to learn from (the training corpus filters apply).
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    #[arg(long, default_value_t = 4096)]
+    pub vocab_size: usize,
+    /// Where to write tokenizer.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Repositories to learn from (repeatable).
+    #[arg(long, required = true, num_args = 1..)]
+    pub repo: Vec<PathBuf>,
+    /// Output model directory (Hugging Face layout; pass it to --model).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stop after about this many minutes (sets the number of steps after timing the first ones).
+    #[arg(long, conflicts_with = "steps")]
+    pub minutes: Option<f64>,
+    /// Optimizer steps (default 300 when --minutes is not given).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Model to fine-tune: a directory or hub id (default: the built-in model).
+    #[arg(long, value_name = "DIR|HUB_ID", conflicts_with_all = ["from_scratch", "resume"])]
+    pub init: Option<String>,
+    /// Train a new model and tokenizer instead of fine-tuning.
+    #[arg(long, conflicts_with = "resume")]
+    pub from_scratch: bool,
+    #[arg(long, value_enum, default_value_t = crate::train::Preset::Small)]
+    pub preset: crate::train::Preset,
+    /// Continue the run checkpointed in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// List the files used and skipped, and why.
+    #[arg(long)]
+    pub explain: bool,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (default 3e-4 fine-tuning, 1e-3 from scratch).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Share of files held out for evaluation (by a hash of the path).
+    #[arg(long, default_value_t = 0.05)]
+    pub held_out: f64,
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
 }
 
 /// A cursor in a file, shared by the commands that work at one.

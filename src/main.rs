@@ -3,13 +3,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use infill::cli::{Cli, Command};
+use infill::cli::{Cli, Command, TokenizerCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Complete(args) => infill::cmd::complete::run(args),
         Command::Trim(args) => infill::cmd::trim::run(args),
+        Command::Train(args) => infill::cmd::train::run(args),
+        Command::Tokenizer {
+            command: TokenizerCommand::Train(args),
+        } => infill::cmd::train::tokenizer(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

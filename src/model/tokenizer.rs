@@ -56,6 +56,10 @@ pub struct FimTemplate {
     pub stops: Vec<u32>,
     /// Tokens the tokenizer puts before every text (a BOS), if any.
     pub lead: Vec<u32>,
+    /// End of a document (and of a middle, in training): `<|endoftext|>`, `</s>`, ...
+    pub eos: Option<u32>,
+    /// Separator between files in packed training data (`<|file_sep|>`), if the vocabulary has one.
+    pub file_sep: Option<u32>,
 }
 
 /// Token names of one template family; each slot lists accepted spellings.
@@ -221,6 +225,22 @@ impl Tokenizer {
         self.bytes.len()
     }
 
+    /// Text of `ids` from the tokens' exact bytes (special tokens included as written).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The `tokenizer.json` text, for writing a trained model's directory.
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Invalid(e.to_string()))
+    }
+
     /// Assembles a FIM prompt from already encoded prefix and suffix tokens.
     pub fn fim_prompt(&self, prefix: &[u32], suffix: &[u32], order: FimOrder) -> Vec<u32> {
         let f = &self.fim;
@@ -275,6 +295,14 @@ fn detect_template(
             middle,
             stops: stop_ids,
             lead,
+            eos: find(&[
+                "<|endoftext|>",
+                "</s>",
+                "<｜end▁of▁sentence｜>",
+                "▁<EOT>",
+                "<EOT>",
+            ]),
+            file_sep: find(&["<|file_sep|>", "<file_sep>", "<|file_separator|>"]),
         });
     }
     None

@@ -5,6 +5,7 @@
 mod cli;
 mod engine;
 mod loading;
+mod train;
 mod trim;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,92 @@
+//! `infill train` and `infill tokenizer train`.
+
+use std::io::IsTerminal;
+
+use crate::cli::{TokenizerTrainArgs, TrainArgs};
+use crate::train::trainer::TrainSettings;
+use crate::train::{self, Start, TrainOptions};
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let start = if args.resume {
+        Start::Resume
+    } else if args.from_scratch {
+        Start::FromScratch(args.preset)
+    } else {
+        Start::FineTune(args.init.clone())
+    };
+    if !(0.0..1.0).contains(&args.held_out) {
+        anyhow::bail!("--held-out must be in [0, 1) (got {})", args.held_out);
+    }
+    if args.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || args.steps == Some(0) {
+        anyhow::bail!("--minutes and --steps must be positive");
+    }
+    if args.seq_len < 8 || args.batch_size == 0 || args.grad_accum == 0 {
+        anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
+    }
+    let fine_tune = matches!(start, Start::FineTune(_));
+    let settings = TrainSettings {
+        seq_len: args.seq_len,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        // With --minutes this is only an upper bound until the first steps are timed.
+        steps: args.steps.unwrap_or(if args.minutes.is_some() {
+            1_000_000
+        } else {
+            300
+        }),
+        max_lr: args.lr.unwrap_or(if fine_tune { 3e-4 } else { 1e-3 }),
+        min_lr: args.lr.unwrap_or(if fine_tune { 3e-4 } else { 1e-3 }) / 10.0,
+        warmup: 20,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+        seed: args.seed,
+        fim_rate: if fine_tune { 0.9 } else { 0.5 },
+        ..TrainSettings::default()
+    };
+    let opts = TrainOptions {
+        repos: args.repo.clone(),
+        out: args.out.clone(),
+        start,
+        settings,
+        minutes: args.minutes,
+        held_out: args.held_out,
+        explain: args.explain,
+        progress: std::io::stderr().is_terminal(),
+    };
+    ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
+        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    let report = train::run(&opts)?;
+    println!(
+        "trained {} steps on {} files ({} tokens, {:.0} s); held-out loss {:.3} -> {:.3}, bits/byte {:.3} -> {:.3}",
+        report.steps,
+        report.files_trained,
+        report.tokens_seen,
+        report.wall_seconds,
+        report.held_out_before.loss,
+        report.held_out_after.loss,
+        report.held_out_before.bits_per_byte,
+        report.held_out_after.bits_per_byte
+    );
+    println!(
+        "model written to {} (use it with --model {})",
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
+    let corpus = train::corpus::collect(&args.corpus)?;
+    let json = train::tokenizer::train(
+        corpus.files.iter().map(|f| f.text.as_str()),
+        args.vocab_size,
+    )?;
+    train::write_atomic(&args.out, json.as_bytes())?;
+    println!(
+        "tokenizer with {} entries trained on {} files, written to {}",
+        args.vocab_size,
+        corpus.files.len(),
+        args.out.display()
+    );
+    Ok(())
+}

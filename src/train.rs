@@ -1,0 +1,407 @@
+//! Training: the corpus walk and its filters, the held-out split, FIM examples, tokenizer training,
+//! the optimizer and schedule, and the loop with checkpoints. [`run`] ties them together for
+//! `infill train`.
+//!
+//! The pipeline: `repo walk -> filters -> dedupe -> split (hash of the path) -> FIM examples ->
+//! tokens -> packed windows -> AdamW steps`, seeded throughout.
+
+pub mod corpus;
+pub mod fim;
+pub mod optim;
+pub mod schedule;
+pub mod split;
+pub mod tokenizer;
+pub mod trainer;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::model::Tokenizer;
+use crate::model::config::{Family, LlamaConfig, ModelConfig};
+use crate::model::load::{self, Blob, ModelSource};
+use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: a temporary
+/// file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("{}: cannot write ({e})", path.display())
+    })
+}
+
+/// Model shapes for `--from-scratch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// ~0.2M parameters: tests and smoke runs.
+    Tiny,
+    /// ~7M parameters (vocabulary 4096): the default model's size.
+    Small,
+}
+
+impl Preset {
+    pub fn vocab_size(self) -> usize {
+        match self {
+            Self::Tiny => 512,
+            Self::Small => 4096,
+        }
+    }
+
+    pub fn config(self, vocab_size: usize, context: usize) -> LlamaConfig {
+        let (hidden, layers, heads, kv, inter) = match self {
+            Self::Tiny => (64, 2, 4, 2, 192),
+            Self::Small => (256, 8, 8, 2, 768),
+        };
+        LlamaConfig {
+            family: Family::Qwen2,
+            vocab_size,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim: hidden / heads,
+            max_position_embeddings: context,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            qkv_bias: true,
+            o_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_id: Some(0),
+        }
+    }
+}
+
+/// Where the starting model comes from.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Fine-tune this model (`None`: the built-in default).
+    FineTune(Option<String>),
+    FromScratch(Preset),
+    /// Continue the run whose checkpoints are in the output directory.
+    Resume,
+}
+
+/// Everything `infill train` decided from its arguments.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub repos: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub start: Start,
+    pub settings: TrainSettings,
+    /// Wall-clock budget; fixes the number of steps after timing the first ones.
+    pub minutes: Option<f64>,
+    pub held_out: f64,
+    pub explain: bool,
+    pub progress: bool,
+}
+
+/// What `training.json` records.
+#[derive(Debug, Serialize)]
+pub struct TrainingReport {
+    pub repos: Vec<String>,
+    pub files_trained: usize,
+    pub files_held_out: usize,
+    pub files_skipped: usize,
+    pub bytes_trained: usize,
+    pub start: String,
+    pub steps: usize,
+    pub tokens_seen: u64,
+    pub wall_seconds: f64,
+    pub held_out_before: HeldOut,
+    pub held_out_after: HeldOut,
+    pub settings: TrainSettings,
+    pub loss_curve: Vec<LogEntry>,
+    pub interrupted: bool,
+}
+
+/// Set by Ctrl-C; the loop checkpoints and stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The starting weights and configuration of a fine-tune.
+fn load_start(
+    spec: Option<&str>,
+) -> anyhow::Result<(LlamaConfig, Tokenizer, HashMap<String, Tensor>, String)> {
+    let source = ModelSource::parse(spec)?;
+    let online = std::env::var("HF_HUB_OFFLINE").map_or(true, |v| v.is_empty() || v == "0");
+    let files = load::locate(&source, online).map_err(|e| match e {
+        load::LoadError::NoDefaultModel => anyhow::anyhow!(
+            "no default model is built into this binary yet; pass --init DIR|HUB_ID to fine-tune a model, \
+             or --from-scratch --preset small"
+        ),
+        other => other.into(),
+    })?;
+    let read = |b: &Blob| -> anyhow::Result<Vec<u8>> {
+        Ok(match b {
+            Blob::File(p) => {
+                std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?
+            }
+            Blob::Static { bytes, .. } => bytes.to_vec(),
+        })
+    };
+    let config = ModelConfig::parse(std::str::from_utf8(&read(&files.config)?)?)?;
+    let ModelConfig::Llama(config) = config else {
+        anyhow::bail!(
+            "{}: fine-tuning needs a qwen2 or llama model, not {}",
+            files.name,
+            config.family().model_type()
+        );
+    };
+    let tokenizer = Tokenizer::from_bytes(&read(&files.tokenizer)?, config.vocab_size)?;
+    let mut weights = HashMap::new();
+    for blob in &files.weights {
+        weights.extend(candle_core::safetensors::load_buffer(
+            &read(blob)?,
+            &Device::Cpu,
+        )?);
+    }
+    Ok((config, tokenizer, weights, files.name))
+}
+
+/// Runs `infill train` end to end; returns the report written to `training.json`.
+pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
+    let started = Instant::now();
+    let corpus = corpus::collect(&opts.repos)?;
+    if opts.explain {
+        for f in &corpus.files {
+            eprintln!("use   {} ({})", f.path, f.language);
+        }
+        for (p, why) in &corpus.skipped {
+            eprintln!("skip  {p}: {why}");
+        }
+    }
+    let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
+    let (train_idx, held_idx) = split::split(&paths, opts.held_out);
+    let doc = |i: &usize| {
+        corpus.files.get(*i).map(|f| Doc {
+            text: f.text.clone(),
+            language: Some(f.language.clone()),
+        })
+    };
+    let train_docs: Vec<Doc> = train_idx.iter().filter_map(doc).collect();
+    let held_docs: Vec<Doc> = held_idx.iter().filter_map(doc).collect();
+    if train_docs.is_empty() {
+        anyhow::bail!(
+            "only {} source file(s) found: at least two are needed (one to train on, one held out)",
+            corpus.files.len()
+        );
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("{}: cannot create the output folder", opts.out.display()))?;
+    let probe = opts.out.join(".infill-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("{}: the output folder is not writable", opts.out.display()))?;
+    let _ = std::fs::remove_file(probe);
+    let ckpt_dir = opts.out.join("checkpoints");
+
+    let (config, tokenizer_json, init, tied, start_name, mut settings) = match &opts.start {
+        Start::FineTune(spec) => {
+            let (config, tokenizer, weights, name) = load_start(spec.as_deref())?;
+            let tied = !weights.contains_key("lm_head.weight");
+            (
+                config,
+                tokenizer.to_json()?,
+                Some(weights),
+                tied,
+                name,
+                opts.settings.clone(),
+            )
+        }
+        Start::FromScratch(preset) => {
+            let json = tokenizer::train(
+                train_docs.iter().map(|d| d.text.as_str()),
+                preset.vocab_size(),
+            )?;
+            let probe = Tokenizer::from_bytes(json.as_bytes(), usize::MAX)?;
+            let config = preset.config(probe.vocab_size(), opts.settings.seq_len.max(512));
+            let name = format!("from scratch ({preset:?})");
+            (config, json, None, true, name, opts.settings.clone())
+        }
+        Start::Resume => {
+            let state: trainer::CheckpointState = {
+                let latest =
+                    std::fs::read_to_string(ckpt_dir.join("latest")).with_context(|| {
+                        format!("{}: no checkpoint to resume from", ckpt_dir.display())
+                    })?;
+                serde_json::from_slice(&std::fs::read(
+                    ckpt_dir.join(latest.trim()).join("state.json"),
+                )?)?
+            };
+            let ModelConfig::Llama(config) = ModelConfig::parse(&state.config.to_string())? else {
+                anyhow::bail!("the checkpoint's config is not a qwen2/llama model");
+            };
+            let json =
+                std::fs::read_to_string(ckpt_dir.join("tokenizer.json")).with_context(|| {
+                    format!(
+                        "{}: the checkpoint has no tokenizer.json",
+                        ckpt_dir.display()
+                    )
+                })?;
+            (
+                config,
+                json,
+                None,
+                state.tied,
+                "resumed".to_string(),
+                state.settings,
+            )
+        }
+    };
+    let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), config.vocab_size)?;
+    if settings.seq_len + 1 > config.max_position_embeddings {
+        settings.seq_len = config.max_position_embeddings - 1;
+    }
+    let mut trainer = Trainer::new(
+        &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
+    )?;
+    std::fs::create_dir_all(&ckpt_dir)?;
+    if matches!(opts.start, Start::Resume) {
+        trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
+        eprintln!(
+            "resuming at step {} of {}",
+            trainer.step, trainer.settings.steps
+        );
+    } else {
+        write_atomic(&ckpt_dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    }
+    let before = trainer.evaluate()?;
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.out.join("train.log"))?;
+    let budget = opts
+        .minutes
+        .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+    let loop_start = Instant::now();
+    let mut steps_fixed = opts.minutes.is_none() || matches!(opts.start, Start::Resume);
+    let mut last_held = Some(before);
+    while trainer.step < trainer.settings.steps {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut entry = trainer.train_step(&tokenizer)?;
+        if !steps_fixed && trainer.step >= 3 {
+            // The budget decides the schedule's length once the step time is known.
+            if let Some(b) = budget {
+                let per_step = loop_start.elapsed().as_secs_f64() / trainer.step as f64;
+                trainer.settings.steps =
+                    ((b.as_secs_f64() / per_step) as usize).max(trainer.step + 1);
+                trainer.settings.warmup = trainer.settings.warmup.min(trainer.settings.steps / 10);
+            }
+            steps_fixed = true;
+        }
+        let s = &trainer.settings;
+        if trainer.step % s.eval_every.max(1) == 0 || trainer.step == s.steps {
+            let held = trainer.evaluate()?;
+            entry.held_out = Some(held);
+            last_held = Some(held);
+            if let Some(last) = trainer.log.last_mut() {
+                last.held_out = Some(held);
+            }
+        }
+        writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
+        if trainer.step % s.checkpoint_every.max(1) == 0 {
+            trainer.save_checkpoint(&ckpt_dir)?;
+        }
+        if opts.progress {
+            let elapsed = loop_start.elapsed().as_secs_f64();
+            let eta =
+                elapsed / trainer.step.max(1) as f64 * (s.steps - trainer.step.min(s.steps)) as f64;
+            let held = last_held.map_or(String::new(), |h| {
+                format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
+            });
+            eprint!(
+                "\rstep {}/{} loss {:.3}{held} {:.0} tok/s ETA {}m{:02}s   ",
+                trainer.step,
+                s.steps,
+                entry.loss,
+                entry.tokens_per_s,
+                (eta / 60.0) as u64,
+                (eta % 60.0) as u64
+            );
+        }
+    }
+    if opts.progress {
+        eprintln!();
+    }
+    let interrupted = trainer.step < trainer.settings.steps;
+    trainer.save_checkpoint(&ckpt_dir)?;
+    if interrupted {
+        eprintln!(
+            "stopped at step {}; continue with: infill train --resume --out {} --repo ...",
+            trainer.step,
+            opts.out.display()
+        );
+    }
+    let after = trainer.evaluate()?;
+    write_model_dir(&opts.out, &trainer, &tokenizer_json)?;
+    let report = TrainingReport {
+        repos: opts.repos.iter().map(|r| r.display().to_string()).collect(),
+        files_trained: train_idx.len(),
+        files_held_out: held_idx.len(),
+        files_skipped: corpus.skipped.len(),
+        bytes_trained: train_idx
+            .iter()
+            .filter_map(|&i| corpus.files.get(i))
+            .map(|f| f.text.len())
+            .sum(),
+        start: start_name,
+        steps: trainer.step,
+        tokens_seen: trainer.tokens_seen,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        held_out_before: before,
+        held_out_after: after,
+        settings: trainer.settings.clone(),
+        loss_curve: trainer.log.clone(),
+        interrupted,
+    };
+    write_atomic(
+        &opts.out.join("training.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    Ok(report)
+}
+
+/// Writes the model in Hugging Face layout: config.json, tokenizer.json, model.safetensors.
+pub fn write_model_dir(out: &Path, trainer: &Trainer, tokenizer_json: &str) -> anyhow::Result<()> {
+    let mut config = trainer.config.clone();
+    config.tie_word_embeddings = trainer.tied;
+    write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&config.to_hf_json())?.as_bytes(),
+    )?;
+    write_atomic(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    let tmp = out.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(&trainer.weights()?, &tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    Ok(())
+}

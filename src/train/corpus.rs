@@ -1,0 +1,470 @@
+//! The training corpus: which files of a repository to learn from, and why the others are skipped.
+//!
+//! The walk respects `.gitignore`, `.ignore` and hidden files and never follows symlinks (no loops).
+//! A file is kept only when infill knows its language and it is real, hand-written source: not
+//! binary, not over 1 MB, not minified or generated, not vendored, not a duplicate, and above all not
+//! a secret. Secrets are refused by name (`.env*`, keys, credentials) and by content (private-key
+//! blocks, known token formats, a high-entropy string assigned to a password/secret/token/key name).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::syntax::Registry;
+
+/// Largest file considered.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a file was left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    UnknownLanguage,
+    TooLarge,
+    Binary,
+    NotUtf8,
+    Unreadable(String),
+    /// Minified or generated code: very long lines or a "generated" header.
+    Generated(String),
+    Vendored,
+    Duplicate,
+    /// A secret by file name or content; what matched (never the secret itself).
+    Secret(String),
+    Empty,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownLanguage => write!(f, "not a language infill knows"),
+            Self::TooLarge => write!(f, "larger than 1 MB"),
+            Self::Binary => write!(f, "binary (contains NUL bytes)"),
+            Self::NotUtf8 => write!(f, "not valid UTF-8"),
+            Self::Unreadable(e) => write!(f, "unreadable: {e}"),
+            Self::Generated(why) => write!(f, "generated or minified: {why}"),
+            Self::Vendored => write!(f, "in a vendored or dependency folder"),
+            Self::Duplicate => write!(f, "exact duplicate of another file"),
+            Self::Secret(why) => write!(f, "may hold a secret: {why}"),
+            Self::Empty => write!(f, "empty"),
+        }
+    }
+}
+
+/// One file kept for training.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path relative to the repository root, with `/` separators.
+    pub path: String,
+    pub language: String,
+    pub text: String,
+}
+
+/// The result of walking a repository.
+#[derive(Debug, Default)]
+pub struct Corpus {
+    pub files: Vec<SourceFile>,
+    pub skipped: Vec<(String, Skip)>,
+}
+
+impl Corpus {
+    pub fn bytes(&self) -> usize {
+        self.files.iter().map(|f| f.text.len()).sum()
+    }
+}
+
+/// Why a repository cannot be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("{0}: not a directory")]
+    NotADirectory(PathBuf),
+    #[error(
+        "{path}: no source files infill can learn from ({skipped} skipped; run with --explain to see why)"
+    )]
+    Empty { path: PathBuf, skipped: usize },
+}
+
+/// Walks `roots` and sorts every file into kept or skipped (sorted by path: deterministic).
+pub fn collect(roots: &[PathBuf]) -> Result<Corpus, CorpusError> {
+    let registry = Registry::builtin().ok();
+    let mut corpus = Corpus::default();
+    let mut seen = HashSet::new();
+    for root in roots {
+        if !root.is_dir() {
+            return Err(CorpusError::NotADirectory(root.clone()));
+        }
+        let mut entries: Vec<(String, PathBuf)> = ignore::WalkBuilder::new(root)
+            .follow_links(false)
+            .require_git(false)
+            .build()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
+            .map(|e| {
+                let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+                let rel = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                (rel, e.path().to_path_buf())
+            })
+            .collect();
+        entries.sort();
+        for (rel, path) in entries {
+            let language = registry
+                .and_then(|r| r.for_path(&path))
+                .map(|l| l.name.clone());
+            match classify(&rel, &path, language.is_some()) {
+                Ok(text) => {
+                    if !seen.insert(fnv1a(text.as_bytes())) {
+                        corpus.skipped.push((rel, Skip::Duplicate));
+                        continue;
+                    }
+                    let language = language.unwrap_or_default();
+                    corpus.files.push(SourceFile {
+                        path: rel,
+                        language,
+                        text,
+                    });
+                }
+                Err(skip) => corpus.skipped.push((rel, skip)),
+            }
+        }
+    }
+    if corpus.files.is_empty() {
+        let path = roots.first().cloned().unwrap_or_default();
+        return Err(CorpusError::Empty {
+            path,
+            skipped: corpus.skipped.len(),
+        });
+    }
+    Ok(corpus)
+}
+
+/// Decides about one file; the text when it is kept.
+fn classify(rel: &str, path: &Path, known_language: bool) -> Result<String, Skip> {
+    // Secrets by name first: such a file is never even read.
+    if let Some(why) = secret_name(rel) {
+        return Err(Skip::Secret(why));
+    }
+    if rel.split('/').any(|c| VENDORED.contains(&c)) {
+        return Err(Skip::Vendored);
+    }
+    if !known_language {
+        return Err(Skip::UnknownLanguage);
+    }
+    let meta = std::fs::metadata(path).map_err(|e| Skip::Unreadable(e.to_string()))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Skip::TooLarge);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Skip::Unreadable(e.to_string()))?;
+    if bytes.contains(&0) {
+        return Err(Skip::Binary);
+    }
+    let text = String::from_utf8(bytes).map_err(|_| Skip::NotUtf8)?;
+    if text.trim().is_empty() {
+        return Err(Skip::Empty);
+    }
+    if let Some(why) = generated(&text) {
+        return Err(Skip::Generated(why));
+    }
+    if let Some(why) = secret_content(&text) {
+        return Err(Skip::Secret(why));
+    }
+    Ok(text)
+}
+
+const VENDORED: &[&str] = &[
+    "vendor",
+    "vendored",
+    "third_party",
+    "third-party",
+    "node_modules",
+    "site-packages",
+    ".venv",
+    "venv",
+];
+
+fn secret_name(rel: &str) -> Option<String> {
+    let name = rel.rsplit('/').next().unwrap_or(rel).to_ascii_lowercase();
+    let by_name = name.starts_with(".env")
+        || name.starts_with("id_rsa")
+        || name.starts_with("id_dsa")
+        || name.starts_with("id_ecdsa")
+        || name.starts_with("id_ed25519")
+        || name.contains("credential")
+        || name.contains("secret")
+        || [
+            ".pem",
+            ".key",
+            ".p12",
+            ".pfx",
+            ".keystore",
+            ".jks",
+            ".netrc",
+            ".npmrc",
+            ".pypirc",
+            ".htpasswd",
+        ]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    by_name.then(|| format!("file name {name:?}"))
+}
+
+fn patterns() -> &'static [(Regex, &'static str)] {
+    static PATTERNS: OnceLock<Vec<(Regex, &'static str)>> = OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        [
+            (
+                r"-----BEGIN [A-Z ]*PRIVATE KEY( BLOCK)?-----",
+                "a private key block",
+            ),
+            (r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", "an AWS access key id"),
+            (r"\bgh[pousr]_[A-Za-z0-9]{36,}\b", "a GitHub token"),
+            (r"\bgithub_pat_[A-Za-z0-9_]{22,}\b", "a GitHub token"),
+            (r"\bglpat-[A-Za-z0-9_\-]{20,}\b", "a GitLab token"),
+            (r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b", "a Slack token"),
+            (r"\bsk_live_[A-Za-z0-9]{20,}\b", "a Stripe key"),
+        ]
+        .into_iter()
+        .filter_map(|(re, what)| Regex::new(re).ok().map(|r| (r, what)))
+        .collect()
+    })
+}
+
+fn assignment() -> Option<&'static Regex> {
+    static ASSIGN: OnceLock<Option<Regex>> = OnceLock::new();
+    ASSIGN
+        .get_or_init(|| {
+            Regex::new(r#"(?i)(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth)[A-Za-z0-9_]*["']?\s*[:=]+\s*["']([^"'\s]{12,})["']"#).ok()
+        })
+        .as_ref()
+}
+
+/// Shannon entropy in bits per character.
+fn entropy(s: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let n = s.chars().count() as f64;
+    counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+fn secret_content(text: &str) -> Option<String> {
+    for (re, what) in patterns() {
+        if re.is_match(text) {
+            return Some(format!("contains {what}"));
+        }
+    }
+    let assign = assignment()?;
+    for caps in assign.captures_iter(text) {
+        let (Some(name), Some(value)) = (caps.get(1), caps.get(2)) else {
+            continue;
+        };
+        if entropy(value.as_str()) >= 3.5 {
+            return Some(format!(
+                "a high-entropy string assigned to {:?}",
+                name.as_str()
+            ));
+        }
+    }
+    None
+}
+
+fn generated(text: &str) -> Option<String> {
+    let head: String = text
+        .lines()
+        .take(5)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_ascii_lowercase();
+    for marker in [
+        "@generated",
+        "do not edit",
+        "auto-generated",
+        "autogenerated",
+        "generated by",
+        "code generated",
+    ] {
+        if head.contains(marker) {
+            return Some(format!("header says {marker:?}"));
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let longest = lines.iter().map(|l| l.len()).max().unwrap_or(0);
+    if longest > 1000 {
+        return Some(format!("a line of {longest} characters"));
+    }
+    let mean = text.len() / lines.len().max(1);
+    if mean > 200 {
+        return Some(format!("lines of {mean} characters on average"));
+    }
+    // Tables of numbers (the encodings/ files that once dominated a training run).
+    let digits = text.bytes().filter(u8::is_ascii_hexdigit).count();
+    let letters = text.bytes().filter(u8::is_ascii_alphabetic).count().max(1);
+    let numeric_tokens = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| t.starts_with("0x") || t.parse::<f64>().is_ok())
+        .count();
+    let tokens = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .count()
+        .max(1);
+    if text.len() > 2000 && numeric_tokens * 2 > tokens && digits > letters {
+        return Some("mostly numeric literals (a data table)".into());
+    }
+    None
+}
+
+/// FNV-1a, 64 bits: a stable hash (the same on every platform and version) for paths and contents.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn filters_keep_source_and_refuse_secrets_generated_and_binary_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        write(
+            r,
+            "src/lib.rs",
+            b"pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
+        );
+        write(r, "app/main.py", b"def main():\n    print('hi')\n");
+        write(r, "README.md", b"# readme\n");
+        write(r, ".env", b"DATABASE_URL=postgres://u:p@h/db\n");
+        write(r, ".env.local", b"X=1\n");
+        write(r, "certs/server.pem", b"not read\n");
+        write(r, "keys/id_rsa", b"not read\n");
+        write(r, "config/credentials.py", b"x = 1\n");
+        write(
+            r,
+            "src/key.rs",
+            b"const K: &str = \"-----BEGIN RSA PRIVATE KEY-----\\nMIIB\";\n",
+        );
+        write(r, "src/aws.py", b"KEY_ID = 'AKIAIOSFODNN7EXAMPLE'\n");
+        write(
+            r,
+            "src/gh.js",
+            b"const t = 'ghp_0123456789abcdefghijklmnopqrstuvwxyzAB';\n",
+        );
+        write(r, "src/gl.ts", b"const t = 'glpat-abcdefghij0123456789';\n");
+        write(
+            r,
+            "src/slack.go",
+            b"package x\nvar t = \"xoxb-1234567890-abcdefghij\"\n",
+        );
+        write(r, "src/settings.py", b"password = \"q8#Zr!v2Lm@9xT4k\"\n");
+        write(
+            r,
+            "src/ok_settings.py",
+            b"password = \"changeme\"\nname = \"aaaaaaaaaaaaaaaa\"\n",
+        );
+        write(
+            r,
+            "src/gen.rs",
+            b"// @generated by build.rs, do not edit\npub const X: u8 = 1;\n",
+        );
+        write(
+            r,
+            "src/min.js",
+            format!("var a={};\n", "1,".repeat(700)).as_bytes(),
+        );
+        write(r, "src/bin.c", b"int x;\0\0\0");
+        write(r, "src/latin1.c", b"/* caf\xe9 */ int y;\n");
+        write(r, "vendor/dep/lib.rs", b"pub fn dep() {}\n");
+        write(
+            r,
+            "src/copy.rs",
+            b"pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
+        );
+        write(r, "ignored/skip.rs", b"pub fn hidden() {}\n");
+        write(r, ".gitignore", b"ignored/\n");
+        let corpus = collect(&[r.to_path_buf()]).unwrap();
+        let kept: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["app/main.py", "src/copy.rs", "src/ok_settings.py"],
+            "{:#?}",
+            corpus.skipped
+        );
+        let why = |p: &str| {
+            corpus
+                .skipped
+                .iter()
+                .find(|(q, _)| q == p)
+                .map(|(_, s)| s.clone())
+        };
+        // Hidden files (.env, .env.local) are not even walked; the name rule still refuses them.
+        assert!(
+            corpus.skipped.iter().all(|(p, _)| !p.starts_with(".env"))
+                && !kept.iter().any(|p| p.starts_with(".env"))
+        );
+        assert!(secret_name(".env").is_some() && secret_name("app/.env.production").is_some());
+        for secret in [
+            "certs/server.pem",
+            "keys/id_rsa",
+            "config/credentials.py",
+            "src/key.rs",
+            "src/aws.py",
+            "src/gh.js",
+            "src/gl.ts",
+            "src/slack.go",
+            "src/settings.py",
+        ] {
+            assert!(
+                matches!(why(secret), Some(Skip::Secret(_))),
+                "{secret}: {:?}",
+                why(secret)
+            );
+        }
+        assert!(matches!(why("src/gen.rs"), Some(Skip::Generated(_))));
+        assert!(matches!(why("src/min.js"), Some(Skip::Generated(_))));
+        assert_eq!(why("src/bin.c"), Some(Skip::Binary));
+        assert_eq!(why("src/latin1.c"), Some(Skip::NotUtf8));
+        assert_eq!(why("vendor/dep/lib.rs"), Some(Skip::Vendored));
+        assert_eq!(why("src/lib.rs"), Some(Skip::Duplicate));
+        assert_eq!(why("README.md"), Some(Skip::UnknownLanguage));
+        assert!(
+            why("ignored/skip.rs").is_none() && !kept.contains(&"ignored/skip.rs"),
+            "gitignored files are not even listed"
+        );
+    }
+
+    #[test]
+    fn an_empty_repository_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "notes.txt", b"hello\n");
+        let err = collect(&[tmp.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no source files") && err.contains("--explain"),
+            "{err}"
+        );
+        assert!(collect(&[tmp.path().join("missing")]).is_err());
+    }
+}

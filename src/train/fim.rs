@@ -1,0 +1,251 @@
+//! Fill-in-the-middle training examples and the packed token streams built from them.
+//!
+//! Following Bavarian et al. 2022 ("Efficient Training of Language Models to Fill in the Middle"): a
+//! document becomes a FIM example with probability `fim_rate` (0.5 from scratch, 0.9 when
+//! fine-tuning), in PSM or SPM order with equal odds; the loss covers every token including the
+//! end-of-text that closes the middle. Split points come in four kinds, so the model sees the holes
+//! the editor makes: random characters, the rest of a line, a span inside a line, and a whole
+//! syntactic block (tree-sitter, when the language is known). Documents are joined with
+//! `<|file_sep|>`, each ends with end-of-text, and the stream is cut into fixed-length windows.
+//! Everything is drawn from one seeded generator.
+
+use crate::model::generate::Rng;
+use crate::model::tokenizer::TokenizerError;
+use crate::model::{FimOrder, Tokenizer};
+use crate::syntax::Registry;
+
+/// The kinds of hole a FIM example can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    RandomChars,
+    RestOfLine,
+    InsideLine,
+    Block,
+}
+
+/// A document split around its middle (byte offsets on character boundaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub start: usize,
+    pub end: usize,
+    pub kind: SpanKind,
+}
+
+fn below(rng: &mut Rng, n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (rng.next_u64() % n as u64) as usize
+    }
+}
+
+fn char_boundaries(text: &str) -> Vec<usize> {
+    text.char_indices()
+        .map(|(i, _)| i)
+        .chain([text.len()])
+        .collect()
+}
+
+/// Chooses a hole in `text` (in `language`, if known).
+pub fn choose_split(text: &str, language: Option<&str>, rng: &mut Rng) -> Split {
+    let kind = match below(rng, 4) {
+        0 => SpanKind::RandomChars,
+        1 => SpanKind::RestOfLine,
+        2 => SpanKind::InsideLine,
+        _ => SpanKind::Block,
+    };
+    let random = |rng: &mut Rng| {
+        let b = char_boundaries(text);
+        let (mut x, mut y) = (b[below(rng, b.len())], b[below(rng, b.len())]);
+        if x > y {
+            std::mem::swap(&mut x, &mut y);
+        }
+        Split {
+            start: x,
+            end: y,
+            kind: SpanKind::RandomChars,
+        }
+    };
+    let lines: Vec<(usize, &str)> = text
+        .split_inclusive('\n')
+        .scan(0, |at, l| {
+            let start = *at;
+            *at += l.len();
+            Some((start, l.strip_suffix('\n').unwrap_or(l)))
+        })
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    match kind {
+        SpanKind::RestOfLine | SpanKind::InsideLine if !lines.is_empty() => {
+            let (at, line) = lines[below(rng, lines.len())];
+            let b = char_boundaries(line);
+            let x = b[below(rng, b.len())];
+            let end = if kind == SpanKind::RestOfLine {
+                line.len()
+            } else {
+                b[below(rng, b.len())].max(x)
+            };
+            Split {
+                start: at + x,
+                end: at + end,
+                kind,
+            }
+        }
+        SpanKind::Block => block_split(text, language, rng).unwrap_or_else(|| random(rng)),
+        _ => random(rng),
+    }
+}
+
+/// A random multi-line named node (a function body, a loop, a class) from the parse of `text`.
+fn block_split(text: &str, language: Option<&str>, rng: &mut Rng) -> Option<Split> {
+    let lang = Registry::builtin().ok()?.by_name(language?).ok()?;
+    let mut parser = tree_sitter::Parser::new();
+    parser.set_language(&lang.grammar()).ok()?;
+    let tree = parser.parse(text, None)?;
+    let mut blocks = Vec::new();
+    let mut stack = vec![tree.root_node()];
+    while let Some(node) = stack.pop() {
+        let lines = node.end_position().row - node.start_position().row;
+        if node.is_named()
+            && !node.is_error()
+            && (1..=40).contains(&lines)
+            && node.parent().is_some()
+        {
+            blocks.push((node.start_byte(), node.end_byte()));
+        }
+        let mut walk = node.walk();
+        stack.extend(node.children(&mut walk));
+    }
+    if blocks.is_empty() {
+        return None;
+    }
+    let (start, end) = blocks[below(rng, blocks.len())];
+    Some(Split {
+        start,
+        end,
+        kind: SpanKind::Block,
+    })
+}
+
+/// How examples are made.
+#[derive(Debug, Clone, Copy)]
+pub struct FimSettings {
+    pub fim_rate: f64,
+    /// Share of FIM examples in SPM order.
+    pub spm_rate: f64,
+}
+
+impl FimSettings {
+    pub fn from_scratch() -> Self {
+        Self {
+            fim_rate: 0.5,
+            spm_rate: 0.5,
+        }
+    }
+
+    pub fn fine_tune() -> Self {
+        Self {
+            fim_rate: 0.9,
+            spm_rate: 0.5,
+        }
+    }
+}
+
+/// The tokens of one training example for `text`, ending with end-of-text.
+pub fn example(
+    tokenizer: &Tokenizer,
+    text: &str,
+    language: Option<&str>,
+    settings: FimSettings,
+    rng: &mut Rng,
+) -> Result<Vec<u32>, TokenizerError> {
+    let eos = tokenizer.fim().eos;
+    let mut out = if rng.next_f64() < settings.fim_rate {
+        let split = choose_split(text, language, rng);
+        let (p, rest) = text.split_at_checked(split.start).unwrap_or((text, ""));
+        let (m, s) = rest
+            .split_at_checked(split.end - split.start)
+            .unwrap_or((rest, ""));
+        let order = if rng.next_f64() < settings.spm_rate {
+            FimOrder::Spm
+        } else {
+            FimOrder::Psm
+        };
+        let (p, s) = (tokenizer.encode(p)?, tokenizer.encode(s)?);
+        let mut ids = tokenizer.fim_prompt(&p, &s, order);
+        ids.extend(tokenizer.encode(m)?);
+        ids
+    } else {
+        let mut ids = tokenizer.fim().lead.clone();
+        ids.extend(tokenizer.encode(text)?);
+        ids
+    };
+    out.extend(eos);
+    Ok(out)
+}
+
+/// Rebuilds the document from an example's tokens (the inverse of [`example`]; tests use it).
+pub fn reassemble(tokenizer: &Tokenizer, ids: &[u32]) -> String {
+    let f = tokenizer.fim();
+    let ids: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| Some(*id) != f.eos && !f.lead.contains(id))
+        .collect();
+    let pos = |t: u32| ids.iter().position(|&i| i == t);
+    let (Some(pre), Some(suf), Some(mid)) = (pos(f.prefix), pos(f.suffix), pos(f.middle)) else {
+        return tokenizer.decode(&ids);
+    };
+    let part = |a: usize, b: usize| tokenizer.decode(ids.get(a..b).unwrap_or_default());
+    if suf == pre + 1 {
+        // SPM: <pre><suf> S <mid> P M (P and M are adjacent: their text is prefix + middle).
+        let s = part(suf + 1, mid);
+        format!("{}{s}", part(mid + 1, ids.len()))
+    } else {
+        let (p, s, m) = (
+            part(pre + 1, suf),
+            part(suf + 1, mid),
+            part(mid + 1, ids.len()),
+        );
+        format!("{p}{m}{s}")
+    }
+}
+
+/// Documents to token stream: examples joined by the file separator.
+pub fn pack<'a>(
+    tokenizer: &Tokenizer,
+    docs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    settings: FimSettings,
+    rng: &mut Rng,
+) -> Result<Vec<u32>, TokenizerError> {
+    let sep = tokenizer.fim().file_sep;
+    let mut stream = Vec::new();
+    for (i, (text, language)) in docs.into_iter().enumerate() {
+        if i > 0 {
+            stream.extend(sep);
+        }
+        stream.extend(example(tokenizer, text, language, settings, rng)?);
+    }
+    Ok(stream)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_fall_on_character_boundaries_of_every_kind() {
+        let text = "fn é() {\n    let x = \"€\";\n    x\n}\n";
+        let mut rng = Rng::new(3);
+        let mut kinds = std::collections::HashSet::new();
+        for _ in 0..400 {
+            let s = choose_split(text, Some("rust"), &mut rng);
+            assert!(
+                s.start <= s.end && text.is_char_boundary(s.start) && text.is_char_boundary(s.end)
+            );
+            kinds.insert(format!("{:?}", s.kind));
+        }
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+    }
+}

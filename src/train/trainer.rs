@@ -1,0 +1,565 @@
+//! The training loop, readable top to bottom as in nanoGPT: learning rate from a pure function,
+//! held-out evaluation every N steps, forward, backward, clip, step, log; checkpoints carry all
+//! that resuming needs (weights, optimizer moments, step, data position), written atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::backprop::GradStore;
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::fim::{self, FimSettings};
+use super::optim::{AdamW, AdamWParams, clip_grad_norm};
+use super::schedule::learning_rate;
+use crate::model::Tokenizer;
+use crate::model::config::LlamaConfig;
+use crate::model::generate::Rng;
+use crate::model::llama::{Kernels, Llama};
+
+/// Training hyper-parameters: defaults in one place, as nanoGPT keeps them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Optimizer steps in all (the schedule's length).
+    pub steps: usize,
+    pub max_lr: f64,
+    pub min_lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0: off).
+    pub clip: f64,
+    pub eval_every: usize,
+    /// Held-out windows evaluated each time (all when there are fewer).
+    pub eval_windows: usize,
+    pub checkpoint_every: usize,
+    pub seed: u64,
+    pub fim_rate: f64,
+    pub spm_rate: f64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            seq_len: 256,
+            batch_size: 4,
+            grad_accum: 1,
+            steps: 1000,
+            max_lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 20,
+            weight_decay: 0.1,
+            clip: 1.0,
+            eval_every: 100,
+            eval_windows: 32,
+            checkpoint_every: 200,
+            seed: 0,
+            fim_rate: 0.9,
+            spm_rate: 0.5,
+        }
+    }
+}
+
+/// A document for training or evaluation.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub text: String,
+    pub language: Option<String>,
+}
+
+/// Where the data stream stands (saved in checkpoints).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPosition {
+    pub epoch: u64,
+    pub next: usize,
+}
+
+/// Training windows, rebuilt per epoch with fresh FIM splits from the seed.
+struct Data {
+    docs: Vec<Doc>,
+    windows: Vec<Vec<u32>>,
+    order: Vec<usize>,
+    pos: DataPosition,
+}
+
+/// Windows of `seq_len + 1` tokens cut from `stream` (inputs and shifted targets).
+fn windows(stream: &[u32], seq_len: usize) -> Vec<Vec<u32>> {
+    if stream.len() < 2 {
+        return Vec::new();
+    }
+    let mut out: Vec<Vec<u32>> = stream.chunks(seq_len).map(|c| c.to_vec()).collect();
+    // Each window also needs the token after it as its last target.
+    for i in 0..out.len() {
+        let next = stream.get((i + 1) * seq_len).copied();
+        if let (Some(w), Some(n)) = (out.get_mut(i), next) {
+            w.push(n);
+        }
+    }
+    out.retain(|w| w.len() >= 2);
+    out
+}
+
+impl Data {
+    fn epoch(
+        &mut self,
+        tokenizer: &Tokenizer,
+        s: &TrainSettings,
+        epoch: u64,
+    ) -> anyhow::Result<()> {
+        let mut rng = Rng::new(s.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let fim = FimSettings {
+            fim_rate: s.fim_rate,
+            spm_rate: s.spm_rate,
+        };
+        let docs = self
+            .docs
+            .iter()
+            .map(|d| (d.text.as_str(), d.language.as_deref()));
+        let stream = fim::pack(tokenizer, docs, fim, &mut rng)?;
+        self.windows = windows(&stream, s.seq_len);
+        self.order = (0..self.windows.len()).collect();
+        // Fisher-Yates with the same generator: the order is part of the seeded run.
+        for i in (1..self.order.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            self.order.swap(i, j);
+        }
+        self.pos = DataPosition { epoch, next: 0 };
+        Ok(())
+    }
+
+    fn next_batch(
+        &mut self,
+        tokenizer: &Tokenizer,
+        s: &TrainSettings,
+    ) -> anyhow::Result<Vec<Vec<u32>>> {
+        let mut batch = Vec::with_capacity(s.batch_size);
+        while batch.len() < s.batch_size {
+            if self.pos.next >= self.order.len() {
+                let next_epoch = self.pos.epoch + 1;
+                self.epoch(tokenizer, s, next_epoch)?;
+                if self.order.is_empty() {
+                    anyhow::bail!("the training data is too small to fill one sequence");
+                }
+            }
+            let w = self
+                .order
+                .get(self.pos.next)
+                .and_then(|&i| self.windows.get(i))
+                .cloned()
+                .unwrap_or_default();
+            batch.push(w);
+            self.pos.next += 1;
+        }
+        Ok(batch)
+    }
+}
+
+/// Held-out loss and bits per byte.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct HeldOut {
+    /// Mean cross-entropy per token (nats).
+    pub loss: f64,
+    pub bits_per_byte: f64,
+    pub tokens: usize,
+}
+
+/// One line of the loss curve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_seen: u64,
+    pub tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<HeldOut>,
+}
+
+/// The model being trained, its optimizer and data.
+pub struct Trainer {
+    pub config: LlamaConfig,
+    pub tied: bool,
+    pub settings: TrainSettings,
+    pub varmap: VarMap,
+    model: Llama,
+    opt: AdamW,
+    data: Data,
+    held: Vec<(Vec<u32>, usize)>,
+    pub step: usize,
+    pub tokens_seen: u64,
+    pub log: Vec<LogEntry>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("step", &self.step)
+            .field("tokens_seen", &self.tokens_seen)
+            .finish()
+    }
+}
+
+/// Sorted (name, var) pairs: a stable order for the optimizer and checkpoints.
+fn named_vars(varmap: &VarMap) -> anyhow::Result<Vec<(String, candle_core::Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the parameter map lock is poisoned"))?;
+    let mut vars: Vec<(String, candle_core::Var)> =
+        data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
+
+impl Trainer {
+    /// A trainer over `train` documents with `held` documents for evaluation. `init` holds starting
+    /// weights by name (from a model directory); `None` starts from random weights.
+    pub fn new(
+        config: &LlamaConfig,
+        tied: bool,
+        init: Option<HashMap<String, Tensor>>,
+        settings: TrainSettings,
+        tokenizer: &Tokenizer,
+        train: Vec<Doc>,
+        held: &[Doc],
+    ) -> anyhow::Result<Self> {
+        let device = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let model = Llama::new(config, vb, tied, Kernels::Differentiable)?;
+        if let Some(init) = init {
+            let vars = named_vars(&varmap)?;
+            for (name, var) in &vars {
+                let t = init
+                    .get(name)
+                    .with_context(|| format!("the initial weights have no tensor {name:?}"))?;
+                var.set(&t.to_dtype(DType::F32)?.reshape(var.shape())?)?;
+            }
+        } else {
+            // Seeded initialisation: normal(0, 0.02) for matrices, as transformers initialises.
+            let mut rng = Rng::new(settings.seed ^ 0x5EED);
+            for (name, var) in named_vars(&varmap)? {
+                if var.rank() >= 2 {
+                    let n = var.elem_count();
+                    let values: Vec<f32> = (0..n).map(|_| 0.02 * normal(&mut rng)).collect();
+                    var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
+                } else if name.ends_with("norm.weight") {
+                    var.set(&Tensor::ones(var.shape(), DType::F32, &device)?)?;
+                } else {
+                    var.set(&Tensor::zeros(var.shape(), DType::F32, &device)?)?;
+                }
+            }
+        }
+        let opt = AdamW::new(
+            named_vars(&varmap)?,
+            AdamWParams {
+                weight_decay: settings.weight_decay,
+                ..AdamWParams::default()
+            },
+        )?;
+        let mut data = Data {
+            docs: train,
+            windows: Vec::new(),
+            order: Vec::new(),
+            pos: DataPosition::default(),
+        };
+        data.epoch(tokenizer, &settings, 0)?;
+        if data.order.is_empty() {
+            anyhow::bail!("the training files hold too few tokens to fill one sequence");
+        }
+        let held = held_out_windows(tokenizer, held, settings.seq_len)?;
+        Ok(Self {
+            config: config.clone(),
+            tied,
+            settings,
+            varmap,
+            model,
+            opt,
+            data,
+            held,
+            step: 0,
+            tokens_seen: 0,
+            log: Vec::new(),
+        })
+    }
+
+    /// Runs one optimizer step on the next batches of the data stream.
+    pub fn train_step(&mut self, tokenizer: &Tokenizer) -> anyhow::Result<LogEntry> {
+        let s = self.settings.clone();
+        let batches = (0..s.grad_accum)
+            .map(|_| self.data.next_batch(tokenizer, &s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.train_step_on(&batches)
+    }
+
+    /// Runs one optimizer step on the given micro-batches (one per accumulation step) of windows.
+    pub fn train_step_on(&mut self, batches: &[Vec<Vec<u32>>]) -> anyhow::Result<LogEntry> {
+        let started = std::time::Instant::now();
+        let s = self.settings.clone();
+        let mut grads: Option<GradStore> = None;
+        let mut loss_sum = 0f64;
+        let mut tokens = 0u64;
+        let accum = batches.len().max(1);
+        for batch in batches {
+            let (loss, n) = self.batch_loss(batch)?;
+            tokens += n as u64;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            let g = (loss / accum as f64)?.backward()?;
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    for (_, var) in &self.opt.vars {
+                        if let Some(new) = g.get(var.as_tensor()) {
+                            let sum = match acc.get(var.as_tensor()) {
+                                Some(old) => (old + new)?,
+                                None => new.clone(),
+                            };
+                            acc.insert(var.as_tensor(), sum);
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let mut grads = grads.context("no gradient was computed")?;
+        let grad_norm = clip_grad_norm(&mut grads, &self.opt.vars, s.clip)?;
+        let lr = learning_rate(self.step, s.steps, s.warmup, s.max_lr, s.min_lr);
+        self.opt.step(&grads, lr)?;
+        self.step += 1;
+        self.tokens_seen += tokens;
+        let entry = LogEntry {
+            step: self.step,
+            loss: loss_sum / accum as f64,
+            lr,
+            grad_norm,
+            tokens_seen: self.tokens_seen,
+            tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            held_out: None,
+        };
+        self.log.push(entry.clone());
+        Ok(entry)
+    }
+
+    /// Mean cross-entropy over a batch of windows (inputs are all but the last token of each).
+    fn batch_loss(&self, batch: &[Vec<u32>]) -> anyhow::Result<(Tensor, usize)> {
+        let t = batch.iter().map(|w| w.len() - 1).min().unwrap_or(0);
+        if t == 0 {
+            anyhow::bail!("empty training window");
+        }
+        let inputs: Vec<u32> = batch.iter().flat_map(|w| w[..t].iter().copied()).collect();
+        let targets: Vec<u32> = batch
+            .iter()
+            .flat_map(|w| w[1..=t].iter().copied())
+            .collect();
+        let b = batch.len();
+        let device = Device::Cpu;
+        let inputs = Tensor::from_vec(inputs, (b, t), &device)?;
+        let targets = Tensor::from_vec(targets, b * t, &device)?;
+        let logits = self.model.forward_all(&inputs, 0, None)?;
+        let v = logits.dim(D::Minus1)?;
+        let loss = candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets)?;
+        Ok((loss, b * t))
+    }
+
+    /// Loss and bits per byte on the held-out windows (at most `eval_windows` of them).
+    pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
+        let mut nats = 0f64;
+        let mut tokens = 0usize;
+        let mut bytes = 0usize;
+        for (window, window_bytes) in self.held.iter().take(self.settings.eval_windows.max(1)) {
+            let (loss, n) = self.batch_loss(std::slice::from_ref(window))?;
+            nats += f64::from(loss.detach().to_scalar::<f32>()?) * n as f64;
+            tokens += n;
+            bytes += window_bytes;
+        }
+        if tokens == 0 {
+            return Ok(HeldOut::default());
+        }
+        Ok(HeldOut {
+            loss: nats / tokens as f64,
+            bits_per_byte: nats / std::f64::consts::LN_2 / bytes.max(1) as f64,
+            tokens,
+        })
+    }
+
+    /// The current weights by name (what `model.safetensors` holds).
+    pub fn weights(&self) -> anyhow::Result<HashMap<String, Tensor>> {
+        Ok(named_vars(&self.varmap)?
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().detach()))
+            .collect())
+    }
+
+    /// Writes a checkpoint under `dir` and points `dir/latest` at it, atomically.
+    pub fn save_checkpoint(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the checkpoint folder", dir.display()))?;
+        let name = format!("step-{:08}", self.step);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        candle_core::safetensors::save(&self.weights()?, tmp.join("model.safetensors"))?;
+        let mut moments = HashMap::new();
+        for (i, (name, _)) in self.opt.vars.iter().enumerate() {
+            if let (Some(m), Some(v)) = (self.opt.m.get(i), self.opt.v.get(i)) {
+                moments.insert(format!("m.{name}"), m.clone());
+                moments.insert(format!("v.{name}"), v.clone());
+            }
+        }
+        candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
+        let state = CheckpointState {
+            step: self.step,
+            adam_t: self.opt.t,
+            tokens_seen: self.tokens_seen,
+            data: self.data.pos,
+            settings: self.settings.clone(),
+            config: self.config.to_hf_json(),
+            tied: self.tied,
+            log: self.log.clone(),
+        };
+        std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
+        for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+            std::fs::File::open(tmp.join(f))?.sync_all()?;
+        }
+        let final_dir = dir.join(&name);
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir)?;
+        sync_dir(dir);
+        super::write_atomic(&dir.join("latest"), name.as_bytes())?;
+        // Keep the two newest checkpoints.
+        let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+            })
+            .collect();
+        old.sort();
+        for p in old.iter().rev().skip(2) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Ok(final_dir)
+    }
+
+    /// Restores a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) into this trainer
+    /// (built with the same config and data).
+    pub fn load_checkpoint(&mut self, dir: &Path, tokenizer: &Tokenizer) -> anyhow::Result<()> {
+        let name = std::fs::read_to_string(dir.join("latest"))
+            .with_context(|| format!("{}: no checkpoint to resume from", dir.display()))?;
+        let ckpt = dir.join(name.trim());
+        let state: CheckpointState =
+            serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)
+                .with_context(|| format!("{}: damaged state.json", ckpt.display()))?;
+        let weights = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu)?;
+        let moments =
+            candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &Device::Cpu)?;
+        for (i, (name, var)) in self.opt.vars.iter().enumerate() {
+            let w = weights
+                .get(name)
+                .with_context(|| format!("checkpoint lacks {name}"))?;
+            var.set(w)?;
+            if let (Some(m), Some(v)) = (
+                moments.get(&format!("m.{name}")),
+                moments.get(&format!("v.{name}")),
+            ) {
+                if let Some(slot) = self.opt.m.get_mut(i) {
+                    *slot = m.clone();
+                }
+                if let Some(slot) = self.opt.v.get_mut(i) {
+                    *slot = v.clone();
+                }
+            }
+        }
+        self.opt.t = state.adam_t;
+        self.step = state.step;
+        self.tokens_seen = state.tokens_seen;
+        self.log = state.log;
+        self.settings = state.settings;
+        self.data
+            .epoch(tokenizer, &self.settings, state.data.epoch)?;
+        self.data.pos = state.data;
+        Ok(())
+    }
+}
+
+/// What a checkpoint's `state.json` holds besides the tensors.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub step: usize,
+    pub adam_t: usize,
+    pub tokens_seen: u64,
+    pub data: DataPosition,
+    pub settings: TrainSettings,
+    pub config: serde_json::Value,
+    pub tied: bool,
+    pub log: Vec<LogEntry>,
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Plain (non-FIM) windows of held-out documents, each with the bytes its targets cover.
+fn held_out_windows(
+    tokenizer: &Tokenizer,
+    docs: &[Doc],
+    seq_len: usize,
+) -> anyhow::Result<Vec<(Vec<u32>, usize)>> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let mut ids = tokenizer.fim().lead.clone();
+        ids.extend(tokenizer.encode(&doc.text)?);
+        ids.extend(tokenizer.fim().eos);
+        for w in windows(&ids, seq_len) {
+            let bytes = w
+                .iter()
+                .skip(1)
+                .map(|&id| {
+                    if tokenizer.is_special(id) {
+                        0
+                    } else {
+                        tokenizer.token_bytes(id).len()
+                    }
+                })
+                .sum();
+            out.push((w, bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// A standard normal draw (Box-Muller) from the seeded generator.
+fn normal(rng: &mut Rng) -> f32 {
+    let u1 = rng.next_f64().max(1e-12);
+    let u2 = rng.next_f64();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_overlap_by_one_target_token() {
+        let w = windows(&[1, 2, 3, 4, 5, 6, 7], 3);
+        assert_eq!(
+            w,
+            vec![vec![1, 2, 3, 4], vec![4, 5, 6, 7], vec![7]]
+                .into_iter()
+                .filter(|w| w.len() >= 2)
+                .collect::<Vec<_>>()
+        );
+    }
+}
