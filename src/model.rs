@@ -12,6 +12,7 @@ pub mod generate;
 pub mod llama;
 pub mod load;
 pub mod network;
+pub mod ops;
 pub mod tokenizer;
 
 pub use config::{Family, ModelConfig};

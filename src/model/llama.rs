@@ -128,16 +128,13 @@ impl RmsNorm {
     fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match kernels {
             Kernels::Fused => candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32),
+            Kernels::Differentiable if xs.dtype() == DType::F32 => super::ops::rms_norm(xs, &self.weight, self.eps),
             Kernels::Differentiable => {
                 // transformers computes the norm in f32, then casts back before the weight.
                 let dtype = xs.dtype();
                 let x = xs.to_dtype(DType::F32)?;
-                let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-                    .sqrt()?
-                    .recip()?;
-                x.broadcast_mul(&inv)?
-                    .to_dtype(dtype)?
-                    .broadcast_mul(&self.weight)
+                let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+                x.broadcast_mul(&inv)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
             }
         }
     }
@@ -174,6 +171,7 @@ impl Rope {
         let sin = self.sin.narrow(0, offset, seq)?;
         match kernels {
             Kernels::Fused => candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin),
+            Kernels::Differentiable if xs.dtype() == DType::F32 => super::ops::rope(xs, &cos, &sin),
             Kernels::Differentiable => {
                 let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
                 let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
@@ -263,7 +261,7 @@ impl Attention {
         }
         let probs = match ctx.kernels {
             Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-            Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
         };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
         let out = out

@@ -362,10 +362,9 @@ impl Trainer {
         let b = batch.len();
         let device = Device::Cpu;
         let inputs = Tensor::from_vec(inputs, (b, t), &device)?;
-        let targets = Tensor::from_vec(targets, b * t, &device)?;
         let logits = self.model.forward_all(&inputs, 0, None)?;
         let v = logits.dim(D::Minus1)?;
-        let loss = candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets)?;
+        let loss = crate::model::ops::cross_entropy(&logits.reshape((b * t, v))?, &targets)?;
         Ok((loss, b * t))
     }
 

@@ -1,0 +1,72 @@
+//! Training throughput: tokens per second of full optimizer steps (forward, backward, clip, AdamW)
+//! on the configuration the training issue measured: a 6.8M-parameter Qwen2 (hidden 256, 6 layers,
+//! 8 heads, intermediate 688, vocabulary 8192, tied), 4 sequences of 256 tokens per step.
+//!
+//! `cargo bench --bench train`; run `python3 benches/train_torch.py` beside it for PyTorch's figure
+//! on the same configuration (PyTorch is not a dependency of infill, only of this comparison).
+
+use std::time::Instant;
+
+use infill::model::config::{Family, LlamaConfig};
+use infill::model::generate::Rng;
+use infill::model::Tokenizer;
+use infill::train::trainer::{Doc, TrainSettings, Trainer};
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: single-threaded here (as in `infill train`, which sets the same default).
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0")
+        };
+    }
+    let config = LlamaConfig {
+        family: Family::Qwen2,
+        vocab_size: 8192,
+        hidden_size: 256,
+        intermediate_size: 688,
+        num_hidden_layers: 6,
+        num_attention_heads: 8,
+        num_key_value_heads: 8,
+        head_dim: 32,
+        max_position_embeddings: 512,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        qkv_bias: true,
+        o_bias: false,
+        mlp_bias: false,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: Some(0),
+    };
+    // A throwaway tokenizer: the benchmark feeds random token windows directly.
+    let texts = ["fn main() { println!(\"hi\"); }\n", "def f(x):\n    return x\n"].repeat(50);
+    let json = infill::train::tokenizer::train(texts.iter(), 300)?;
+    let tokenizer = Tokenizer::from_bytes(json.as_bytes(), config.vocab_size)?;
+    let docs = vec![Doc { text: texts.concat(), language: None }];
+    let settings = TrainSettings { seq_len: 256, batch_size: 4, steps: 1000, ..TrainSettings::default() };
+    let mut trainer = Trainer::new(&config, true, None, settings, &tokenizer, docs.clone(), &docs)?;
+    let mut rng = Rng::new(1);
+    let mut batch = || -> Vec<Vec<Vec<u32>>> {
+        vec![(0..4).map(|_| (0..257).map(|_| (rng.next_u64() % 8192) as u32).collect()).collect()]
+    };
+    let params: usize = trainer.weights()?.values().map(|t| t.elem_count()).sum();
+    for _ in 0..2 {
+        trainer.train_step_on(&batch())?;
+    }
+    let steps = 10;
+    let t = Instant::now();
+    let mut loss = 0.0;
+    for _ in 0..steps {
+        loss = trainer.train_step_on(&batch())?.loss;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "infill  {:.2}M params, 4x256 tokens/step: {:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
+        params as f64 / 1e6,
+        (steps * 4 * 256) as f64 / secs,
+        secs * 1e3 / steps as f64,
+        candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}
