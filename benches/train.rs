@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
+use infill::model::Tokenizer;
 use infill::model::config::{Family, LlamaConfig};
 use infill::model::generate::Rng;
-use infill::model::Tokenizer;
 use infill::train::trainer::{Doc, TrainSettings, Trainer};
 
 fn main() -> anyhow::Result<()> {
@@ -40,15 +40,39 @@ fn main() -> anyhow::Result<()> {
         eos_token_id: Some(0),
     };
     // A throwaway tokenizer: the benchmark feeds random token windows directly.
-    let texts = ["fn main() { println!(\"hi\"); }\n", "def f(x):\n    return x\n"].repeat(50);
+    let texts = [
+        "fn main() { println!(\"hi\"); }\n",
+        "def f(x):\n    return x\n",
+    ]
+    .repeat(50);
     let json = infill::train::tokenizer::train(texts.iter(), 300)?;
     let tokenizer = Tokenizer::from_bytes(json.as_bytes(), config.vocab_size)?;
-    let docs = vec![Doc { text: texts.concat(), language: None }];
-    let settings = TrainSettings { seq_len: 256, batch_size: 4, steps: 1000, ..TrainSettings::default() };
-    let mut trainer = Trainer::new(&config, true, None, settings, &tokenizer, docs.clone(), &docs)?;
+    let docs = vec![Doc {
+        text: texts.concat(),
+        language: None,
+    }];
+    let settings = TrainSettings {
+        seq_len: 256,
+        batch_size: 4,
+        steps: 1000,
+        ..TrainSettings::default()
+    };
+    let mut trainer = Trainer::new(
+        &config,
+        true,
+        None,
+        settings,
+        &tokenizer,
+        docs.clone(),
+        &docs,
+    )?;
     let mut rng = Rng::new(1);
     let mut batch = || -> Vec<Vec<Vec<u32>>> {
-        vec![(0..4).map(|_| (0..257).map(|_| (rng.next_u64() % 8192) as u32).collect()).collect()]
+        vec![
+            (0..4)
+                .map(|_| (0..257).map(|_| (rng.next_u64() % 8192) as u32).collect())
+                .collect(),
+        ]
     };
     let params: usize = trainer.weights()?.values().map(|t| t.elem_count()).sum();
     for _ in 0..2 {

@@ -16,7 +16,7 @@ use crate::text::Cursor;
 /// Loads the model `args` names. Hub downloads are allowed unless `HF_HUB_OFFLINE` is set.
 pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
     let source = ModelSource::parse(args.model.as_deref())?;
-    let online = std::env::var("HF_HUB_OFFLINE").map_or(true, |v| v.is_empty() || v == "0");
+    let online = crate::model::load::online_allowed();
     let dtype = match args.dtype {
         Precision::Auto => None,
         Precision::F32 => Some(candle_core::DType::F32),

@@ -151,7 +151,7 @@ fn load_start(
     spec: Option<&str>,
 ) -> anyhow::Result<(LlamaConfig, Tokenizer, HashMap<String, Tensor>, String)> {
     let source = ModelSource::parse(spec)?;
-    let online = std::env::var("HF_HUB_OFFLINE").map_or(true, |v| v.is_empty() || v == "0");
+    let online = crate::model::load::online_allowed();
     let files = load::locate(&source, online).map_err(|e| match e {
         load::LoadError::NoDefaultModel => anyhow::anyhow!(
             "no default model is built into this binary yet; pass --init DIR|HUB_ID to fine-tune a model, \

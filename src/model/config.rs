@@ -87,6 +87,19 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<u32>,
 }
 
+/// GPT-BigCode's configuration (transformers' `GPTBigCodeConfig` field names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BigCodeConfig {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_inner: Option<usize>,
+    pub layer_norm_epsilon: f64,
+    pub multi_query: bool,
+}
+
 /// The `config.json` of any supported family.
 #[derive(Debug, Clone)]
 pub enum ModelConfig {
@@ -96,16 +109,7 @@ pub enum ModelConfig {
         max_position_embeddings: usize,
         vocab_size: usize,
     },
-    GptBigCode {
-        vocab_size: usize,
-        n_positions: usize,
-        n_layer: usize,
-        n_embd: usize,
-        n_head: usize,
-        n_inner: Option<usize>,
-        layer_norm_epsilon: f64,
-        multi_query: bool,
-    },
+    GptBigCode(BigCodeConfig),
 }
 
 impl ModelConfig {
@@ -152,7 +156,7 @@ impl ModelConfig {
                         why: format!("n_embd {n_embd} is not a multiple of n_head {n_head}"),
                     });
                 }
-                Ok(Self::GptBigCode {
+                Ok(Self::GptBigCode(BigCodeConfig {
                     vocab_size: fields.usize("vocab_size")?,
                     n_positions: fields
                         .usize_any(&["n_positions", "max_position_embeddings"], "n_positions")?,
@@ -162,7 +166,7 @@ impl ModelConfig {
                     n_inner: fields.opt_usize("n_inner")?,
                     layer_norm_epsilon: fields.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
                     multi_query: fields.opt_bool("multi_query")?.unwrap_or(true),
-                })
+                }))
             }
         }
     }
@@ -171,7 +175,7 @@ impl ModelConfig {
         match self {
             Self::Llama(c) => c.family,
             Self::Starcoder2 { .. } => Family::Starcoder2,
-            Self::GptBigCode { .. } => Family::GptBigCode,
+            Self::GptBigCode(_) => Family::GptBigCode,
         }
     }
 
@@ -183,16 +187,15 @@ impl ModelConfig {
                 max_position_embeddings,
                 ..
             } => *max_position_embeddings,
-            Self::GptBigCode { n_positions, .. } => *n_positions,
+            Self::GptBigCode(c) => c.n_positions,
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Llama(c) => c.vocab_size,
-            Self::Starcoder2 { vocab_size, .. } | Self::GptBigCode { vocab_size, .. } => {
-                *vocab_size
-            }
+            Self::Starcoder2 { vocab_size, .. } => *vocab_size,
+            Self::GptBigCode(c) => c.vocab_size,
         }
     }
 }

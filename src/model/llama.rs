@@ -128,13 +128,19 @@ impl RmsNorm {
     fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match kernels {
             Kernels::Fused => candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32),
-            Kernels::Differentiable if xs.dtype() == DType::F32 => super::ops::rms_norm(xs, &self.weight, self.eps),
+            Kernels::Differentiable if xs.dtype() == DType::F32 => {
+                super::ops::rms_norm(xs, &self.weight, self.eps)
+            }
             Kernels::Differentiable => {
                 // transformers computes the norm in f32, then casts back before the weight.
                 let dtype = xs.dtype();
                 let x = xs.to_dtype(DType::F32)?;
-                let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-                x.broadcast_mul(&inv)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+                let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                    .sqrt()?
+                    .recip()?;
+                x.broadcast_mul(&inv)?
+                    .to_dtype(dtype)?
+                    .broadcast_mul(&self.weight)
             }
         }
     }

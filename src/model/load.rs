@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{ConfigError, LlamaConfig, ModelConfig};
 use super::llama::{Kernels, Llama};
-use super::network::{BigCodeConfig, Network};
+use super::network::Network;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use super::{Model, embedded};
 
@@ -143,6 +143,12 @@ impl Blob {
             Self::Static { bytes, .. } => Ok((*bytes).into()),
         }
     }
+}
+
+/// Whether hub downloads are allowed: not when `HF_HUB_OFFLINE` is set (as hf-hub and transformers
+/// read it).
+pub fn online_allowed() -> bool {
+    std::env::var("HF_HUB_OFFLINE").map_or(true, |v| v.is_empty() || v == "0")
 }
 
 /// Finds the files of `source`, downloading from the hub when `online` and not cached.
@@ -578,28 +584,7 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
                 })?;
             Network::starcoder2(&c, vb, *max_position_embeddings).map_err(candle)?
         }
-        &ModelConfig::GptBigCode {
-            vocab_size,
-            n_positions,
-            n_layer,
-            n_embd,
-            n_head,
-            n_inner,
-            layer_norm_epsilon,
-            multi_query,
-        } => {
-            let c = BigCodeConfig {
-                vocab_size,
-                n_positions,
-                n_layer,
-                n_embd,
-                n_head,
-                n_inner,
-                layer_norm_epsilon,
-                multi_query,
-            };
-            Network::bigcode(c, vb).map_err(candle)?
-        }
+        ModelConfig::GptBigCode(c) => Network::bigcode(*c, vb).map_err(candle)?,
     };
     Ok(Model {
         name: files.name.clone(),

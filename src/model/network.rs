@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{bigcode, starcoder2};
 
+use super::config::BigCodeConfig;
 use super::llama::{KvCache, Llama};
 
 enum Inner {
@@ -25,34 +26,23 @@ enum Inner {
     },
 }
 
-/// What rebuilding a GPT-BigCode model needs (candle's `Config` is neither `Clone` nor `Deserialize`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BigCodeConfig {
-    pub vocab_size: usize,
-    pub n_positions: usize,
-    pub n_layer: usize,
-    pub n_embd: usize,
-    pub n_head: usize,
-    pub n_inner: Option<usize>,
-    pub layer_norm_epsilon: f64,
-    pub multi_query: bool,
-}
-
-impl BigCodeConfig {
-    fn build(self, vb: VarBuilder<'static>) -> candle_core::Result<bigcode::GPTBigCode> {
-        let cfg = bigcode::Config {
-            vocab_size: self.vocab_size,
-            max_position_embeddings: self.n_positions,
-            num_hidden_layers: self.n_layer,
-            hidden_size: self.n_embd,
-            layer_norm_epsilon: self.layer_norm_epsilon,
-            n_inner: self.n_inner,
-            num_attention_heads: self.n_head,
-            multi_query: self.multi_query,
-            use_cache: true,
-        };
-        bigcode::GPTBigCode::load(vb, cfg)
-    }
+/// candle's `bigcode::Config` is neither `Clone` nor `Deserialize`: rebuild it from ours.
+fn build_bigcode(
+    c: BigCodeConfig,
+    vb: VarBuilder<'static>,
+) -> candle_core::Result<bigcode::GPTBigCode> {
+    let cfg = bigcode::Config {
+        vocab_size: c.vocab_size,
+        max_position_embeddings: c.n_positions,
+        num_hidden_layers: c.n_layer,
+        hidden_size: c.n_embd,
+        layer_norm_epsilon: c.layer_norm_epsilon,
+        n_inner: c.n_inner,
+        num_attention_heads: c.n_head,
+        multi_query: c.multi_query,
+        use_cache: true,
+    };
+    bigcode::GPTBigCode::load(vb, cfg)
 }
 
 /// A causal language model and the tokens its cache holds.
@@ -115,7 +105,7 @@ impl Network {
         vb: VarBuilder<'static>,
     ) -> candle_core::Result<Self> {
         let (device, dtype) = (vb.device().clone(), vb.dtype());
-        let model = Box::new(config.build(vb.clone())?);
+        let model = Box::new(build_bigcode(config, vb.clone())?);
         let context_length = config.n_positions;
         Ok(Self {
             inner: Inner::BigCode { model, vb, config },
@@ -166,7 +156,7 @@ impl Network {
                 self.cached.clear();
             }
             Inner::BigCode { model, vb, config } => {
-                **model = config.build(vb.clone())?;
+                **model = build_bigcode(*config, vb.clone())?;
                 self.cached.clear();
             }
         }
@@ -188,7 +178,7 @@ impl Network {
         match &mut self.inner {
             Inner::Llama { cache, .. } => cache.clear(),
             Inner::Starcoder2(model) => model.clear_kv_cache(),
-            Inner::BigCode { model, vb, config } => **model = config.build(vb.clone())?,
+            Inner::BigCode { model, vb, config } => **model = build_bigcode(*config, vb.clone())?,
         }
         Ok(())
     }

@@ -11,9 +11,13 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Te
 use rayon::prelude::*;
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("{op}: expects f32") };
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: expects f32")
+    };
     match layout.contiguous_offsets() {
-        Some((start, end)) => data.get(start..end).ok_or_else(|| candle_core::Error::Msg(format!("{op}: bad layout"))),
+        Some((start, end)) => data
+            .get(start..end)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: bad layout"))),
         None => candle_core::bail!("{op}: expects a contiguous input"),
     }
 }
@@ -34,21 +38,25 @@ impl CustomOp1 for Softmax {
         let x = contiguous_f32(storage, layout, self.name())?;
         let n = last_dim(layout);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = (v - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|o| *o *= inv);
-        });
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(out, row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o *= inv);
+            });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad).map(Some)
+        res.contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)
+            .map(Some)
     }
 }
 
@@ -60,16 +68,27 @@ impl CustomOp2 for SoftmaxGrad {
         "infill-softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         let n = last_dim(l1);
         let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(|(out, (yr, gr))| {
-            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
-                *o = yv * (gv - dot);
-            }
-        });
+        dx.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(out, (yr, gr))| {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
+                    *o = yv * (gv - dot);
+                }
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -94,20 +113,30 @@ impl CustomOp1 for CrossEntropy {
         let v = last_dim(layout);
         let rows = x.len() / v;
         if rows != self.targets.len() {
-            candle_core::bail!("cross-entropy: {rows} rows but {} targets", self.targets.len());
+            candle_core::bail!(
+                "cross-entropy: {rows} rows but {} targets",
+                self.targets.len()
+            );
         }
         let mut loss = vec![0f32; rows];
-        loss.par_iter_mut().zip(x.par_chunks(v)).zip(self.targets.par_iter()).for_each(|((l, row), &t)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|&z| (z - max).exp()).sum();
-            *l = max + sum.ln() - row.get(t as usize).copied().unwrap_or(0.0);
-        });
+        loss.par_iter_mut()
+            .zip(x.par_chunks(v))
+            .zip(self.targets.par_iter())
+            .for_each(|((l, row), &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&z| (z - max).exp()).sum();
+                *l = max + sum.ln() - row.get(t as usize).copied().unwrap_or(0.0);
+            });
         Ok((CpuStorage::F32(loss), Shape::from(rows)))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = CrossEntropyGrad { targets: self.targets.clone() };
-        arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &grad).map(Some)
+        let grad = CrossEntropyGrad {
+            targets: self.targets.clone(),
+        };
+        arg.contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &grad)
+            .map(Some)
     }
 }
 
@@ -121,12 +150,23 @@ impl CustomOp2 for CrossEntropyGrad {
         "infill-cross-entropy-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         let v = last_dim(l1);
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(v).zip(x.par_chunks(v)).zip(g.par_iter().zip(self.targets.par_iter())).for_each(
-            |((out, row), (&gr, &t))| {
+        dx.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .zip(g.par_iter().zip(self.targets.par_iter()))
+            .for_each(|((out, row), (&gr, &t))| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for (o, &z) in out.iter_mut().zip(row) {
@@ -138,8 +178,7 @@ impl CustomOp2 for CrossEntropyGrad {
                 if let Some(o) = out.get_mut(t as usize) {
                     *o -= gr;
                 }
-            },
-        );
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -147,7 +186,9 @@ impl CustomOp2 for CrossEntropyGrad {
 /// Mean cross-entropy of `(rows, vocab)` f32 logits against `targets`, differentiable; the same value
 /// as `candle_nn::loss::cross_entropy` without materialising the log-softmax.
 pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let op = CrossEntropy { targets: Arc::new(targets.to_vec()) };
+    let op = CrossEntropy {
+        targets: Arc::new(targets.to_vec()),
+    };
     logits.contiguous()?.apply_op1(op)?.mean_all()
 }
 
@@ -172,18 +213,24 @@ impl Rope {
         }
         let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).for_each(|(o, xs)| {
-            for (pos, (orow, xrow)) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)).enumerate() {
-                let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
-                let (x1, x2) = xrow.split_at(half);
-                let (o1, o2) = orow.split_at_mut(half);
-                for i in 0..half {
-                    let s = sign * sin[i];
-                    o1[i] = x1[i] * cos[i] - x2[i] * s;
-                    o2[i] = x2[i] * cos[i] + x1[i] * s;
+        out.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .for_each(|(o, xs)| {
+                for (pos, (orow, xrow)) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)).enumerate()
+                {
+                    let (cos, sin) = (
+                        &self.cos[pos * half..(pos + 1) * half],
+                        &self.sin[pos * half..(pos + 1) * half],
+                    );
+                    let (x1, x2) = xrow.split_at(half);
+                    let (o1, o2) = orow.split_at_mut(half);
+                    for i in 0..half {
+                        let s = sign * sin[i];
+                        o1[i] = x1[i] * cos[i] - x2[i] * s;
+                        o2[i] = x2[i] * cos[i] + x1[i] * s;
+                    }
                 }
-            }
-        });
+            });
         Ok(out)
     }
 }
@@ -195,20 +242,37 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, self.name())?;
-        Ok((CpuStorage::F32(self.apply(x, layout.dims())?), layout.shape().clone()))
+        Ok((
+            CpuStorage::F32(self.apply(x, layout.dims())?),
+            layout.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let inverse = Rope { cos: self.cos.clone(), sin: self.sin.clone(), inverse: !self.inverse };
+        let inverse = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
         grad_res.contiguous()?.apply_op1(inverse).map(Some)
     }
 }
 
 /// Differentiable rotary embedding of an f32 `(batch, heads, seq, head_dim)` tensor.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let cos: Vec<f32> = cos.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-    let sin: Vec<f32> = sin.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-    x.contiguous()?.apply_op1(Rope { cos: Arc::new(cos), sin: Arc::new(sin), inverse: false })
+    let cos: Vec<f32> = cos
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let sin: Vec<f32> = sin
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    x.contiguous()?.apply_op1(Rope {
+        cos: Arc::new(cos),
+        sin: Arc::new(sin),
+        inverse: false,
+    })
 }
 
 /// RMS normalisation without the weight: `x / sqrt(mean(x^2) + eps)` per row, differentiable.
@@ -225,16 +289,20 @@ impl CustomOp1 for RmsNormalize {
         let x = contiguous_f32(storage, layout, self.name())?;
         let n = last_dim(layout);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(out, row)| {
-            let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-            let r = 1.0 / (ms + self.eps).sqrt();
-            out.iter_mut().zip(row).for_each(|(o, &v)| *o = v * r);
-        });
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(out, row)| {
+                let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let r = 1.0 / (ms + self.eps).sqrt();
+                out.iter_mut().zip(row).for_each(|(o, &v)| *o = v * r);
+            });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &RmsNormalizeGrad { eps: self.eps }).map(Some)
+        arg.contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &RmsNormalizeGrad { eps: self.eps })
+            .map(Some)
     }
 }
 
@@ -248,18 +316,29 @@ impl CustomOp2 for RmsNormalizeGrad {
         "infill-rms-normalize-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (
+            contiguous_f32(s1, l1, self.name())?,
+            contiguous_f32(s2, l2, self.name())?,
+        );
         let n = last_dim(l1);
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(n).zip(x.par_chunks(n).zip(g.par_chunks(n))).for_each(|(out, (xr, gr))| {
-            let ms: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
-            let r = 1.0 / (ms + self.eps).sqrt();
-            let dot: f32 = xr.iter().zip(gr).map(|(a, b)| a * r * b).sum::<f32>() / n as f32;
-            for ((o, &xv), &gv) in out.iter_mut().zip(xr).zip(gr) {
-                *o = r * (gv - xv * r * dot);
-            }
-        });
+        dx.par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(out, (xr, gr))| {
+                let ms: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let r = 1.0 / (ms + self.eps).sqrt();
+                let dot: f32 = xr.iter().zip(gr).map(|(a, b)| a * r * b).sum::<f32>() / n as f32;
+                for ((o, &xv), &gv) in out.iter_mut().zip(xr).zip(gr) {
+                    *o = r * (gv - xv * r * dot);
+                }
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -267,7 +346,9 @@ impl CustomOp2 for RmsNormalizeGrad {
 /// RMSNorm with weight, differentiable: the normalisation is one fused op; the weight is a broadcast
 /// multiply, whose gradient candle computes.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(RmsNormalize { eps: eps as f32 })?.broadcast_mul(weight)
+    x.contiguous()?
+        .apply_op1(RmsNormalize { eps: eps as f32 })?
+        .broadcast_mul(weight)
 }
 
 /// The same normalisation from primitives (reference for tests).
@@ -283,30 +364,58 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) -> bool {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         d < tol
     }
 
     /// Value and gradient of `f` and `g` agree for a random input.
-    fn same_function(f: impl Fn(&Tensor) -> Tensor, g: impl Fn(&Tensor) -> Tensor, shape: (usize, usize)) {
+    fn same_function(
+        f: impl Fn(&Tensor) -> Tensor,
+        g: impl Fn(&Tensor) -> Tensor,
+        shape: (usize, usize),
+    ) {
         let x = Var::randn(0f32, 2.0, shape, &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
         let (a, b) = (f(x.as_tensor()), g(x.as_tensor()));
         assert!(close(&a, &b, 1e-5), "values differ");
         let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap(), 1e-4), "gradients differ");
+        assert!(
+            close(
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+                1e-4
+            ),
+            "gradients differ"
+        );
     }
 
     #[test]
     fn fused_softmax_matches_the_composed_one() {
-        same_function(|x| softmax_last_dim(x).unwrap(), |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(), (7, 33));
+        same_function(
+            |x| softmax_last_dim(x).unwrap(),
+            |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(),
+            (7, 33),
+        );
     }
 
     #[test]
     fn fused_rms_normalisation_matches_the_composed_one() {
         let ones = Tensor::ones(19, candle_core::DType::F32, &Device::Cpu).unwrap();
-        same_function(|x| rms_norm(x, &ones, 1e-6).unwrap(), |x| rms_norm_composed(x, &ones, 1e-6).unwrap(), (5, 19));
+        same_function(
+            |x| rms_norm(x, &ones, 1e-6).unwrap(),
+            |x| rms_norm_composed(x, &ones, 1e-6).unwrap(),
+            (5, 19),
+        );
     }
 
     #[test]
@@ -320,15 +429,30 @@ mod tests {
         assert!(close(&ours, &theirs, 1e-6));
         // Gradient against the composed rotate-half formula.
         let composed = |x: &Tensor| {
-            let (c, s) = (Tensor::cat(&[&cos, &cos], D::Minus1).unwrap(), Tensor::cat(&[&sin, &sin], D::Minus1).unwrap());
-            let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2).unwrap(), x.narrow(D::Minus1, d / 2, d / 2).unwrap());
+            let (c, s) = (
+                Tensor::cat(&[&cos, &cos], D::Minus1).unwrap(),
+                Tensor::cat(&[&sin, &sin], D::Minus1).unwrap(),
+            );
+            let (x1, x2) = (
+                x.narrow(D::Minus1, 0, d / 2).unwrap(),
+                x.narrow(D::Minus1, d / 2, d / 2).unwrap(),
+            );
             let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
             (x.broadcast_mul(&c).unwrap() + rot.broadcast_mul(&s).unwrap()).unwrap()
         };
         let w = Tensor::randn(0f32, 1.0, (2, 3, t, d), &Device::Cpu).unwrap();
         let ga = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (composed(x.as_tensor()) * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap(), 1e-5));
+        let gb = (composed(x.as_tensor()) * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(close(
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+            1e-5
+        ));
     }
 
     #[test]
@@ -340,6 +464,10 @@ mod tests {
         let b = candle_nn::loss::cross_entropy(x.as_tensor(), &t).unwrap();
         assert!(close(&a, &b, 1e-5));
         let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
-        assert!(close(ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap(), 1e-6));
+        assert!(close(
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+            1e-6
+        ));
     }
 }

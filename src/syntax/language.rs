@@ -115,8 +115,8 @@ pub fn queries(name: &str) -> Queries {
         "rust" => q!("rust"),
         "python" => q!("python"),
         "javascript" => q!("javascript"),
-        "typescript" => q!("typescript"),
-        "tsx" => q!("tsx"),
+        // TSX is TypeScript plus JSX; the TypeScript queries compile against both grammars.
+        "typescript" | "tsx" => q!("typescript"),
         "go" => q!("go"),
         "c" => q!("c"),
         "cpp" => q!("cpp"),

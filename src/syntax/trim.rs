@@ -74,6 +74,10 @@ pub struct Trimmer<'a> {
     broken_at_cursor: bool,
     /// The cursor is inside a string or comment: the literal's token spans the cursor.
     in_literal: bool,
+    /// There is code right of the cursor on its line.
+    code_right: bool,
+    /// The cursor's line up to the cursor.
+    line_before: &'a str,
     single_line: bool,
     indent: Indent,
     block: Block,
@@ -121,7 +125,8 @@ impl<'a> Trimmer<'a> {
             (Some((_, tree)), Some(l)) => inside_literal(tree, cursor, l),
             _ => false,
         } || heuristic_inside_literal(line_before, lang);
-        let single_line = !line_rest.trim().is_empty() || in_literal;
+        let code_right = !line_rest.trim().is_empty();
+        let single_line = code_right || in_literal;
         let broken_at_cursor = full
             .as_ref()
             .is_some_and(|(_, tree)| error_overlaps(tree, cursor, cursor, true));
@@ -155,6 +160,8 @@ impl<'a> Trimmer<'a> {
             window,
             broken_at_cursor,
             in_literal,
+            code_right,
+            line_before,
             single_line,
             indent: file_indent(prefix, suffix),
             block,
@@ -205,16 +212,9 @@ impl<'a> Trimmer<'a> {
                 cut(nl, Reason::LineScope, &mut end);
             }
             // Code right of the cursor: one statement, never a second one after a separator.
-            if !self
-                .suffix
-                .split('\n')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .is_empty()
-            {
+            if self.code_right {
                 // Brackets still open on the cursor's line (`for (|`) make the proposal's `;` inner.
-                let line_before = self.prefix.rsplit('\n').next().unwrap_or_default();
+                let line_before = self.line_before;
                 let open = top_level_semicolon(line_before, 0).1.max(0);
                 // A `for` header separates its clauses with semicolons (C, Go, Java, JavaScript).
                 let for_header = line_before.trim_start().starts_with("for ")
@@ -231,14 +231,7 @@ impl<'a> Trimmer<'a> {
             let closers = self.supplied_closers(text.get(..end).unwrap_or_default());
             cut(closers.0, closers.1, &mut end);
             // With code to the right, a bracket the proposal did not open belongs to the suffix.
-            if !self
-                .suffix
-                .split('\n')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .is_empty()
-            {
+            if self.code_right {
                 cut(
                     balanced_prefix(text.get(..end).unwrap_or_default(), true),
                     Reason::SuffixClosers,
@@ -296,7 +289,7 @@ impl<'a> Trimmer<'a> {
                 let mut pos = 0usize;
                 for (i, line) in text.split('\n').enumerate() {
                     if i > 0 && !line.trim().is_empty() {
-                        let w = indent_width(line, self.indent);
+                        let w = indent_width(line);
                         if w < indent || (opener && w <= indent) {
                             return Some(pos.saturating_sub(1));
                         }
@@ -318,7 +311,7 @@ impl<'a> Trimmer<'a> {
             .filter(|l| !l.trim().is_empty())
             .collect();
         let first = *after.first()?;
-        let line_before = self.prefix.rsplit('\n').next().unwrap_or_default();
+        let line_before = self.line_before;
         let lines: Vec<&str> = text.split('\n').collect();
         let mut pos = 0usize;
         for (i, line) in lines.iter().enumerate() {
@@ -616,12 +609,7 @@ fn heuristic_inside_literal(line_before: &str, lang: Option<&Language>) -> bool 
 fn python_block(prefix: &str) -> Block {
     let mut lines = prefix.rsplit('\n');
     let current = lines.next().unwrap_or_default();
-    let width = |l: &str| {
-        l.chars()
-            .take_while(|c| *c == ' ' || *c == '\t')
-            .map(|c| if c == '\t' { 8 } else { 1 })
-            .sum()
-    };
+    let width = indent_width;
     if !current.trim().is_empty() {
         return Block::Indented {
             indent: width(current),
@@ -644,7 +632,8 @@ fn python_block(prefix: &str) -> Block {
     }
 }
 
-fn indent_width(line: &str, _style: Indent) -> usize {
+/// Width of a line's indentation, a tab counting 8 (as Python's tokenizer counts it).
+fn indent_width(line: &str) -> usize {
     line.chars()
         .take_while(|c| *c == ' ' || *c == '\t')
         .map(|c| if c == '\t' { 8 } else { 1 })
