@@ -26,6 +26,8 @@ pub enum Command {
     Trim(TrimArgs),
     /// Fine-tune a model on your repositories (or train one from scratch).
     Train(TrainArgs),
+    /// Measure completion quality on held-out code (or a task file), raw and trimmed.
+    Eval(EvalArgs),
     /// Tokenizer tools.
     Tokenizer {
         #[command(subcommand)]
@@ -195,4 +197,51 @@ pub struct TrimArgs {
     /// Print {trimmed, raw, reason, language} as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Repositories whose held-out files (the training split) become tasks.
+    #[arg(long, num_args = 1.., required_unless_present = "tasks_file")]
+    pub repo: Vec<PathBuf>,
+    /// HumanEval-infilling JSONL tasks instead of repository tasks.
+    #[arg(long, conflicts_with = "repo")]
+    pub tasks_file: Option<PathBuf>,
+    /// Language of the task file's code (for trimming and syntax checks).
+    #[arg(long, default_value = "python")]
+    pub tasks_language: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A second model to compare with (directory or hub id).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub baseline: Option<String>,
+    /// How many repository tasks to build.
+    #[arg(long, default_value_t = 500)]
+    pub tasks: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Share of files held out (must match training's).
+    #[arg(long, default_value_t = 0.05)]
+    pub held_out: f64,
+    /// Run each task's tests with this interpreter (e.g. python3) and report pass@1.
+    #[arg(long, value_name = "PROGRAM")]
+    pub exec: Option<String>,
+    /// Seconds before a task's test run is killed.
+    #[arg(long, default_value_t = 10.0)]
+    pub exec_timeout: f64,
+    /// Use only the first N tasks.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Use only tasks whose id contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Write every task and result here as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Print the report as Markdown.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Stop each completion after this many tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
 }

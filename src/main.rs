@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         Command::Complete(args) => infill::cmd::complete::run(args),
         Command::Trim(args) => infill::cmd::trim::run(args),
         Command::Train(args) => infill::cmd::train::run(args),
+        Command::Eval(args) => infill::cmd::eval::run(args),
         Command::Tokenizer {
             command: TokenizerCommand::Train(args),
         } => infill::cmd::train::tokenizer(args),

@@ -4,6 +4,7 @@
 
 mod cli;
 mod engine;
+mod eval;
 mod loading;
 mod train;
 mod trim;

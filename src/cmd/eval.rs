@@ -1,0 +1,133 @@
+//! `infill eval`: build or read tasks, run the model (and a baseline), print the report.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cli::{EvalArgs, ModelArgs};
+use crate::complete::Settings;
+use crate::eval::{self, Exec, tasks};
+use crate::model::generate::Limits;
+use crate::train::{corpus, split};
+
+fn build_tasks(args: &EvalArgs) -> anyhow::Result<Vec<tasks::Task>> {
+    let mut all = match &args.tasks_file {
+        Some(path) => {
+            let text = super::read_source(path)?;
+            tasks::read_task_file(&text, Some(&args.tasks_language))
+                .with_context(|| path.display().to_string())?
+        }
+        None => {
+            let corpus = corpus::collect(&args.repo)?;
+            let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
+            let (_, held) = split::split(&paths, args.held_out);
+            let files: Vec<(String, Option<String>, String)> = held
+                .iter()
+                .filter_map(|&i| corpus.files.get(i))
+                .map(|f| (f.path.clone(), Some(f.language.clone()), f.text.clone()))
+                .collect();
+            tasks::build(&files, args.tasks, args.seed)
+        }
+    };
+    if let Some(filter) = &args.filter {
+        all.retain(|t| t.id.contains(filter.as_str()));
+    }
+    if let Some(limit) = args.limit {
+        all.truncate(limit);
+    }
+    if all.is_empty() {
+        anyhow::bail!("no tasks to run (check --repo, --tasks-file, --filter and --limit)");
+    }
+    Ok(all)
+}
+
+fn run_model(
+    spec: &ModelArgs,
+    tasks: &[tasks::Task],
+    settings: &Settings,
+    exec: Option<&Exec>,
+    label: &str,
+) -> anyhow::Result<Vec<eval::Outcome>> {
+    let mut model = super::open_model(spec)?;
+    let show = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    eval::run(&mut model, tasks, settings, exec, |done, total| {
+        if show {
+            let per = started.elapsed().as_secs_f64() / done as f64;
+            let eta = per * (total - done) as f64;
+            eprint!(
+                "\r{label}: {done}/{total} tasks, ETA {}m{:02}s   ",
+                (eta / 60.0) as u64,
+                (eta % 60.0) as u64
+            );
+        }
+    })
+    .inspect(|_| {
+        if show {
+            eprintln!();
+        }
+    })
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let tasks = build_tasks(args)?;
+    if args.max_tokens == 0 {
+        anyhow::bail!("--max-tokens must be at least 1");
+    }
+    let settings = Settings {
+        limits: Limits {
+            max_tokens: args.max_tokens,
+            ..Limits::default()
+        },
+        ..Settings::default()
+    };
+    let exec = args.exec.as_ref().map(|p| Exec {
+        program: p.clone(),
+        timeout: Duration::from_secs_f64(args.exec_timeout.max(0.1)),
+    });
+    ctrlc::set_handler(|| eval::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
+        .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    let started = Instant::now();
+    let model = run_model(&args.model, &tasks, &settings, exec.as_ref(), "model")?;
+    let baseline = match &args.baseline {
+        Some(b) if !eval::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) => {
+            let spec = ModelArgs {
+                model: Some(b.clone()),
+                ..args.model.clone()
+            };
+            Some(run_model(
+                &spec,
+                &tasks[..model.len()],
+                &settings,
+                exec.as_ref(),
+                "baseline",
+            )?)
+        }
+        _ => None,
+    };
+    if model.len() < tasks.len() {
+        eprintln!(
+            "interrupted: the report covers {} of {} tasks",
+            model.len(),
+            tasks.len()
+        );
+    }
+    let reports = eval::report(&tasks, &model, baseline.as_deref(), args.seed);
+    print!("{}", eval::render(&reports, args.markdown));
+    println!(
+        "{} tasks in {:.1} s",
+        model.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        eval::write_json(
+            path,
+            &tasks[..model.len()],
+            &model,
+            baseline.as_deref(),
+            &reports,
+        )?;
+    }
+    Ok(())
+}

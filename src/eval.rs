@@ -1,0 +1,423 @@
+//! Evaluation: run the editor's own pipeline (prompt -> generate -> trim) on held-out tasks and
+//! score what comes out, raw and trimmed, next to the empty-middle floor and an optional baseline.
+
+pub mod metrics;
+pub mod tasks;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::complete::{self, Settings};
+use crate::model::Model;
+use crate::model::generate::Flow;
+use crate::syntax::{Registry, Trimmer};
+use crate::text::Cursor;
+use metrics::{
+    accepted_chars, edit_similarity, exact_match, first_line_match, is_punctuation_only,
+};
+use tasks::Task;
+
+/// Set by Ctrl-C: the runner stops and the report covers the tasks done.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Scores of one prediction.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Score {
+    pub exact: bool,
+    pub edit_similarity: f64,
+    pub first_line: bool,
+    /// No more parse errors than the reference insertion (None: unknown language).
+    pub syntax_valid: Option<bool>,
+    pub accepted_chars: usize,
+    /// The task's tests pass (None: not run).
+    pub passed: Option<bool>,
+}
+
+/// What one model did on one task.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub task: String,
+    pub raw: String,
+    pub trimmed: String,
+    pub raw_score: Score,
+    pub trimmed_score: Score,
+    pub empty_score: Score,
+    pub tokens: usize,
+    pub latency_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// How predictions are checked by running them.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    /// The interpreter, e.g. `python3`.
+    pub program: String,
+    pub timeout: Duration,
+}
+
+/// Parse errors of `text` in `language` (None when the language is unknown).
+fn parse_errors(text: &str, language: Option<&str>) -> Option<usize> {
+    let lang = Registry::builtin().ok()?.by_name(language?).ok()?;
+    let mut parser = tree_sitter::Parser::new();
+    parser.set_language(&lang.grammar()).ok()?;
+    let tree = parser.parse(text, None)?;
+    let mut count = 0;
+    let mut stack = vec![tree.root_node()];
+    while let Some(n) = stack.pop() {
+        count += usize::from(n.is_error() || n.is_missing());
+        if n.has_error() {
+            let mut walk = n.walk();
+            stack.extend(n.children(&mut walk));
+        }
+    }
+    Some(count)
+}
+
+/// Runs a task's tests with the completed program in a temporary directory; false on failure or
+/// timeout.
+fn run_tests(task: &Task, prediction: &str, exec: &Exec) -> Option<bool> {
+    let (test, entry) = (task.test.as_ref()?, task.entry_point.as_ref()?);
+    let dir = tempfile::tempdir().ok()?;
+    let program = format!(
+        "{}{}{}\n\n{test}\n\ncheck({entry})\n",
+        task.prefix, prediction, task.suffix
+    );
+    let path = dir.path().join("task.py");
+    std::fs::write(&path, program).ok()?;
+    let mut child = std::process::Command::new(&exec.program)
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status.success()),
+            Ok(None) if start.elapsed() < exec.timeout => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Some(false);
+            }
+        }
+    }
+}
+
+fn score(
+    task: &Task,
+    prediction: &str,
+    reference_errors: Option<usize>,
+    exec: Option<&Exec>,
+) -> Score {
+    let syntax_valid = reference_errors.and_then(|reference| {
+        let text = format!("{}{}{}", task.prefix, prediction, task.suffix);
+        parse_errors(&text, task.language.as_deref()).map(|e| e <= reference)
+    });
+    Score {
+        exact: exact_match(prediction, &task.middle),
+        edit_similarity: edit_similarity(prediction, &task.middle),
+        first_line: first_line_match(prediction, &task.middle),
+        syntax_valid,
+        accepted_chars: accepted_chars(prediction, &task.middle),
+        passed: exec.and_then(|e| run_tests(task, prediction, e)),
+    }
+}
+
+/// Runs `model` on every task (in order) with `settings` (trimming is applied to the raw output, so
+/// one generation gives both figures). `progress` is called after each task with (done, total).
+pub fn run(
+    model: &mut Model,
+    tasks: &[Task],
+    settings: &Settings,
+    exec: Option<&Exec>,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Vec<Outcome>> {
+    let registry = Registry::builtin().ok();
+    let raw_settings = Settings {
+        trim: false,
+        ..settings.clone()
+    };
+    let mut out = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+        let text = format!("{}{}", task.prefix, task.suffix);
+        let cursor = Cursor::from_byte(&text, task.prefix.len())
+            .ok_or_else(|| anyhow::anyhow!("{}: bad cursor", task.id))?;
+        let lang = task
+            .language
+            .as_deref()
+            .and_then(|l| registry.and_then(|r| r.by_name(l).ok()));
+        let started = Instant::now();
+        let c = complete::complete(model, &text, cursor, lang, &raw_settings, None, |_, _| {
+            Flow::Continue
+        })?;
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let trimmed = Trimmer::new(&task.prefix, &task.suffix, lang)
+            .trim(&c.text)
+            .text;
+        let reference_errors = parse_errors(
+            &format!("{}{}{}", task.prefix, task.middle, task.suffix),
+            task.language.as_deref(),
+        );
+        out.push(Outcome {
+            task: task.id.clone(),
+            raw_score: score(task, &c.text, reference_errors, exec),
+            trimmed_score: score(task, &trimmed, reference_errors, exec),
+            empty_score: score(task, "", reference_errors, exec),
+            raw: c.text,
+            trimmed,
+            tokens: c.generation.tokens.len(),
+            latency_ms,
+            tokens_per_s: c.generation.timings.tokens_per_s,
+        });
+        progress(i + 1, tasks.len());
+    }
+    Ok(out)
+}
+
+/// Aggregate figures of one variant (raw, trimmed or empty) over a set of tasks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub tasks: usize,
+    pub exact_match: f64,
+    /// Over tasks whose reference has a letter or digit.
+    pub exact_match_code: f64,
+    pub edit_similarity: f64,
+    pub first_line_match: f64,
+    pub syntax_valid: Option<f64>,
+    pub accepted_chars: f64,
+    pub pass_at_1: Option<f64>,
+}
+
+fn summarize(tasks: &[&Task], scores: &[Score]) -> Summary {
+    let n = scores.len().max(1) as f64;
+    let frac = |f: &dyn Fn(&Score) -> bool| scores.iter().filter(|s| f(s)).count() as f64 / n;
+    let code: Vec<&Score> = tasks
+        .iter()
+        .zip(scores)
+        .filter(|(t, _)| !is_punctuation_only(&t.middle))
+        .map(|(_, s)| s)
+        .collect();
+    let opt = |vals: Vec<bool>| {
+        (!vals.is_empty()).then(|| vals.iter().filter(|v| **v).count() as f64 / vals.len() as f64)
+    };
+    Summary {
+        tasks: scores.len(),
+        exact_match: frac(&|s| s.exact),
+        exact_match_code: code.iter().filter(|s| s.exact).count() as f64 / code.len().max(1) as f64,
+        edit_similarity: scores.iter().map(|s| s.edit_similarity).sum::<f64>() / n,
+        first_line_match: frac(&|s| s.first_line),
+        syntax_valid: opt(scores.iter().filter_map(|s| s.syntax_valid).collect()),
+        accepted_chars: scores.iter().map(|s| s.accepted_chars as f64).sum::<f64>() / n,
+        pass_at_1: opt(scores.iter().filter_map(|s| s.passed).collect()),
+    }
+}
+
+/// The figures of one model on one kind of task.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelFigures {
+    pub raw: Summary,
+    pub trimmed: Summary,
+    pub empty: Summary,
+    pub mean_tokens: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Per task kind (and "all"): the model's figures, the baseline's, and trimmed edit similarity and
+/// exact match differences with bootstrap 95% intervals.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub kind: String,
+    pub model: ModelFigures,
+    pub baseline: Option<ModelFigures>,
+    /// (mean, low, high) of model - baseline, trimmed edit similarity.
+    pub edit_similarity_diff: Option<(f64, f64, f64)>,
+    pub exact_match_diff: Option<(f64, f64, f64)>,
+}
+
+fn figures(tasks: &[&Task], outcomes: &[&Outcome]) -> ModelFigures {
+    let lat: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
+    let get = |f: &dyn Fn(&Outcome) -> Score| outcomes.iter().map(|o| f(o)).collect::<Vec<_>>();
+    ModelFigures {
+        raw: summarize(tasks, &get(&|o| o.raw_score)),
+        trimmed: summarize(tasks, &get(&|o| o.trimmed_score)),
+        empty: summarize(tasks, &get(&|o| o.empty_score)),
+        mean_tokens: metrics::mean(&outcomes.iter().map(|o| o.tokens as f64).collect::<Vec<_>>()),
+        latency_p50_ms: metrics::quantile(&lat, 0.5),
+        latency_p95_ms: metrics::quantile(&lat, 0.95),
+        tokens_per_s: metrics::mean(&outcomes.iter().map(|o| o.tokens_per_s).collect::<Vec<_>>()),
+    }
+}
+
+/// Builds the report from the outcomes of the model (and the baseline, on the same tasks).
+pub fn report(
+    tasks: &[Task],
+    model: &[Outcome],
+    baseline: Option<&[Outcome]>,
+    seed: u64,
+) -> Vec<KindReport> {
+    let n = model
+        .len()
+        .min(baseline.map_or(usize::MAX, <[Outcome]>::len));
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, t) in tasks.iter().take(n).enumerate() {
+        groups.entry(t.kind.name().to_string()).or_default().push(i);
+        groups.entry("all".to_string()).or_default().push(i);
+    }
+    groups
+        .into_iter()
+        .map(|(kind, idx)| {
+            let ts: Vec<&Task> = idx.iter().filter_map(|&i| tasks.get(i)).collect();
+            let ms: Vec<&Outcome> = idx.iter().filter_map(|&i| model.get(i)).collect();
+            let bs: Option<Vec<&Outcome>> =
+                baseline.map(|b| idx.iter().filter_map(|&i| b.get(i)).collect());
+            let diff = |f: fn(&Outcome) -> f64| {
+                bs.as_ref().map(|bs| {
+                    let a: Vec<f64> = ms.iter().map(|o| f(o)).collect();
+                    let b: Vec<f64> = bs.iter().map(|o| f(o)).collect();
+                    metrics::bootstrap_difference(&a, &b, 2000, seed)
+                })
+            };
+            KindReport {
+                model: figures(&ts, &ms),
+                baseline: bs.as_ref().map(|bs| figures(&ts, bs)),
+                edit_similarity_diff: diff(|o| o.trimmed_score.edit_similarity),
+                exact_match_diff: diff(|o| f64::from(u8::from(o.trimmed_score.exact))),
+                kind,
+            }
+        })
+        .collect()
+}
+
+/// The report as a table: text (aligned columns) or Markdown.
+pub fn render(reports: &[KindReport], markdown: bool) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let mut cols: Vec<(String, &Summary)> = vec![
+            ("raw".into(), &r.model.raw),
+            ("trimmed".into(), &r.model.trimmed),
+        ];
+        if let Some(b) = &r.baseline {
+            cols.push(("baseline raw".into(), &b.raw));
+            cols.push(("baseline trimmed".into(), &b.trimmed));
+        }
+        cols.push(("empty middle".into(), &r.model.empty));
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        let mut rows: Vec<(String, Vec<String>)> = vec![
+            (
+                "exact match".into(),
+                cols.iter().map(|(_, s)| pct(s.exact_match)).collect(),
+            ),
+            (
+                "exact match (no punctuation-only)".into(),
+                cols.iter().map(|(_, s)| pct(s.exact_match_code)).collect(),
+            ),
+            (
+                "edit similarity".into(),
+                cols.iter()
+                    .map(|(_, s)| format!("{:.3}", s.edit_similarity))
+                    .collect(),
+            ),
+            (
+                "first-line exact match".into(),
+                cols.iter().map(|(_, s)| pct(s.first_line_match)).collect(),
+            ),
+            (
+                "syntax-valid".into(),
+                cols.iter()
+                    .map(|(_, s)| s.syntax_valid.map_or("-".into(), pct))
+                    .collect(),
+            ),
+            (
+                "accepted characters".into(),
+                cols.iter()
+                    .map(|(_, s)| format!("{:.1}", s.accepted_chars))
+                    .collect(),
+            ),
+        ];
+        if cols.iter().any(|(_, s)| s.pass_at_1.is_some()) {
+            rows.push((
+                "pass@1".into(),
+                cols.iter()
+                    .map(|(_, s)| s.pass_at_1.map_or("-".into(), pct))
+                    .collect(),
+            ));
+        }
+        let header: Vec<String> = cols.iter().map(|(n, _)| n.clone()).collect();
+        let title = format!(
+            "{} ({} tasks): {:.1} tokens per completion, latency p50 {:.0} ms / p95 {:.0} ms, {:.1} tokens/s",
+            r.kind,
+            r.model.raw.tasks,
+            r.model.mean_tokens,
+            r.model.latency_p50_ms,
+            r.model.latency_p95_ms,
+            r.model.tokens_per_s
+        );
+        if markdown {
+            out.push_str(&format!(
+                "### {title}\n\n| metric | {} |\n|---|{}\n",
+                header.join(" | "),
+                "---|".repeat(header.len())
+            ));
+            for (name, vals) in &rows {
+                out.push_str(&format!("| {name} | {} |\n", vals.join(" | ")));
+            }
+        } else {
+            out.push_str(&format!(
+                "{title}\n  {:<36}{}\n",
+                "",
+                header
+                    .iter()
+                    .map(|h| format!("{h:>18}"))
+                    .collect::<String>()
+            ));
+            for (name, vals) in &rows {
+                out.push_str(&format!(
+                    "  {name:<36}{}\n",
+                    vals.iter().map(|v| format!("{v:>18}")).collect::<String>()
+                ));
+            }
+        }
+        for (label, d) in [
+            ("edit similarity", r.edit_similarity_diff),
+            ("exact match", r.exact_match_diff),
+        ] {
+            if let Some((m, lo, hi)) = d {
+                let line = format!(
+                    "model - baseline, trimmed {label}: {m:+.3} (95% CI {lo:+.3} .. {hi:+.3})"
+                );
+                out.push_str(&if markdown {
+                    format!("\n{line}\n")
+                } else {
+                    format!("  {line}\n")
+                });
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes every task and result as JSON.
+pub fn write_json(
+    path: &Path,
+    tasks: &[Task],
+    model: &[Outcome],
+    baseline: Option<&[Outcome]>,
+    reports: &[KindReport],
+) -> anyhow::Result<()> {
+    let doc = serde_json::json!({ "tasks": tasks, "model": model, "baseline": baseline, "report": reports });
+    crate::train::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())
+}

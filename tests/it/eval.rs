@@ -1,0 +1,123 @@
+//! `infill eval` on a repository and on a HumanEval-infilling task file.
+
+use std::process::Command;
+
+use crate::fixture;
+
+fn infill(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
+    let model = fixture("qwen2");
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let out = infill(&[
+        "eval",
+        "--repo",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/src"),
+        "--model",
+        model.to_str().unwrap(),
+        "--baseline",
+        model.to_str().unwrap(),
+        "--tasks",
+        "10",
+        "--max-tokens",
+        "8",
+        "--held-out",
+        "0.2",
+        "--json",
+        json.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "all (10 tasks)",
+        "rest of line",
+        "whole line",
+        "multi-line",
+        "syntax node",
+        "random span",
+        "edit similarity",
+        "empty middle",
+        "baseline trimmed",
+        "95% CI",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
+    }
+    // The same model as its own baseline differs by exactly nothing.
+    assert!(
+        stdout.contains("trimmed edit similarity: +0.000 (95% CI +0.000 .. +0.000)"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.path()).unwrap()).unwrap();
+    assert_eq!(doc["tasks"].as_array().unwrap().len(), 10);
+    assert_eq!(doc["model"].as_array().unwrap().len(), 10);
+    // Held-out files only: every task comes from a file the split holds out.
+    for t in doc["tasks"].as_array().unwrap() {
+        let path = t["id"].as_str().unwrap().split(':').next().unwrap();
+        assert!(
+            infill::train::split::is_held_out(path, 0.2),
+            "{path} is a training file"
+        );
+    }
+}
+
+#[test]
+fn eval_on_a_task_file_runs_the_tests_and_counts_the_empty_middle() {
+    let tasks = tempfile::Builder::new()
+        .suffix(".jsonl")
+        .tempfile()
+        .unwrap();
+    let lines = [
+        // An empty middle passes this one: the floor is not zero.
+        r##"{"task_id": "t/0", "prompt": "def f():\n    return 1\n", "suffix": "\n", "canonical_solution": "# nothing\n", "entry_point": "f", "test": "def check(c):\n    assert c() == 1\n"}"##,
+        r#"{"task_id": "t/1", "prompt": "def g(x):\n    return ", "suffix": "\n", "canonical_solution": "x + 1", "entry_point": "g", "test": "def check(c):\n    assert c(1) == 2\n"}"#,
+    ];
+    std::fs::write(tasks.path(), lines.join("\n")).unwrap();
+    let model = fixture("qwen2");
+    let out = infill(&[
+        "eval",
+        "--tasks-file",
+        tasks.path().to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--exec",
+        "python3",
+        "--max-tokens",
+        "4",
+        "--markdown",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| pass@1 |"), "{stdout}");
+    let pass_row = stdout.lines().find(|l| l.starts_with("| pass@1")).unwrap();
+    assert!(
+        pass_row.trim_end().ends_with("| 50.0% |"),
+        "the empty middle passes 1 of 2: {pass_row}"
+    );
+
+    std::fs::write(tasks.path(), format!("{}\n{{\"task_id\": 1}}\n", lines[0])).unwrap();
+    let bad = infill(&[
+        "eval",
+        "--tasks-file",
+        tasks.path().to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2"));
+}
