@@ -76,6 +76,9 @@ pub enum CompleteError {
     Model(#[from] candle_core::Error),
 }
 
+/// Generous bound on bytes per token, for cutting text before tokenizing it.
+const BYTES_PER_TOKEN_BOUND: usize = 32;
+
 /// Builds the FIM prompt for `prefix` and `suffix` within `budget` content tokens.
 pub fn build_prompt(
     tokenizer: &Tokenizer,
@@ -84,6 +87,11 @@ pub fn build_prompt(
     budget: usize,
     order: FimOrder,
 ) -> Result<Prompt, TokenizerError> {
+    // Tokenize only what can matter: a token covers at most a few dozen bytes in practice, so a big
+    // file is cut by bytes first (at line boundaries) and never tokenized whole.
+    let (full_prefix, full_suffix) = (prefix, suffix);
+    let prefix = crate::text::tail_lines(prefix, budget.saturating_mul(BYTES_PER_TOKEN_BOUND));
+    let suffix = crate::text::head_lines(suffix, budget.saturating_mul(BYTES_PER_TOKEN_BOUND));
     let (p_ids, p_offsets) = tokenizer.encode_with_offsets(prefix)?;
     let (s_ids, s_offsets) = tokenizer.encode_with_offsets(suffix)?;
     let suffix_share = budget / 4;
@@ -95,8 +103,8 @@ pub fn build_prompt(
         ids: tokenizer.fim_prompt(&p_ids, &s_ids, order),
         prefix_tokens: p_ids.len(),
         suffix_tokens: s_ids.len(),
-        prefix_dropped_bytes: p_start,
-        suffix_dropped_bytes: suffix.len() - s_end,
+        prefix_dropped_bytes: full_prefix.len() - prefix.len() + p_start,
+        suffix_dropped_bytes: full_suffix.len() - s_end,
     })
 }
 

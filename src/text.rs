@@ -87,6 +87,40 @@ impl Cursor {
     }
 }
 
+/// The end of `text`, at most `max_bytes` long, starting at a line start when one falls in range
+/// (else at a character boundary): the part of a long prefix nearest the cursor.
+pub fn tail_lines(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut cut = text.len() - max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let rest = text.get(cut..).unwrap_or_default();
+    match rest.find('\n') {
+        Some(nl) if nl + 1 < rest.len() => rest.get(nl + 1..).unwrap_or(rest),
+        _ => rest,
+    }
+}
+
+/// The start of `text`, at most `max_bytes` long, ending after a line break when one falls in range
+/// (else at a character boundary): the part of a long suffix nearest the cursor.
+pub fn head_lines(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = text.get(..cut).unwrap_or_default();
+    match head.rfind('\n') {
+        Some(nl) if nl > 0 => head.get(..=nl).unwrap_or(head),
+        _ => head,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -120,6 +154,16 @@ mod tests {
         assert_eq!(Cursor::from_line_column("", 1, 1).unwrap().byte(), 0);
         assert_eq!(Cursor::from_line_column("a\r\nb", 1, 2).unwrap().byte(), 1);
         assert!(Cursor::from_line_column("a\r\nb", 1, 3).is_err());
+    }
+
+    #[test]
+    fn long_texts_are_cut_to_whole_lines_near_the_cursor() {
+        let text = "aaaa\nbbbb\ncccc\n";
+        assert_eq!(tail_lines(text, 7), "cccc\n");
+        assert_eq!(head_lines(text, 7), "aaaa\n");
+        assert_eq!(tail_lines(text, 100), text);
+        assert_eq!(tail_lines("ééééé", 3), "é", "never inside a character");
+        assert_eq!(head_lines("ééééé", 3), "é");
     }
 
     #[test]

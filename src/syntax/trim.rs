@@ -106,12 +106,18 @@ enum Block {
 
 /// Baselines with more errors than this are "hopeless": the parse no longer says much.
 const HOPELESS_ERRORS: usize = 64;
+/// Text kept on each side of the cursor for the trimmer's parse.
+const CONTEXT_BYTES: usize = 64 * 1024;
 /// Most candidate cuts tried by parsing.
 const MAX_CANDIDATES: usize = 24;
 
 impl<'a> Trimmer<'a> {
     /// Parses prefix + suffix once; `lang` of `None` uses the indentation and bracket rules only.
     pub fn new(prefix: &'a str, suffix: &'a str, lang: Option<&'a Language>) -> Self {
+        // The trimmer only ever keeps a prefix of the proposal, so it needs the text near the
+        // cursor, not a 100 MB file: bound the parse.
+        let prefix = crate::text::tail_lines(prefix, CONTEXT_BYTES);
+        let suffix = crate::text::head_lines(suffix, CONTEXT_BYTES);
         let full = lang.and_then(|l| {
             let mut parser = Parser::new();
             parser.set_language(&l.grammar()).ok()?;
