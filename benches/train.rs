@@ -51,9 +51,14 @@ fn main() -> anyhow::Result<()> {
         text: texts.concat(),
         language: None,
     }];
+    // INFILL_BENCH_BATCH=16 measures bigger steps (the comparison with PyTorch uses 4).
+    let batch_size: usize = std::env::var("INFILL_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(4);
     let settings = TrainSettings {
         seq_len: 256,
-        batch_size: 4,
+        batch_size,
         steps: 1000,
         ..TrainSettings::default()
     };
@@ -69,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let mut rng = Rng::new(1);
     let mut batch = || -> Vec<Vec<Vec<u32>>> {
         vec![
-            (0..4)
+            (0..batch_size)
                 .map(|_| (0..257).map(|_| (rng.next_u64() % 8192) as u32).collect())
                 .collect(),
         ]
@@ -78,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..2 {
         trainer.train_step_on(&batch())?;
     }
-    let steps = 10;
+    let steps = 40 / batch_size.max(1) + 2;
     let t = Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
@@ -86,9 +91,9 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "infill  {:.2}M params, 4x256 tokens/step: {:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
+        "infill  {:.2}M params, {batch_size}x256 tokens/step: {:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
         params as f64 / 1e6,
-        (steps * 4 * 256) as f64 / secs,
+        (steps * batch_size * 256) as f64 / secs,
         secs * 1e3 / steps as f64,
         candle_core::utils::get_num_threads()
     );
