@@ -93,7 +93,8 @@ pub fn build_prompt(
     let prefix = crate::text::tail_lines(prefix, budget.saturating_mul(BYTES_PER_TOKEN_BOUND));
     let suffix = crate::text::head_lines(suffix, budget.saturating_mul(BYTES_PER_TOKEN_BOUND));
     let (p_ids, p_offsets) = tokenizer.encode_with_offsets(prefix)?;
-    let (s_ids, s_offsets) = tokenizer.encode_with_offsets(suffix)?;
+    // The suffix continues the text (no SentencePiece leading space), as CodeLlama's format wants.
+    let (s_ids, s_offsets) = tokenizer.encode_continuation_with_offsets(suffix)?;
     let suffix_share = budget / 4;
     let prefix_budget = (budget - suffix_share.min(s_ids.len())).min(budget);
     let (p_ids, p_start) = keep_tail(tokenizer, prefix, p_ids, &p_offsets, prefix_budget)?;
@@ -165,7 +166,7 @@ fn keep_head(
             Some(e) if e > 0 => e,
             _ => floor_char_boundary(text, cut),
         };
-        ids = tokenizer.encode(text.get(..end).unwrap_or_default())?;
+        ids = tokenizer.encode_continuation(text.get(..end).unwrap_or_default())?;
         limit = limit.saturating_sub(1);
         if ids.len() > budget && line_end.is_none() {
             ids.truncate(budget);

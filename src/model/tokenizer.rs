@@ -133,6 +133,9 @@ pub struct Tokenizer {
     /// Exact bytes of every token id (special tokens map to their content).
     bytes: Vec<Vec<u8>>,
     special: Vec<bool>,
+    /// SentencePiece with a prepended `▁` (Llama, CodeLlama): every encoded text gains a leading
+    /// space, which a text continuing another (a FIM suffix or middle) must not have.
+    prepends_space: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -172,12 +175,18 @@ impl Tokenizer {
                 bytes[slot] = piece_bytes(piece, encoding);
             }
         }
-        Ok(Self {
+        let mut tok = Self {
             inner,
             fim,
             bytes,
             special,
-        })
+            prepends_space: false,
+        };
+        let probe = tok.encode("a")?;
+        tok.prepends_space = probe
+            .first()
+            .is_some_and(|&id| tok.token_bytes(id).first() == Some(&b' '));
+        Ok(tok)
     }
 
     pub fn fim(&self) -> &FimTemplate {
@@ -190,6 +199,37 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Invalid(e.to_string()))
+    }
+
+    /// Whether encoding adds a leading space (SentencePiece's prepended `▁`).
+    pub fn prepends_space(&self) -> bool {
+        self.prepends_space
+    }
+
+    /// Token ids of `text` as the continuation of other text: without the leading space a
+    /// SentencePiece tokenizer would add (Meta's `encode_infilling`: encode "☺" + text and drop
+    /// the tokens of "☺"). Equal to [`encode`](Self::encode) for byte-level tokenizers.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_continuation_with_offsets(text)
+            .map(|(ids, _)| ids)
+    }
+
+    /// [`encode_continuation`](Self::encode_continuation) with each token's start offset in `text`.
+    pub fn encode_continuation_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<usize>), TokenizerError> {
+        if !self.prepends_space {
+            return self.encode_with_offsets(text);
+        }
+        const MARK: &str = "☺";
+        let (ids, offsets) = self.encode_with_offsets(&format!("{MARK}{text}"))?;
+        Ok(ids
+            .into_iter()
+            .zip(offsets)
+            .filter(|(_, start)| *start >= MARK.len())
+            .map(|(id, start)| (id, start - MARK.len()))
+            .unzip())
     }
 
     /// Token ids with the byte offset where each token starts.

@@ -171,9 +171,10 @@ pub fn example(
         } else {
             FimOrder::Psm
         };
-        let (p, s) = (tokenizer.encode(p)?, tokenizer.encode(s)?);
+        // Suffix and middle continue other text: no SentencePiece leading space (as at inference).
+        let (p, s) = (tokenizer.encode(p)?, tokenizer.encode_continuation(s)?);
         let mut ids = tokenizer.fim_prompt(&p, &s, order);
-        ids.extend(tokenizer.encode(m)?);
+        ids.extend(tokenizer.encode_continuation(m)?);
         ids
     } else {
         let mut ids = tokenizer.fim().lead.clone();
@@ -186,6 +187,15 @@ pub fn example(
 
 /// Rebuilds the document from an example's tokens (the inverse of [`example`]; tests use it).
 pub fn reassemble(tokenizer: &Tokenizer, ids: &[u32]) -> String {
+    let text = reassemble_raw(tokenizer, ids);
+    // The one leading space a SentencePiece tokenizer put before the first segment.
+    match tokenizer.prepends_space() {
+        true => text.strip_prefix(' ').map(str::to_string).unwrap_or(text),
+        false => text,
+    }
+}
+
+fn reassemble_raw(tokenizer: &Tokenizer, ids: &[u32]) -> String {
     let f = tokenizer.fim();
     let ids: Vec<u32> = ids
         .iter()

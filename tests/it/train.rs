@@ -224,12 +224,11 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
     assert_eq!(straight.tokens_seen, resumed.tokens_seen);
 }
 
-/// Byte-level BPE tokenizers (Qwen, StarCoder: what infill trains) encode each segment exactly.
-/// SentencePiece tokenizers with a prepended `▁` (the llama fixture) add a space per segment, which
-/// is why CodeLlama's own infilling format strips it; infill does not train those.
+/// Every segment is encoded exactly: byte-level BPE (Qwen, StarCoder) as is, SentencePiece with a
+/// prepended `▁` (the llama fixture) with suffix and middle encoded as continuations.
 #[test]
 fn fim_examples_rebuild_their_document() {
-    for name in ["qwen2", "starcoder2", "gpt_bigcode"] {
+    for name in ["qwen2", "starcoder2", "gpt_bigcode", "llama"] {
         let dir = fixture(name);
         let vocab = ModelConfig::parse(&std::fs::read_to_string(dir.join("config.json")).unwrap())
             .unwrap()
