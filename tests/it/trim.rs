@@ -137,6 +137,11 @@ fn corpus_cpp() {
     run_corpus("cpp");
 }
 
+#[test]
+fn corpus_java() {
+    run_corpus("java");
+}
+
 /// The reindented proposal: the trimmer's output is always a prefix of it.
 fn is_prefix_modulo_indentation(out: &str, proposal: &str) -> bool {
     if proposal.starts_with(out) {
