@@ -26,6 +26,41 @@ fn last_dim(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1).max(1)
 }
 
+/// Applies `f(out_row, in_row)` to every row (last dimension) of a contiguous f32 input, in parallel.
+fn map_rows(
+    op: &str,
+    storage: &CpuStorage,
+    layout: &Layout,
+    f: impl Fn(&mut [f32], &[f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(storage, layout, op)?;
+    let n = last_dim(layout);
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .for_each(|(o, row)| f(o, row));
+    Ok((CpuStorage::F32(out), layout.shape().clone()))
+}
+
+/// Applies `f(out_row, a_row, b_row)` to the rows of two contiguous f32 inputs of one shape.
+fn map_rows2(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (a, b) = (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?);
+    if a.len() != b.len() {
+        candle_core::bail!("{op}: inputs of different sizes");
+    }
+    let n = last_dim(l1);
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(n)
+        .zip(a.par_chunks(n).zip(b.par_chunks(n)))
+        .for_each(|(o, (ar, br))| f(o, ar, br));
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
 /// Softmax over the last dimension.
 struct Softmax;
 
@@ -35,22 +70,16 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
-        let n = last_dim(layout);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(out, row)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in out.iter_mut().zip(row) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                out.iter_mut().for_each(|o| *o *= inv);
-            });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        map_rows(self.name(), storage, layout, |out, row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o *= inv);
+        })
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -75,21 +104,12 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-        );
-        let n = last_dim(l1);
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(n)
-            .zip(y.par_chunks(n).zip(g.par_chunks(n)))
-            .for_each(|(out, (yr, gr))| {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
-                    *o = yv * (gv - dot);
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        map_rows2(self.name(), (s1, l1), (s2, l2), |out, yr, gr| {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((o, &yv), &gv) in out.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        })
     }
 }
 
@@ -286,17 +306,11 @@ impl CustomOp1 for RmsNormalize {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
-        let n = last_dim(layout);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(out, row)| {
-                let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-                let r = 1.0 / (ms + self.eps).sqrt();
-                out.iter_mut().zip(row).for_each(|(o, &v)| *o = v * r);
-            });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        map_rows(self.name(), storage, layout, |out, row| {
+            let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+            let r = 1.0 / (ms + self.eps).sqrt();
+            out.iter_mut().zip(row).for_each(|(o, &v)| *o = v * r);
+        })
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -323,23 +337,15 @@ impl CustomOp2 for RmsNormalizeGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-        );
-        let n = last_dim(l1);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(n)
-            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-            .for_each(|(out, (xr, gr))| {
-                let ms: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
-                let r = 1.0 / (ms + self.eps).sqrt();
-                let dot: f32 = xr.iter().zip(gr).map(|(a, b)| a * r * b).sum::<f32>() / n as f32;
-                for ((o, &xv), &gv) in out.iter_mut().zip(xr).zip(gr) {
-                    *o = r * (gv - xv * r * dot);
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        map_rows2(self.name(), (s1, l1), (s2, l2), |out, xr, gr| {
+            let n = xr.len() as f32;
+            let ms: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n;
+            let r = 1.0 / (ms + self.eps).sqrt();
+            let dot: f32 = xr.iter().zip(gr).map(|(a, b)| a * r * b).sum::<f32>() / n;
+            for ((o, &xv), &gv) in out.iter_mut().zip(xr).zip(gr) {
+                *o = r * (gv - xv * r * dot);
+            }
+        })
     }
 }
 
