@@ -26,6 +26,9 @@ pub enum Command {
     Trim(TrimArgs),
     /// Fine-tune a model on your repositories (or train one from scratch).
     Train(TrainArgs),
+    /// Show how probable the model finds every token of a file (GLTR-style colours) and the most
+    /// surprising lines.
+    Score(ScoreArgs),
     /// Measure completion quality on held-out code (or a task file), raw and trimmed.
     Eval(EvalArgs),
     /// Tokenizer tools.
@@ -244,4 +247,25 @@ pub struct EvalArgs {
     /// Stop each completion after this many tokens.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The file to score.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Every token with byte range, text, id, logprob, rank, entropy and alternatives, as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Tokens per forward pass (capped by the model's context).
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
+    /// Tokens the window advances by (default: half a window, so every token keeps at least half a
+    /// window of left context).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Alternatives recorded per token (--json).
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
 }

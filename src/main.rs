@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Trim(args) => infill::cmd::trim::run(args),
         Command::Train(args) => infill::cmd::train::run(args),
         Command::Eval(args) => infill::cmd::eval::run(args),
+        Command::Score(args) => infill::cmd::score::run(args),
         Command::Tokenizer {
             command: TokenizerCommand::Train(args),
         } => infill::cmd::train::tokenizer(args),

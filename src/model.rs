@@ -13,6 +13,7 @@ pub mod llama;
 pub mod load;
 pub mod network;
 pub mod ops;
+pub mod score;
 pub mod tokenizer;
 
 pub use config::{Family, ModelConfig};

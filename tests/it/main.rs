@@ -6,6 +6,7 @@ mod cli;
 mod engine;
 mod eval;
 mod loading;
+mod score;
 mod train;
 mod trim;
 

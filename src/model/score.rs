@@ -1,0 +1,176 @@
+//! Scoring a text: the probability the model gives every token, from one forward per window.
+//!
+//! Files longer than the window are scored with a sliding window: each window after the first
+//! scores only its second half, so every token sees at least half a window of left context
+//! (`stride` = window / 2 by default). The byte ranges of the tokens cover the text exactly, once.
+//! Only our own decoder exposes logits for every position, so scoring needs a qwen2/llama model.
+
+use candle_core::{D, Tensor};
+use serde::Serialize;
+
+use super::Model;
+use super::generate::Alternative;
+
+/// One scored token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenScore {
+    /// Byte range in the text.
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+    pub id: u32,
+    /// Natural log of the token's probability given everything before it.
+    pub logprob: f32,
+    /// 1 for the model's most probable token.
+    pub rank: usize,
+    /// Entropy of the model's distribution at this position, in bits.
+    pub entropy_bits: f32,
+    pub top: Vec<Alternative>,
+}
+
+/// Scores every token of `text`; `window` tokens per forward (capped by the model's context).
+pub fn score(
+    model: &mut Model,
+    text: &str,
+    window: usize,
+    stride: Option<usize>,
+    top_k: usize,
+) -> anyhow::Result<Vec<TokenScore>> {
+    let Some(llama) = model.network.as_llama() else {
+        anyhow::bail!(
+            "{}: scoring needs logits for every position, which infill's own qwen2/llama decoder gives; \
+             this is a {} model",
+            model.name,
+            model.config.family().model_type()
+        );
+    };
+    let tok = &model.tokenizer;
+    let (ids, starts) = tok.encode_with_offsets(text)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The document starts after an end-of-text (as in training) so the first token is scored too.
+    let start_token = tok
+        .fim()
+        .lead
+        .first()
+        .copied()
+        .or(tok.fim().eos)
+        .unwrap_or(0);
+    let mut seq = vec![start_token];
+    seq.extend_from_slice(&ids);
+    let window = window.clamp(2, llama.config().max_position_embeddings);
+    let stride = stride.unwrap_or(window / 2).clamp(1, window - 1);
+    let mut logprobs: Vec<Option<TokenScore>> = vec![None; ids.len()];
+    let mut begin = 0usize;
+    loop {
+        let end = (begin + window).min(seq.len());
+        let chunk = seq.get(begin..end).unwrap_or_default();
+        let input = Tensor::new(chunk, llama.device())?.unsqueeze(0)?;
+        let logits = llama.forward_all(&input, 0, None)?.squeeze(0)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let rows: Vec<Vec<f32>> = logp.to_vec2()?;
+        // Position p of the chunk predicts seq[begin + p + 1], i.e. ids[begin + p]. The previous
+        // window scored up to ids[begin - stride + window - 2], so this one starts right after.
+        let first_scored = if begin == 0 {
+            0
+        } else {
+            (window - stride).saturating_sub(1)
+        };
+        for p in first_scored..chunk.len().saturating_sub(1) {
+            let target = begin + p;
+            let (Some(row), Some(&id)) = (rows.get(p), ids.get(target)) else {
+                continue;
+            };
+            if logprobs.get(target).is_some_and(Option::is_some) {
+                continue;
+            }
+            let lp = row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+            let rank = 1 + row.iter().filter(|&&v| v > lp).count();
+            let entropy_bits = -row
+                .iter()
+                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
+                .sum::<f32>()
+                / std::f32::consts::LN_2;
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            let k = top_k.min(order.len());
+            if k > 0 {
+                order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            order.truncate(k);
+            order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top = order
+                .into_iter()
+                .map(|i| Alternative {
+                    text: tok.token_text(i as u32),
+                    id: i as u32,
+                    prob: row[i].exp(),
+                })
+                .collect();
+            let start = starts.get(target).copied().unwrap_or(text.len());
+            let next = starts.get(target + 1).copied().unwrap_or(text.len());
+            if let Some(slot) = logprobs.get_mut(target) {
+                *slot = Some(TokenScore {
+                    start,
+                    end: next,
+                    text: text.get(start..next).unwrap_or_default().to_string(),
+                    id,
+                    logprob: lp,
+                    rank,
+                    entropy_bits,
+                    top,
+                });
+            }
+        }
+        if end == seq.len() {
+            break;
+        }
+        begin += stride;
+    }
+    let mut out: Vec<TokenScore> = logprobs.into_iter().flatten().collect();
+    // Offsets of a byte-level tokenizer can start inside a character; keep the ranges tiling the text.
+    if let Some(first) = out.first_mut() {
+        first.start = 0;
+    }
+    Ok(out)
+}
+
+/// Totals over a scored text.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreSummary {
+    pub tokens: usize,
+    pub bits_per_token: f64,
+    pub bits_per_byte: f64,
+    pub perplexity: f64,
+    /// (1-based line, mean bits per token) of the most surprising lines, most surprising first.
+    pub surprising_lines: Vec<(usize, f64)>,
+}
+
+pub fn summarize(text: &str, scores: &[TokenScore], lines: usize) -> ScoreSummary {
+    let nats: f64 = scores.iter().map(|s| -f64::from(s.logprob)).sum();
+    let n = scores.len().max(1) as f64;
+    let mut per_line: std::collections::BTreeMap<usize, (f64, usize)> =
+        std::collections::BTreeMap::new();
+    for s in scores {
+        let line = text
+            .get(..s.start.min(text.len()))
+            .map_or(0, |t| t.matches('\n').count())
+            + 1;
+        let e = per_line.entry(line).or_default();
+        e.0 += -f64::from(s.logprob) / std::f64::consts::LN_2;
+        e.1 += 1;
+    }
+    let mut ranked: Vec<(usize, f64)> = per_line
+        .into_iter()
+        .map(|(l, (bits, k))| (l, bits / k as f64))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(lines);
+    ScoreSummary {
+        tokens: scores.len(),
+        bits_per_token: nats / n / std::f64::consts::LN_2,
+        bits_per_byte: nats / std::f64::consts::LN_2 / text.len().max(1) as f64,
+        perplexity: (nats / n).exp(),
+        surprising_lines: ranked,
+    }
+}

@@ -1,0 +1,116 @@
+//! `infill score`: per-token probabilities, sliding windows, and the command's output.
+
+use candle_core::{D, Tensor};
+use infill::model::score;
+
+use crate::{fixture, open};
+
+const TEXT: &str = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n# café €\n";
+
+/// The per-token log-probabilities add up to the log-likelihood of the sequence computed
+/// independently from one forward pass.
+#[test]
+fn token_logprobs_sum_to_the_sequence_log_likelihood() {
+    let mut model = open(&fixture("qwen2"));
+    let scores = score::score(&mut model, TEXT, 1024, None, 3).unwrap();
+    let ids = model.tokenizer.encode(TEXT).unwrap();
+    assert_eq!(scores.len(), ids.len());
+    let mut seq = vec![model.tokenizer.fim().eos.unwrap()];
+    seq.extend(&ids);
+    let llama = model.network.as_llama().unwrap();
+    let input = Tensor::new(seq.as_slice(), llama.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logp = candle_nn::ops::log_softmax(
+        &llama
+            .forward_all(&input, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap(),
+        D::Minus1,
+    )
+    .unwrap();
+    let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+    let want: f32 = ids
+        .iter()
+        .enumerate()
+        .map(|(p, &id)| rows[p][id as usize])
+        .sum();
+    let got: f32 = scores.iter().map(|s| s.logprob).sum();
+    assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+    for s in &scores {
+        assert!(s.rank >= 1 && s.logprob <= 0.0 && s.entropy_bits >= 0.0);
+        assert_eq!(s.top.len(), 3);
+        assert_eq!(s.rank == 1, s.top[0].id == s.id);
+    }
+}
+
+/// With a window shorter than the text, every token is scored once and the byte ranges tile the
+/// text exactly; the first window's tokens score as in a single pass.
+#[test]
+fn sliding_windows_cover_the_text_once() {
+    let mut model = open(&fixture("qwen2"));
+    let long = TEXT.repeat(4);
+    let full = score::score(&mut model, &long, 1024, None, 1).unwrap();
+    let slid = score::score(&mut model, &long, 16, Some(8), 1).unwrap();
+    assert_eq!(slid.len(), full.len());
+    let mut at = 0;
+    for s in &slid {
+        assert_eq!(s.start, at, "ranges are contiguous");
+        at = s.end;
+    }
+    assert_eq!(at, long.len());
+    let joined: String = slid.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(joined, long);
+    for (a, b) in full.iter().zip(&slid).take(15) {
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-4,
+            "the first window has all the context there is"
+        );
+    }
+}
+
+#[test]
+fn score_command_prints_the_text_and_summary_or_json() {
+    let file = tempfile::Builder::new().suffix(".py").tempfile().unwrap();
+    std::fs::write(file.path(), TEXT).unwrap();
+    let model = fixture("qwen2");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+            .args([
+                "score",
+                file.path().to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let plain = run(&[]);
+    let stdout = String::from_utf8(plain.stdout).unwrap();
+    assert!(
+        stdout.starts_with(TEXT),
+        "the text itself, uncoloured with NO_COLOR"
+    );
+    assert!(
+        stdout.contains("bits/byte") && stdout.contains("most surprising lines: "),
+        "{stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&run(&["--json"]).stdout).unwrap();
+    assert!(json["tokens"].as_array().unwrap().len() > 10);
+    assert!(json["summary"]["bits_per_byte"].as_f64().unwrap() > 0.0);
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args([
+            "score",
+            file.path().to_str().unwrap(),
+            "--model",
+            fixture("gpt_bigcode").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("scoring needs"));
+}
