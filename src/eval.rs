@@ -61,20 +61,7 @@ pub struct Exec {
 
 /// Parse errors of `text` in `language` (None when the language is unknown).
 fn parse_errors(text: &str, language: Option<&str>) -> Option<usize> {
-    let lang = Registry::builtin().ok()?.by_name(language?).ok()?;
-    let mut parser = tree_sitter::Parser::new();
-    parser.set_language(&lang.grammar()).ok()?;
-    let tree = parser.parse(text, None)?;
-    let mut count = 0;
-    let mut stack = vec![tree.root_node()];
-    while let Some(n) = stack.pop() {
-        count += usize::from(n.is_error() || n.is_missing());
-        if n.has_error() {
-            let mut walk = n.walk();
-            stack.extend(n.children(&mut walk));
-        }
-    }
-    Some(count)
+    crate::syntax::parse(text, language).map(|tree| crate::syntax::error_count(&tree))
 }
 
 /// Runs a task's tests with the completed program in a temporary directory; false on failure or

@@ -21,6 +21,20 @@ pub use load::{LoadError, LoadOptions, ModelSource};
 pub use network::Network;
 pub use tokenizer::{FimOrder, Tokenizer};
 
+/// The largest absolute value in `t` (tests compare tensors with it).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// A loaded model: its network, tokenizer and configuration.
 #[derive(Debug)]
 pub struct Model {

@@ -10,7 +10,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::generate::Rng;
-use crate::syntax::Registry;
 
 /// The kind of hole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,10 +132,7 @@ fn cut(
             Some((start + base, end_start + end_line.len()))
         }
         TaskKind::SyntaxNode => {
-            let lang = Registry::builtin().ok()?.by_name(language?).ok()?;
-            let mut parser = tree_sitter::Parser::new();
-            parser.set_language(&lang.grammar()).ok()?;
-            let tree = parser.parse(text, None)?;
+            let tree = crate::syntax::parse(text, language)?;
             let mut nodes = Vec::new();
             let mut stack = vec![tree.root_node()];
             while let Some(n) = stack.pop() {

@@ -231,18 +231,8 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b)
                 .unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            assert!(
-                diff.to_scalar::<f32>().unwrap() < 1e-3,
-                "{rows}x{in_dim}x{out_dim}"
-            );
+            let diff = crate::model::max_abs(&(got - want).unwrap());
+            assert!(diff < 1e-3, "{rows}x{in_dim}x{out_dim}");
             let portable = {
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let mut out = vec![0f32; out_dim * rows];

@@ -285,28 +285,44 @@ fn complete_prefix(bytes: &[u8]) -> &str {
     }
 }
 
-fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> GeneratedToken {
-    let probs = probabilities(logits);
-    let chosen = logits
+/// Rank of `id` among `scores` (logits or log-probabilities: any score monotone in probability);
+/// 1 for the highest.
+pub(crate) fn rank_of(scores: &[f32], id: u32) -> usize {
+    let chosen = scores
         .get(id as usize)
         .copied()
         .unwrap_or(f32::NEG_INFINITY);
-    let rank = 1 + logits.iter().filter(|&&l| l > chosen).count();
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    let k = top.min(order.len());
+    1 + scores.iter().filter(|&&v| v > chosen).count()
+}
+
+/// The `k` highest-scoring tokens, most probable first, with `prob(i)` as their probability.
+pub(crate) fn alternatives(
+    tokenizer: &Tokenizer,
+    scores: &[f32],
+    k: usize,
+    prob: impl Fn(usize) -> f32,
+) -> Vec<Alternative> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let k = k.min(order.len());
     if k > 0 {
-        order.select_nth_unstable_by(k - 1, |&a, &b| probs[b].total_cmp(&probs[a]));
+        order.select_nth_unstable_by(k - 1, |&a, &b| scores[b].total_cmp(&scores[a]));
     }
     order.truncate(k);
-    order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let top = order
+    order.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
         .into_iter()
         .map(|i| Alternative {
             text: tokenizer.token_text(i as u32),
             id: i as u32,
-            prob: probs[i] as f32,
+            prob: prob(i),
         })
-        .collect();
+        .collect()
+}
+
+fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> GeneratedToken {
+    let probs = probabilities(logits);
+    let rank = rank_of(logits, id);
+    let top = alternatives(tokenizer, logits, top, |i| probs[i] as f32);
     GeneratedToken {
         text: tokenizer.token_text(id),
         bytes: tokenizer.token_bytes(id).to_vec(),

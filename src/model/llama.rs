@@ -564,29 +564,12 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        crate::model::max_abs(&(a - b).unwrap())
     }
 
     /// Equal up to f32 rounding relative to the logits' size (random init makes them large).
     fn close(a: &Tensor, want: &Tensor) -> bool {
-        let scale = want
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = crate::model::max_abs(want);
         max_abs_diff(a, want) <= 1e-5 * scale.max(1.0)
     }
 

@@ -370,17 +370,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) -> bool {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d < tol
+        crate::model::max_abs(&(a - b).unwrap()) < tol
     }
 
     /// Value and gradient of `f` and `g` agree for a random input.

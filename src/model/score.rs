@@ -9,7 +9,7 @@ use candle_core::{D, Tensor};
 use serde::Serialize;
 
 use super::Model;
-use super::generate::Alternative;
+use super::generate::{Alternative, alternatives, rank_of};
 
 /// One scored token.
 #[derive(Debug, Clone, Serialize)]
@@ -86,27 +86,13 @@ pub fn score(
                 continue;
             }
             let lp = row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            let rank = 1 + row.iter().filter(|&&v| v > lp).count();
+            let rank = rank_of(row, id);
             let entropy_bits = -row
                 .iter()
                 .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
                 .sum::<f32>()
                 / std::f32::consts::LN_2;
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            let k = top_k.min(order.len());
-            if k > 0 {
-                order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            }
-            order.truncate(k);
-            order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let top = order
-                .into_iter()
-                .map(|i| Alternative {
-                    text: tok.token_text(i as u32),
-                    id: i as u32,
-                    prob: row[i].exp(),
-                })
-                .collect();
+            let top = alternatives(tok, row, top_k, |i| row[i].exp());
             let start = starts.get(target).copied().unwrap_or(text.len());
             let next = starts.get(target + 1).copied().unwrap_or(text.len());
             if let Some(slot) = logprobs.get_mut(target) {

@@ -150,7 +150,7 @@ impl<'a> Trimmer<'a> {
                 let text = [prefix.get(window.0..)?, suffix.get(..window.1 - cursor)?].concat();
                 parser.parse(text, None)?
             };
-            let errors = count_errors(&tree);
+            let errors = super::error_count(&tree);
             (errors <= HOPELESS_ERRORS).then_some((parser, tree, errors))
         });
         let block = if lang.is_some_and(|l| l.trim.indent_blocks) {
@@ -430,7 +430,7 @@ impl<'a> Trimmer<'a> {
             return false;
         };
         let end = cursor + middle.len();
-        if count_errors(&tree) > *base_errors
+        if super::error_count(&tree) > *base_errors
             || errors_inside(&tree, cursor, end)
             || (!broken_at_cursor && error_overlaps(&tree, cursor, end, false))
         {
@@ -483,21 +483,6 @@ fn window(tree: &Tree, cursor: usize) -> (usize, usize) {
 /// Trims `proposal` for a cursor between `prefix` and `suffix`.
 pub fn trim(prefix: &str, proposal: &str, suffix: &str, lang: Option<&Language>) -> Trimmed {
     Trimmer::new(prefix, suffix, lang).trim(proposal)
-}
-
-fn count_errors(tree: &Tree) -> usize {
-    let mut count = 0;
-    let mut stack = vec![tree.root_node()];
-    while let Some(node) = stack.pop() {
-        if node.is_error() || node.is_missing() {
-            count += 1;
-        }
-        if node.has_error() {
-            let mut walk = node.walk();
-            stack.extend(node.children(&mut walk));
-        }
-    }
-    count
 }
 
 /// Does an error lie within the inserted bytes (not merely around them, as a baseline error that

@@ -12,7 +12,6 @@
 use crate::model::generate::Rng;
 use crate::model::tokenizer::TokenizerError;
 use crate::model::{FimOrder, Tokenizer};
-use crate::syntax::Registry;
 
 /// The kinds of hole a FIM example can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +97,7 @@ pub fn choose_split(text: &str, language: Option<&str>, rng: &mut Rng) -> Split 
 
 /// A random multi-line named node (a function body, a loop, a class) from the parse of `text`.
 fn block_split(text: &str, language: Option<&str>, rng: &mut Rng) -> Option<Split> {
-    let lang = Registry::builtin().ok()?.by_name(language?).ok()?;
-    let mut parser = tree_sitter::Parser::new();
-    parser.set_language(&lang.grammar()).ok()?;
-    let tree = parser.parse(text, None)?;
+    let tree = crate::syntax::parse(text, language)?;
     let mut blocks = Vec::new();
     let mut stack = vec![tree.root_node()];
     while let Some(node) = stack.pop() {
