@@ -6,8 +6,6 @@ pub mod score;
 pub mod train;
 pub mod trim;
 
-use anyhow::Context;
-
 use crate::cli::{ModelArgs, PositionArgs, Precision, SamplingArgs};
 use crate::complete::Settings;
 use crate::model::generate::{Limits, Sampling};
@@ -61,24 +59,6 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
     })
 }
 
-/// Reads a source file as UTF-8 text, refusing binary files with a message that says so.
-pub fn read_source(path: &std::path::Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if bytes.contains(&0) {
-        anyhow::bail!(
-            "{}: looks like a binary file (it contains NUL bytes); infill completes text files",
-            path.display()
-        );
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not valid UTF-8 (first bad byte at offset {}); convert the file to UTF-8",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })
-}
-
 /// A file read and a cursor placed in it, with the file's language.
 #[derive(Debug)]
 pub struct Position {
@@ -90,7 +70,7 @@ pub struct Position {
 
 /// Reads the file, checks the cursor and resolves the language.
 pub fn position(args: &PositionArgs) -> anyhow::Result<Position> {
-    let text = read_source(&args.file)?;
+    let text = crate::files::read_source(&args.file)?;
     let cursor = Cursor::from_line_column(&text, args.line, args.column)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let registry = Registry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -406,5 +406,5 @@ pub fn write_json(
     reports: &[KindReport],
 ) -> anyhow::Result<()> {
     let doc = serde_json::json!({ "tasks": tasks, "model": model, "baseline": baseline, "report": reports });
-    crate::train::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())
+    crate::files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())
 }

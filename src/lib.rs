@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cmd;
 pub mod complete;
 pub mod eval;
+pub mod files;
 pub mod model;
 pub mod syntax;
 pub mod text;

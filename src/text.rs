@@ -3,6 +3,11 @@
 //! A [`Cursor`] can only be made from a position that exists in the text, so it always sits on a
 //! character boundary; code that slices the text at a cursor cannot split a multi-byte character.
 
+pub mod display;
+pub mod document;
+
+pub use document::{Document, Edit, Group, Pos};
+
 /// Why a line/column pair does not name a place in the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PositionError {

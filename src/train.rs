@@ -28,34 +28,6 @@ use crate::model::config::{Family, LlamaConfig, ModelConfig};
 use crate::model::load::{self, Blob, ModelSource};
 use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: a temporary
-/// file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!("{}: cannot write ({e})", path.display())
-    })
-}
-
 /// Model shapes for `--from-scratch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -290,7 +262,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             trainer.step, trainer.settings.steps
         );
     } else {
-        write_atomic(&ckpt_dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+        crate::files::write_atomic(&ckpt_dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     }
     let before = trainer.evaluate()?;
     let mut log_file = std::fs::OpenOptions::new()
@@ -383,7 +355,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         loss_curve: trainer.log.clone(),
         interrupted,
     };
-    write_atomic(
+    crate::files::write_atomic(
         &opts.out.join("training.json"),
         &serde_json::to_vec_pretty(&report)?,
     )?;
@@ -394,11 +366,11 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
 pub fn write_model_dir(out: &Path, trainer: &Trainer, tokenizer_json: &str) -> anyhow::Result<()> {
     let mut config = trainer.config.clone();
     config.tie_word_embeddings = trainer.tied;
-    write_atomic(
+    crate::files::write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(&config.to_hf_json())?.as_bytes(),
     )?;
-    write_atomic(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    crate::files::write_atomic(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     let tmp = out.join(".model.safetensors.tmp");
     candle_core::safetensors::save(&trainer.weights()?, &tmp)?;
     std::fs::File::open(&tmp)?.sync_all()?;

@@ -14,7 +14,7 @@ use crate::train::{corpus, split};
 fn build_tasks(args: &EvalArgs) -> anyhow::Result<Vec<tasks::Task>> {
     let mut all = match &args.tasks_file {
         Some(path) => {
-            let text = super::read_source(path)?;
+            let text = crate::files::read_source(path)?;
             tasks::read_task_file(&text, Some(&args.tasks_language))
                 .with_context(|| path.display().to_string())?
         }

@@ -19,7 +19,7 @@ fn colour(rank: usize) -> &'static str {
 }
 
 pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
-    let text = super::read_source(&args.file)?;
+    let text = crate::files::read_source(&args.file)?;
     let mut model = super::open_model(&args.model)?;
     let scores = score::score(&mut model, &text, args.window, args.stride, args.top_k)?;
     let summary = score::summarize(&text, &scores, 10);

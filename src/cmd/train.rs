@@ -95,7 +95,7 @@ pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
         corpus.files.iter().map(|f| f.text.as_str()),
         args.vocab_size,
     )?;
-    train::write_atomic(&args.out, json.as_bytes())?;
+    crate::files::write_atomic(&args.out, json.as_bytes())?;
     println!(
         "tokenizer with {} entries trained on {} files, written to {}",
         args.vocab_size,

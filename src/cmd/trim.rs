@@ -19,7 +19,7 @@ struct TrimReport<'a> {
 pub fn run(args: &TrimArgs) -> anyhow::Result<()> {
     let pos = super::position(&args.position)?;
     let raw = match &args.proposal_file {
-        Some(path) => super::read_source(path)?,
+        Some(path) => crate::files::read_source(path)?,
         None => {
             let mut s = String::new();
             std::io::stdin()

@@ -432,7 +432,7 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp, &final_dir)?;
         sync_dir(dir);
-        super::write_atomic(&dir.join("latest"), name.as_bytes())?;
+        crate::files::write_atomic(&dir.join("latest"), name.as_bytes())?;
         // Keep the two newest checkpoints.
         let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
