@@ -20,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Edit a file with completions as you type (also: `infill FILE`).
+    Edit(EditArgs),
     /// Print the text the model proposes to insert at a position of a file.
     Complete(CompleteArgs),
     /// Trim a proposal (from a file or stdin) to a syntactic boundary at a position of a file.
@@ -36,6 +38,23 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenizerCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The file to edit (created on the first save if it does not exist).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Settings file (default: $XDG_CONFIG_HOME/infill/config.toml, if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Idle time in milliseconds before the model is asked (overrides the config).
+    #[arg(long, value_name = "MS")]
+    pub debounce_ms: Option<u64>,
+    /// Edit without a model: no proposals.
+    #[arg(long)]
+    pub no_completions: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,8 @@
 //! infill: code completion in the terminal with a local fill-in-the-middle model.
 //!
-//! `text` (positions) knows nothing of models or terminals; `model` runs networks in Candle;
-//! `complete` is the one pipeline every caller uses; `cli` and `cmd` are the command-line front end.
+//! `text` (documents, positions, display widths) knows nothing of models or terminals; `model`
+//! runs networks in Candle; `complete` is the one pipeline every caller uses; `worker` runs it on its
+//! own thread for `tui`, the editor; `cli` and `cmd` are the command-line front end.
 
 pub mod cli;
 pub mod cmd;
@@ -12,3 +13,5 @@ pub mod model;
 pub mod syntax;
 pub mod text;
 pub mod train;
+pub mod tui;
+pub mod worker;

@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use infill::cli::{Cli, Command, TokenizerCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
     let result = match &cli.command {
+        Command::Edit(args) => infill::tui::run(args),
         Command::Complete(args) => infill::cmd::complete::run(args),
         Command::Trim(args) => infill::cmd::trim::run(args),
         Command::Train(args) => infill::cmd::train::run(args),
@@ -32,4 +33,20 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `infill FILE` means `infill edit FILE`: a first argument that is neither a subcommand nor an
+/// option is a file to edit.
+fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let known = Cli::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == first || c.get_all_aliases().any(|a| a == first))
+        || first == "help";
+    if !known && !first.starts_with('-') {
+        args.insert(1, "edit".into());
+    }
+    args
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::string_slice)]
 
 mod cli;
+mod editor;
 mod engine;
 mod eval;
 mod loading;

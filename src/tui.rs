@@ -1,0 +1,298 @@
+//! The terminal editor: `infill edit FILE`.
+//!
+//! Threads: the input thread reads keys, the worker thread runs the model, signal handlers report
+//! SIGTERM/SIGHUP; all of them send [`Event`]s into one channel that the UI loop reads, drawing after
+//! every batch. The UI never waits for the model. A panic or a signal restores the terminal and writes
+//! unsaved text to a recovery file (never over the original), which the next `infill edit` of that
+//! file offers to restore.
+
+pub mod app;
+pub mod config;
+pub mod view;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use anyhow::Context;
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+
+pub use app::{App, DiskStamp, Event, FileInfo, RecoveryOffer};
+pub use config::Config;
+
+use crate::cli::EditArgs;
+use crate::syntax::Registry;
+use crate::worker::{Request, Worker, WorkerOptions};
+
+/// Runs the editor loop until the app quits or the event source closes: draw, wait for an event or
+/// the debounce deadline, update, hand new requests to `submit`. Generic over the backend, so tests
+/// run it on a `TestBackend`.
+pub fn event_loop<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    events: &Receiver<Event>,
+    submit: &mut dyn FnMut(Request),
+) -> anyhow::Result<()>
+where
+    B::Error: Send + Sync + 'static,
+{
+    loop {
+        terminal.draw(|f| app.draw(f))?;
+        if app.should_quit() {
+            return Ok(());
+        }
+        let first = match app.deadline() {
+            Some(due) => match events.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            },
+            None => match events.recv() {
+                Ok(e) => Some(e),
+                Err(_) => return Ok(()),
+            },
+        };
+        // Handle everything already waiting (a fast typist, a paste), then draw once.
+        for event in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| events.try_recv().ok()))
+        {
+            app.handle(event, Instant::now());
+            if app.should_quit() {
+                break;
+            }
+        }
+        app.tick(Instant::now());
+        for request in app.take_requests() {
+            submit(request);
+        }
+    }
+}
+
+/// Where infill keeps state between runs: `$XDG_STATE_HOME/infill` or `~/.local/state/infill`.
+pub fn state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state")))
+        .map(|d| d.join("infill"))
+}
+
+/// The recovery file for `path`: named by a hash of the absolute path, plus the file name to help a
+/// person who looks in the folder.
+pub fn recovery_path(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let hash = crate::train::corpus::fnv1a(absolute.as_os_str().as_encoded_bytes());
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    Some(
+        state_dir()?
+            .join("recovery")
+            .join(format!("{hash:016x}-{name}")),
+    )
+}
+
+/// Reads the file to edit (a new file when it does not exist) and finds any recovery file for it.
+pub fn open(path: &Path, config: Config) -> anyhow::Result<App> {
+    let (text, disk) = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            anyhow::bail!("{}: is a directory; give a file to edit", path.display())
+        }
+        Ok(_) => (crate::files::read_source(path)?, DiskStamp::of(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), None),
+        Err(e) => anyhow::bail!("{}: cannot open ({e})", path.display()),
+    };
+    let registry = Registry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let recovery = recovery_path(path);
+    let offer = recovery.as_deref().and_then(|r| {
+        let saved = std::fs::read(r).ok()?;
+        if saved == text.as_bytes() {
+            let _ = std::fs::remove_file(r);
+            return None;
+        }
+        Some(RecoveryOffer {
+            path: r.to_path_buf(),
+            text: String::from_utf8_lossy(&saved).into_owned(),
+            written: std::fs::metadata(r).and_then(|m| m.modified()).ok(),
+        })
+    });
+    let file = FileInfo {
+        path: path.to_path_buf(),
+        language: registry.for_path(path),
+        disk,
+        recovery,
+    };
+    Ok(App::new(&text, file, config, offer))
+}
+
+/// Writes the unsaved text to the recovery file; says where, or why it could not.
+pub fn write_recovery(app: &App) -> Option<String> {
+    if !app.document().is_modified() {
+        return None;
+    }
+    let Some(path) = app.recovery_path() else {
+        return Some(
+            "unsaved changes were lost: no state directory (set HOME or XDG_STATE_HOME)".into(),
+        );
+    };
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| crate::files::write_atomic(path, &app.document().to_file_bytes()));
+    Some(match written {
+        Ok(()) => format!(
+            "unsaved changes were written to {}; `infill edit` of the file offers to restore them",
+            path.display()
+        ),
+        Err(e) => format!("unsaved changes could not be saved: {e}"),
+    })
+}
+
+/// Runs `body` on the app; if it panics, the panic is caught and the unsaved text written to the
+/// recovery file. Returns the error to show.
+pub fn guarded(
+    app: &mut App,
+    body: impl FnOnce(&mut App) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(app)));
+    let terminated = app.should_quit() && app.document().is_modified();
+    match result {
+        Ok(Ok(())) if !terminated => Ok(()),
+        Ok(Ok(())) => {
+            let note = write_recovery(app).unwrap_or_default();
+            anyhow::bail!("stopped by a signal; {note}")
+        }
+        Ok(Err(e)) => {
+            let note = write_recovery(app)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            Err(e.context(format!("the editor stopped{note}")))
+        }
+        Err(panic) => {
+            let what = panic_message(&*panic);
+            let note = write_recovery(app)
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default();
+            anyhow::bail!("internal error: {what}{note}")
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The terminal in raw mode on the alternate screen; restored on drop (and by the panic hook).
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> anyhow::Result<Self> {
+        crossterm::terminal::enable_raw_mode().context("cannot switch the terminal to raw mode")?;
+        let guard = Self;
+        crossterm::execute!(
+            std::io::stdout(),
+            crossterm::terminal::EnterAlternateScreen,
+            crossterm::event::EnableBracketedPaste
+        )?;
+        Ok(guard)
+    }
+
+    fn restore() {
+        let _ = crossterm::execute!(
+            std::io::stdout(),
+            crossterm::event::DisableBracketedPaste,
+            crossterm::terminal::LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        Self::restore();
+    }
+}
+
+/// `infill edit FILE`.
+pub fn run(args: &EditArgs) -> anyhow::Result<()> {
+    let mut config = match (&args.config, Config::default_path()) {
+        (Some(p), _) => Config::load(p, true)?,
+        (None, Some(p)) => Config::load(&p, false)?,
+        (None, None) => Config::default(),
+    };
+    if let Some(ms) = args.debounce_ms {
+        config.debounce_ms = ms;
+    }
+    if args.no_completions {
+        config.completions = false;
+    }
+    let completions = config.completions;
+    let mut app = open(&args.file, config)?;
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let signals = tx.clone();
+    // SIGTERM and SIGHUP (and SIGINT, which raw mode turns into a key) end the editor cleanly.
+    let _ = ctrlc::set_handler(move || {
+        let _ = signals.send(Event::Terminate);
+    });
+    let replies = tx.clone();
+    let model_args = args.model.clone();
+    let worker = if completions {
+        Some(Worker::spawn(
+            Box::new(move || crate::cmd::open_model(&model_args)),
+            WorkerOptions::default(),
+            move |r| {
+                let _ = replies.send(Event::Worker(r));
+            },
+        )?)
+    } else {
+        None
+    };
+
+    // Panics on the UI thread restore the terminal first, then print one line (no backtrace).
+    std::panic::set_hook(Box::new(|info| {
+        if std::thread::current().name() == Some("main") {
+            TerminalGuard::restore();
+        }
+        let _ = info;
+    }));
+    let guard = TerminalGuard::enter()?;
+    // The input thread starts after the terminal is set up: it would swallow the replies to the
+    // terminal queries made while setting up.
+    let mut terminal = Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
+    terminal.clear()?;
+    std::thread::Builder::new()
+        .name("infill-input".into())
+        .spawn(move || read_input(&tx))?;
+    let result = guarded(&mut app, |app| {
+        event_loop(&mut terminal, app, &rx, &mut |r| {
+            if let Some(w) = &worker {
+                w.submit(r);
+            }
+        })
+    });
+    drop(guard);
+    result
+}
+
+fn read_input(tx: &mpsc::Sender<Event>) {
+    use crossterm::event::Event as Term;
+    loop {
+        let event = match crossterm::event::read() {
+            Ok(Term::Key(k)) => Event::Key(k),
+            Ok(Term::Paste(text)) => Event::Paste(text),
+            Ok(Term::Resize(..)) => Event::Resize,
+            Ok(_) => continue,
+            Err(_) => Event::Terminate,
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Drawing the editor: line numbers, highlighted text, the selection, ghost text (dim, never part of
+//! the document; a multi-line proposal pushes the lines below it down), the status bar and the
+//! message line, and the help screen.
+
+use ratatui::Frame;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Position, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Clear, Paragraph};
+
+use super::app::{App, Mode, ModelState};
+use super::config::Action;
+use crate::syntax::highlight::{HighlightKind, Highlighter};
+use crate::text::display;
+
+/// Highlight spans of the lines around the view, recomputed when the text or the view moves.
+#[derive(Default)]
+pub struct HighlightCache {
+    key: Option<(u64, usize, usize)>,
+    first: usize,
+    /// Per line from `first`: (start byte, end byte, kind).
+    lines: Vec<Vec<(usize, usize, HighlightKind)>>,
+    highlighter: Highlighter,
+}
+
+/// Lines above the view parsed for highlighting, so constructs that start above it colour right.
+const CONTEXT_LINES: usize = 200;
+
+impl HighlightCache {
+    fn spans(&self, line: usize) -> &[(usize, usize, HighlightKind)] {
+        line.checked_sub(self.first)
+            .and_then(|i| self.lines.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+impl App {
+    pub fn draw(&mut self, frame: &mut Frame) {
+        let area = frame.area();
+        if area.height < 3 || area.width < 10 {
+            return;
+        }
+        let rows = area.height as usize - 2;
+        let gutter = digits(self.doc.line_count()) + 2;
+        let width = (area.width as usize).saturating_sub(gutter).max(1);
+        self.view = (rows, width);
+        self.scroll_to_cursor();
+        self.update_highlight();
+        let cursor_xy = self.draw_text(frame.buffer_mut(), area, gutter);
+        self.draw_status(frame.buffer_mut(), area);
+        if let Some((x, y)) = cursor_xy {
+            frame.set_cursor_position(Position::new(x, y));
+        }
+        if self.mode == Mode::Help {
+            self.draw_help(frame, area);
+        }
+    }
+
+    fn scroll_to_cursor(&mut self) {
+        let (rows, width) = self.view;
+        let c = self.cursor;
+        if c.line < self.top {
+            self.top = c.line;
+        } else if c.line >= self.top + rows {
+            self.top = c.line + 1 - rows;
+        }
+        self.top = self.top.min(self.doc.line_count().saturating_sub(1));
+        let col = display::column_of(self.doc.line(c.line), c.col, self.config.tab_width);
+        if col < self.left {
+            self.left = col;
+        } else if col >= self.left + width {
+            self.left = col + 1 - width;
+        }
+    }
+
+    fn update_highlight(&mut self) {
+        let Some(lang) = self.file.language else {
+            return;
+        };
+        let bottom = (self.top + self.view.0 + 1).min(self.doc.line_count());
+        // Start parsing at an unindented line above the view: the start of a top-level item.
+        let mut first = self.top.saturating_sub(CONTEXT_LINES);
+        while first > 0 && first + 4 * CONTEXT_LINES > self.top {
+            let l = self.doc.line(first);
+            if !l.is_empty() && !l.starts_with([' ', '\t']) {
+                break;
+            }
+            first -= 1;
+        }
+        let key = (self.doc.version(), first, bottom);
+        if self.highlight.key == Some(key) {
+            return;
+        }
+        let lines = self.doc.lines().get(first..bottom).unwrap_or_default();
+        let text = lines.join("\n");
+        let spans = self.highlight.highlighter.highlight(&text, lang);
+        let mut per_line: Vec<Vec<(usize, usize, HighlightKind)>> = vec![Vec::new(); lines.len()];
+        let mut start = 0;
+        let mut starts = Vec::with_capacity(lines.len());
+        for l in lines {
+            starts.push(start);
+            start += l.len() + 1;
+        }
+        for s in spans {
+            // A span may cross lines (block comments, strings): give each line its piece.
+            let first_line = starts.partition_point(|&b| b <= s.start).saturating_sub(1);
+            for (i, &ls) in starts.iter().enumerate().skip(first_line) {
+                let len = lines.get(i).map_or(0, String::len);
+                if ls >= s.end {
+                    break;
+                }
+                let a = s.start.max(ls) - ls;
+                let b = (s.end.min(ls + len)).saturating_sub(ls);
+                if a < b
+                    && let Some(v) = per_line.get_mut(i)
+                {
+                    v.push((a, b, s.kind));
+                }
+            }
+        }
+        self.highlight.key = Some(key);
+        self.highlight.first = first;
+        self.highlight.lines = per_line;
+    }
+
+    fn kind_style(&self, kind: HighlightKind) -> Style {
+        let plain = self.config.no_color;
+        let s = Style::default();
+        match kind {
+            HighlightKind::Keyword if plain => s.add_modifier(Modifier::BOLD),
+            HighlightKind::Comment if plain => s.add_modifier(Modifier::ITALIC),
+            _ if plain => s,
+            HighlightKind::Keyword => s.fg(Color::Magenta),
+            HighlightKind::Comment => s.fg(Color::Green).add_modifier(Modifier::ITALIC),
+            HighlightKind::String => s.fg(Color::Yellow),
+            HighlightKind::Number | HighlightKind::Constant => s.fg(Color::Cyan),
+            HighlightKind::Function => s.fg(Color::Blue),
+            HighlightKind::Type => s.fg(Color::LightCyan),
+        }
+    }
+
+    pub(super) fn ghost_style(&self) -> Style {
+        let s = Style::default().add_modifier(Modifier::DIM | Modifier::ITALIC);
+        if self.config.no_color {
+            s
+        } else {
+            s.fg(self.config.ghost)
+        }
+    }
+
+    /// Styled pieces of line `i` between bytes `from` and `to`.
+    fn pieces(&self, i: usize, from: usize, to: usize) -> Vec<(String, Style)> {
+        let text = self.doc.line(i);
+        let mut cuts = vec![from, to];
+        let spans = self.highlight.spans(i);
+        for &(a, b, _) in spans {
+            cuts.extend([a, b]);
+        }
+        let selection = self.selection().and_then(|(a, b)| {
+            (a.line <= i && i <= b.line).then(|| {
+                let s = if a.line == i { a.col } else { 0 };
+                // A selected line break shows as one selected cell after the text.
+                let e = if b.line == i { b.col } else { text.len() };
+                (s, e)
+            })
+        });
+        if let Some((a, b)) = selection {
+            cuts.extend([a, b]);
+        }
+        cuts.retain(|&c| c >= from && c <= to && text.is_char_boundary(c));
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::new();
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let Some(piece) = text.get(a..b) else {
+                continue;
+            };
+            let mut style = spans
+                .iter()
+                .find(|&&(s, e, _)| s <= a && b <= e)
+                .map_or_else(Style::default, |&(_, _, k)| self.kind_style(k));
+            if selection.is_some_and(|(s, e)| s <= a && b <= e) {
+                style = style.add_modifier(Modifier::REVERSED);
+            }
+            out.push((piece.to_owned(), style));
+        }
+        if let Some((_, e)) = selection
+            && e == text.len()
+            && to == text.len()
+            && self.selection().is_some_and(|(_, b)| b.line > i)
+        {
+            out.push((
+                " ".to_owned(),
+                Style::default().add_modifier(Modifier::REVERSED),
+            ));
+        }
+        out
+    }
+
+    /// Draws the text rows; returns where the terminal cursor goes.
+    fn draw_text(&self, buf: &mut Buffer, area: Rect, gutter: usize) -> Option<(u16, u16)> {
+        let (rows, width) = self.view;
+        let tab = self.config.tab_width;
+        let ghost = self
+            .visible_ghost()
+            .map(|g| g.shown().to_owned())
+            .unwrap_or_default();
+        let number_style = if self.config.no_color {
+            Style::default().add_modifier(Modifier::DIM)
+        } else {
+            Style::default().fg(Color::DarkGray)
+        };
+        let x0 = area.x + gutter as u16;
+        let mut row = 0usize;
+        let mut line = self.top;
+        let mut cursor_xy = None;
+        while row < rows && line < self.doc.line_count() {
+            let y = area.y + row as u16;
+            let number = format!("{:>w$} ", line + 1, w = gutter - 1);
+            let style = if line == self.cursor.line {
+                number_style.add_modifier(Modifier::BOLD)
+            } else {
+                number_style
+            };
+            buf.set_stringn(area.x, y, &number, gutter, style);
+            let len = self.doc.line(line).len();
+            if line == self.cursor.line {
+                let c = self.cursor.col;
+                let col = display::column_of(self.doc.line(line), c, tab);
+                if col >= self.left && col < self.left + width {
+                    cursor_xy = Some((x0 + (col - self.left) as u16, y));
+                }
+                if !ghost.is_empty() {
+                    // before + ghost line 1; ghost lines 2..n-1; ghost line n + after.
+                    let ghost_lines: Vec<&str> = ghost.split('\n').collect();
+                    let last = ghost_lines.len() - 1;
+                    for (k, g) in ghost_lines.iter().enumerate() {
+                        if row >= rows {
+                            break;
+                        }
+                        let y = area.y + row as u16;
+                        let mut segs = if k == 0 {
+                            self.pieces(line, 0, c)
+                        } else {
+                            Vec::new()
+                        };
+                        segs.push(((*g).to_owned(), self.ghost_style()));
+                        if k == last {
+                            segs.extend(self.pieces(line, c, len));
+                        }
+                        paint(buf, x0, y, width, self.left, &segs, tab);
+                        row += 1;
+                    }
+                    line += 1;
+                    continue;
+                }
+            }
+            paint(
+                buf,
+                x0,
+                y,
+                width,
+                self.left,
+                &self.pieces(line, 0, len),
+                tab,
+            );
+            row += 1;
+            line += 1;
+        }
+        cursor_xy
+    }
+
+    fn draw_status(&self, buf: &mut Buffer, area: Rect) {
+        let y = area.y + area.height - 2;
+        let bar = Style::default().add_modifier(Modifier::REVERSED);
+        let name = self.file.path.display().to_string();
+        let modified = if self.doc.is_modified() { " [+]" } else { "" };
+        let lang = self.file.language.map_or("text", |l| l.name.as_str());
+        let line = self.doc.line(self.cursor.line);
+        let column = line.get(..self.cursor.col).map_or(0, |s| s.chars().count()) + 1;
+        let ending = if self.doc.uses_crlf() { " CRLF" } else { "" };
+        let left = format!(
+            " {name}{modified} │ {lang}{ending} │ Ln {}, Col {column}",
+            self.cursor.line + 1
+        );
+        let state = match &self.model {
+            ModelState::Loading => "loading model…".to_owned(),
+            ModelState::Unavailable(_) => "no model".to_owned(),
+            ModelState::Ready(name) => {
+                let activity = if self.is_thinking() {
+                    "thinking…"
+                } else {
+                    "idle"
+                };
+                let short = name
+                    .rsplit(['/', '\\'])
+                    .find(|s| !s.is_empty())
+                    .unwrap_or(name);
+                let alternatives = self
+                    .visible_ghost()
+                    .filter(|g| g.proposals.len() > 1)
+                    .map(|g| format!(" │ {}/{}", g.index + 1, g.proposals.len()))
+                    .unwrap_or_default();
+                let stats = self
+                    .last
+                    .as_ref()
+                    .map(|p| {
+                        format!(
+                            " │ {:.0} ms · {:.0} tok/s",
+                            p.first_token_ms, p.tokens_per_second
+                        )
+                    })
+                    .unwrap_or_default();
+                format!("{short}{stats}{alternatives} │ {activity}")
+            }
+        };
+        let right = format!("{state} ");
+        let w = area.width as usize;
+        let fill = w.saturating_sub(display::width(&left, 1) + display::width(&right, 1));
+        let text = if display::width(&left, 1) + display::width(&right, 1) > w {
+            // Too narrow for the whole path: the file name is what matters.
+            let short = self
+                .file
+                .path
+                .file_name()
+                .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
+            let left = left.replacen(&name, &short, 1);
+            let fill = w.saturating_sub(display::width(&left, 1) + display::width(&right, 1));
+            format!("{left}{}{right}", " ".repeat(fill))
+        } else {
+            format!("{left}{}{right}", " ".repeat(fill))
+        };
+        buf.set_stringn(area.x, y, &text, w, bar);
+
+        let y = y + 1;
+        let (text, style) = match (&self.mode, &self.message) {
+            (Mode::Find { query, .. }, m) => {
+                let note = m
+                    .as_ref()
+                    .map(|m| format!("   ({})", m.text))
+                    .unwrap_or_default();
+                (
+                    format!("Find: {query}{note}   [Enter next · ↑ previous · Esc done]"),
+                    Style::default(),
+                )
+            }
+            (Mode::Recover(offer), _) => {
+                let age = offer
+                    .written
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|d| format!(" from {} ago", human(d)))
+                    .unwrap_or_default();
+                (
+                    format!(
+                        "Unsaved text of this file was recovered{age}: [r] restore it · [d] discard it · any other key keeps it for later"
+                    ),
+                    Style::default().add_modifier(Modifier::BOLD),
+                )
+            }
+            (_, Some(m)) if m.error => (
+                m.text.clone(),
+                if self.config.no_color {
+                    Style::default().add_modifier(Modifier::BOLD)
+                } else {
+                    Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+                },
+            ),
+            (_, Some(m)) => (m.text.clone(), Style::default()),
+            (_, None) => (
+                "F1 help · Ctrl-S save · Ctrl-Q quit · Ctrl-F find · Tab accepts a proposal"
+                    .to_owned(),
+                Style::default().add_modifier(Modifier::DIM),
+            ),
+        };
+        buf.set_stringn(area.x, y, &text, w, style);
+    }
+
+    fn draw_help(&self, frame: &mut Frame, area: Rect) {
+        let k = |a| self.config.keys_for(a);
+        let lines = [
+            "Completions".to_owned(),
+            format!("  {:<22} accept the whole proposal", k(Action::Accept)),
+            format!("  {:<22} accept the next word", k(Action::AcceptWord)),
+            format!("  {:<22} accept the next line", k(Action::AcceptLine)),
+            format!("  {:<22} dismiss", k(Action::Dismiss)),
+            format!(
+                "  {:<22} next / previous proposal",
+                format!(
+                    "{} {}",
+                    k(Action::NextAlternative),
+                    k(Action::PreviousAlternative)
+                )
+            ),
+            format!("  {:<22} ask now", k(Action::Trigger)),
+            "  typing what the proposal shows keeps the rest of it".to_owned(),
+            String::new(),
+            "Editing".to_owned(),
+            "  Ctrl-S save · Ctrl-Q quit · Ctrl-Z undo · Ctrl-Y redo".to_owned(),
+            "  Ctrl-C / Ctrl-X / Ctrl-V copy, cut, paste (the line without a selection)".to_owned(),
+            "  Shift+arrows select · Ctrl-A all · Ctrl-F find".to_owned(),
+            "  Ctrl-←/→ by word · Home/End · PgUp/PgDn · Ctrl-Home/End".to_owned(),
+            "  Tab / Shift-Tab indent / dedent (no proposal shown)".to_owned(),
+            String::new(),
+            "any key closes this help".to_owned(),
+        ];
+        let w = (lines
+            .iter()
+            .map(|l| display::width(l, 1))
+            .max()
+            .unwrap_or(0)
+            + 4)
+        .min(area.width as usize) as u16;
+        let h = (lines.len() as u16 + 2).min(area.height);
+        let rect = Rect::new(
+            area.x + (area.width - w) / 2,
+            area.y + (area.height - h) / 2,
+            w,
+            h,
+        );
+        frame.render_widget(Clear, rect);
+        let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
+        frame.render_widget(
+            Paragraph::new(text).block(Block::bordered().title(" infill help ")),
+            rect,
+        );
+    }
+}
+
+/// Paints styled segments in one row from screen column `left` on, `width` cells wide.
+fn paint(
+    buf: &mut Buffer,
+    x0: u16,
+    y: u16,
+    width: usize,
+    left: usize,
+    segs: &[(String, Style)],
+    tab: usize,
+) {
+    let mut col = 0;
+    for (text, style) in segs {
+        for cell in display::cells_from(text, tab, col) {
+            col = cell.col + cell.width;
+            if col <= left {
+                continue;
+            }
+            if cell.col >= left + width {
+                return;
+            }
+            if cell.col < left || col > left + width {
+                // A wide character cut by an edge: show the visible part as blanks.
+                let from = cell.col.max(left);
+                let to = col.min(left + width);
+                let x = x0 + (from - left) as u16;
+                buf.set_stringn(x, y, " ".repeat(to - from), to - from, *style);
+                continue;
+            }
+            let x = x0 + (cell.col - left) as u16;
+            buf.set_stringn(x, y, cell.glyph(), cell.width, *style);
+        }
+    }
+}
+
+fn digits(n: usize) -> usize {
+    n.max(1).ilog10() as usize + 1
+}
+
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}

@@ -1,0 +1,257 @@
+//! The model on its own thread, so the editor never waits for it.
+//!
+//! The editor sends [`Request`]s; each carries an id and a cancel flag. The newest request wins:
+//! requests still queued behind a newer one are skipped, and the editor sets the cancel flag of the
+//! one in flight as soon as the text changes, which stops generation at the next token. Replies carry
+//! the request id, so the editor can drop any reply for text that has changed since.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::complete::{self, Settings};
+use crate::model::Model;
+use crate::model::generate::{Flow, GeneratedToken, StopReason};
+use crate::syntax::{Language, Trimmer};
+use crate::text::Cursor;
+
+/// A completion to compute: the text around the cursor and how to complete it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: u64,
+    /// Text before the cursor (already cut to what the prompt can use).
+    pub prefix: String,
+    /// Text after the cursor.
+    pub suffix: String,
+    pub language: Option<&'static Language>,
+    pub settings: Settings,
+    /// Set by the editor when this request is no longer wanted.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Request {
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// A finished proposal and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    /// The trimmed text to show.
+    pub text: String,
+    pub tokens: usize,
+    /// From receiving the request to the first generated token.
+    pub first_token_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_second: f64,
+    pub stop: StopReason,
+}
+
+/// What the worker tells the editor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The model is loaded and answers requests.
+    Ready {
+        model: String,
+    },
+    /// No model could be loaded; the editor works without completions.
+    Unavailable {
+        message: String,
+    },
+    /// The proposal so far (trimmed), while generation goes on.
+    Partial {
+        id: u64,
+        text: String,
+    },
+    Done {
+        id: u64,
+        proposal: Proposal,
+    },
+    Failed {
+        id: u64,
+        message: String,
+    },
+}
+
+/// Where the model comes from: loading runs on the worker thread, so the editor opens at once.
+pub type Loader = Box<dyn FnOnce() -> anyhow::Result<Model> + Send>;
+
+/// The handle the editor keeps.
+#[derive(Debug)]
+pub struct Worker {
+    jobs: Option<Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Options that exist for measuring, not for users.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    /// Keep the KV cache between requests that share a token prefix (the default).
+    pub reuse_cache: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self { reuse_cache: true }
+    }
+}
+
+impl Worker {
+    /// Starts the thread: it loads the model, then answers requests until the handle is dropped.
+    pub fn spawn(
+        load: Loader,
+        options: WorkerOptions,
+        reply: impl Fn(Reply) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (jobs, inbox) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("infill-model".into())
+            .spawn(move || serve(load, options, &inbox, &reply))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a request; a newer one submitted before this starts replaces it.
+    pub fn submit(&self, request: Request) {
+        if let Some(jobs) = &self.jobs {
+            // A dead worker already said why (Unavailable or Failed); nothing more to do here.
+            let _ = jobs.send(request);
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        // Generation stops at the next token once the editor cancels; don't wait for a long load.
+        if let Some(t) = self.thread.take()
+            && t.is_finished()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Request>, reply: &dyn Fn(Reply)) {
+    let mut model = match load() {
+        Ok(m) => m,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            reply(Reply::Unavailable {
+                message: chain.join(": "),
+            });
+            return;
+        }
+    };
+    reply(Reply::Ready {
+        model: model.name.clone(),
+    });
+    while let Ok(mut request) = inbox.recv() {
+        // The newest request wins.
+        while let Ok(newer) = inbox.try_recv() {
+            request = newer;
+        }
+        if request.is_cancelled() {
+            continue;
+        }
+        if !options.reuse_cache
+            && let Err(e) = model.network.reset()
+        {
+            reply(Reply::Failed {
+                id: request.id,
+                message: e.to_string(),
+            });
+            continue;
+        }
+        // A bug in generation must not take the editor down: report it and start clean.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&mut model, &request, reply);
+        }));
+        if let Err(panic) = outcome {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let _ = model.network.reset();
+            reply(Reply::Failed {
+                id: request.id,
+                message: format!("internal error in the model worker: {what}"),
+            });
+        }
+    }
+}
+
+fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
+    let started = Instant::now();
+    let mut text = String::with_capacity(request.prefix.len() + request.suffix.len());
+    text.push_str(&request.prefix);
+    text.push_str(&request.suffix);
+    let Some(cursor) = Cursor::from_byte(&text, request.prefix.len()) else {
+        return;
+    };
+    let mut first_token: Option<f64> = None;
+    let mut preview = Trimmer::new(&request.prefix, &request.suffix, request.language);
+    let mut shown = String::new();
+    let result = complete::complete(
+        model,
+        &text,
+        cursor,
+        request.language,
+        &request.settings,
+        Some(&request.cancel),
+        |_: &GeneratedToken, so_far: &str| {
+            first_token.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+            if request.settings.trim {
+                let trimmed = preview.trim(so_far).text;
+                if trimmed != shown {
+                    shown = trimmed;
+                    reply(Reply::Partial {
+                        id: request.id,
+                        text: shown.clone(),
+                    });
+                }
+            } else if so_far != shown {
+                so_far.clone_into(&mut shown);
+                reply(Reply::Partial {
+                    id: request.id,
+                    text: shown.clone(),
+                });
+            }
+            Flow::Continue
+        },
+    );
+    if request.is_cancelled() {
+        return;
+    }
+    match result {
+        Ok(c) => {
+            let total_ms = started.elapsed().as_secs_f64() * 1e3;
+            let tokens = c.generation.tokens.len();
+            reply(Reply::Done {
+                id: request.id,
+                proposal: Proposal {
+                    text: c.text,
+                    tokens,
+                    first_token_ms: first_token.unwrap_or(total_ms),
+                    total_ms,
+                    tokens_per_second: c.generation.timings.tokens_per_s,
+                    stop: c.generation.stop,
+                },
+            });
+        }
+        Err(e) => reply(Reply::Failed {
+            id: request.id,
+            message: e.to_string(),
+        }),
+    }
+}

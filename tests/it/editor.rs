@@ -1,0 +1,669 @@
+//! The editor driven through its real event handling and drawing, on ratatui's `TestBackend`, with
+//! the model replaced by replies the test writes: what a user types and sees, screen by screen.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use infill::syntax::Registry;
+use infill::text::Pos;
+use infill::tui::{self, App, Config, Event, FileInfo};
+use infill::worker::{Proposal, Reply, Request};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::style::{Color, Modifier};
+
+const W: u16 = 60;
+const H: u16 = 12;
+
+struct Ed {
+    app: App,
+    term: Terminal<TestBackend>,
+    now: Instant,
+    requests: Vec<Request>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn file_info(path: &Path) -> FileInfo {
+    FileInfo {
+        path: path.to_path_buf(),
+        language: Registry::builtin().unwrap().for_path(path),
+        disk: infill::tui::DiskStamp::of(path),
+        recovery: None,
+    }
+}
+
+fn config() -> Config {
+    Config::parse("", false).unwrap()
+}
+
+impl Ed {
+    /// An editor on `text` (file `name` in a temporary directory, written to disk), model ready.
+    fn new(name: &str, text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let app = App::new(text, file_info(&path), config(), None);
+        Self::with_app(app, Some(dir))
+    }
+
+    fn with_app(mut app: App, dir: Option<tempfile::TempDir>) -> Self {
+        let now = Instant::now();
+        app.handle(
+            Event::Worker(Reply::Ready {
+                model: "fixture".into(),
+            }),
+            now,
+        );
+        let mut ed = Self {
+            app,
+            term: Terminal::new(TestBackend::new(W, H)).unwrap(),
+            now,
+            requests: Vec::new(),
+            _dir: dir,
+        };
+        ed.draw();
+        ed
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self._dir.as_ref().unwrap().path().join("a.py")
+    }
+
+    fn key(&mut self, code: KeyCode, mods: KeyModifiers) -> &mut Self {
+        self.app
+            .handle(Event::Key(KeyEvent::new(code, mods)), self.now);
+        self.collect();
+        self.draw();
+        self
+    }
+
+    fn press(&mut self, code: KeyCode) -> &mut Self {
+        self.key(code, KeyModifiers::NONE)
+    }
+
+    fn ctrl(&mut self, c: char) -> &mut Self {
+        self.key(KeyCode::Char(c), KeyModifiers::CONTROL)
+    }
+
+    fn alt(&mut self, code: KeyCode) -> &mut Self {
+        self.key(code, KeyModifiers::ALT)
+    }
+
+    fn typed(&mut self, s: &str) -> &mut Self {
+        for c in s.chars() {
+            let code = if c == '\n' {
+                KeyCode::Enter
+            } else {
+                KeyCode::Char(c)
+            };
+            self.press(code);
+        }
+        self
+    }
+
+    /// Lets the debounce pass.
+    fn idle(&mut self) -> &mut Self {
+        self.now += Duration::from_millis(500);
+        self.app.tick(self.now);
+        self.collect();
+        self.draw();
+        self
+    }
+
+    fn collect(&mut self) {
+        self.requests.extend(self.app.take_requests());
+    }
+
+    fn reply(&mut self, reply: Reply) -> &mut Self {
+        self.app.handle(Event::Worker(reply), self.now);
+        self.draw();
+        self
+    }
+
+    fn done(&mut self, id: u64, text: &str) -> &mut Self {
+        self.reply(Reply::Done {
+            id,
+            proposal: Proposal {
+                text: text.into(),
+                tokens: 3,
+                first_token_ms: 12.0,
+                total_ms: 30.0,
+                tokens_per_second: 90.0,
+                stop: infill::model::generate::StopReason::EndToken,
+            },
+        })
+    }
+
+    /// Asks for a proposal now (Ctrl-Space) and answers it with `text`.
+    fn propose(&mut self, text: &str) -> &mut Self {
+        self.key(KeyCode::Char(' '), KeyModifiers::CONTROL);
+        let id = self.requests.last().expect("Ctrl-Space asks at once").id;
+        self.done(id, text)
+    }
+
+    fn draw(&mut self) {
+        let app = &mut self.app;
+        self.term.draw(|f| app.draw(f)).unwrap();
+    }
+
+    fn screen(&self) -> Vec<String> {
+        let buf = self.term.backend().buffer();
+        (0..H)
+            .map(|y| {
+                let mut s = String::new();
+                let mut x = 0;
+                while x < W {
+                    let symbol = buf[(x, y)].symbol();
+                    s.push_str(symbol);
+                    // A wide character covers the next cell too.
+                    x += infill::text::display::width(symbol, 1).max(1) as u16;
+                }
+                s.trim_end().to_owned()
+            })
+            .collect()
+    }
+
+    /// The cells of row `y` from column `x` on whose text is `text`, and their style.
+    fn style_of(&self, y: u16, text: &str) -> ratatui::style::Style {
+        let row = &self.screen()[y as usize];
+        let x = row
+            .find(text)
+            .unwrap_or_else(|| panic!("{text:?} not on row {y}: {row:?}"));
+        let col = infill::text::display::width(&row[..x], 1) as u16;
+        self.term.backend().buffer()[(col, y)].style()
+    }
+
+    fn text(&self) -> String {
+        self.app.document().text()
+    }
+}
+
+#[test]
+fn typing_waits_for_idle_then_asks_once_with_the_text_around_the_cursor() {
+    let mut ed = Ed::new("a.py", "def add(a, b):\n\nprint(add(1, 2))\n");
+    ed.press(KeyCode::Down).typed("    re");
+    assert!(ed.requests.is_empty(), "no request before the debounce");
+    ed.idle();
+    assert_eq!(ed.requests.len(), 1);
+    let r = &ed.requests[0];
+    assert_eq!(r.prefix, "def add(a, b):\n    re");
+    assert_eq!(r.suffix, "\nprint(add(1, 2))\n");
+    assert_eq!(r.language.map(|l| l.name.as_str()), Some("python"));
+    assert!(ed.app.is_thinking());
+    assert!(ed.screen()[H as usize - 2].contains("thinking"));
+}
+
+#[test]
+fn ghost_text_is_dim_streams_in_and_tab_makes_it_real_text() {
+    let mut ed = Ed::new("a.py", "def add(a, b):\n    ");
+    ed.press(KeyCode::Down).press(KeyCode::End);
+    ed.key(KeyCode::Char(' '), KeyModifiers::CONTROL);
+    let id = ed.requests[0].id;
+    ed.reply(Reply::Partial {
+        id,
+        text: "return a".into(),
+    });
+    assert_eq!(ed.screen()[1], " 2     return a");
+    let ghost = ed.style_of(1, "return a");
+    assert!(ghost.add_modifier.contains(Modifier::DIM), "{ghost:?}");
+    assert_eq!(ghost.fg, Some(Color::DarkGray));
+    assert_eq!(
+        ed.text(),
+        "def add(a, b):\n    ",
+        "ghost text is not in the document"
+    );
+    ed.done(id, "return a + b");
+    assert_eq!(ed.screen()[1], " 2     return a + b");
+    assert!(ed.screen()[H as usize - 2].contains("12 ms · 90 tok/s"));
+
+    ed.press(KeyCode::Tab);
+    assert_eq!(ed.text(), "def add(a, b):\n    return a + b");
+    assert_eq!(ed.app.cursor(), Pos::new(1, 16));
+    let accepted = ed.style_of(1, "a + b");
+    assert!(
+        !accepted.add_modifier.contains(Modifier::DIM),
+        "{accepted:?}"
+    );
+    // One undo step takes the whole proposal back.
+    ed.ctrl('z');
+    assert_eq!(ed.text(), "def add(a, b):\n    ");
+}
+
+#[test]
+fn accept_word_and_accept_line_take_part_of_the_proposal() {
+    let mut ed = Ed::new("a.py", "x = ");
+    ed.press(KeyCode::End)
+        .propose("compute(a, b)\ny = 2\nz = 3");
+    ed.key(KeyCode::Right, KeyModifiers::CONTROL);
+    assert_eq!(ed.text(), "x = compute");
+    assert_eq!(ed.app.ghost_text(), "(a, b)\ny = 2\nz = 3");
+    ed.key(KeyCode::Down, KeyModifiers::CONTROL);
+    assert_eq!(ed.text(), "x = compute(a, b)");
+    // The proposal now starts on a new line: accepting a line takes that line.
+    ed.alt(KeyCode::Enter);
+    assert_eq!(ed.text(), "x = compute(a, b)\ny = 2");
+    ed.press(KeyCode::Tab);
+    assert_eq!(ed.text(), "x = compute(a, b)\ny = 2\nz = 3");
+    assert_eq!(ed.app.ghost_text(), "");
+    ed.idle();
+    assert_eq!(
+        ed.requests.len(),
+        2,
+        "accepting all asks for what comes next"
+    );
+}
+
+#[test]
+fn typing_what_the_ghost_shows_keeps_the_rest_without_asking_again() {
+    let mut ed = Ed::new("a.py", "");
+    ed.propose("return a + b");
+    let asked = ed.requests.len();
+    ed.typed("ret");
+    assert_eq!(ed.app.ghost_text(), "urn a + b");
+    ed.idle();
+    assert_eq!(ed.requests.len(), asked, "type-through sends no request");
+    // A character that differs drops the proposal and asks again after the debounce.
+    ed.typed("x");
+    assert_eq!(ed.app.ghost_text(), "");
+    ed.idle();
+    assert_eq!(ed.requests.len(), asked + 1);
+    assert_eq!(ed.text(), "retx");
+}
+
+#[test]
+fn a_keystroke_cancels_the_generation_and_its_late_reply_is_dropped() {
+    let mut ed = Ed::new("a.py", "");
+    ed.typed("a").idle();
+    let first = ed.requests[0].clone();
+    ed.typed("b");
+    assert!(first.is_cancelled(), "typing cancels the request in flight");
+    ed.done(first.id, "STALE");
+    assert_eq!(ed.app.ghost_text(), "");
+    assert!(!ed.screen().concat().contains("STALE"));
+    ed.idle();
+    let second = ed.requests[1].clone();
+    assert!(!second.is_cancelled());
+    assert_eq!(second.prefix, "ab");
+    // Esc dismisses a proposal and cancels its request.
+    ed.press(KeyCode::Esc);
+    assert!(second.is_cancelled());
+}
+
+#[test]
+fn a_multi_line_proposal_pushes_the_following_lines_down() {
+    let mut ed = Ed::new("a.py", "def f():\n    \nprint(f())\n");
+    ed.press(KeyCode::Down)
+        .press(KeyCode::End)
+        .propose("x = 1\n    return x");
+    let screen = ed.screen();
+    assert_eq!(screen[0], " 1 def f():");
+    assert_eq!(screen[1], " 2     x = 1");
+    assert_eq!(
+        screen[2], "       return x",
+        "a virtual line without a number"
+    );
+    assert_eq!(screen[3], " 3 print(f())");
+    assert!(
+        ed.style_of(2, "return x")
+            .add_modifier
+            .contains(Modifier::DIM)
+    );
+}
+
+#[test]
+fn the_rest_of_the_line_follows_a_proposal_made_mid_line() {
+    let mut ed = Ed::new("a.py", "foo()\n");
+    ed.press(KeyCode::Right)
+        .press(KeyCode::Right)
+        .press(KeyCode::Right)
+        .press(KeyCode::Right);
+    ed.propose("a, b");
+    assert_eq!(ed.screen()[0], " 1 foo(a, b)");
+    assert_eq!(
+        ed.style_of(0, ")").add_modifier.contains(Modifier::DIM),
+        false
+    );
+}
+
+#[test]
+fn alternatives_are_sampled_on_demand_and_cycle() {
+    let mut ed = Ed::new("a.py", "");
+    ed.propose("first");
+    ed.alt(KeyCode::Char(']'));
+    let alt = ed.requests.last().unwrap().clone();
+    assert!(
+        alt.settings.sampling.temperature > 0.0,
+        "alternatives are sampled"
+    );
+    assert_eq!(
+        ed.app.ghost_text(),
+        "first",
+        "shown until the alternative arrives"
+    );
+    ed.done(alt.id, "second");
+    assert_eq!(ed.app.ghost_text(), "second");
+    assert!(ed.screen()[H as usize - 2].contains("2/2"));
+    ed.alt(KeyCode::Char('['));
+    assert_eq!(ed.app.ghost_text(), "first");
+    ed.alt(KeyCode::Char(']'));
+    assert_eq!(ed.app.ghost_text(), "second");
+}
+
+#[test]
+fn saving_writes_the_document_not_the_ghost_and_keeps_crlf() {
+    let mut ed = Ed::new("a.py", "a = 1\r\nb = 2\r\n");
+    ed.press(KeyCode::Down)
+        .press(KeyCode::End)
+        .typed("\nc = 3")
+        .propose(" + 4");
+    assert_eq!(ed.app.ghost_text(), " + 4");
+    ed.ctrl('s');
+    let disk = std::fs::read(ed.path()).unwrap();
+    assert_eq!(disk, b"a = 1\r\nb = 2\r\nc = 3\r\n");
+    assert!(!ed.screen()[H as usize - 2].contains("[+]"));
+    assert!(ed.app.message().unwrap().contains("saved"));
+}
+
+#[test]
+fn a_file_changed_on_disk_is_not_overwritten_without_asking() {
+    let mut ed = Ed::new("a.py", "old\n");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(ed.path(), "someone else's text, longer\n").unwrap();
+    ed.typed("x").ctrl('s');
+    assert!(ed.app.message().unwrap().contains("changed on disk"));
+    assert_eq!(
+        std::fs::read_to_string(ed.path()).unwrap(),
+        "someone else's text, longer\n"
+    );
+    ed.ctrl('s');
+    assert_eq!(std::fs::read_to_string(ed.path()).unwrap(), "xold\n");
+}
+
+#[test]
+fn a_failed_save_says_why_and_keeps_the_changes() {
+    let mut ed = Ed::new("a.py", "keep\n");
+    let blocker = ed
+        .path()
+        .with_file_name(format!(".a.py.infill-tmp{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    ed.typed("new ").ctrl('s');
+    let msg = ed.app.message().unwrap().to_owned();
+    assert!(
+        msg.starts_with("not saved") && msg.contains("a.py"),
+        "{msg}"
+    );
+    assert!(ed.app.document().is_modified());
+    assert_eq!(std::fs::read_to_string(ed.path()).unwrap(), "keep\n");
+    assert!(ed.screen()[H as usize - 1].contains("not saved"));
+}
+
+#[test]
+fn quitting_with_unsaved_changes_asks_first() {
+    let mut ed = Ed::new("a.py", "");
+    ed.typed("x").ctrl('q');
+    assert!(!ed.app.should_quit());
+    assert!(ed.screen()[H as usize - 1].contains("unsaved changes"));
+    ed.press(KeyCode::Left).ctrl('q');
+    assert!(!ed.app.should_quit(), "another key cancels the question");
+    ed.ctrl('q').ctrl('q');
+    assert!(ed.app.should_quit());
+}
+
+#[test]
+fn editing_keys_do_what_editors_do() {
+    let mut ed = Ed::new("a.py", "def f(x):");
+    ed.press(KeyCode::End).typed("\nif x:\nreturn 1");
+    assert_eq!(ed.text(), "def f(x):\n    if x:\n        return 1");
+    ed.press(KeyCode::Home);
+    assert_eq!(
+        ed.app.cursor(),
+        Pos::new(2, 8),
+        "Home goes to the first non-blank"
+    );
+    ed.key(KeyCode::End, KeyModifiers::SHIFT);
+    ed.ctrl('x');
+    assert_eq!(ed.text(), "def f(x):\n    if x:\n        ");
+    ed.ctrl('v').ctrl('v');
+    assert_eq!(ed.text(), "def f(x):\n    if x:\n        return 1return 1");
+    ed.key(KeyCode::Backspace, KeyModifiers::CONTROL);
+    assert_eq!(ed.text(), "def f(x):\n    if x:\n        return 1return ");
+    ed.ctrl('z');
+    assert_eq!(ed.text(), "def f(x):\n    if x:\n        return 1return 1");
+    ed.ctrl('y');
+    assert_eq!(ed.text(), "def f(x):\n    if x:\n        return 1return ");
+    ed.ctrl('a').typed("z");
+    assert_eq!(ed.text(), "z");
+    // Brackets: Enter between them opens an indented line.
+    let mut ed = Ed::new("a.rs", "fn f() {}");
+    ed.press(KeyCode::End)
+        .press(KeyCode::Left)
+        .press(KeyCode::Enter);
+    assert_eq!(ed.text(), "fn f() {\n    \n}");
+    assert_eq!(ed.app.cursor(), Pos::new(1, 4));
+}
+
+#[test]
+fn tab_indents_selected_lines_and_shift_tab_dedents() {
+    let mut ed = Ed::new("a.py", "a\nb\nc");
+    ed.key(KeyCode::Down, KeyModifiers::SHIFT)
+        .key(KeyCode::Down, KeyModifiers::SHIFT);
+    ed.key(KeyCode::End, KeyModifiers::SHIFT)
+        .press(KeyCode::Tab);
+    assert_eq!(ed.text(), "    a\n    b\n    c");
+    ed.key(KeyCode::BackTab, KeyModifiers::SHIFT);
+    assert_eq!(ed.text(), "a\nb\nc");
+    // A selection that ends at the start of a line leaves that line alone.
+    let mut ed = Ed::new("a.py", "a\nb\nc");
+    ed.key(KeyCode::Down, KeyModifiers::SHIFT)
+        .key(KeyCode::Down, KeyModifiers::SHIFT);
+    ed.press(KeyCode::Tab);
+    assert_eq!(ed.text(), "    a\n    b\nc");
+}
+
+#[test]
+fn find_moves_to_matches_and_wraps() {
+    let mut ed = Ed::new("a.py", "one\ntwo\nOne more one\n");
+    ed.ctrl('f').typed("one");
+    assert_eq!(ed.app.cursor(), Pos::new(0, 3));
+    ed.press(KeyCode::Enter);
+    assert_eq!(
+        ed.app.cursor(),
+        Pos::new(2, 3),
+        "lowercase queries ignore case"
+    );
+    ed.press(KeyCode::Enter);
+    assert_eq!(ed.app.cursor(), Pos::new(2, 12));
+    ed.press(KeyCode::Enter);
+    assert_eq!(ed.app.cursor(), Pos::new(0, 3), "wraps around");
+    ed.typed("x");
+    assert!(ed.screen()[H as usize - 1].contains("no match"));
+    // Esc leaves the match selected: typing replaces it.
+    ed.press(KeyCode::Esc).typed("!");
+    assert_eq!(ed.text(), "!\ntwo\nOne more one\n");
+}
+
+#[test]
+fn wide_characters_and_tabs_keep_the_cursor_in_its_cell() {
+    let mut ed = Ed::new("a.py", "\t日本x\n");
+    ed.press(KeyCode::End);
+    // Gutter is 3 cells; tab is 4, each ideograph 2, x 1: the end of the line is column 3+9.
+    assert_eq!(ed.term.get_cursor_position().unwrap(), (12, 0).into());
+    assert_eq!(ed.screen()[0], " 1     日本x");
+    ed.press(KeyCode::Left).press(KeyCode::Left);
+    assert_eq!(
+        ed.term.get_cursor_position().unwrap(),
+        (9, 0).into(),
+        "before 本"
+    );
+    ed.press(KeyCode::Down).press(KeyCode::Up);
+    assert_eq!(
+        ed.app.cursor(),
+        Pos::new(0, 4),
+        "the goal column survives a trip down and up"
+    );
+}
+
+#[test]
+fn no_color_keeps_ghost_text_distinct_without_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.py");
+    let app = App::new("", file_info(&path), Config::parse("", true).unwrap(), None);
+    let mut ed = Ed::with_app(app, Some(dir));
+    ed.typed("x = ").propose("1");
+    let s = ed.style_of(0, "1");
+    assert!(s.add_modifier.contains(Modifier::DIM));
+    assert!(matches!(s.fg, None | Some(Color::Reset)), "{s:?}");
+}
+
+#[test]
+fn without_a_model_the_editor_still_edits_and_says_why() {
+    let mut ed = Ed::new("a.py", "");
+    ed.reply(Reply::Unavailable {
+        message: "no default model is built into this infill; pass --model DIR".into(),
+    });
+    ed.typed("abc").idle();
+    assert!(ed.requests.is_empty());
+    assert_eq!(ed.text(), "abc");
+    assert!(ed.screen()[H as usize - 2].contains("no model"));
+}
+
+#[test]
+fn a_panic_writes_the_unsaved_text_to_a_recovery_file_that_the_next_open_offers() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.py");
+    std::fs::write(&path, "saved\n").unwrap();
+    let recovery = state.path().join("recovery").join("a.py");
+    let mut info = file_info(&path);
+    info.recovery = Some(recovery.clone());
+    let mut app = App::new("saved\n", info.clone(), config(), None);
+    let err = tui::guarded(&mut app, |app| {
+        app.handle(
+            Event::Key(KeyEvent::new(KeyCode::Char('!'), KeyModifiers::NONE)),
+            Instant::now(),
+        );
+        panic!("simulated bug");
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("simulated bug") && err.contains("recovery"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&recovery).unwrap(), "!saved\n");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "saved\n",
+        "the original is untouched"
+    );
+
+    // Reopening offers the recovered text; `r` restores it, undo goes back to the disk version.
+    let offer = infill::tui::RecoveryOffer {
+        path: recovery.clone(),
+        text: std::fs::read_to_string(&recovery).unwrap(),
+        written: None,
+    };
+    let app = App::new("saved\n", info, config(), Some(offer));
+    let mut ed = Ed::with_app(app, None);
+    assert!(ed.screen()[H as usize - 1].contains("[r] restore"));
+    ed.typed("r");
+    assert_eq!(ed.text(), "!saved\n");
+    assert!(ed.app.document().is_modified());
+    ed.ctrl('z');
+    assert_eq!(ed.text(), "saved\n");
+}
+
+#[test]
+fn a_signal_ends_the_loop_and_keeps_the_unsaved_text() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.py");
+    let mut info = file_info(&path);
+    info.recovery = Some(state.path().join("r.py"));
+    let mut app = App::new("", info, config(), None);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for c in "hello".chars() {
+        tx.send(Event::Key(KeyEvent::new(
+            KeyCode::Char(c),
+            KeyModifiers::NONE,
+        )))
+        .unwrap();
+    }
+    tx.send(Event::Terminate).unwrap();
+    let mut term = Terminal::new(TestBackend::new(W, H)).unwrap();
+    let err = tui::guarded(&mut app, |app| {
+        tui::event_loop(&mut term, app, &rx, &mut |_| {})
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("signal"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("r.py")).unwrap(),
+        "hello"
+    );
+    assert!(!path.exists(), "the file itself was never written");
+}
+
+#[test]
+fn the_event_loop_draws_every_batch_and_sends_requests_after_the_debounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.py");
+    let mut cfg = config();
+    cfg.debounce_ms = 1;
+    let mut app = App::new("", file_info(&path), cfg, None);
+    app.handle(
+        Event::Worker(Reply::Ready { model: "m".into() }),
+        Instant::now(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(Event::Key(KeyEvent::new(
+        KeyCode::Char('x'),
+        KeyModifiers::NONE,
+    )))
+    .unwrap();
+    let mut term = Terminal::new(TestBackend::new(W, H)).unwrap();
+    let mut sent = Vec::new();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(tx);
+    });
+    tui::event_loop(&mut term, &mut app, &rx, &mut |r| sent.push(r)).unwrap();
+    sender.join().unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].prefix, "x");
+    let row: String = (0..W)
+        .map(|x| term.backend().buffer()[(x, 0)].symbol().to_owned())
+        .collect();
+    assert!(row.starts_with(" 1 x"), "{row:?}");
+}
+
+#[test]
+fn a_config_file_with_a_mistake_is_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[keys]\naccept = \"hyperkey\"\n").unwrap();
+    let err = Config::load(&cfg, true).unwrap_err().to_string();
+    assert!(
+        err.contains("config.toml") && err.contains("hyperkey"),
+        "{err}"
+    );
+    let missing = Config::load(&dir.path().join("none.toml"), true)
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("none.toml"), "{missing}");
+    assert!(Config::load(&dir.path().join("none.toml"), false).is_ok());
+}
+
+#[test]
+fn binary_files_and_directories_are_refused_before_the_terminal_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("x.py");
+    std::fs::write(&bin, b"\x00\x01").unwrap();
+    let err = tui::open(&bin, config()).err().unwrap().to_string();
+    assert!(err.contains("binary"), "{err}");
+    let err = tui::open(dir.path(), config()).err().unwrap().to_string();
+    assert!(err.contains("directory"), "{err}");
+    let new = tui::open(&dir.path().join("new.rs"), config()).unwrap();
+    assert_eq!(new.document().text(), "");
+}
