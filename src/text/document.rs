@@ -376,6 +376,7 @@ impl Document {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::string_slice)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -8,6 +8,11 @@
 //! syntactic block (tree-sitter, when the language is known). Documents are joined with
 //! `<|file_sep|>`, each ends with end-of-text, and the stream is cut into fixed-length windows.
 //! Everything is drawn from one seeded generator.
+//!
+//! A document longer than a window is first cut (at line ends) into fragments that fit one, and
+//! each fragment becomes its own example: Bavarian et al.'s context-level FIM. Without this, a
+//! file of a few thousand tokens trained in 256-token windows puts its prefix, suffix and middle in
+//! different windows, and the model never sees the three together: it learns to ignore the prompt.
 
 use crate::model::generate::Rng;
 use crate::model::tokenizer::TokenizerError;
@@ -217,28 +222,98 @@ fn reassemble_raw(tokenizer: &Tokenizer, ids: &[u32]) -> String {
     }
 }
 
-/// Documents to token stream: examples joined by the file separator.
+/// Documents to token stream: examples joined by the file separator, each document cut into
+/// fragments of at most about `window` tokens first.
 pub fn pack<'a>(
     tokenizer: &Tokenizer,
     docs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
     settings: FimSettings,
+    window: usize,
     rng: &mut Rng,
 ) -> Result<Vec<u32>, TokenizerError> {
     let sep = tokenizer.fim().file_sep;
+    // Room for the FIM markers, end-of-text and the separator.
+    let budget = window.saturating_sub(tokenizer.fim().lead.len() + 6).max(8);
     let mut stream = Vec::new();
     for (i, (text, language)) in docs.into_iter().enumerate() {
         if i > 0 {
             stream.extend(sep);
         }
-        stream.extend(example(tokenizer, text, language, settings, rng)?);
+        for (j, piece) in fragments(tokenizer, text, budget)?.into_iter().enumerate() {
+            if j > 0 {
+                stream.extend(sep);
+            }
+            stream.extend(example(tokenizer, piece, language, settings, rng)?);
+        }
     }
     Ok(stream)
+}
+
+/// `text` cut into consecutive pieces of at most about `budget` tokens, at line ends where a line
+/// end falls in the second half of a piece (else at a token boundary).
+pub fn fragments<'t>(
+    tokenizer: &Tokenizer,
+    text: &'t str,
+    budget: usize,
+) -> Result<Vec<&'t str>, TokenizerError> {
+    let (ids, offsets) = tokenizer.encode_with_offsets(text)?;
+    if ids.len() <= budget {
+        return Ok(vec![text]);
+    }
+    let mut pieces = Vec::new();
+    let (mut start, mut first_token) = (0usize, 0usize);
+    while first_token + budget < ids.len() {
+        let limit = offsets.get(first_token + budget).copied().unwrap_or(text.len());
+        let half = offsets.get(first_token + budget / 2).copied().unwrap_or(start);
+        let window = text.get(start..limit).unwrap_or("");
+        let cut = match window.rfind('\n') {
+            Some(nl) if start + nl + 1 > half => start + nl + 1,
+            _ => limit,
+        };
+        if cut <= start || !text.is_char_boundary(cut) {
+            break;
+        }
+        pieces.extend(text.get(start..cut));
+        start = cut;
+        first_token = offsets.partition_point(|&o| o < cut);
+    }
+    pieces.extend(text.get(start..).filter(|rest| !rest.is_empty()));
+    Ok(pieces)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2");
+        let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
+        Tokenizer::from_bytes(&json, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn long_documents_become_window_sized_fragments_that_cover_them_exactly() {
+        let tok = tokenizer();
+        let text: String = (0..200).map(|i| format!("    let value_{i} = compute({i}, x);\n")).collect();
+        let budget = 64;
+        let pieces = fragments(&tok, &text, budget).unwrap();
+        assert!(pieces.len() > 5, "{}", pieces.len());
+        assert_eq!(pieces.concat(), text);
+        for p in &pieces {
+            assert!(tok.encode(p).unwrap().len() <= budget + 2, "{p:?}");
+            assert!(p.ends_with('\n'), "cut at line ends: {p:?}");
+        }
+        // One example per fragment, so every example fits a window with its FIM markers.
+        let mut rng = Rng::new(1);
+        let settings = FimSettings { fim_rate: 1.0, spm_rate: 0.5 };
+        let stream = pack(&tok, [(text.as_str(), Some("rust"))], settings, 80, &mut rng).unwrap();
+        let eos = tok.fim().eos.unwrap();
+        let examples = stream.split(|&t| t == eos).filter(|e| e.len() > 1).count();
+        let in_pack = fragments(&tok, &text, 80 - tok.fim().lead.len() - 6).unwrap();
+        assert_eq!(examples, in_pack.len());
+        assert!(stream.split(|&t| t == eos).all(|e| e.len() <= 80), "an example longer than a window");
+    }
 
     #[test]
     fn splits_fall_on_character_boundaries_of_every_kind() {

@@ -122,7 +122,7 @@ impl Data {
             .docs
             .iter()
             .map(|d| (d.text.as_str(), d.language.as_deref()));
-        let stream = fim::pack(tokenizer, docs, fim, &mut rng)?;
+        let stream = fim::pack(tokenizer, docs, fim, s.seq_len, &mut rng)?;
         self.windows = windows(&stream, s.seq_len);
         self.order = (0..self.windows.len()).collect();
         // Fisher-Yates with the same generator: the order is part of the seeded run.

@@ -133,10 +133,12 @@ impl FromStr for KeySpec {
             "pagedown" => KeyCode::PageDown,
             "backspace" => KeyCode::Backspace,
             "delete" => KeyCode::Delete,
-            f if f.starts_with('f') && f.len() > 1 => match f[1..].parse::<u8>() {
-                Ok(n @ 1..=24) => KeyCode::F(n),
-                _ => return Err(format!("unknown key {s:?}")),
-            },
+            f if f.len() > 1 && f.starts_with('f') => {
+                match f.get(1..).unwrap_or("").parse::<u8>() {
+                    Ok(n @ 1..=24) => KeyCode::F(n),
+                    _ => return Err(format!("unknown key {s:?}")),
+                }
+            }
             c if c.chars().count() == 1 => KeyCode::Char(c.chars().next().unwrap_or(' ')),
             _ => {
                 return Err(format!(

@@ -320,10 +320,7 @@ fn the_rest_of_the_line_follows_a_proposal_made_mid_line() {
         .press(KeyCode::Right);
     ed.propose("a, b");
     assert_eq!(ed.screen()[0], " 1 foo(a, b)");
-    assert_eq!(
-        ed.style_of(0, ")").add_modifier.contains(Modifier::DIM),
-        false
-    );
+    assert!(!ed.style_of(0, ")").add_modifier.contains(Modifier::DIM));
 }
 
 #[test]

@@ -1,0 +1,299 @@
+//! Editor benchmark: keystroke-to-draw latency, and keystroke-to-first-ghost-token latency with a
+//! real model on the worker thread, with and without KV-cache prefix reuse.
+//!
+//! A recorded typing session (a Python function typed character by character, with a typo fixed by
+//! Backspace) is replayed into the real `App` drawing on ratatui's `TestBackend` (120x40):
+//! - draw: time from a key event to a finished frame (handle + draw), in a 1,100-line Rust file,
+//!   and in a 100,000-line file (5 MB); plus the time to open and first draw a 100 MB file;
+//! - ghost: after each keystroke the request goes to the worker at once (the debounce, 75 ms by
+//!   default, comes on top), and we time until the first non-empty ghost text is drawn, with the
+//!   `tiny-python` fixture model; and the worker's time to the first generated token for a random
+//!   model of the default model's intended shape (7M parameters, 8 layers), where trimming leaves
+//!   nothing to show.
+//!
+//! Run with `cargo bench --bench editor`. Figures are printed, never asserted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use infill::model::config::{Family, LlamaConfig, ModelConfig};
+use infill::model::llama::{Kernels, Llama};
+use infill::model::{Model, Network, Tokenizer};
+use infill::syntax::Registry;
+use infill::tui::{App, Config, Event, FileInfo};
+use infill::worker::{Reply, Worker, WorkerOptions};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+/// The recorded session: typed at the cursor; `\u{8}` is Backspace.
+const SESSION: &str = "def mean(values):\n    total = 0\n    for v in valuse\u{8}\u{8}\u{8}es:\n        total += v\n    return total / len(values)\n";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+fn key(c: char) -> Event {
+    let code = match c {
+        '\n' => KeyCode::Enter,
+        '\u{8}' => KeyCode::Backspace,
+        c => KeyCode::Char(c),
+    };
+    Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn app_for(text: &str, path: &Path) -> App {
+    let info = FileInfo {
+        path: path.to_path_buf(),
+        language: Registry::builtin().ok().and_then(|r| r.for_path(path)),
+        disk: None,
+        recovery: None,
+    };
+    let mut cfg = Config::parse("", false).unwrap_or_default();
+    cfg.completions = true;
+    App::new(text, info, cfg, None)
+}
+
+/// Keystroke-to-draw in `text` with the cursor at `line`: p50, p99, max in ms.
+fn draw_latency(name: &str, text: &str, path: &str, line: usize) {
+    let mut app = app_for(text, Path::new(path));
+    let Ok(mut term) = Terminal::new(TestBackend::new(120, 40));
+    let now = Instant::now();
+    app.handle(
+        Event::Worker(Reply::Ready {
+            model: "bench".into(),
+        }),
+        now,
+    );
+    for _ in 0..line {
+        app.handle(
+            Event::Key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE)),
+            now,
+        );
+    }
+    let _ = term.draw(|f| app.draw(f));
+    let mut times = Vec::new();
+    for round in 0..4 {
+        for c in SESSION.chars() {
+            let t = Instant::now();
+            app.handle(key(c), now);
+            let _ = app.take_requests();
+            let _ = term.draw(|f| app.draw(f));
+            if round > 0 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let n = times.len();
+    let max = times.iter().copied().fold(0.0, f64::max);
+    println!(
+        "| {name} | {n} | {:.3} | {:.3} | {:.3} |",
+        percentile(&mut times, 0.5),
+        percentile(&mut times, 0.99),
+        max
+    );
+}
+
+/// Replays the session into an app whose requests go to a real worker; returns per-keystroke
+/// (ms to the first non-empty ghost text drawn, worker ms to first generated token).
+fn ghost_latency(model: Model, reuse: bool) -> (Vec<f64>, Vec<f64>) {
+    let (tx, rx) = mpsc::channel();
+    let worker = match Worker::spawn(
+        Box::new(move || Ok(model)),
+        WorkerOptions { reuse_cache: reuse },
+        move |r| {
+            let _ = tx.send(r);
+        },
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("{e}");
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let Ok(ready) = rx.recv() else {
+        return (Vec::new(), Vec::new());
+    };
+    let path = Path::new("bench.py");
+    let context = "import math\n\n\ndef add(a, b):\n    return a + b\n\n\n".repeat(8);
+    let mut app = app_for(&format!("{context}\n"), path);
+    let Ok(mut term) = Terminal::new(TestBackend::new(120, 40));
+    app.handle(
+        Event::Key(KeyEvent::new(KeyCode::End, KeyModifiers::CONTROL)),
+        Instant::now(),
+    );
+    app.handle(Event::Worker(ready), Instant::now());
+    let (mut visible, mut first_token) = (Vec::new(), Vec::new());
+    for c in SESSION.chars() {
+        app.handle(key(c), Instant::now());
+        // Skip the debounce: ask now, as if the user had paused after this key.
+        app.tick(Instant::now() + Duration::from_secs(1));
+        let requests = app.take_requests();
+        let Some(id) = requests.last().map(|r| r.id) else {
+            continue;
+        };
+        let t = Instant::now();
+        for r in requests {
+            worker.submit(r);
+        }
+        let mut seen = false;
+        while let Ok(reply) = rx.recv_timeout(Duration::from_secs(30)) {
+            let finished = match &reply {
+                Reply::Done { id: i, proposal } if *i == id => {
+                    first_token.push(proposal.first_token_ms);
+                    true
+                }
+                Reply::Failed { id: i, .. } if *i == id => true,
+                _ => false,
+            };
+            app.handle(Event::Worker(reply), Instant::now());
+            if !seen && !app.ghost_text().is_empty() {
+                let _ = term.draw(|f| app.draw(f));
+                visible.push(t.elapsed().as_secs_f64() * 1e3);
+                seen = true;
+            }
+            if finished {
+                break;
+            }
+        }
+        // Leave the proposal unaccepted: the next key types over it, as a user would.
+        app.handle(
+            Event::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)),
+            Instant::now(),
+        );
+    }
+    (visible, first_token)
+}
+
+fn tiny_python() -> Option<Model> {
+    let dir = root().join("tests/fixtures/models/tiny-python");
+    let files = infill::model::load::locate_dir(&dir).ok()?;
+    infill::model::load::load(&files, &infill::model::LoadOptions::default()).ok()
+}
+
+/// Random weights in the default model's intended shape, with the tiny model's tokenizer.
+fn default_shape() -> Option<Model> {
+    let tok_path = root().join("tests/fixtures/models/tiny-python/tokenizer.json");
+    let tokenizer = Tokenizer::from_bytes(&std::fs::read(tok_path).ok()?, 4096).ok()?;
+    let cfg = LlamaConfig {
+        family: Family::Qwen2,
+        vocab_size: 4096,
+        hidden_size: 256,
+        intermediate_size: 768,
+        num_hidden_layers: 8,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        max_position_embeddings: 2048,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1e6,
+        qkv_bias: true,
+        o_bias: false,
+        mlp_bias: false,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let varmap = VarMap::new();
+    Llama::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        true,
+        Kernels::Fused,
+    )
+    .ok()?;
+    let weights: HashMap<_, _> = varmap
+        .data()
+        .lock()
+        .ok()?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    let llama = Llama::new(&cfg, vb, true, Kernels::Fused).ok()?;
+    Some(Model {
+        name: "default-shape (random weights)".into(),
+        network: Network::llama(llama),
+        tokenizer,
+        config: ModelConfig::Llama(cfg),
+    })
+}
+
+fn main() {
+    println!("## keystroke to drawn frame (TestBackend 120x40, ms)\n");
+    println!("| file | keys | p50 | p99 | max |\n|---|---|---|---|---|");
+    let rust = std::fs::read_to_string(root().join("src/tui/app.rs")).unwrap_or_default();
+    let lines = rust.lines().count();
+    draw_latency(
+        &format!("app.rs ({lines} lines, Rust)"),
+        &rust,
+        "x.rs",
+        lines / 2,
+    );
+    let big: String = (0..100_000)
+        .map(|i| format!("def f{i}(x):\n    return x * {i}\n\n"))
+        .collect::<String>();
+    let big_lines = big.lines().count();
+    draw_latency(
+        &format!("{big_lines} lines, {} MB (Python)", big.len() >> 20),
+        &big,
+        "x.py",
+        big_lines / 2,
+    );
+
+    let huge: String = big.repeat(100usize.div_ceil((big.len() >> 20).max(1)));
+    let t = Instant::now();
+    let mut app = app_for(&huge, Path::new("huge.py"));
+    let Ok(mut term) = Terminal::new(TestBackend::new(120, 40));
+    let _ = term.draw(|f| app.draw(f));
+    println!(
+        "\nopen and first draw of a {} MB file: {:.0} ms",
+        huge.len() >> 20,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    drop(app);
+    drop(huge);
+
+    println!("\n## keystroke to first ghost text (request sent at once; ms)\n");
+    println!("| model | KV reuse | keys | first visible ghost p50 | p95 | first token p50 | p95 |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, make) in [
+        ("tiny-python fixture", tiny_python as fn() -> Option<Model>),
+        ("default shape, random", default_shape),
+    ] {
+        for reuse in [true, false] {
+            let Some(model) = make() else {
+                println!("| {name} | cannot load |");
+                continue;
+            };
+            let (mut visible, mut first) = ghost_latency(model, reuse);
+            let shown = if visible.is_empty() {
+                "nothing shown | -".to_owned()
+            } else {
+                format!(
+                    "{:.1} ({} shown) | {:.1}",
+                    percentile(&mut visible, 0.5),
+                    visible.len(),
+                    percentile(&mut visible, 0.95)
+                )
+            };
+            println!(
+                "| {name} | {} | {} | {shown} | {:.1} | {:.1} |",
+                if reuse { "yes" } else { "no" },
+                first.len(),
+                percentile(&mut first, 0.5),
+                percentile(&mut first, 0.95)
+            );
+        }
+    }
+}
