@@ -38,6 +38,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
     }
     let fine_tune = matches!(start, Start::FineTune(_));
+    for (name, rate) in [("--fim-rate", args.fim_rate.unwrap_or(0.5)), ("--spm-rate", args.spm_rate)] {
+        if !(0.0..=1.0).contains(&rate) {
+            anyhow::bail!("{name} must be between 0 and 1 (got {rate})");
+        }
+    }
     let settings = TrainSettings {
         seq_len: args.seq_len,
         batch_size: args.batch_size,
@@ -54,7 +59,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
         seed: args.seed,
-        fim_rate: if fine_tune { 0.9 } else { 0.5 },
+        fim_rate: args.fim_rate.unwrap_or(if fine_tune { 0.9 } else { 0.5 }),
+        spm_rate: args.spm_rate,
         ..TrainSettings::default()
     };
     let opts = TrainOptions {

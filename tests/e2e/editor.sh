@@ -10,8 +10,12 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${1:-$root/target/debug/infill}
 model=$root/tests/fixtures/models/tiny-python
 work=$(mktemp -d)
-session=infill-e2e-$$
-trap 'tmux kill-session -t "$session" 2>/dev/null || true; rm -rf "$work"' EXIT
+session=e2e
+# A private tmux server: a user's own tmux is never touched, and the editor gets this script's
+# environment (a running server would give new sessions its own).
+sock=infill-e2e-$$
+tmux() { command tmux -L "$sock" "$@"; }
+trap 'tmux kill-server 2>/dev/null || true; rm -rf "$work"' EXIT
 export XDG_STATE_HOME=$work/state XDG_CONFIG_HOME=$work/config
 
 fail() {
@@ -32,33 +36,33 @@ wait_for() {
 
 start() {
     tmux new-session -d -s "$session" -x 100 -y 20 \
-        "$bin edit '$1' --model '$model' --debounce-ms 30; echo EXITED=\$?; sleep 60"
+        "env XDG_STATE_HOME='$XDG_STATE_HOME' XDG_CONFIG_HOME='$XDG_CONFIG_HOME' '$bin' edit '$1' --model '$model' --debounce-ms 30; echo EXITED=\$?; sleep 60"
 }
 
 # 1. Type, see ghost text, accept, save.
-printf 'def add(a, b):\n' > "$work/a.py"
+printf 'def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n' > "$work/a.py"
 start "$work/a.py"
 wait_for "│ idle"
-tmux send-keys -t "$session" Down
-tmux send-keys -t "$session" -l '    ret'
+tmux send-keys -t "$session" C-End
+tmux send-keys -t "$session" -l '    '
 # Ghost text is drawn dim (SGR 2) after what was typed.
 deadline=$((SECONDS + 30))
-until tmux capture-pane -t "$session" -p -e | sed -n 2p | grep -q $'\e\\[[0-9;]*2[;m]'; do
+dim=$'\e''\[([0-9]+;)*2(;[0-9]+)*m'
+until tmux capture-pane -t "$session" -p -e | sed -n 6p | grep -Eq "$dim"; do
     ((SECONDS < deadline)) || fail "no dim ghost text after typing"
     sleep 0.1
 done
 wait_for "│ idle"
-shown=$(tmux capture-pane -t "$session" -p | sed -n 2p | sed -E 's/^ *2 //')
-[[ $shown == "    ret"?* ]] || fail "line 2 should start with what was typed: '$shown'"
+shown=$(tmux capture-pane -t "$session" -p | sed -n 6p | sed -E 's/^ *6 //')
+[[ $shown == "    "?* ]] || fail "line 6 should show ghost text after what was typed: '$shown'"
 tmux send-keys -t "$session" Tab
-wait_for "[+]"
 tmux send-keys -t "$session" C-s
 wait_for "saved"
 tmux send-keys -t "$session" C-q
 wait_for "EXITED=0"
-on_disk=$(sed -n 2p "$work/a.py")
-[[ $on_disk == "$shown" ]] || fail "saved line 2 '$on_disk' differs from the screen '$shown'"
-echo "ok: typed '    ret', accepted ghost text, saved: '$on_disk'"
+on_disk=$(sed -n 6p "$work/a.py")
+[[ $on_disk == "$shown" ]] || fail "saved line 6 '$on_disk' differs from the screen '$shown'"
+echo "ok: typed 4 spaces, accepted ghost text, saved line 6: '$on_disk'"
 tmux kill-session -t "$session"
 
 # 2. SIGTERM with unsaved changes: the original stays, the text is offered back.
@@ -67,10 +71,11 @@ start "$work/b.py"
 wait_for "Ln 1, Col 1"
 tmux send-keys -t "$session" -l 'unsaved '
 wait_for "[+]"
-pid=$(pgrep -f "$bin edit $work/b.py" | head -1)
+pid=$(pgrep -f "^[^ ]*infill edit $work/b.py")
 kill -TERM "$pid"
 wait_for "EXITED=2"
 wait_for "unsaved changes were written to"
+[[ -n $(find "$XDG_STATE_HOME/infill/recovery" -type f) ]] || fail "no recovery file written"
 [[ $(cat "$work/b.py") == "x = 1" ]] || fail "the original was changed"
 tmux kill-session -t "$session"
 start "$work/b.py"
@@ -82,5 +87,6 @@ wait_for "saved"
 tmux send-keys -t "$session" C-q
 wait_for "EXITED=0"
 [[ $(cat "$work/b.py") == "unsaved x = 1" ]] || fail "recovered text not saved: $(cat "$work/b.py")"
-[[ -z $(ls -A "$XDG_STATE_HOME/infill/recovery") ]] || fail "recovery file left after saving"
+left=$(find "$XDG_STATE_HOME" -type f)
+[[ -z $left ]] || fail "recovery file left after saving: $left"
 echo "ok: SIGTERM kept the unsaved text and the next open restored it"
