@@ -3,8 +3,9 @@
 //!
 //! A recorded typing session (a Python function typed character by character, with a typo fixed by
 //! Backspace) is replayed into the real `App` drawing on ratatui's `TestBackend` (120x40):
-//! - draw: time from a key event to a finished frame (handle + draw), in a 1,100-line Rust file,
-//!   and in a 100,000-line file (5 MB); plus the time to open and first draw a 100 MB file;
+//! - draw: time from a key event to a finished frame (handle + draw), in `src/tui/app.rs` (Rust,
+//!   highlighted) and in a generated 300,000-line Python file; plus the time to open and first draw
+//!   a file of about 100 MB;
 //! - ghost: after each keystroke the request goes to the worker at once (the debounce, 75 ms by
 //!   default, comes on top), and we time until the first non-empty ghost text is drawn, with the
 //!   `tiny-python` fixture model; and the worker's time to the first generated token for a random

@@ -38,7 +38,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
     }
     let fine_tune = matches!(start, Start::FineTune(_));
-    for (name, rate) in [("--fim-rate", args.fim_rate.unwrap_or(0.5)), ("--spm-rate", args.spm_rate)] {
+    for (name, rate) in [
+        ("--fim-rate", args.fim_rate.unwrap_or(0.5)),
+        ("--spm-rate", args.spm_rate),
+    ] {
         if !(0.0..=1.0).contains(&rate) {
             anyhow::bail!("{name} must be between 0 and 1 (got {rate})");
         }

@@ -263,8 +263,14 @@ pub fn fragments<'t>(
     let mut pieces = Vec::new();
     let (mut start, mut first_token) = (0usize, 0usize);
     while first_token + budget < ids.len() {
-        let limit = offsets.get(first_token + budget).copied().unwrap_or(text.len());
-        let half = offsets.get(first_token + budget / 2).copied().unwrap_or(start);
+        let limit = offsets
+            .get(first_token + budget)
+            .copied()
+            .unwrap_or(text.len());
+        let half = offsets
+            .get(first_token + budget / 2)
+            .copied()
+            .unwrap_or(start);
         let window = text.get(start..limit).unwrap_or("");
         let cut = match window.rfind('\n') {
             Some(nl) if start + nl + 1 > half => start + nl + 1,
@@ -287,7 +293,8 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> Tokenizer {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2");
         let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
         Tokenizer::from_bytes(&json, 1 << 20).unwrap()
     }
@@ -295,7 +302,9 @@ mod tests {
     #[test]
     fn long_documents_become_window_sized_fragments_that_cover_them_exactly() {
         let tok = tokenizer();
-        let text: String = (0..200).map(|i| format!("    let value_{i} = compute({i}, x);\n")).collect();
+        let text: String = (0..200)
+            .map(|i| format!("    let value_{i} = compute({i}, x);\n"))
+            .collect();
         let budget = 64;
         let pieces = fragments(&tok, &text, budget).unwrap();
         assert!(pieces.len() > 5, "{}", pieces.len());
@@ -306,13 +315,26 @@ mod tests {
         }
         // One example per fragment, so every example fits a window with its FIM markers.
         let mut rng = Rng::new(1);
-        let settings = FimSettings { fim_rate: 1.0, spm_rate: 0.5 };
-        let stream = pack(&tok, [(text.as_str(), Some("rust"))], settings, 80, &mut rng).unwrap();
+        let settings = FimSettings {
+            fim_rate: 1.0,
+            spm_rate: 0.5,
+        };
+        let stream = pack(
+            &tok,
+            [(text.as_str(), Some("rust"))],
+            settings,
+            80,
+            &mut rng,
+        )
+        .unwrap();
         let eos = tok.fim().eos.unwrap();
         let examples = stream.split(|&t| t == eos).filter(|e| e.len() > 1).count();
         let in_pack = fragments(&tok, &text, 80 - tok.fim().lead.len() - 6).unwrap();
         assert_eq!(examples, in_pack.len());
-        assert!(stream.split(|&t| t == eos).all(|e| e.len() <= 80), "an example longer than a window");
+        assert!(
+            stream.split(|&t| t == eos).all(|e| e.len() <= 80),
+            "an example longer than a window"
+        );
     }
 
     #[test]
