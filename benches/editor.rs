@@ -12,6 +12,10 @@
 //!   model of the default model's intended shape (7M parameters, 8 layers), where trimming leaves
 //!   nothing to show.
 //!
+//! - overlay: scoring throughput of a 2,000-line Python file and the time to refresh the scores
+//!   after a one-character edit in its middle (only tokens from the edit on are scored again), for
+//!   both models, with the editor's scoring window (512 tokens, stride 256).
+//!
 //! Run with `cargo bench --bench editor`. Figures are printed, never asserted.
 
 use std::collections::HashMap;
@@ -140,7 +144,7 @@ fn ghost_latency(model: Model, reuse: bool) -> (Vec<f64>, Vec<f64>) {
         // Skip the debounce: ask now, as if the user had paused after this key.
         app.tick(Instant::now() + Duration::from_secs(1));
         let requests = app.take_requests();
-        let Some(id) = requests.last().map(|r| r.id) else {
+        let Some(id) = requests.last().map(infill::worker::Job::id) else {
             continue;
         };
         let t = Instant::now();
@@ -230,6 +234,47 @@ fn default_shape() -> Option<Model> {
     })
 }
 
+fn overlay(name: &str, mut model: Model) {
+    use infill::model::score::{Rescore, rescore, score};
+    let text: String = (0..400)
+        .map(|i| format!("def f{i}(a, b):\n    total = a + b * {i}\n    return total\n\n\n"))
+        .collect();
+    let lines = text.lines().count();
+    let t = Instant::now();
+    let Ok(all) = score(&mut model, &text, 512, None, 5) else {
+        return println!("| {name} | scoring failed |");
+    };
+    let full = t.elapsed().as_secs_f64();
+    let keep: Vec<(u32, usize)> = all.iter().map(|s| (s.id, s.start)).collect();
+    let middle = text.len() / 2;
+    let at = text
+        .get(middle..)
+        .and_then(|t| t.find("a + b"))
+        .map_or(middle, |i| middle + i + 2);
+    let mut edited = text.clone();
+    edited.insert(at, '-');
+    let mut rescored = 0;
+    let opts = Rescore {
+        window: 512,
+        stride: None,
+        top_k: 5,
+        keep: &keep,
+        cancel: None,
+    };
+    let t = Instant::now();
+    let _ = rescore(&mut model, &edited, &opts, |_, tokens| {
+        rescored += tokens.len()
+    });
+    let refresh = t.elapsed().as_secs_f64();
+    println!(
+        "| {name} | {lines} lines, {} tokens | {:.0} tok/s ({:.2} s) | {:.0} ms ({rescored} tokens scored again) |",
+        all.len(),
+        all.len() as f64 / full,
+        full,
+        refresh * 1e3
+    );
+}
+
 fn main() {
     println!("## keystroke to drawn frame (TestBackend 120x40, ms)\n");
     println!("| file | keys | p50 | p99 | max |\n|---|---|---|---|---|");
@@ -264,6 +309,16 @@ fn main() {
     );
     drop(app);
     drop(huge);
+
+    println!("\n## overlay scoring (window 512, stride 256)\n");
+    println!("| model | file | full scoring | refresh after a 1-character edit in the middle |");
+    println!("|---|---|---|---|");
+    if let Some(m) = tiny_python() {
+        overlay("tiny-python fixture", m);
+    }
+    if let Some(m) = default_shape() {
+        overlay("default shape, random", m);
+    }
 
     println!("\n## keystroke to first ghost text (request sent at once; ms)\n");
     println!("| model | KV reuse | keys | first visible ghost p50 | p95 | first token p50 | p95 |");

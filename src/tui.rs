@@ -23,7 +23,7 @@ pub use config::Config;
 
 use crate::cli::EditArgs;
 use crate::syntax::Registry;
-use crate::worker::{Request, Worker, WorkerOptions};
+use crate::worker::{Job, Worker, WorkerOptions};
 
 /// Runs the editor loop until the app quits or the event source closes: draw, wait for an event or
 /// the debounce deadline, update, hand new requests to `submit`. Generic over the backend, so tests
@@ -32,7 +32,7 @@ pub fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
     events: &Receiver<Event>,
-    submit: &mut dyn FnMut(Request),
+    submit: &mut dyn FnMut(Job),
 ) -> anyhow::Result<()>
 where
     B::Error: Send + Sync + 'static,
@@ -64,8 +64,8 @@ where
             }
         }
         app.tick(Instant::now());
-        for request in app.take_requests() {
-            submit(request);
+        for job in app.take_requests() {
+            submit(job);
         }
     }
 }

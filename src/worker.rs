@@ -14,6 +14,7 @@ use std::time::Instant;
 use crate::complete::{self, Settings};
 use crate::model::Model;
 use crate::model::generate::{Flow, GeneratedToken, StopReason};
+use crate::model::score::{Rescore, TokenScore};
 use crate::syntax::{Language, Trimmer};
 use crate::text::Cursor;
 
@@ -41,6 +42,42 @@ impl Request {
     }
 }
 
+/// Scores for the probability overlay: every token of `text`, except the leading ones the editor
+/// still holds (`keep`, see [`Rescore::keep`]).
+#[derive(Debug, Clone)]
+pub struct ScoreRequest {
+    pub id: u64,
+    pub text: String,
+    pub keep: Vec<(u32, usize)>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Work for the model thread.
+#[derive(Debug, Clone)]
+pub enum Job {
+    Complete(Request),
+    Score(ScoreRequest),
+}
+
+impl Job {
+    pub fn id(&self) -> u64 {
+        match self {
+            Self::Complete(r) => r.id,
+            Self::Score(r) => r.id,
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        match self {
+            Self::Complete(r) => r.is_cancelled(),
+            Self::Score(r) => r.cancel.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Tokens per forward when scoring for the overlay (half a window of left context at least).
+const SCORE_WINDOW: usize = 512;
+
 /// A finished proposal and what it cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposal {
@@ -55,7 +92,7 @@ pub struct Proposal {
 }
 
 /// What the worker tells the editor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Reply {
     /// The model is loaded and answers requests.
     Ready {
@@ -74,6 +111,19 @@ pub enum Reply {
         id: u64,
         proposal: Proposal,
     },
+    /// Scores of tokens `from..from + tokens.len()` of a score request's text; the first reply of a
+    /// request says (by `from`) how many of the kept tokens stay valid.
+    Scored {
+        id: u64,
+        from: usize,
+        tokens: Vec<TokenScore>,
+    },
+    /// A score request is complete.
+    ScoreDone {
+        id: u64,
+        tokens_per_second: f64,
+        ms: f64,
+    },
     Failed {
         id: u64,
         message: String,
@@ -86,7 +136,7 @@ pub type Loader = Box<dyn FnOnce() -> anyhow::Result<Model> + Send>;
 /// The handle the editor keeps.
 #[derive(Debug)]
 pub struct Worker {
-    jobs: Option<Sender<Request>>,
+    jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -120,11 +170,11 @@ impl Worker {
         })
     }
 
-    /// Queues a request; a newer one submitted before this starts replaces it.
-    pub fn submit(&self, request: Request) {
+    /// Queues a job; a newer one of the same kind submitted before this starts replaces it.
+    pub fn submit(&self, job: Job) {
         if let Some(jobs) = &self.jobs {
             // A dead worker already said why (Unavailable or Failed); nothing more to do here.
-            let _ = jobs.send(request);
+            let _ = jobs.send(job);
         }
     }
 }
@@ -141,7 +191,7 @@ impl Drop for Worker {
     }
 }
 
-fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Request>, reply: &dyn Fn(Reply)) {
+fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dyn Fn(Reply)) {
     let mut model = match load() {
         Ok(m) => m,
         Err(e) => {
@@ -155,26 +205,43 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Request>, reply:
     reply(Reply::Ready {
         model: model.name.clone(),
     });
-    while let Ok(mut request) = inbox.recv() {
-        // The newest request wins.
-        while let Ok(newer) = inbox.try_recv() {
-            request = newer;
+    // The newest job of each kind wins; a completion (someone is waiting at the cursor) goes first.
+    let (mut complete, mut score): (Option<Request>, Option<ScoreRequest>) = (None, None);
+    loop {
+        if complete.is_none() && score.is_none() {
+            match inbox.recv() {
+                Ok(job) => keep_newest(job, &mut complete, &mut score),
+                Err(_) => return,
+            }
         }
-        if request.is_cancelled() {
+        while let Ok(job) = inbox.try_recv() {
+            keep_newest(job, &mut complete, &mut score);
+        }
+        let job = match (complete.take(), score.take()) {
+            (Some(c), s) => {
+                score = s;
+                Job::Complete(c)
+            }
+            (None, Some(s)) => Job::Score(s),
+            (None, None) => continue,
+        };
+        if job.is_cancelled() {
             continue;
         }
+        let id = job.id();
         if !options.reuse_cache
             && let Err(e) = model.network.reset()
         {
             reply(Reply::Failed {
-                id: request.id,
+                id,
                 message: e.to_string(),
             });
             continue;
         }
         // A bug in generation must not take the editor down: report it and start clean.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(&mut model, &request, reply);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job {
+            Job::Complete(r) => run(&mut model, r, reply),
+            Job::Score(r) => run_score(&mut model, r, reply),
         }));
         if let Err(panic) = outcome {
             let what = panic
@@ -184,10 +251,52 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Request>, reply:
                 .unwrap_or_else(|| "unknown panic".into());
             let _ = model.network.reset();
             reply(Reply::Failed {
-                id: request.id,
+                id,
                 message: format!("internal error in the model worker: {what}"),
             });
         }
+    }
+}
+
+fn keep_newest(job: Job, complete: &mut Option<Request>, score: &mut Option<ScoreRequest>) {
+    match job {
+        Job::Complete(r) => *complete = Some(r),
+        Job::Score(r) => *score = Some(r),
+    }
+}
+
+fn run_score(model: &mut Model, request: &ScoreRequest, reply: &dyn Fn(Reply)) {
+    let started = Instant::now();
+    let mut scored = 0usize;
+    let opts = Rescore {
+        window: SCORE_WINDOW,
+        stride: None,
+        top_k: 5,
+        keep: &request.keep,
+        cancel: Some(&request.cancel),
+    };
+    let result = crate::model::score::rescore(model, &request.text, &opts, |from, tokens| {
+        scored += tokens.len();
+        reply(Reply::Scored {
+            id: request.id,
+            from,
+            tokens: tokens.to_vec(),
+        });
+    });
+    match result {
+        Ok(true) => {
+            let s = started.elapsed().as_secs_f64();
+            reply(Reply::ScoreDone {
+                id: request.id,
+                tokens_per_second: if s > 0.0 { scored as f64 / s } else { 0.0 },
+                ms: s * 1e3,
+            });
+        }
+        Ok(false) => {}
+        Err(e) => reply(Reply::Failed {
+            id: request.id,
+            message: format!("scoring failed: {e}"),
+        }),
     }
 }
 

@@ -5,6 +5,8 @@
 //! (`stride` = window / 2 by default). The byte ranges of the tokens cover the text exactly, once.
 //! Only our own decoder exposes logits for every position, so scoring needs a qwen2/llama model.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{D, Tensor};
 use serde::Serialize;
 
@@ -36,6 +38,44 @@ pub fn score(
     stride: Option<usize>,
     top_k: usize,
 ) -> anyhow::Result<Vec<TokenScore>> {
+    let mut out = Vec::new();
+    let opts = Rescore {
+        window,
+        stride,
+        top_k,
+        keep: &[],
+        cancel: None,
+    };
+    rescore(model, text, &opts, |_, tokens| {
+        out.extend_from_slice(tokens)
+    })?;
+    Ok(out)
+}
+
+/// How to (re)score a text.
+#[derive(Debug, Clone, Copy)]
+pub struct Rescore<'a> {
+    pub window: usize,
+    pub stride: Option<usize>,
+    pub top_k: usize,
+    /// `(id, start byte)` of the leading tokens the caller still holds scores for (of an earlier
+    /// version of the text). Tokens up to the first that differs in the new text are not scored
+    /// again: a token's score depends only on the tokens before it and on which window scores it,
+    /// and both are the same for every token before the first difference.
+    pub keep: &'a [(u32, usize)],
+    /// Checked between windows: scoring stops early and returns `false`.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// Scores the tokens of `text` from the first one `opts.keep` does not cover, window by window:
+/// `on_window(first_index, tokens)` receives each run of newly scored tokens in order (the first
+/// call's `first_index` says how many kept tokens stay valid). Returns `false` when cancelled.
+pub fn rescore(
+    model: &mut Model,
+    text: &str,
+    opts: &Rescore,
+    mut on_window: impl FnMut(usize, &[TokenScore]),
+) -> anyhow::Result<bool> {
     let Some(llama) = model.network.as_llama() else {
         anyhow::bail!(
             "{}: scoring needs logits for every position, which infill's own qwen2/llama decoder gives; \
@@ -46,8 +86,17 @@ pub fn score(
     };
     let tok = &model.tokenizer;
     let (ids, starts) = tok.encode_with_offsets(text)?;
+    let common = opts
+        .keep
+        .iter()
+        .zip(ids.iter().zip(&starts))
+        .take_while(|((ki, ks), (i, s))| ki == *i && ks == *s)
+        .count();
+    // The last kept token may have grown (typing at its end merges into it): score it again.
+    let common = common.min(ids.len().saturating_sub(1));
     if ids.is_empty() {
-        return Ok(Vec::new());
+        on_window(0, &[]);
+        return Ok(true);
     }
     // The document starts after an end-of-text (as in training) so the first token is scored too.
     let start_token = tok
@@ -59,66 +108,69 @@ pub fn score(
         .unwrap_or(0);
     let mut seq = vec![start_token];
     seq.extend_from_slice(&ids);
-    let window = window.clamp(2, llama.config().max_position_embeddings);
-    let stride = stride.unwrap_or(window / 2).clamp(1, window - 1);
-    let mut logprobs: Vec<Option<TokenScore>> = vec![None; ids.len()];
-    let mut begin = 0usize;
+    let window = opts.window.clamp(2, llama.config().max_position_embeddings);
+    let stride = opts.stride.unwrap_or(window / 2).clamp(1, window - 1);
+    // Window k covers seq[k*stride ..][..window]; window 0 scores tokens [0, window-1), window
+    // k >= 1 scores [(k-1)*stride + window-1, k*stride + window-1): every token exactly once.
+    let window_of = |t: usize| (t + 1).saturating_sub(window - 1).div_ceil(stride);
+    let mut next = common;
+    let mut first_call = true;
+    let mut begin = window_of(common) * stride;
     loop {
+        if opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Ok(false);
+        }
         let end = (begin + window).min(seq.len());
         let chunk = seq.get(begin..end).unwrap_or_default();
         let input = Tensor::new(chunk, llama.device())?.unsqueeze(0)?;
         let logits = llama.forward_all(&input, 0, None)?.squeeze(0)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let rows: Vec<Vec<f32>> = logp.to_vec2()?;
-        // Position p of the chunk predicts seq[begin + p + 1], i.e. ids[begin + p]. The previous
-        // window scored up to ids[begin - stride + window - 2], so this one starts right after.
-        let first_scored = if begin == 0 {
-            0
-        } else {
-            (window - stride).saturating_sub(1)
-        };
-        for p in first_scored..chunk.len().saturating_sub(1) {
+        // Position p of the chunk predicts seq[begin + p + 1], i.e. ids[begin + p].
+        let mut scored = Vec::new();
+        for p in 0..chunk.len().saturating_sub(1) {
             let target = begin + p;
+            if target < next {
+                continue;
+            }
             let (Some(row), Some(&id)) = (rows.get(p), ids.get(target)) else {
                 continue;
             };
-            if logprobs.get(target).is_some_and(Option::is_some) {
-                continue;
-            }
             let lp = row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            let rank = rank_of(row, id);
             let entropy_bits = -row
                 .iter()
                 .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
                 .sum::<f32>()
                 / std::f32::consts::LN_2;
-            let top = alternatives(tok, row, top_k, |i| row[i].exp());
-            let start = starts.get(target).copied().unwrap_or(text.len());
-            let next = starts.get(target + 1).copied().unwrap_or(text.len());
-            if let Some(slot) = logprobs.get_mut(target) {
-                *slot = Some(TokenScore {
-                    start,
-                    end: next,
-                    text: text.get(start..next).unwrap_or_default().to_string(),
-                    id,
-                    logprob: lp,
-                    rank,
-                    entropy_bits,
-                    top,
-                });
-            }
+            // Offsets of a byte-level tokenizer can start inside a character; the first token
+            // starts the text so the ranges tile it.
+            let start = if target == 0 {
+                0
+            } else {
+                starts.get(target).copied().unwrap_or(text.len())
+            };
+            let stop = starts.get(target + 1).copied().unwrap_or(text.len());
+            scored.push(TokenScore {
+                start,
+                end: stop,
+                text: text.get(start..stop).unwrap_or_default().to_string(),
+                id,
+                logprob: lp,
+                rank: rank_of(row, id),
+                entropy_bits,
+                top: alternatives(tok, row, opts.top_k, |i| row[i].exp()),
+            });
         }
+        if !scored.is_empty() || first_call {
+            on_window(next, &scored);
+            first_call = false;
+        }
+        next += scored.len();
         if end == seq.len() {
-            break;
+            return Ok(true);
         }
         begin += stride;
     }
-    let mut out: Vec<TokenScore> = logprobs.into_iter().flatten().collect();
-    // Offsets of a byte-level tokenizer can start inside a character; keep the ranges tiling the text.
-    if let Some(first) = out.first_mut() {
-        first.start = 0;
-    }
-    Ok(out)
 }
 
 /// Totals over a scored text.
@@ -137,11 +189,14 @@ pub fn summarize(text: &str, scores: &[TokenScore], lines: usize) -> ScoreSummar
     let n = scores.len().max(1) as f64;
     let mut per_line: std::collections::BTreeMap<usize, (f64, usize)> =
         std::collections::BTreeMap::new();
+    // Scores come in text order: count line breaks as we go.
+    let (mut line, mut counted) = (1, 0);
     for s in scores {
-        let line = text
-            .get(..s.start.min(text.len()))
-            .map_or(0, |t| t.matches('\n').count())
-            + 1;
+        let upto = s.start.min(text.len());
+        line += text
+            .get(counted..upto)
+            .map_or(0, |t| t.matches('\n').count());
+        counted = counted.max(upto);
         let e = per_line.entry(line).or_default();
         e.0 += -f64::from(s.logprob) / std::f64::consts::LN_2;
         e.1 += 1;

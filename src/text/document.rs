@@ -82,6 +82,8 @@ pub struct Document {
     version: u64,
     /// A typing run is open: the next typed character may join the last undo step.
     open_typing: bool,
+    /// The earliest place changed since [`Self::take_changed_from`] was last called.
+    changed_from: Option<Pos>,
 }
 
 impl Default for Document {
@@ -120,7 +122,36 @@ impl Document {
             saved_state: 0,
             version: 0,
             open_typing: false,
+            changed_from: None,
         }
+    }
+
+    /// The earliest place any change touched since the last call (text before it is unchanged).
+    pub fn take_changed_from(&mut self) -> Option<Pos> {
+        self.changed_from.take()
+    }
+
+    /// Byte offset of `pos` in [`Self::text`] (linear in the line number).
+    pub fn byte_of(&self, pos: Pos) -> usize {
+        let pos = self.clamp(pos);
+        self.lines
+            .iter()
+            .take(pos.line)
+            .map(|l| l.len() + 1)
+            .sum::<usize>()
+            + pos.col
+    }
+
+    /// The position of byte `byte` of [`Self::text`] (rounded down to a character boundary).
+    pub fn pos_of_byte(&self, byte: usize) -> Pos {
+        let mut rest = byte;
+        for (i, l) in self.lines.iter().enumerate() {
+            if rest <= l.len() {
+                return self.clamp(Pos::new(i, rest));
+            }
+            rest -= l.len() + 1;
+        }
+        self.end()
     }
 
     /// The bytes to write to disk: each line with the break it was read with.
@@ -339,6 +370,7 @@ impl Document {
     fn apply(&mut self, edit: &Edit) -> Pos {
         self.version += 1;
         let start = edit.at;
+        self.changed_from = Some(self.changed_from.map_or(start, |c| c.min(start)));
         let end = Self::end_of_insert(start, &edit.removed);
         let head = self
             .line(start.line)
@@ -428,6 +460,33 @@ mod tests {
         assert_eq!(doc.redo(), Some(Pos::new(0, 4)));
         assert_eq!(doc.text(), "xfoo");
         assert!(doc.is_modified());
+    }
+
+    #[test]
+    fn byte_offsets_and_the_earliest_change_are_tracked() {
+        let mut doc = Document::from_text("ab\ncd\r\nef");
+        assert_eq!(doc.byte_of(Pos::new(2, 1)), 7);
+        assert_eq!(doc.pos_of_byte(7), Pos::new(2, 1));
+        assert_eq!(doc.pos_of_byte(2), Pos::new(0, 2));
+        assert_eq!(doc.take_changed_from(), None);
+        doc.replace(
+            Pos::new(2, 0),
+            Pos::new(2, 0),
+            "x",
+            Group::Single,
+            Pos::default(),
+        );
+        doc.replace(
+            Pos::new(1, 1),
+            Pos::new(1, 2),
+            "",
+            Group::Single,
+            Pos::default(),
+        );
+        assert_eq!(doc.take_changed_from(), Some(Pos::new(1, 1)));
+        assert_eq!(doc.take_changed_from(), None);
+        doc.undo();
+        assert_eq!(doc.take_changed_from(), Some(Pos::new(1, 1)));
     }
 
     #[test]

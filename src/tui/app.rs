@@ -13,6 +13,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 mod edit;
 mod file;
 mod find;
+pub mod overlay;
 
 use super::config::{Action, Config};
 use crate::complete::Settings;
@@ -20,7 +21,7 @@ use crate::model::generate::{Limits, Sampling};
 use crate::syntax::Language;
 use crate::text::display;
 use crate::text::{Document, Group, Pos};
-use crate::worker::{Proposal, Reply, Request};
+use crate::worker::{Job, Proposal, Reply, Request};
 
 /// Everything the editor reacts to.
 #[derive(Debug, Clone)]
@@ -158,7 +159,8 @@ pub struct App {
     clipboard: String,
     pub(super) model: ModelState,
     pub(super) last: Option<Proposal>,
-    requests: Vec<Request>,
+    requests: Vec<Job>,
+    pub(super) overlay: overlay::Overlay,
     quit: bool,
     pub(super) highlight: super::view::HighlightCache,
 }
@@ -195,6 +197,7 @@ impl App {
             model: ModelState::Loading,
             last: None,
             requests: Vec::new(),
+            overlay: overlay::Overlay::default(),
             quit: false,
             highlight: super::view::HighlightCache::default(),
         }
@@ -218,13 +221,16 @@ impl App {
     }
 
     /// Requests for the model made since the last call.
-    pub fn take_requests(&mut self) -> Vec<Request> {
+    pub fn take_requests(&mut self) -> Vec<Job> {
         std::mem::take(&mut self.requests)
     }
 
-    /// When [`Self::tick`] should run next (the debounce deadline).
+    /// When [`Self::tick`] should run next (the debounce deadline, or the overlay's refresh).
     pub fn deadline(&self) -> Option<Instant> {
-        self.due
+        match (self.due, self.overlay_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The status line's message, if any.
@@ -248,6 +254,7 @@ impl App {
             self.due = None;
             self.request(RequestKind::Proposal);
         }
+        self.overlay_tick(now);
     }
 
     pub fn handle(&mut self, event: Event, now: Instant) {
@@ -262,6 +269,7 @@ impl App {
             Event::Worker(reply) => self.reply(reply),
             Event::Terminate => self.quit = true,
         }
+        self.overlay_after_event(now);
     }
 
     pub(super) fn visible_ghost(&self) -> Option<&Ghost> {
@@ -336,14 +344,14 @@ impl App {
             context_tokens: Some(1024),
             ..Settings::default()
         };
-        self.requests.push(Request {
+        self.requests.push(Job::Complete(Request {
             id,
             prefix: self.doc.text_before(self.cursor, PREFIX_BYTES),
             suffix: self.doc.text_after(self.cursor, SUFFIX_BYTES),
             language: self.file.language,
             settings,
             cancel: Arc::clone(&cancel),
-        });
+        }));
         self.in_flight = Some(InFlight { id, kind, cancel });
         if kind == RequestKind::Proposal {
             self.ghost = Some(Ghost {
@@ -405,8 +413,16 @@ impl App {
                     }
                 }
             }
+            Reply::Scored { id, from, tokens } => self.overlay_scored(id, from, tokens),
+            Reply::ScoreDone {
+                id,
+                tokens_per_second,
+                ms,
+            } => self.overlay_done(id, tokens_per_second, ms),
             Reply::Failed { id, message } => {
-                if self.current(id).is_some() {
+                if self.overlay_failed(id) {
+                    self.warn(format!("overlay off: {message}"));
+                } else if self.current(id).is_some() {
                     self.in_flight = None;
                     self.warn(format!("completion failed: {message}"));
                 }
@@ -474,6 +490,8 @@ impl App {
             KeyCode::Backspace => self.backspace(ctrl, now),
             KeyCode::Delete => self.delete(ctrl, now),
             KeyCode::F(1) => self.mode = Mode::Help,
+            KeyCode::F(2) => self.toggle_overlay(now),
+            KeyCode::F(3) => self.jump_to_surprise(!shift),
             KeyCode::Left
             | KeyCode::Right
             | KeyCode::Up

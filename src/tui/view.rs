@@ -9,8 +9,10 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Clear, Paragraph};
 
+use super::app::overlay;
 use super::app::{App, Mode, ModelState};
 use super::config::Action;
+use crate::model::score::TokenScore;
 use crate::syntax::highlight::{HighlightKind, Highlighter};
 use crate::text::display;
 
@@ -23,6 +25,9 @@ pub struct HighlightCache {
     lines: Vec<Vec<(usize, usize, HighlightKind)>>,
     highlighter: Highlighter,
 }
+
+/// Overlay marks of the visible lines (see `overlay_rows`).
+type Rows = Vec<Vec<(usize, usize, usize)>>;
 
 /// Lines above the view parsed for highlighting, so constructs that start above it colour right.
 const CONTEXT_LINES: usize = 200;
@@ -47,14 +52,103 @@ impl App {
         self.view = (rows, width);
         self.scroll_to_cursor();
         self.update_highlight();
-        let cursor_xy = self.draw_text(frame.buffer_mut(), area, gutter);
+        let scores = self.overlay_rows();
+        let cursor_xy = self.draw_text(frame.buffer_mut(), area, gutter, scores.as_ref());
         self.draw_status(frame.buffer_mut(), area);
         if let Some((x, y)) = cursor_xy {
             frame.set_cursor_position(Position::new(x, y));
         }
+        if let Some(token) = self.token_at_cursor() {
+            self.draw_inspector(frame, area, token, cursor_xy.map_or(0, |(_, y)| y));
+        }
         if self.mode == Mode::Help {
             self.draw_help(frame, area);
         }
+    }
+
+    /// Rank buckets of the scored tokens on the visible lines: per line from `top`, (start, end,
+    /// bucket) in bytes of the line. `None` when the overlay is off.
+    fn overlay_rows(&self) -> Option<Vec<Vec<(usize, usize, usize)>>> {
+        if !self.overlay.on {
+            return None;
+        }
+        let valid = self.overlay.valid();
+        let mut start = self.doc.byte_of(crate::text::Pos::new(self.top, 0));
+        let bottom = (self.top + self.view.0).min(self.doc.line_count());
+        let mut rows = Vec::with_capacity(bottom - self.top);
+        for i in self.top..bottom {
+            let end = start + self.doc.line(i).len();
+            let mut k = valid.partition_point(|s| s.end <= start);
+            let mut row = Vec::new();
+            while let Some(s) = valid.get(k).filter(|s| s.start < end) {
+                row.push((
+                    s.start.max(start) - start,
+                    s.end.min(end) - start,
+                    overlay::bucket(s.rank),
+                ));
+                k += 1;
+            }
+            rows.push(row);
+            start = end + 1;
+        }
+        Some(rows)
+    }
+
+    fn bucket_style(&self, bucket: usize) -> Style {
+        let s = Style::default();
+        if self.config.no_color {
+            return match bucket {
+                0 => s,
+                1 => s.add_modifier(Modifier::UNDERLINED),
+                2 => s.add_modifier(Modifier::UNDERLINED | Modifier::BOLD),
+                _ => s.add_modifier(Modifier::REVERSED),
+            };
+        }
+        s.fg(match bucket {
+            0 => Color::Green,
+            1 => Color::Yellow,
+            2 => Color::Red,
+            _ => Color::Magenta,
+        })
+    }
+
+    fn draw_inspector(&self, frame: &mut Frame, area: Rect, t: &TokenScore, cursor_y: u16) {
+        let show = |text: &str| format!("{:?}", text);
+        let mut lines = vec![
+            format!(
+                "p {:.3} · rank {} · entropy {:.2} bits",
+                f64::from(t.logprob).exp(),
+                t.rank,
+                t.entropy_bits
+            ),
+            "model's top 5:".to_owned(),
+        ];
+        for (i, a) in t.top.iter().take(5).enumerate() {
+            lines.push(format!("{}. {:<16} {:.3}", i + 1, show(&a.text), a.prob));
+        }
+        let w = (lines
+            .iter()
+            .map(|l| display::width(l, 1))
+            .max()
+            .unwrap_or(0)
+            + 2)
+        .max(display::width(&show(&t.text), 1) + 10)
+        .min(area.width as usize) as u16;
+        let h = (lines.len() as u16 + 2).min(area.height.saturating_sub(2));
+        // Top right, or bottom right when the cursor is up there.
+        let y = if cursor_y < h + 1 {
+            area.height.saturating_sub(2 + h)
+        } else {
+            area.y
+        };
+        let rect = Rect::new(area.x + area.width - w, y, w, h);
+        frame.render_widget(Clear, rect);
+        let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
+        let title = format!(" token {} ", show(&t.text));
+        frame.render_widget(
+            Paragraph::new(text).block(Block::bordered().title(title)),
+            rect,
+        );
     }
 
     fn scroll_to_cursor(&mut self) {
@@ -149,11 +243,34 @@ impl App {
         }
     }
 
-    /// Styled pieces of line `i` between bytes `from` and `to`.
-    fn pieces(&self, i: usize, from: usize, to: usize) -> Vec<(String, Style)> {
+    /// Styled pieces of line `i` between bytes `from` and `to`: syntax colours, or the overlay's
+    /// rank colours when it is on (`scores`, per line from `top`).
+    fn pieces(
+        &self,
+        i: usize,
+        from: usize,
+        to: usize,
+        scores: Option<&Rows>,
+    ) -> Vec<(String, Style)> {
         let text = self.doc.line(i);
         let mut cuts = vec![from, to];
-        let spans = self.highlight.spans(i);
+        let marks: Vec<(usize, usize, Style)> = match scores {
+            Some(rows) => rows
+                .get(i - self.top)
+                .map(|r| {
+                    r.iter()
+                        .map(|&(a, b, k)| (a, b, self.bucket_style(k)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => self
+                .highlight
+                .spans(i)
+                .iter()
+                .map(|&(a, b, k)| (a, b, self.kind_style(k)))
+                .collect(),
+        };
+        let spans = marks.as_slice();
         for &(a, b, _) in spans {
             cuts.extend([a, b]);
         }
@@ -180,7 +297,7 @@ impl App {
             let mut style = spans
                 .iter()
                 .find(|&&(s, e, _)| s <= a && b <= e)
-                .map_or_else(Style::default, |&(_, _, k)| self.kind_style(k));
+                .map_or_else(Style::default, |&(_, _, style)| style);
             if selection.is_some_and(|(s, e)| s <= a && b <= e) {
                 style = style.add_modifier(Modifier::REVERSED);
             }
@@ -200,7 +317,13 @@ impl App {
     }
 
     /// Draws the text rows; returns where the terminal cursor goes.
-    fn draw_text(&self, buf: &mut Buffer, area: Rect, gutter: usize) -> Option<(u16, u16)> {
+    fn draw_text(
+        &self,
+        buf: &mut Buffer,
+        area: Rect,
+        gutter: usize,
+        scores: Option<&Rows>,
+    ) -> Option<(u16, u16)> {
         let (rows, width) = self.view;
         let tab = self.config.tab_width;
         let ghost = self
@@ -242,13 +365,13 @@ impl App {
                         }
                         let y = area.y + row as u16;
                         let mut segs = if k == 0 {
-                            self.pieces(line, 0, c)
+                            self.pieces(line, 0, c, scores)
                         } else {
                             Vec::new()
                         };
                         segs.push(((*g).to_owned(), self.ghost_style()));
                         if k == last {
-                            segs.extend(self.pieces(line, c, len));
+                            segs.extend(self.pieces(line, c, len, scores));
                         }
                         paint(buf, x0, y, width, self.left, &segs, tab);
                         row += 1;
@@ -263,7 +386,7 @@ impl App {
                 y,
                 width,
                 self.left,
-                &self.pieces(line, 0, len),
+                &self.pieces(line, 0, len, scores),
                 tab,
             );
             row += 1;
@@ -313,7 +436,12 @@ impl App {
                         )
                     })
                     .unwrap_or_default();
-                format!("{short}{stats}{alternatives} │ {activity}")
+                let overlay = match (self.overlay.on, self.overlay.is_scoring()) {
+                    (true, true) => " │ overlay: scoring…",
+                    (true, false) => " │ overlay",
+                    _ => "",
+                };
+                format!("{short}{stats}{alternatives}{overlay} │ {activity}")
             }
         };
         let right = format!("{state} ");
@@ -374,6 +502,23 @@ impl App {
                 Style::default().add_modifier(Modifier::DIM),
             ),
         };
+        if self.overlay.on && self.mode == Mode::Normal && self.message.is_none() {
+            // The overlay's legend instead of the key hints.
+            let mut segs = vec![("overlay rank: ".to_owned(), Style::default())];
+            for (k, label) in ["top 10", "top 100", "top 1000", "beyond"]
+                .iter()
+                .enumerate()
+            {
+                segs.push(((*label).to_owned(), self.bucket_style(k)));
+                segs.push(("  ".to_owned(), Style::default()));
+            }
+            segs.push((
+                "· F3 / Shift-F3 next / previous surprise · F2 off".to_owned(),
+                Style::default(),
+            ));
+            paint(buf, area.x, y, w, 0, &segs, 1);
+            return;
+        }
         buf.set_stringn(area.x, y, &text, w, style);
     }
 

@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use infill::model::score::TokenScore;
 use infill::syntax::Registry;
 use infill::text::Pos;
 use infill::tui::{self, App, Config, Event, FileInfo};
-use infill::worker::{Proposal, Reply, Request};
+use infill::worker::{Job, Proposal, Reply, Request, ScoreRequest};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::{Color, Modifier};
@@ -21,6 +22,7 @@ struct Ed {
     term: Terminal<TestBackend>,
     now: Instant,
     requests: Vec<Request>,
+    scores: Vec<ScoreRequest>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -60,6 +62,7 @@ impl Ed {
             term: Terminal::new(TestBackend::new(W, H)).unwrap(),
             now,
             requests: Vec::new(),
+            scores: Vec::new(),
             _dir: dir,
         };
         ed.draw();
@@ -112,11 +115,17 @@ impl Ed {
     }
 
     fn collect(&mut self) {
-        self.requests.extend(self.app.take_requests());
+        for job in self.app.take_requests() {
+            match job {
+                Job::Complete(r) => self.requests.push(r),
+                Job::Score(r) => self.scores.push(r),
+            }
+        }
     }
 
     fn reply(&mut self, reply: Reply) -> &mut Self {
         self.app.handle(Event::Worker(reply), self.now);
+        self.collect();
         self.draw();
         self
     }
@@ -628,7 +637,10 @@ fn the_event_loop_draws_every_batch_and_sends_requests_after_the_debounce() {
     tui::event_loop(&mut term, &mut app, &rx, &mut |r| sent.push(r)).unwrap();
     sender.join().unwrap();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].prefix, "x");
+    let Job::Complete(r) = &sent[0] else {
+        panic!("a completion request")
+    };
+    assert_eq!(r.prefix, "x");
     let row: String = (0..W)
         .map(|x| term.backend().buffer()[(x, 0)].symbol().to_owned())
         .collect();
@@ -663,4 +675,129 @@ fn binary_files_and_directories_are_refused_before_the_terminal_changes() {
     assert!(err.contains("directory"), "{err}");
     let new = tui::open(&dir.path().join("new.rs"), config()).unwrap();
     assert_eq!(new.document().text(), "");
+}
+
+/// A scored token of `text` at `start..end` with rank `rank`.
+fn token(text: &str, start: usize, end: usize, id: u32, rank: usize) -> TokenScore {
+    TokenScore {
+        start,
+        end,
+        text: text[start..end].to_owned(),
+        id,
+        logprob: (1.0f32 / rank as f32).ln(),
+        rank,
+        entropy_bits: 1.5,
+        top: vec![infill::model::generate::Alternative {
+            text: "return".into(),
+            id: 7,
+            prob: 0.6,
+        }],
+    }
+}
+
+#[test]
+fn the_overlay_colours_tokens_by_rank_and_drops_scores_of_changed_text() {
+    let text = "x = 1\ny = 2\n";
+    let mut ed = Ed::new("a.py", text);
+    ed.press(KeyCode::F(2)).idle();
+    assert_eq!(ed.scores.len(), 1, "F2 asks for scores");
+    let req = ed.scores[0].clone();
+    assert_eq!(req.text, text);
+    assert!(req.keep.is_empty());
+    // x(1) ' ='(2) ' 1'(3) '\n'(4) y(500) ' ='(50) ' 2'(5000) '\n'(1)
+    let bounds = [
+        (0, 1, 1),
+        (1, 3, 2),
+        (3, 5, 3),
+        (5, 6, 4),
+        (6, 7, 500),
+        (7, 9, 50),
+        (9, 11, 5000),
+        (11, 12, 1),
+    ];
+    let tokens: Vec<TokenScore> = bounds
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, b, r))| token(text, a, b, i as u32, r))
+        .collect();
+    ed.reply(Reply::Scored {
+        id: req.id,
+        from: 0,
+        tokens: tokens[..4].to_vec(),
+    });
+    ed.reply(Reply::Scored {
+        id: req.id,
+        from: 4,
+        tokens: tokens[4..].to_vec(),
+    });
+    ed.reply(Reply::ScoreDone {
+        id: req.id,
+        tokens_per_second: 1000.0,
+        ms: 8.0,
+    });
+    assert_eq!(ed.style_of(0, "x").fg, Some(Color::Green));
+    assert_eq!(ed.style_of(1, "y").fg, Some(Color::Red));
+    assert_eq!(ed.style_of(1, "=").fg, Some(Color::Yellow));
+    let gutter = 3;
+    assert_eq!(
+        ed.term.backend().buffer()[(gutter + 4, 1)].fg,
+        Color::Magenta,
+        "the 2 of y = 2"
+    );
+    // The inspector shows the token under the cursor.
+    let screen = ed.screen().join("\n");
+    assert!(
+        screen.contains("token \"x\"") && screen.contains("rank 1"),
+        "{screen}"
+    );
+    assert!(screen.contains("\"return\""), "{screen}");
+
+    // F3 goes to the next token outside the top 10: `y` on line 2.
+    ed.press(KeyCode::F(3));
+    assert_eq!(ed.app.cursor(), Pos::new(1, 0));
+    assert!(
+        ed.screen()[H as usize - 1].contains("top 1000"),
+        "the legend"
+    );
+    ed.press(KeyCode::F(3));
+    assert_eq!(ed.app.cursor(), Pos::new(1, 1));
+    ed.key(KeyCode::F(3), KeyModifiers::SHIFT);
+    assert_eq!(ed.app.cursor(), Pos::new(1, 0));
+
+    // Typing at the end of line 2: the text before keeps its colours, the new text has none
+    // until it is scored.
+    ed.press(KeyCode::End).typed("0");
+    let cell = |ed: &Ed, x: u16, y: u16| ed.term.backend().buffer()[(x, y)].fg;
+    assert_eq!(ed.style_of(0, "x").fg, Some(Color::Green));
+    assert_eq!(ed.style_of(1, "y").fg, Some(Color::Red));
+    assert_eq!(
+        cell(&ed, gutter + 5, 1),
+        Color::Reset,
+        "no score on changed text"
+    );
+    // Scoring waits while a completion is in flight: the person at the cursor comes first.
+    ed.idle();
+    let completion = ed.requests.last().unwrap().id;
+    assert!(ed.app.is_thinking());
+    ed.done(completion, "").idle();
+    let again = ed.scores.last().unwrap().clone();
+    assert_ne!(again.id, req.id);
+    assert_eq!(again.text, "x = 1\ny = 20\n");
+    assert_eq!(
+        again.keep,
+        vec![(0, 0), (1, 1), (2, 3), (3, 5), (4, 6), (5, 7), (6, 9)],
+        "the tokens before the edit"
+    );
+    // The worker scores again from the last kept token (typing at its end may have merged into it).
+    let new = "x = 1\ny = 20\n";
+    ed.reply(Reply::Scored {
+        id: again.id,
+        from: 6,
+        tokens: vec![token(new, 9, 12, 9, 20), token(new, 12, 13, 10, 1)],
+    });
+    assert_eq!(ed.style_of(1, "y").fg, Some(Color::Red), "kept");
+    assert_eq!(cell(&ed, gutter + 5, 1), Color::Yellow, "scored again");
+    // F2 turns it off: syntax colours again.
+    ed.press(KeyCode::F(2));
+    assert_ne!(ed.style_of(0, "x").fg, Some(Color::Green));
 }

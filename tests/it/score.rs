@@ -114,3 +114,70 @@ fn score_command_prints_the_text_and_summary_or_json() {
     assert_eq!(other.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&other.stderr).contains("scoring needs"));
 }
+
+/// Scoring again after an edit reuses the scores before it and gives exactly what scoring the new
+/// text from scratch gives, across window boundaries.
+#[test]
+fn rescoring_after_an_edit_equals_scoring_from_scratch() {
+    let mut model = open(&fixture("tiny-python"));
+    let old: String = (0..12)
+        .map(|i| format!("def f{i}(a, b):\n    return a + b\n\n"))
+        .collect();
+    let new = old.replacen("return a + b\n\ndef f7", "return a - b\n\ndef f7", 1);
+    let (window, stride) = (48, Some(16));
+    let before = score::score(&mut model, &old, window, stride, 2).unwrap();
+    let keep: Vec<(u32, usize)> = before.iter().map(|t| (t.id, t.start)).collect();
+    let mut firsts = Vec::new();
+    let mut after = before.clone();
+    let opts = score::Rescore {
+        window,
+        stride,
+        top_k: 2,
+        keep: &keep,
+        cancel: None,
+    };
+    let done = score::rescore(&mut model, &new, &opts, |from, tokens| {
+        if firsts.is_empty() {
+            after.truncate(from);
+        }
+        firsts.push(from);
+        after.extend_from_slice(tokens);
+    })
+    .unwrap();
+    assert!(done);
+    let edit = old
+        .bytes()
+        .zip(new.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let kept = firsts[0];
+    assert!(
+        kept > 0 && before[kept - 1].end <= edit,
+        "kept tokens end before the edit"
+    );
+    assert!(
+        before[kept + 1].start >= edit.saturating_sub(8),
+        "and reach it: kept {kept}"
+    );
+    let fresh = score::score(&mut model, &new, window, stride, 2).unwrap();
+    assert_eq!(after.len(), fresh.len());
+    for (a, f) in after.iter().zip(&fresh) {
+        assert_eq!(
+            (a.start, a.end, a.id, a.rank),
+            (f.start, f.end, f.id, f.rank)
+        );
+        assert!(
+            (a.logprob - f.logprob).abs() < 1e-5,
+            "{} vs {}",
+            a.logprob,
+            f.logprob
+        );
+    }
+    // A cancelled rescore stops before the first window.
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let opts = score::Rescore {
+        cancel: Some(&cancel),
+        ..opts
+    };
+    assert!(!score::rescore(&mut model, &new, &opts, |_, _| {}).unwrap());
+}
