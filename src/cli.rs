@@ -293,4 +293,11 @@ pub struct ScoreArgs {
     /// Alternatives recorded per token (--json).
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// Score each line as the middle between the rest of the file (prefix and suffix): per-line
+    /// surprisal that accounts for the code after it.
+    #[arg(long)]
+    pub fim: bool,
+    /// Tokens of context around each line with --fim.
+    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    pub fim_context: usize,
 }

@@ -250,3 +250,89 @@ pub fn complete(
         prompt,
     })
 }
+
+/// One line scored as the middle between the text before and after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineScore {
+    /// 1-based.
+    pub line: usize,
+    pub text: String,
+    /// Tokens of the line, its line break and the end-of-middle token.
+    pub tokens: usize,
+    /// Surprisal of the whole line, in bits.
+    pub bits: f64,
+    pub bits_per_token: f64,
+}
+
+/// Scores every non-blank line of `text` as the middle of a FIM prompt made of the rest of the file
+/// (the same prompt builder completions use, `budget` tokens of context): how surprising the model
+/// finds the line *given the code on both sides*, closing end-of-middle token included. A line that
+/// does not fit where it stands scores high even when it looks fine after its prefix alone.
+pub fn score_lines_fim(
+    model: &mut Model,
+    text: &str,
+    budget: usize,
+    cancel: Option<&AtomicBool>,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Vec<LineScore>> {
+    let Some(llama) = model.network.as_llama() else {
+        anyhow::bail!(
+            "{}: --fim scoring needs logits for every position, which infill's own qwen2/llama decoder gives",
+            model.name
+        );
+    };
+    let tok = &model.tokenizer;
+    let eos = tok.fim().eos;
+    let lines: Vec<(usize, usize)> = {
+        let mut v = Vec::new();
+        let mut start = 0;
+        for l in text.split_inclusive('\n') {
+            v.push((start, start + l.len()));
+            start += l.len();
+        }
+        v
+    };
+    let mut out = Vec::new();
+    for (i, &(start, end)) in lines.iter().enumerate() {
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            break;
+        }
+        progress(i + 1, lines.len());
+        let (Some(prefix), Some(middle), Some(suffix)) =
+            (text.get(..start), text.get(start..end), text.get(end..))
+        else {
+            continue;
+        };
+        if middle.trim().is_empty() {
+            continue;
+        }
+        let prompt = build_prompt(tok, prefix, suffix, budget, FimOrder::Psm)?;
+        let mut target = tok.encode_continuation(middle)?;
+        target.extend(eos);
+        let mut seq = prompt.ids.clone();
+        seq.extend(&target);
+        let input = candle_core::Tensor::new(seq.as_slice(), llama.device())?.unsqueeze(0)?;
+        let logits = llama.forward_all(&input, 0, None)?.squeeze(0)?;
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+        let rows: Vec<Vec<f32>> = logp.to_vec2()?;
+        let first = prompt.ids.len() - 1;
+        let nats: f64 = target
+            .iter()
+            .enumerate()
+            .map(|(k, &id)| {
+                rows.get(first + k)
+                    .and_then(|r| r.get(id as usize))
+                    .map_or(0.0, |&v| -f64::from(v))
+            })
+            .sum();
+        let bits = nats / std::f64::consts::LN_2;
+        out.push(LineScore {
+            line: i + 1,
+            text: middle.trim_end_matches(['\n', '\r']).to_owned(),
+            tokens: target.len(),
+            bits,
+            bits_per_token: bits / target.len().max(1) as f64,
+        });
+    }
+    Ok(out)
+}

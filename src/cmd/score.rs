@@ -21,6 +21,9 @@ fn colour(rank: usize) -> &'static str {
 pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
     let text = crate::files::read_source(&args.file)?;
     let mut model = super::open_model(&args.model)?;
+    if args.fim {
+        return fim(args, &text, &mut model);
+    }
     let scores = score::score(&mut model, &text, args.window, args.stride, args.top_k)?;
     let summary = score::summarize(&text, &scores, 10);
     let mut out = std::io::stdout().lock();
@@ -75,5 +78,53 @@ fn write_coloured(
             text.get(s.start..s.end).unwrap_or_default()
         )?;
     }
+    Ok(())
+}
+
+/// `--fim`: every line scored between the rest of the file; the most surprising lines first.
+fn fim(args: &ScoreArgs, text: &str, model: &mut crate::model::Model) -> anyhow::Result<()> {
+    if args.fim_context < 16 {
+        anyhow::bail!(
+            "--fim-context must be at least 16 tokens (got {})",
+            args.fim_context
+        );
+    }
+    let show_progress = std::io::stderr().is_terminal();
+    let lines = crate::complete::score_lines_fim(model, text, args.fim_context, None, |i, n| {
+        if show_progress && (i % 20 == 0 || i == n) {
+            eprint!("\rscoring line {i}/{n}");
+        }
+    })?;
+    if show_progress {
+        eprintln!();
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "lines": lines }))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let mut ranked: Vec<&crate::complete::LineScore> = lines.iter().collect();
+    ranked.sort_by(|a, b| b.bits_per_token.total_cmp(&a.bits_per_token));
+    let bits: f64 = lines.iter().map(|l| l.bits).sum();
+    let tokens: usize = lines.iter().map(|l| l.tokens).sum();
+    writeln!(
+        out,
+        "{} lines scored between their prefix and suffix: {:.2} bits/token on average",
+        lines.len(),
+        bits / tokens.max(1) as f64
+    )?;
+    writeln!(out, "most surprising lines (bits/token, bits):")?;
+    for l in ranked.iter().take(10) {
+        writeln!(
+            out,
+            "{:>6}  {:>6.2}  {:>7.1}  {}",
+            l.line,
+            l.bits_per_token,
+            l.bits,
+            l.text.trim()
+        )?;
+    }
+    out.flush()?;
     Ok(())
 }

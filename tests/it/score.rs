@@ -181,3 +181,74 @@ fn rescoring_after_an_edit_equals_scoring_from_scratch() {
     };
     assert!(!score::rescore(&mut model, &new, &opts, |_, _| {}).unwrap());
 }
+
+const CLEAN: &str = "def add(left, right):\n    return left + right\n\n\nclass Point:\n    def __init__(self, x, y, width):\n        self.x = x\n        self.y = y\n        self.width = width\n\n    def get_x(self):\n        return self.x\n\n\ndef total(values):\n    result = 0\n    for value in values:\n        result += value\n    return result\n";
+
+/// `--fim` scores each line between its prefix and suffix: a line corrupted on purpose ranks first,
+/// with the `tiny-python` model trained on code of this shape (the file itself is not in its
+/// training corpus).
+#[test]
+fn fim_line_scores_put_a_corrupted_line_on_top() {
+    let mut model = open(&fixture("tiny-python"));
+    let corrupted = CLEAN.replace("        result += value\n", "        result -= values\n");
+    let score = |model: &mut infill::model::Model, text: &str| {
+        infill::complete::score_lines_fim(model, text, 256, None, |_, _| {}).unwrap()
+    };
+    let clean = score(&mut model, CLEAN);
+    let bad = score(&mut model, &corrupted);
+    assert_eq!(bad.len(), 14, "blank lines are skipped");
+    let top = bad
+        .iter()
+        .max_by(|a, b| a.bits_per_token.total_cmp(&b.bits_per_token))
+        .unwrap();
+    assert_eq!(
+        (top.line, top.text.as_str()),
+        (18, "        result -= values")
+    );
+    let before = clean.iter().find(|l| l.line == 18).unwrap();
+    assert!(
+        top.bits > 2.0 * before.bits,
+        "{} bits vs {} clean",
+        top.bits,
+        before.bits
+    );
+    // Lines far from the change score as before (their context barely changed).
+    let first = |v: &[infill::complete::LineScore]| v.iter().find(|l| l.line == 1).unwrap().bits;
+    assert!((first(&bad) - first(&clean)).abs() < 1.0);
+}
+
+#[test]
+fn score_fim_command_lists_the_most_surprising_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.py");
+    std::fs::write(
+        &file,
+        CLEAN.replace("        result += value\n", "        result -= values\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(["score", "--fim", "--model"])
+        .arg(fixture("tiny-python"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let first = stdout.lines().nth(2).unwrap();
+    assert!(
+        first.trim_start().starts_with("18 ") && first.ends_with("result -= values"),
+        "{stdout}"
+    );
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(["score", "--fim", "--json", "--model"])
+        .arg(fixture("tiny-python"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["lines"].as_array().unwrap().len(), 14);
+}
