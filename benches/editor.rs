@@ -13,8 +13,8 @@
 //!   nothing to show.
 //!
 //! - overlay: scoring throughput of a 2,000-line Python file and the time to refresh the scores
-//!   after a one-character edit in its middle (only tokens from the edit on are scored again), for
-//!   both models, with the editor's scoring window (512 tokens, stride 256).
+//!   after a one-character edit in its middle (the chunks the edit touched are scored again, the
+//!   rest come from the cache), for both models.
 //!
 //! Run with `cargo bench --bench editor`. Figures are printed, never asserted.
 
@@ -234,18 +234,19 @@ fn default_shape() -> Option<Model> {
     })
 }
 
-fn overlay(name: &str, mut model: Model) {
-    use infill::model::score::{Rescore, rescore, score};
+fn overlay(name: &str, model: Model) {
+    use infill::model::score::chunked::ChunkScorer;
     let text: String = (0..400)
         .map(|i| format!("def f{i}(a, b):\n    total = a + b * {i}\n    return total\n\n\n"))
         .collect();
     let lines = text.lines().count();
+    let mut scorer = ChunkScorer::default();
+    let mut tokens = 0;
     let t = Instant::now();
-    let Ok(all) = score(&mut model, &text, 512, None, 5) else {
+    let Ok(Some(_)) = scorer.score(&model, &text, 5, None, |_, s| tokens += s.len()) else {
         return println!("| {name} | scoring failed |");
     };
     let full = t.elapsed().as_secs_f64();
-    let keep: Vec<(u32, usize)> = all.iter().map(|s| (s.id, s.start)).collect();
     let middle = text.len() / 2;
     let at = text
         .get(middle..)
@@ -253,23 +254,16 @@ fn overlay(name: &str, mut model: Model) {
         .map_or(middle, |i| middle + i + 2);
     let mut edited = text.clone();
     edited.insert(at, '-');
-    let mut rescored = 0;
-    let opts = Rescore {
-        window: 512,
-        stride: None,
-        top_k: 5,
-        keep: &keep,
-        cancel: None,
-    };
     let t = Instant::now();
-    let _ = rescore(&mut model, &edited, &opts, |_, tokens| {
-        rescored += tokens.len()
-    });
+    let computed = scorer
+        .score(&model, &edited, 5, None, |_, _| {})
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     let refresh = t.elapsed().as_secs_f64();
     println!(
-        "| {name} | {lines} lines, {} tokens | {:.0} tok/s ({:.2} s) | {:.0} ms ({rescored} tokens scored again) |",
-        all.len(),
-        all.len() as f64 / full,
+        "| {name} | {lines} lines, {tokens} tokens | {:.0} tok/s ({:.2} s) | {:.0} ms ({computed} tokens scored again) |",
+        tokens as f64 / full,
         full,
         refresh * 1e3
     );
@@ -310,7 +304,7 @@ fn main() {
     drop(app);
     drop(huge);
 
-    println!("\n## overlay scoring (window 512, stride 256)\n");
+    println!("\n## overlay scoring (chunked, each chunk with its predecessor as context)\n");
     println!("| model | file | full scoring | refresh after a 1-character edit in the middle |");
     println!("|---|---|---|---|");
     if let Some(m) = tiny_python() {

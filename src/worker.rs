@@ -14,7 +14,8 @@ use std::time::Instant;
 use crate::complete::{self, Settings};
 use crate::model::Model;
 use crate::model::generate::{Flow, GeneratedToken, StopReason};
-use crate::model::score::{Rescore, TokenScore};
+use crate::model::score::TokenScore;
+use crate::model::score::chunked::ChunkScorer;
 use crate::syntax::{Language, Trimmer};
 use crate::text::Cursor;
 
@@ -42,13 +43,12 @@ impl Request {
     }
 }
 
-/// Scores for the probability overlay: every token of `text`, except the leading ones the editor
-/// still holds (`keep`, see [`Rescore::keep`]).
+/// Scores for the probability overlay: every token of `text` (chunks unchanged since an earlier
+/// request come from the worker's cache, see [`ChunkScorer`]).
 #[derive(Debug, Clone)]
 pub struct ScoreRequest {
     pub id: u64,
     pub text: String,
-    pub keep: Vec<(u32, usize)>,
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -74,9 +74,6 @@ impl Job {
         }
     }
 }
-
-/// Tokens per forward when scoring for the overlay (half a window of left context at least).
-const SCORE_WINDOW: usize = 512;
 
 /// A finished proposal and what it cost.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +202,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
     reply(Reply::Ready {
         model: model.name.clone(),
     });
+    let mut scorer = ChunkScorer::default();
     // The newest job of each kind wins; a completion (someone is waiting at the cursor) goes first.
     let (mut complete, mut score): (Option<Request>, Option<ScoreRequest>) = (None, None);
     loop {
@@ -241,7 +239,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
         // A bug in generation must not take the editor down: report it and start clean.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job {
             Job::Complete(r) => run(&mut model, r, reply),
-            Job::Score(r) => run_score(&mut model, r, reply),
+            Job::Score(r) => run_score(&model, &mut scorer, r, reply),
         }));
         if let Err(panic) = outcome {
             let what = panic
@@ -265,34 +263,36 @@ fn keep_newest(job: Job, complete: &mut Option<Request>, score: &mut Option<Scor
     }
 }
 
-fn run_score(model: &mut Model, request: &ScoreRequest, reply: &dyn Fn(Reply)) {
+fn run_score(
+    model: &Model,
+    scorer: &mut ChunkScorer,
+    request: &ScoreRequest,
+    reply: &dyn Fn(Reply),
+) {
     let started = Instant::now();
-    let mut scored = 0usize;
-    let opts = Rescore {
-        window: SCORE_WINDOW,
-        stride: None,
-        top_k: 5,
-        keep: &request.keep,
-        cancel: Some(&request.cancel),
-    };
-    let result = crate::model::score::rescore(model, &request.text, &opts, |from, tokens| {
-        scored += tokens.len();
-        reply(Reply::Scored {
-            id: request.id,
-            from,
-            tokens: tokens.to_vec(),
-        });
-    });
+    let result = scorer.score(
+        model,
+        &request.text,
+        5,
+        Some(&request.cancel),
+        |from, tokens| {
+            reply(Reply::Scored {
+                id: request.id,
+                from,
+                tokens: tokens.to_vec(),
+            });
+        },
+    );
     match result {
-        Ok(true) => {
+        Ok(Some(computed)) => {
             let s = started.elapsed().as_secs_f64();
             reply(Reply::ScoreDone {
                 id: request.id,
-                tokens_per_second: if s > 0.0 { scored as f64 / s } else { 0.0 },
+                tokens_per_second: if s > 0.0 { computed as f64 / s } else { 0.0 },
                 ms: s * 1e3,
             });
         }
-        Ok(false) => {}
+        Ok(None) => {}
         Err(e) => reply(Reply::Failed {
             id: request.id,
             message: format!("scoring failed: {e}"),

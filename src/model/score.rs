@@ -5,7 +5,7 @@
 //! (`stride` = window / 2 by default). The byte ranges of the tokens cover the text exactly, once.
 //! Only our own decoder exposes logits for every position, so scoring needs a qwen2/llama model.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+pub mod chunked;
 
 use candle_core::{D, Tensor};
 use serde::Serialize;
@@ -38,44 +38,6 @@ pub fn score(
     stride: Option<usize>,
     top_k: usize,
 ) -> anyhow::Result<Vec<TokenScore>> {
-    let mut out = Vec::new();
-    let opts = Rescore {
-        window,
-        stride,
-        top_k,
-        keep: &[],
-        cancel: None,
-    };
-    rescore(model, text, &opts, |_, tokens| {
-        out.extend_from_slice(tokens)
-    })?;
-    Ok(out)
-}
-
-/// How to (re)score a text.
-#[derive(Debug, Clone, Copy)]
-pub struct Rescore<'a> {
-    pub window: usize,
-    pub stride: Option<usize>,
-    pub top_k: usize,
-    /// `(id, start byte)` of the leading tokens the caller still holds scores for (of an earlier
-    /// version of the text). Tokens up to the first that differs in the new text are not scored
-    /// again: a token's score depends only on the tokens before it and on which window scores it,
-    /// and both are the same for every token before the first difference.
-    pub keep: &'a [(u32, usize)],
-    /// Checked between windows: scoring stops early and returns `false`.
-    pub cancel: Option<&'a AtomicBool>,
-}
-
-/// Scores the tokens of `text` from the first one `opts.keep` does not cover, window by window:
-/// `on_window(first_index, tokens)` receives each run of newly scored tokens in order (the first
-/// call's `first_index` says how many kept tokens stay valid). Returns `false` when cancelled.
-pub fn rescore(
-    model: &mut Model,
-    text: &str,
-    opts: &Rescore,
-    mut on_window: impl FnMut(usize, &[TokenScore]),
-) -> anyhow::Result<bool> {
     let Some(llama) = model.network.as_llama() else {
         anyhow::bail!(
             "{}: scoring needs logits for every position, which infill's own qwen2/llama decoder gives; \
@@ -86,17 +48,9 @@ pub fn rescore(
     };
     let tok = &model.tokenizer;
     let (ids, starts) = tok.encode_with_offsets(text)?;
-    let common = opts
-        .keep
-        .iter()
-        .zip(ids.iter().zip(&starts))
-        .take_while(|((ki, ks), (i, s))| ki == *i && ks == *s)
-        .count();
-    // The last kept token may have grown (typing at its end merges into it): score it again.
-    let common = common.min(ids.len().saturating_sub(1));
+    let mut out = Vec::with_capacity(ids.len());
     if ids.is_empty() {
-        on_window(0, &[]);
-        return Ok(true);
+        return Ok(out);
     }
     // The document starts after an end-of-text (as in training) so the first token is scored too.
     let start_token = tok
@@ -108,18 +62,12 @@ pub fn rescore(
         .unwrap_or(0);
     let mut seq = vec![start_token];
     seq.extend_from_slice(&ids);
-    let window = opts.window.clamp(2, llama.config().max_position_embeddings);
-    let stride = opts.stride.unwrap_or(window / 2).clamp(1, window - 1);
+    let window = window.clamp(2, llama.config().max_position_embeddings);
+    let stride = stride.unwrap_or(window / 2).clamp(1, window - 1);
     // Window k covers seq[k*stride ..][..window]; window 0 scores tokens [0, window-1), window
     // k >= 1 scores [(k-1)*stride + window-1, k*stride + window-1): every token exactly once.
-    let window_of = |t: usize| (t + 1).saturating_sub(window - 1).div_ceil(stride);
-    let mut next = common;
-    let mut first_call = true;
-    let mut begin = window_of(common) * stride;
+    let mut begin = 0;
     loop {
-        if opts.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Ok(false);
-        }
         let end = (begin + window).min(seq.len());
         let chunk = seq.get(begin..end).unwrap_or_default();
         let input = Tensor::new(chunk, llama.device())?.unsqueeze(0)?;
@@ -127,10 +75,9 @@ pub fn rescore(
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let rows: Vec<Vec<f32>> = logp.to_vec2()?;
         // Position p of the chunk predicts seq[begin + p + 1], i.e. ids[begin + p].
-        let mut scored = Vec::new();
         for p in 0..chunk.len().saturating_sub(1) {
             let target = begin + p;
-            if target < next {
+            if target < out.len() {
                 continue;
             }
             let (Some(row), Some(&id)) = (rows.get(p), ids.get(target)) else {
@@ -150,7 +97,7 @@ pub fn rescore(
                 starts.get(target).copied().unwrap_or(text.len())
             };
             let stop = starts.get(target + 1).copied().unwrap_or(text.len());
-            scored.push(TokenScore {
+            out.push(TokenScore {
                 start,
                 end: stop,
                 text: text.get(start..stop).unwrap_or_default().to_string(),
@@ -158,16 +105,11 @@ pub fn rescore(
                 logprob: lp,
                 rank: rank_of(row, id),
                 entropy_bits,
-                top: alternatives(tok, row, opts.top_k, |i| row[i].exp()),
+                top: alternatives(tok, row, top_k, |i| row[i].exp()),
             });
         }
-        if !scored.is_empty() || first_call {
-            on_window(next, &scored);
-            first_call = false;
-        }
-        next += scored.len();
         if end == seq.len() {
-            return Ok(true);
+            return Ok(out);
         }
         begin += stride;
     }

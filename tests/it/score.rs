@@ -115,71 +115,63 @@ fn score_command_prints_the_text_and_summary_or_json() {
     assert!(String::from_utf8_lossy(&other.stderr).contains("scoring needs"));
 }
 
-/// Scoring again after an edit reuses the scores before it and gives exactly what scoring the new
-/// text from scratch gives, across window boundaries.
+/// The overlay's chunked scoring: after an edit only the chunks it touched are computed again, and
+/// the result is exactly what scoring the new text with an empty cache gives.
 #[test]
-fn rescoring_after_an_edit_equals_scoring_from_scratch() {
-    let mut model = open(&fixture("tiny-python"));
-    let old: String = (0..12)
-        .map(|i| format!("def f{i}(a, b):\n    return a + b\n\n"))
+fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() {
+    use infill::model::score::chunked::ChunkScorer;
+    let model = open(&fixture("tiny-python"));
+    let old: String = (0..400)
+        .map(|i| format!("def f{i}(a, b):\n    return a + b * {i}\n\n"))
         .collect();
-    let new = old.replacen("return a + b\n\ndef f7", "return a - b\n\ndef f7", 1);
-    let (window, stride) = (48, Some(16));
-    let before = score::score(&mut model, &old, window, stride, 2).unwrap();
-    let keep: Vec<(u32, usize)> = before.iter().map(|t| (t.id, t.start)).collect();
-    let mut firsts = Vec::new();
-    let mut after = before.clone();
-    let opts = score::Rescore {
-        window,
-        stride,
-        top_k: 2,
-        keep: &keep,
-        cancel: None,
+    let new = old.replacen("return a + b * 200\n", "return a - b * 200\n", 1);
+    assert_ne!(new, old);
+    let collect = |scorer: &mut ChunkScorer, text: &str| {
+        let mut all = Vec::new();
+        let computed = scorer
+            .score(&model, text, 2, None, |from, tokens| {
+                assert_eq!(from, all.len(), "chunks arrive in order");
+                all.extend_from_slice(tokens);
+            })
+            .unwrap()
+            .unwrap();
+        (all, computed)
     };
-    let done = score::rescore(&mut model, &new, &opts, |from, tokens| {
-        if firsts.is_empty() {
-            after.truncate(from);
-        }
-        firsts.push(from);
-        after.extend_from_slice(tokens);
-    })
-    .unwrap();
-    assert!(done);
-    let edit = old
-        .bytes()
-        .zip(new.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let kept = firsts[0];
-    assert!(
-        kept > 0 && before[kept - 1].end <= edit,
-        "kept tokens end before the edit"
+    let mut warm = ChunkScorer::default();
+    let (first, computed_first) = collect(&mut warm, &old);
+    assert_eq!(
+        computed_first,
+        first.len(),
+        "a cold cache scores everything"
     );
+    assert_eq!(first.first().unwrap().start, 0);
+    assert_eq!(first.last().unwrap().end, old.len());
     assert!(
-        before[kept + 1].start >= edit.saturating_sub(8),
-        "and reach it: kept {kept}"
+        first.windows(2).all(|w| w[0].end == w[1].start),
+        "token ranges tile the text"
     );
-    let fresh = score::score(&mut model, &new, window, stride, 2).unwrap();
-    assert_eq!(after.len(), fresh.len());
-    for (a, f) in after.iter().zip(&fresh) {
+    let (again, computed) = collect(&mut warm, &new);
+    assert!(
+        computed * 8 < again.len() && computed > 0,
+        "{computed} of {} tokens computed again",
+        again.len()
+    );
+    let (fresh, _) = collect(&mut ChunkScorer::default(), &new);
+    assert_eq!(again.len(), fresh.len());
+    for (a, f) in again.iter().zip(&fresh) {
         assert_eq!(
             (a.start, a.end, a.id, a.rank),
             (f.start, f.end, f.id, f.rank)
         );
-        assert!(
-            (a.logprob - f.logprob).abs() < 1e-5,
-            "{} vs {}",
-            a.logprob,
-            f.logprob
-        );
+        assert!((a.logprob - f.logprob).abs() < 1e-5);
     }
-    // A cancelled rescore stops before the first window.
+    // A set cancel flag stops before the first chunk.
     let cancel = std::sync::atomic::AtomicBool::new(true);
-    let opts = score::Rescore {
-        cancel: Some(&cancel),
-        ..opts
-    };
-    assert!(!score::rescore(&mut model, &new, &opts, |_, _| {}).unwrap());
+    assert!(
+        warm.score(&model, &new, 2, Some(&cancel), |_, _| {})
+            .unwrap()
+            .is_none()
+    );
 }
 
 const CLEAN: &str = "def add(left, right):\n    return left + right\n\n\nclass Point:\n    def __init__(self, x, y, width):\n        self.x = x\n        self.y = y\n        self.width = width\n\n    def get_x(self):\n        return self.x\n\n\ndef total(values):\n    result = 0\n    for value in values:\n        result += value\n    return result\n";

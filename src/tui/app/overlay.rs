@@ -1,7 +1,8 @@
 //! The probability overlay (F2): every token coloured by the rank the model gave it, GLTR's buckets
 //! (Strobelt et al.): top 10, top 100, top 1000, beyond. Scores come from the worker in the
-//! background, window by window; after an edit only the tokens from the edit on are scored again,
-//! and until they are, the changed text shows no scores at all (never stale ones).
+//! background, chunk by chunk in text order; after an edit the worker computes only the chunks the
+//! edit touched (the rest come from its cache), and until the reply comes the text from the edit on
+//! shows no scores at all (never stale ones).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,16 +112,9 @@ impl App {
         let id = self.next_id;
         self.next_id += 1;
         let cancel = Arc::new(AtomicBool::new(false));
-        let keep = self
-            .overlay
-            .valid()
-            .iter()
-            .map(|s| (s.id, s.start))
-            .collect();
         self.requests.push(Job::Score(ScoreRequest {
             id,
             text: self.doc.text(),
-            keep,
             cancel: Arc::clone(&cancel),
         }));
         self.overlay.in_flight = Some((id, cancel));

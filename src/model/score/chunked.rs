@@ -1,0 +1,200 @@
+//! Scoring for the editor's overlay, where a one-character edit must not mean scoring the file again.
+//!
+//! The text is cut at line starts into content-defined chunks (a line whose hash hits a fixed
+//! pattern starts a chunk, between a minimum and a maximum size, like rsync's rolling boundaries),
+//! so an edit moves at most the boundaries next to it. Each chunk is tokenized on its own and scored
+//! in one forward with the chunk before it as left context. A chunk's scores therefore depend only
+//! on its own text and its predecessor's: they are cached under those two texts, and after an edit
+//! only the edited chunk and the one after it are computed again, whatever the file's size.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{D, Tensor};
+
+use super::TokenScore;
+use crate::model::Model;
+use crate::model::generate::{alternatives, rank_of};
+
+/// A chunk ends at the first line start past this many bytes whose line hash hits the pattern...
+const MIN_BYTES: usize = 384;
+/// ...or at the first line start past this many bytes.
+const MAX_BYTES: usize = 2048;
+/// One line in this many starts a chunk (once past the minimum).
+const PATTERN: u64 = 8;
+
+fn hash(bytes: &[u8]) -> u64 {
+    // FNV-1a: stable across runs and platforms.
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Byte ranges of the chunks of `text`; they tile it.
+pub fn chunk_bounds(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let size = at - start;
+        // FNV's low bits follow the bytes' low bits; mix, then take the top bits.
+        let mixed = hash(line.as_bytes()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        if size >= MAX_BYTES || (size >= MIN_BYTES && mixed % PATTERN == 0) {
+            out.push((start, at));
+            start = at;
+        }
+        at += line.len();
+    }
+    if at > start || out.is_empty() {
+        out.push((start, at));
+    }
+    out
+}
+
+/// Scores texts chunk by chunk, remembering chunks it has scored.
+#[derive(Debug, Default)]
+pub struct ChunkScorer {
+    /// (hash of the previous chunk's text, hash of the chunk's text) -> scores, with byte ranges
+    /// relative to the chunk's start.
+    cache: HashMap<(u64, u64), Vec<TokenScore>>,
+}
+
+impl ChunkScorer {
+    /// Scores every token of `text`; `on_chunk(first_token_index, tokens)` receives each chunk's
+    /// scores in order. Returns how many tokens were computed (not served from the cache), or
+    /// `None` when `cancel` was set (chunks finished so far stay cached).
+    pub fn score(
+        &mut self,
+        model: &Model,
+        text: &str,
+        top_k: usize,
+        cancel: Option<&AtomicBool>,
+        mut on_chunk: impl FnMut(usize, &[TokenScore]),
+    ) -> anyhow::Result<Option<usize>> {
+        let Some(llama) = model.network.as_llama() else {
+            anyhow::bail!(
+                "{}: the overlay needs logits for every position, which infill's own qwen2/llama decoder gives",
+                model.name
+            );
+        };
+        let tok = &model.tokenizer;
+        let start_token = tok
+            .fim()
+            .lead
+            .first()
+            .copied()
+            .or(tok.fim().eos)
+            .unwrap_or(0);
+        let max_len = llama.config().max_position_embeddings;
+        let bounds = chunk_bounds(text);
+        let mut used = HashMap::with_capacity(bounds.len());
+        let (mut index, mut computed) = (0usize, 0usize);
+        let mut prev: Option<(u64, Vec<u32>)> = None;
+        for &(a, b) in &bounds {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                self.cache.extend(used);
+                return Ok(None);
+            }
+            let chunk = text.get(a..b).unwrap_or_default();
+            let key = (prev.as_ref().map_or(0, |p| p.0), hash(chunk.as_bytes()));
+            let (ids, offsets) = tok.encode_with_offsets(chunk)?;
+            let scores = match self.cache.remove(&key) {
+                Some(s) => s,
+                None => {
+                    // Context: the previous chunk's tokens (or the start token), cut to fit.
+                    let context: Vec<u32> = match &prev {
+                        Some((_, p)) if !p.is_empty() => p.clone(),
+                        _ => vec![start_token],
+                    };
+                    let room = max_len.saturating_sub(ids.len()).max(1);
+                    let context = context
+                        .get(context.len().saturating_sub(room)..)
+                        .unwrap_or_default();
+                    let mut seq = context.to_vec();
+                    let keep = ids.len().min(max_len.saturating_sub(seq.len()));
+                    seq.extend(ids.get(..keep).unwrap_or_default());
+                    let input = Tensor::new(seq.as_slice(), llama.device())?.unsqueeze(0)?;
+                    let logits = llama.forward_all(&input, 0, None)?.squeeze(0)?;
+                    let rows: Vec<Vec<f32>> =
+                        candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2()?;
+                    computed += keep;
+                    let mut s = Vec::with_capacity(keep);
+                    for (k, &id) in ids.iter().take(keep).enumerate() {
+                        let Some(row) = rows.get(context.len() + k - 1) else {
+                            continue;
+                        };
+                        let start = if k == 0 {
+                            0
+                        } else {
+                            offsets.get(k).copied().unwrap_or(chunk.len())
+                        };
+                        let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
+                        s.push(TokenScore {
+                            start,
+                            end,
+                            text: chunk.get(start..end).unwrap_or_default().to_owned(),
+                            id,
+                            logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                            rank: rank_of(row, id),
+                            entropy_bits: -row
+                                .iter()
+                                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
+                                .sum::<f32>()
+                                / std::f32::consts::LN_2,
+                            top: alternatives(tok, row, top_k, |i| row[i].exp()),
+                        });
+                    }
+                    s
+                }
+            };
+            let absolute: Vec<TokenScore> = scores
+                .iter()
+                .map(|t| TokenScore {
+                    start: t.start + a,
+                    end: t.end + a,
+                    ..t.clone()
+                })
+                .collect();
+            on_chunk(index, &absolute);
+            index += absolute.len();
+            used.insert(key, scores);
+            prev = Some((key.1, ids));
+        }
+        // Keep only what this text uses: the cache never outgrows the file.
+        self.cache = used;
+        Ok(Some(computed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_tile_the_text_and_an_edit_moves_only_nearby_boundaries() {
+        let text: String = (0..400)
+            .map(|i| format!("    let value_{i} = compute({i});\n"))
+            .collect();
+        let a = chunk_bounds(&text);
+        assert!(a.len() > 5);
+        assert_eq!(a.first().map(|c| c.0), Some(0));
+        assert_eq!(a.last().map(|c| c.1), Some(text.len()));
+        assert!(a.windows(2).all(|w| w[0].1 == w[1].0));
+        assert!(a.iter().all(|&(s, e)| e - s <= MAX_BYTES + 64));
+        // Insert a line in the middle: boundaries after the next one shift by its length only.
+        let at = text.len() / 2;
+        let at = at + text.get(at..).and_then(|t| t.find('\n')).unwrap_or(0) + 1;
+        let mut edited = text.clone();
+        let added = "    let inserted = 1;\n";
+        edited.insert_str(at, added);
+        let b = chunk_bounds(&edited);
+        let shifted: Vec<(usize, usize)> = a
+            .iter()
+            .filter(|c| c.0 > at + MAX_BYTES)
+            .map(|&(s, e)| (s + added.len(), e + added.len()))
+            .collect();
+        let tail = &b[b.len() - shifted.len()..];
+        assert_eq!(tail, shifted.as_slice());
+        assert_eq!(chunk_bounds(""), vec![(0, 0)]);
+    }
+}
