@@ -86,6 +86,8 @@ pub struct Proposal {
     pub total_ms: f64,
     pub tokens_per_second: f64,
     pub stop: StopReason,
+    /// Per generated token inside `text`: (byte where it ends in `text`, its probability).
+    pub confidence: Vec<(usize, f32)>,
 }
 
 /// What the worker tells the editor.
@@ -349,6 +351,7 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
             reply(Reply::Done {
                 id: request.id,
                 proposal: Proposal {
+                    confidence: confidence(&c.generation.tokens, c.text.len()),
                     text: c.text,
                     tokens,
                     first_token_ms: first_token.unwrap_or(total_ms),
@@ -362,5 +365,50 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
             id: request.id,
             message: e.to_string(),
         }),
+    }
+}
+
+/// (end byte, probability) of the generated tokens that start inside the first `len` bytes (the
+/// trimmed proposal is a prefix of what was generated).
+fn confidence(tokens: &[GeneratedToken], len: usize) -> Vec<(usize, f32)> {
+    let mut out = Vec::new();
+    let mut end = 0;
+    for t in tokens {
+        if end >= len {
+            break;
+        }
+        end += t.bytes.len();
+        out.push((end.min(len), t.prob));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn token(text: &str, prob: f32) -> GeneratedToken {
+        GeneratedToken {
+            text: text.into(),
+            bytes: text.as_bytes().to_vec(),
+            id: 0,
+            prob,
+            rank: 1,
+            top: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn confidence_covers_the_tokens_of_the_trimmed_text() {
+        let tokens = [
+            token("foo", 0.9),
+            token("(x", 0.5),
+            token(")\n", 0.2),
+            token("bar", 0.1),
+        ];
+        // Trimming kept "foo(x)": the third token is cut in the middle, the fourth is gone.
+        assert_eq!(confidence(&tokens, 6), vec![(3, 0.9), (5, 0.5), (6, 0.2)]);
+        assert_eq!(confidence(&tokens, 0), Vec::new());
     }
 }

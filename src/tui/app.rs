@@ -86,12 +86,28 @@ pub(super) struct Ghost {
     pub version: u64,
     /// The greedy proposal first, then alternatives sampled on demand.
     pub proposals: Vec<String>,
+    /// Per proposal: (end byte, probability) of its tokens (empty while it streams).
+    pub confidence: Vec<Vec<(usize, f32)>>,
     pub index: usize,
     /// What the user typed (or accepted word by word) of the current proposal since it was shown.
     pub typed: String,
 }
 
 impl Ghost {
+    /// (end byte in [`Self::shown`], probability) of the tokens still shown.
+    pub fn shown_confidence(&self) -> Vec<(usize, f32)> {
+        let typed = self.typed.len();
+        self.confidence
+            .get(self.index)
+            .map(|c| {
+                c.iter()
+                    .filter(|(end, _)| *end > typed)
+                    .map(|&(end, p)| (end - typed, p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The part still to show.
     pub fn shown(&self) -> &str {
         self.proposals
@@ -358,6 +374,7 @@ impl App {
                 anchor: self.cursor,
                 version: self.doc.version(),
                 proposals: vec![String::new()],
+                confidence: vec![Vec::new()],
                 index: 0,
                 typed: String::new(),
             });
@@ -386,7 +403,11 @@ impl App {
                     return;
                 };
                 self.in_flight = None;
-                let text = proposal.text.clone();
+                let (text, confidence) = cut_below(
+                    &proposal.text,
+                    &proposal.confidence,
+                    self.config.min_confidence,
+                );
                 self.last = Some(proposal);
                 let Some(g) = self.ghost.as_mut() else {
                     return;
@@ -395,6 +416,9 @@ impl App {
                     RequestKind::Proposal => {
                         if let Some(p) = g.proposals.get_mut(0) {
                             *p = text;
+                        }
+                        if let Some(c) = g.confidence.get_mut(0) {
+                            *c = confidence;
                         }
                         if g.shown().is_empty() {
                             self.ghost = None;
@@ -406,6 +430,7 @@ impl App {
                             && !g.proposals.contains(&text);
                         if fresh {
                             g.proposals.push(text);
+                            g.confidence.push(confidence);
                             g.index = g.proposals.len() - 1;
                         } else {
                             self.say("no other proposal");
@@ -492,6 +517,14 @@ impl App {
             KeyCode::F(1) => self.mode = Mode::Help,
             KeyCode::F(2) => self.toggle_overlay(now),
             KeyCode::F(3) => self.jump_to_surprise(!shift),
+            KeyCode::F(4) => {
+                self.config.confidence_colours = !self.config.confidence_colours;
+                self.say(if self.config.confidence_colours {
+                    "proposals coloured by confidence: dim p >= 0.5, yellow 0.2-0.5, red < 0.2 (F4 off)"
+                } else {
+                    "proposal confidence colours off"
+                });
+            }
             KeyCode::Left
             | KeyCode::Right
             | KeyCode::Up
@@ -622,6 +655,29 @@ impl App {
             }
             _ => {}
         }
+    }
+}
+
+/// `text` cut before its first token less probable than `min` (0 keeps everything), with the
+/// confidence of the tokens kept.
+fn cut_below(text: &str, confidence: &[(usize, f32)], min: f32) -> (String, Vec<(usize, f32)>) {
+    let first_low = confidence.iter().position(|&(_, p)| p < min);
+    match first_low {
+        Some(i) => {
+            let cut = i
+                .checked_sub(1)
+                .and_then(|j| confidence.get(j))
+                .map_or(0, |c| c.0);
+            let mut cut = cut.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            (
+                text.get(..cut).unwrap_or_default().to_owned(),
+                confidence.get(..i).unwrap_or_default().to_vec(),
+            )
+        }
+        None => (text.to_owned(), confidence.to_vec()),
     }
 }
 

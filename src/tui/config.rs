@@ -7,6 +7,8 @@
 //! debounce_ms = 75      # idle time before asking the model
 //! max_tokens = 48       # longest proposal
 //! completions = true
+//! min_confidence = 0.0  # cut proposals before a token less probable than this (0: off)
+//! confidence_colours = false   # colour ghost text by token probability (F4 toggles)
 //!
 //! [keys]                # completion actions; one key or a list
 //! accept = "tab"
@@ -184,6 +186,10 @@ pub struct Config {
     pub debounce_ms: u64,
     pub max_tokens: usize,
     pub completions: bool,
+    /// Cut proposals before their first token less probable than this (0: never).
+    pub min_confidence: f32,
+    /// Colour ghost text by each token's probability (F4 toggles).
+    pub confidence_colours: bool,
     pub ghost: Color,
     /// NO_COLOR is set: no colours, only attributes (dim, bold, reverse).
     pub no_color: bool,
@@ -211,6 +217,8 @@ impl Default for Config {
             debounce_ms: 75,
             max_tokens: 48,
             completions: true,
+            min_confidence: 0.0,
+            confidence_colours: false,
             ghost: Color::DarkGray,
             no_color,
             keymap: Keymap { keys },
@@ -237,6 +245,8 @@ struct RawEditor {
     debounce_ms: Option<u64>,
     max_tokens: Option<usize>,
     completions: Option<bool>,
+    min_confidence: Option<f32>,
+    confidence_colours: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +329,12 @@ impl Config {
             ));
         }
         let max_tokens = e.max_tokens.unwrap_or(d.max_tokens);
+        let min_confidence = e.min_confidence.unwrap_or(d.min_confidence);
+        if !(0.0..1.0).contains(&min_confidence) {
+            return Err(format!(
+                "[editor] min_confidence must be in [0, 1) (got {min_confidence})"
+            ));
+        }
         if max_tokens == 0 {
             return Err("[editor] max_tokens must be at least 1".into());
         }
@@ -331,6 +347,8 @@ impl Config {
             debounce_ms: e.debounce_ms.unwrap_or(d.debounce_ms),
             max_tokens,
             completions: e.completions.unwrap_or(d.completions),
+            min_confidence,
+            confidence_colours: e.confidence_colours.unwrap_or(d.confidence_colours),
             ghost,
             no_color,
             keymap: Keymap { keys },

@@ -234,6 +234,51 @@ impl App {
         }
     }
 
+    /// One line of ghost text (starting at byte `start` of what is shown), split by token
+    /// confidence when that is on: dim for p >= 0.5, yellow for 0.2..0.5, red below.
+    fn ghost_runs(&self, line: &str, start: usize) -> Vec<(String, Style)> {
+        let base = self.ghost_style();
+        let confidence = match self.visible_ghost() {
+            Some(g) if self.config.confidence_colours => g.shown_confidence(),
+            _ => Vec::new(),
+        };
+        if confidence.is_empty() {
+            return vec![(line.to_owned(), base)];
+        }
+        let style = |p: f32| match p {
+            p if p >= 0.5 => base,
+            _ if self.config.no_color => base.add_modifier(Modifier::UNDERLINED),
+            p if p >= 0.2 => base.fg(Color::Yellow),
+            _ => base.fg(Color::Red),
+        };
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut token_start = 0;
+        for &(end, p) in &confidence {
+            let (a, b) = (token_start.max(start), end.min(start + line.len()));
+            token_start = end;
+            if a >= b {
+                continue;
+            }
+            // Token bytes can split a character: round down to boundaries, never overlap.
+            let floor = |mut i: usize| {
+                while !line.is_char_boundary(i) {
+                    i -= 1;
+                }
+                i
+            };
+            let (a, b) = (floor(a - start).max(at), floor(b - start));
+            if let Some(piece) = line.get(a..b).filter(|p| !p.is_empty()) {
+                out.push((piece.to_owned(), style(p)));
+                at = b;
+            }
+        }
+        if let Some(rest) = line.get(at..).filter(|r| !r.is_empty()) {
+            out.push((rest.to_owned(), base));
+        }
+        out
+    }
+
     pub(super) fn ghost_style(&self) -> Style {
         let s = Style::default().add_modifier(Modifier::DIM | Modifier::ITALIC);
         if self.config.no_color {
@@ -359,7 +404,10 @@ impl App {
                     // before + ghost line 1; ghost lines 2..n-1; ghost line n + after.
                     let ghost_lines: Vec<&str> = ghost.split('\n').collect();
                     let last = ghost_lines.len() - 1;
+                    let mut offset = 0;
                     for (k, g) in ghost_lines.iter().enumerate() {
+                        let start = offset;
+                        offset += g.len() + 1;
                         if row >= rows {
                             break;
                         }
@@ -369,7 +417,7 @@ impl App {
                         } else {
                             Vec::new()
                         };
-                        segs.push(((*g).to_owned(), self.ghost_style()));
+                        segs.extend(self.ghost_runs(g, start));
                         if k == last {
                             segs.extend(self.pieces(line, c, len, scores));
                         }

@@ -131,6 +131,11 @@ impl Ed {
     }
 
     fn done(&mut self, id: u64, text: &str) -> &mut Self {
+        self.done_with(id, text, Vec::new())
+    }
+
+    /// A finished proposal whose tokens end at the given bytes with the given probabilities.
+    fn done_with(&mut self, id: u64, text: &str, confidence: Vec<(usize, f32)>) -> &mut Self {
         self.reply(Reply::Done {
             id,
             proposal: Proposal {
@@ -140,6 +145,7 @@ impl Ed {
                 total_ms: 30.0,
                 tokens_per_second: 90.0,
                 stop: infill::model::generate::StopReason::EndToken,
+                confidence,
             },
         })
     }
@@ -798,4 +804,37 @@ fn the_overlay_colours_tokens_by_rank_and_drops_scores_of_changed_text() {
     // F2 turns it off: syntax colours again.
     ed.press(KeyCode::F(2));
     assert_ne!(ed.style_of(0, "x").fg, Some(Color::Green));
+}
+
+#[test]
+fn proposals_can_be_coloured_by_confidence_and_cut_before_an_unlikely_token() {
+    let confidence = vec![(3, 0.9), (4, 0.3), (7, 0.1), (8, 0.6)];
+    let mut ed = Ed::new("a.py", "");
+    ed.key(KeyCode::Char(' '), KeyModifiers::CONTROL);
+    let id = ed.requests[0].id;
+    ed.done_with(id, "foo(bar)", confidence.clone());
+    assert_eq!(
+        ed.style_of(0, "(").fg,
+        Some(Color::DarkGray),
+        "off by default"
+    );
+    ed.press(KeyCode::F(4));
+    assert_eq!(ed.style_of(0, "foo").fg, Some(Color::DarkGray));
+    assert_eq!(ed.style_of(0, "(").fg, Some(Color::Yellow));
+    assert_eq!(ed.style_of(0, "bar").fg, Some(Color::Red));
+    assert_eq!(ed.style_of(0, ")").fg, Some(Color::DarkGray));
+    // Typed-through text leaves the colours of the rest in place.
+    ed.typed("fo");
+    assert_eq!(ed.style_of(0, "bar").fg, Some(Color::Red));
+
+    // min_confidence cuts the proposal before its first token under the threshold.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse("[editor]\nmin_confidence = 0.2\n", false).unwrap();
+    let app = App::new("", file_info(&dir.path().join("a.py")), cfg, None);
+    let mut ed = Ed::with_app(app, Some(dir));
+    ed.key(KeyCode::Char(' '), KeyModifiers::CONTROL);
+    let id = ed.requests[0].id;
+    ed.done_with(id, "foo(bar)", confidence);
+    assert_eq!(ed.app.ghost_text(), "foo(");
+    assert!(Config::parse("[editor]\nmin_confidence = 1.5\n", false).is_err());
 }
