@@ -272,6 +272,10 @@ pub struct EvalArgs {
     /// Stop each completion after this many tokens.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
+    /// Cut trimmed proposals before their first token less probable than this (the editor's
+    /// `min_confidence`; 0 keeps everything), to measure whether the cut helps.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_confidence: f32,
 }
 
 #[derive(Debug, Args)]

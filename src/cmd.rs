@@ -56,6 +56,7 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
         order: args.fim_order,
         context_tokens: args.context,
         trim: true,
+        min_confidence: 0.0,
     })
 }
 

@@ -26,6 +26,8 @@ pub struct Settings {
     pub context_tokens: Option<usize>,
     /// Trim the proposal to a syntactic boundary (and stop generating once it is closed).
     pub trim: bool,
+    /// Cut the proposal before its first token less probable than this (0: never).
+    pub min_confidence: f32,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
             order: FimOrder::default(),
             context_tokens: None,
             trim: true,
+            min_confidence: 0.0,
         }
     }
 }
@@ -175,6 +178,22 @@ fn keep_head(
     Ok((ids, end))
 }
 
+/// `text` (a prefix of the generated text) cut before the first token less probable than `min`.
+fn cut_below(mut text: String, tokens: &[GeneratedToken], min: f32) -> String {
+    let mut start = 0;
+    for t in tokens {
+        if start >= text.len() {
+            break;
+        }
+        if t.prob < min {
+            text.truncate(floor_char_boundary(&text, start));
+            break;
+        }
+        start += t.bytes.len();
+    }
+    text
+}
+
 fn ceil_char_boundary(text: &str, mut i: usize) -> usize {
     while i < text.len() && !text.is_char_boundary(i) {
         i += 1;
@@ -243,6 +262,7 @@ pub fn complete(
         }
         None => (generation.text.clone(), None),
     };
+    let shown = cut_below(shown, &generation.tokens, settings.min_confidence);
     Ok(Completion {
         text: shown,
         trim_reason,
@@ -335,4 +355,36 @@ pub fn score_lines_fim(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn token(text: &str, prob: f32) -> GeneratedToken {
+        GeneratedToken {
+            text: text.into(),
+            bytes: text.as_bytes().to_vec(),
+            id: 0,
+            prob,
+            rank: 1,
+            top: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_confidence_cut_stops_before_the_first_unlikely_token() {
+        let tokens = [
+            token("foo", 0.9),
+            token("(", 0.3),
+            token("bar", 0.1),
+            token(")", 0.6),
+        ];
+        assert_eq!(cut_below("foo(bar)".into(), &tokens, 0.2), "foo(");
+        assert_eq!(cut_below("foo(bar)".into(), &tokens, 0.0), "foo(bar)");
+        assert_eq!(cut_below("foo(bar)".into(), &tokens, 0.95), "");
+        // Tokens past the trimmed text do not matter.
+        assert_eq!(cut_below("foo".into(), &tokens, 0.2), "foo");
+    }
 }

@@ -128,8 +128,10 @@ pub fn run(
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Vec<Outcome>> {
     let registry = Registry::builtin().ok();
+    // Raw: the model's own proposal, neither trimmed nor cut by confidence.
     let raw_settings = Settings {
         trim: false,
+        min_confidence: 0.0,
         ..settings.clone()
     };
     let mut out = Vec::with_capacity(tasks.len());

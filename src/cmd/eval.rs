@@ -72,6 +72,12 @@ fn run_model(
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let tasks = build_tasks(args)?;
+    if !(0.0..1.0).contains(&args.min_confidence) {
+        anyhow::bail!(
+            "--min-confidence must be in [0, 1) (got {})",
+            args.min_confidence
+        );
+    }
     if args.max_tokens == 0 {
         anyhow::bail!("--max-tokens must be at least 1");
     }
@@ -80,6 +86,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             max_tokens: args.max_tokens,
             ..Limits::default()
         },
+        min_confidence: args.min_confidence,
         ..Settings::default()
     };
     let exec = args.exec.as_ref().map(|p| Exec {

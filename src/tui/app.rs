@@ -358,6 +358,7 @@ impl App {
                 top_alternatives: 0,
             },
             context_tokens: Some(1024),
+            min_confidence: self.config.min_confidence,
             ..Settings::default()
         };
         self.requests.push(Job::Complete(Request {
@@ -403,11 +404,7 @@ impl App {
                     return;
                 };
                 self.in_flight = None;
-                let (text, confidence) = cut_below(
-                    &proposal.text,
-                    &proposal.confidence,
-                    self.config.min_confidence,
-                );
+                let (text, confidence) = (proposal.text.clone(), proposal.confidence.clone());
                 self.last = Some(proposal);
                 let Some(g) = self.ghost.as_mut() else {
                     return;
@@ -655,29 +652,6 @@ impl App {
             }
             _ => {}
         }
-    }
-}
-
-/// `text` cut before its first token less probable than `min` (0 keeps everything), with the
-/// confidence of the tokens kept.
-fn cut_below(text: &str, confidence: &[(usize, f32)], min: f32) -> (String, Vec<(usize, f32)>) {
-    let first_low = confidence.iter().position(|&(_, p)| p < min);
-    match first_low {
-        Some(i) => {
-            let cut = i
-                .checked_sub(1)
-                .and_then(|j| confidence.get(j))
-                .map_or(0, |c| c.0);
-            let mut cut = cut.min(text.len());
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            (
-                text.get(..cut).unwrap_or_default().to_owned(),
-                confidence.get(..i).unwrap_or_default().to_vec(),
-            )
-        }
-        None => (text.to_owned(), confidence.to_vec()),
     }
 }
 
