@@ -178,8 +178,9 @@ fn keep_head(
     Ok((ids, end))
 }
 
-/// `text` (a prefix of the generated text) cut before the first token less probable than `min`.
-fn cut_below(mut text: String, tokens: &[GeneratedToken], min: f32) -> String {
+/// `text` (a prefix of the generated text) cut before the first token less probable than `min`
+/// (0 keeps everything).
+pub fn cut_below(mut text: String, tokens: &[GeneratedToken], min: f32) -> String {
     let mut start = 0;
     for t in tokens {
         if start >= text.len() {

@@ -151,9 +151,11 @@ pub fn run(
             Flow::Continue
         })?;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        // What the editor shows: trimmed, then cut by confidence when that is asked for.
         let trimmed = Trimmer::new(&task.prefix, &task.suffix, lang)
             .trim(&c.text)
             .text;
+        let trimmed = complete::cut_below(trimmed, &c.generation.tokens, settings.min_confidence);
         let reference_errors = parse_errors(
             &format!("{}{}{}", task.prefix, task.middle, task.suffix),
             task.language.as_deref(),
