@@ -30,6 +30,19 @@ pub struct TokenScore {
     pub top: Vec<Alternative>,
 }
 
+/// The token a scored document follows, so its first token is scored too: the tokenizer's
+/// beginning-of-text when its format has one; else the file separator, which precedes every
+/// document in infill's training stream; else end-of-text.
+pub fn document_start(tok: &crate::model::Tokenizer) -> u32 {
+    let f = tok.fim();
+    f.lead
+        .first()
+        .copied()
+        .or(f.file_sep)
+        .or(f.eos)
+        .unwrap_or(0)
+}
+
 /// Scores every token of `text`; `window` tokens per forward (capped by the model's context).
 pub fn score(
     model: &mut Model,
@@ -52,15 +65,7 @@ pub fn score(
     if ids.is_empty() {
         return Ok(out);
     }
-    // The document starts after an end-of-text (as in training) so the first token is scored too.
-    let start_token = tok
-        .fim()
-        .lead
-        .first()
-        .copied()
-        .or(tok.fim().eos)
-        .unwrap_or(0);
-    let mut seq = vec![start_token];
+    let mut seq = vec![document_start(tok)];
     seq.extend_from_slice(&ids);
     let window = window.clamp(2, llama.config().max_position_embeddings);
     let stride = stride.unwrap_or(window / 2).clamp(1, window - 1);

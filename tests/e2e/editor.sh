@@ -47,7 +47,8 @@ tmux send-keys -t "$session" C-End
 tmux send-keys -t "$session" -l '    '
 # Ghost text is drawn dim (SGR 2) after what was typed.
 deadline=$((SECONDS + 30))
-dim=$'\e''\[([0-9]+;)*2(;[0-9]+)*m'
+# SGR 2 as a parameter of its own (tmux writes e.g. \e[2;3m), not the 2 of a colour like 38;5;2.
+dim=$'\e''\[2(;[0-9]+)*m'
 until tmux capture-pane -t "$session" -p -e | sed -n 6p | grep -Eq "$dim"; do
     ((SECONDS < deadline)) || fail "no dim ghost text after typing"
     sleep 0.1
@@ -65,7 +66,26 @@ on_disk=$(sed -n 6p "$work/a.py")
 echo "ok: typed 4 spaces, accepted ghost text, saved line 6: '$on_disk'"
 tmux kill-session -t "$session"
 
-# 2. SIGTERM with unsaved changes: the original stays, the text is offered back.
+# 2. The probability overlay: F2 colours the text by rank (green is the top 10) in the background.
+start "$work/a.py"
+wait_for "│ idle"
+tmux send-keys -t "$session" F2
+wait_for "│ overlay │"
+deadline=$((SECONDS + 30))
+# tmux writes basic colours in their 256-colour form (green: 38;5;2).
+green=$'\e''\[([0-9]+;)*(32|38;5;2)m'
+until tmux capture-pane -t "$session" -p -e | sed -n 1p | grep -Eq "$green"; do
+    ((SECONDS < deadline)) || fail "no rank colours on line 1 after F2"
+    sleep 0.1
+done
+tmux send-keys -t "$session" F3
+wait_for "token \""
+tmux send-keys -t "$session" C-q
+wait_for "EXITED=0"
+echo "ok: F2 coloured the text by rank, F3 opened the inspector on a surprising token"
+tmux kill-session -t "$session"
+
+# 3. SIGTERM with unsaved changes: the original stays, the text is offered back.
 printf 'x = 1\n' > "$work/b.py"
 start "$work/b.py"
 wait_for "Ln 1, Col 1"

@@ -10,6 +10,7 @@ mod loading;
 mod score;
 mod train;
 mod trim;
+mod worker;
 
 use std::path::{Path, PathBuf};
 

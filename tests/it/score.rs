@@ -15,7 +15,7 @@ fn token_logprobs_sum_to_the_sequence_log_likelihood() {
     let scores = score::score(&mut model, TEXT, 1024, None, 3).unwrap();
     let ids = model.tokenizer.encode(TEXT).unwrap();
     assert_eq!(scores.len(), ids.len());
-    let mut seq = vec![model.tokenizer.fim().eos.unwrap()];
+    let mut seq = vec![score::document_start(&model.tokenizer)];
     seq.extend(&ids);
     let llama = model.network.as_llama().unwrap();
     let input = Tensor::new(seq.as_slice(), llama.device())

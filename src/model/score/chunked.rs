@@ -78,13 +78,7 @@ impl ChunkScorer {
             );
         };
         let tok = &model.tokenizer;
-        let start_token = tok
-            .fim()
-            .lead
-            .first()
-            .copied()
-            .or(tok.fim().eos)
-            .unwrap_or(0);
+        let start_token = super::document_start(tok);
         let max_len = llama.config().max_position_embeddings;
         let bounds = chunk_bounds(text);
         let mut used = HashMap::with_capacity(bounds.len());
