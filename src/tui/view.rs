@@ -29,6 +29,9 @@ pub struct HighlightCache {
 /// Overlay marks of the visible lines (see `overlay_rows`).
 type Rows = Vec<Vec<(usize, usize, usize)>>;
 
+/// The most text parsed for highlighting per draw.
+const MAX_HIGHLIGHT_BYTES: usize = 256 * 1024;
+
 /// Lines above the view parsed for highlighting, so constructs that start above it colour right.
 const CONTEXT_LINES: usize = 200;
 
@@ -187,6 +190,14 @@ impl App {
             return;
         }
         let lines = self.doc.lines().get(first..bottom).unwrap_or_default();
+        // Minified or generated files with huge lines: parsing them on every key would stall the
+        // editor, so they go without colours.
+        let size: usize = lines.iter().map(|l| l.len() + 1).sum();
+        if size > MAX_HIGHLIGHT_BYTES {
+            self.highlight.key = Some(key);
+            self.highlight.lines.clear();
+            return;
+        }
         let text = lines.join("\n");
         let spans = self.highlight.highlighter.highlight(&text, lang);
         let mut per_line: Vec<Vec<(usize, usize, HighlightKind)>> = vec![Vec::new(); lines.len()];

@@ -836,3 +836,17 @@ fn proposals_can_be_coloured_by_confidence_and_the_cut_setting_reaches_the_pipel
     assert_eq!(ed.requests[0].settings.min_confidence, 0.2);
     assert!(Config::parse("[editor]\nmin_confidence = 1.5\n", false).is_err());
 }
+
+#[test]
+fn a_huge_minified_line_is_shown_without_colours_instead_of_parsed_on_every_key() {
+    let small = Ed::new("a.js", "function f() { return 1; }\n");
+    assert_eq!(small.style_of(0, "function").fg, Some(Color::Magenta));
+    let minified = format!(
+        "function f() {{ return 1; }}{}\n",
+        "var a=1;".repeat(40_000)
+    );
+    let mut ed = Ed::new("a.js", &minified);
+    assert_ne!(ed.style_of(0, "function").fg, Some(Color::Magenta));
+    ed.typed("x");
+    assert!(ed.app.document().line(0).starts_with("xfunction"));
+}
