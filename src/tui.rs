@@ -26,13 +26,14 @@ use crate::syntax::Registry;
 use crate::worker::{Job, Worker, WorkerOptions};
 
 /// Runs the editor loop until the app quits or the event source closes: draw, wait for an event or
-/// the debounce deadline, update, hand new requests to `submit`. Generic over the backend, so tests
-/// run it on a `TestBackend`.
+/// the debounce deadline, update, hand new requests to `submit` and copied text to `copy`. Generic
+/// over the backend, so tests run it on a `TestBackend`.
 pub fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
     events: &Receiver<Event>,
     submit: &mut dyn FnMut(Job),
+    copy: &mut dyn FnMut(&str),
 ) -> anyhow::Result<()>
 where
     B::Error: Send + Sync + 'static,
@@ -66,6 +67,9 @@ where
         app.tick(Instant::now());
         for job in app.take_requests() {
             submit(job);
+        }
+        if let Some(text) = app.take_copied() {
+            copy(&text);
         }
     }
 }
@@ -271,14 +275,56 @@ pub fn run(args: &EditArgs) -> anyhow::Result<()> {
         .name("infill-input".into())
         .spawn(move || read_input(&tx))?;
     let result = guarded(&mut app, |app| {
-        event_loop(&mut terminal, app, &rx, &mut |r| {
-            if let Some(w) = &worker {
-                w.submit(r);
-            }
-        })
+        event_loop(
+            &mut terminal,
+            app,
+            &rx,
+            &mut |r| {
+                if let Some(w) = &worker {
+                    w.submit(r);
+                }
+            },
+            &mut |text| {
+                use std::io::Write;
+                if let Some(seq) = osc52(text) {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(seq.as_bytes());
+                    let _ = out.flush();
+                }
+            },
+        )
     });
     drop(guard);
     result
+}
+
+/// The OSC 52 sequence that puts `text` on the terminal's clipboard (works over SSH in terminals
+/// that allow it); `None` when it is too long for terminals to accept.
+pub fn osc52(text: &str) -> Option<String> {
+    const MAX_ENCODED: usize = 74_994;
+    let encoded = base64(text.as_bytes());
+    (encoded.len() <= MAX_ENCODED).then(|| format!("\x1b]52;c;{encoded}\x07"))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn read_input(tx: &mpsc::Sender<Event>) {
@@ -294,5 +340,21 @@ fn read_input(tx: &mpsc::Sender<Event>) {
         if tx.send(event).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn osc52_encodes_like_rfc_4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64("é\n".as_bytes()), "w6kK");
+        assert_eq!(osc52("hi").as_deref(), Some("\x1b]52;c;aGk=\x07"));
+        assert_eq!(osc52(&"x".repeat(100_000)), None);
     }
 }

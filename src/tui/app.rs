@@ -173,6 +173,8 @@ pub struct App {
     pub(super) mode: Mode,
     pub(super) message: Option<Message>,
     clipboard: String,
+    /// Copied text for the terminal's clipboard (OSC 52), taken by the event loop.
+    copied: Option<String>,
     pub(super) model: ModelState,
     pub(super) last: Option<Proposal>,
     requests: Vec<Job>,
@@ -210,6 +212,7 @@ impl App {
             mode,
             message: None,
             clipboard: String::new(),
+            copied: None,
             model: ModelState::Loading,
             last: None,
             requests: Vec::new(),
@@ -247,6 +250,16 @@ impl App {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Text copied or cut since the last call, for the system clipboard.
+    pub fn take_copied(&mut self) -> Option<String> {
+        self.copied.take()
+    }
+
+    fn copy(&mut self) {
+        self.clipboard = self.selection_or_line();
+        self.copied = Some(self.clipboard.clone());
     }
 
     /// The status line's message, if any.
@@ -622,11 +635,9 @@ impl App {
             'z' if shift => self.redo(),
             'z' => self.undo(),
             'y' => self.redo(),
-            'c' => {
-                self.clipboard = self.selection_or_line();
-            }
+            'c' => self.copy(),
             'x' => {
-                self.clipboard = self.selection_or_line();
+                self.copy();
                 let (a, b) = self.selection().unwrap_or_else(|| self.line_range());
                 self.replace_range(a, b, "", Group::Single, now);
             }

@@ -605,7 +605,7 @@ fn a_signal_ends_the_loop_and_keeps_the_unsaved_text() {
     tx.send(Event::Terminate).unwrap();
     let mut term = Terminal::new(TestBackend::new(W, H)).unwrap();
     let err = tui::guarded(&mut app, |app| {
-        tui::event_loop(&mut term, app, &rx, &mut |_| {})
+        tui::event_loop(&mut term, app, &rx, &mut |_| {}, &mut |_| {})
     })
     .unwrap_err()
     .to_string();
@@ -636,12 +636,17 @@ fn the_event_loop_draws_every_batch_and_sends_requests_after_the_debounce() {
     .unwrap();
     let mut term = Terminal::new(TestBackend::new(W, H)).unwrap();
     let mut sent = Vec::new();
+    let mut copied: Vec<String> = Vec::new();
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         drop(tx);
     });
-    tui::event_loop(&mut term, &mut app, &rx, &mut |r| sent.push(r)).unwrap();
+    tui::event_loop(&mut term, &mut app, &rx, &mut |r| sent.push(r), &mut |t| {
+        copied.push(t.to_owned())
+    })
+    .unwrap();
     sender.join().unwrap();
+    assert!(copied.is_empty());
     assert_eq!(sent.len(), 1);
     let Job::Complete(r) = &sent[0] else {
         panic!("a completion request")
@@ -849,4 +854,31 @@ fn a_huge_minified_line_is_shown_without_colours_instead_of_parsed_on_every_key(
     assert_ne!(ed.style_of(0, "function").fg, Some(Color::Magenta));
     ed.typed("x");
     assert!(ed.app.document().line(0).starts_with("xfunction"));
+}
+
+#[test]
+fn copy_and_cut_reach_the_system_clipboard_through_the_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = App::new(
+        "one\ntwo\n",
+        file_info(&dir.path().join("a.py")),
+        config(),
+        None,
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ctrl = |c| Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL));
+    tx.send(ctrl('c')).unwrap();
+    tx.send(Event::Key(KeyEvent::new(KeyCode::Down, KeyModifiers::NONE)))
+        .unwrap();
+    tx.send(ctrl('x')).unwrap();
+    drop(tx);
+    let mut term = Terminal::new(TestBackend::new(W, H)).unwrap();
+    let mut copied = Vec::new();
+    tui::event_loop(&mut term, &mut app, &rx, &mut |_| {}, &mut |t| {
+        copied.push(t.to_owned())
+    })
+    .unwrap();
+    // Events already waiting are handled in one batch; the last copy wins, as on a clipboard.
+    assert_eq!(copied, vec!["two\n".to_owned()]);
+    assert_eq!(app.document().text(), "one\n");
 }
