@@ -882,3 +882,17 @@ fn copy_and_cut_reach_the_system_clipboard_through_the_loop() {
     assert_eq!(copied, vec!["two\n".to_owned()]);
     assert_eq!(app.document().text(), "one\n");
 }
+
+#[test]
+fn f1_shows_the_keys_and_any_key_closes_it() {
+    let mut ed = Ed::new("a.py", "x\n");
+    ed.press(KeyCode::F(1));
+    let screen = ed.screen().join("\n");
+    assert!(
+        screen.contains("infill help") && screen.contains("accept the whole proposal"),
+        "{screen}"
+    );
+    ed.press(KeyCode::Char('q'));
+    assert!(!ed.screen().join("\n").contains("infill help"));
+    assert_eq!(ed.text(), "x\n", "the closing key is not typed");
+}
