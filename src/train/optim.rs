@@ -54,9 +54,14 @@ impl AdamW {
         })
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left alone.
-    /// Weight decay applies to matrices only (not to norms or biases), as nanoGPT does.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`, the gradients scaled by `grad_scale` (the clipping
+    /// coefficient; 1 leaves them alone). Parameters without a gradient are left alone. Weight decay
+    /// applies to matrices only (not to norms or biases), as nanoGPT does.
+    ///
+    /// One fused pass per parameter over its value, gradient and moments (instead of a dozen tensor
+    /// ops, each allocating a tensor the size of the parameter); the arithmetic is the same, in the
+    /// same order.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let p = self.params;
         let bc1 = 1.0 - p.beta1.powi(self.t as i32);
@@ -68,40 +73,170 @@ impl AdamW {
             let (Some(m), Some(v)) = (self.m.get_mut(i), self.v.get_mut(i)) else {
                 continue;
             };
-            *m = ((&*m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
-            *v = ((&*v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let m_hat = (&*m / bc1)?;
-            let v_hat = (&*v / bc2)?;
-            let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
             let decay = if var.rank() >= 2 {
                 1.0 - lr * p.weight_decay
             } else {
                 1.0
             };
-            let next = ((var.as_tensor() * decay)? - (update * lr)?)?;
-            var.set(&next)?;
+            let k = Coefficients {
+                beta1: p.beta1 as f32,
+                one_minus_beta1: (1.0 - p.beta1) as f32,
+                beta2: p.beta2 as f32,
+                one_minus_beta2: (1.0 - p.beta2) as f32,
+                bc1: bc1 as f32,
+                bc2: bc2 as f32,
+                eps: p.eps as f32,
+                decay: decay as f32,
+                lr: lr as f32,
+                grad_scale: (grad_scale < 1.0).then_some(grad_scale as f32),
+            };
+            let shape = var.shape().clone();
+            let (new_p, new_m, new_v) = with_f32(var.as_tensor(), |param| {
+                with_f32(g, |grad| {
+                    with_f32(m, |mm| with_f32(v, |vv| update(param, grad, mm, vv, &k)))
+                })
+            })????;
+            let device = var.device().clone();
+            *m = Tensor::from_vec(new_m, &shape, &device)?;
+            *v = Tensor::from_vec(new_v, &shape, &device)?;
+            var.set(&Tensor::from_vec(new_p, &shape, &device)?)?;
         }
         Ok(())
     }
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for (_, var) in vars {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-    }
-    let norm = total.sqrt();
-    // torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), applied when below 1.
-    let scale = max_norm / (norm + 1e-6);
-    if max_norm > 0.0 && scale < 1.0 {
-        for (_, var) in vars {
-            if let Some(g) = grads.remove(var.as_tensor()) {
-                grads.insert(var.as_tensor(), (g * scale)?);
+/// The scalars of one AdamW update, as f32 (what the tensor ops used).
+struct Coefficients {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bc1: f32,
+    bc2: f32,
+    eps: f32,
+    decay: f32,
+    lr: f32,
+    /// Clipping coefficient, when the gradient is clipped.
+    grad_scale: Option<f32>,
+}
+
+/// New (parameter, m, v) from the old ones, in parallel chunks.
+fn update(param: &[f32], grad: &[f32], m: &[f32], v: &[f32], k: &Coefficients) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let n = param.len();
+    let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    np.par_chunks_mut(CHUNK)
+        .zip(nm.par_chunks_mut(CHUNK))
+        .zip(nv.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, ((np, nm), nv))| {
+            let at = c * CHUNK;
+            for j in 0..np.len() {
+                let (Some(&p), Some(&g), Some(&m0), Some(&v0)) =
+                    (param.get(at + j), grad.get(at + j), m.get(at + j), v.get(at + j))
+                else {
+                    continue;
+                };
+                let g = k.grad_scale.map_or(g, |s| g * s);
+                let m1 = m0 * k.beta1 + g * k.one_minus_beta1;
+                let v1 = v0 * k.beta2 + (g * g) * k.one_minus_beta2;
+                let update = (m1 / k.bc1) / ((v1 / k.bc2).sqrt() + k.eps);
+                if let (Some(a), Some(b), Some(c)) = (np.get_mut(j), nm.get_mut(j), nv.get_mut(j)) {
+                    *a = p * k.decay - update * k.lr;
+                    *b = m1;
+                    *c = v1;
+                }
+            }
+        });
+    (np, nm, nv)
+}
+
+/// Runs `f` on the f32 values of `t` in row-major order: borrowed from the tensor's storage when
+/// it is contiguous f32 on the CPU (the storage stays read-locked meanwhile), copied otherwise.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.dtype() == candle_core::DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage {
+            let start = layout.start_offset();
+            if let Some(s) = data.get(start..start + t.elem_count()) {
+                return Ok(f(s));
             }
         }
     }
-    Ok(norm)
+    let copy: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    Ok(f(&copy))
+}
+
+/// The global L2 norm of the gradients, and the clipping coefficient to scale them by so it is at
+/// most `max_norm` (1 when no clipping is needed), as `torch.nn.utils.clip_grad_norm_` computes.
+pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<(f64, f64)> {
+    let mut total = 0f64;
+    for (_, var) in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            total += with_f32(g, |g| g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())?;
+        }
+    }
+    let norm = total.sqrt();
+    let scale = max_norm / (norm + 1e-6);
+    Ok((norm, if max_norm > 0.0 && scale < 1.0 { scale } else { 1.0 }))
+}
+
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// The fused update equals AdamW written as tensor operations (torch.optim.AdamW's formula),
+    /// with and without clipping, for a matrix (decayed) and a vector (not decayed).
+    #[test]
+    fn fused_step_equals_the_tensor_formula() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (33, 70), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 70, &dev).unwrap()).unwrap();
+        let vars = vec![("w".to_owned(), w.clone()), ("b".to_owned(), b.clone())];
+        let mut opt = AdamW::new(vars.clone(), AdamWParams::default()).unwrap();
+        let p = AdamWParams::default();
+        let mut want: Vec<(Tensor, Tensor, Tensor)> = vars
+            .iter()
+            .map(|(_, v)| (v.as_tensor().copy().unwrap(), v.zeros_like().unwrap(), v.zeros_like().unwrap()))
+            .collect();
+        for (step, (lr, scale)) in [(1e-2, 1.0), (3e-3, 0.25), (1e-3, 1.0)].into_iter().enumerate() {
+            let loss = ((w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()
+                + b.as_tensor().sin().unwrap().sum_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let t = (step + 1) as i32;
+            for ((_, var), (param, m, v)) in vars.iter().zip(want.iter_mut()) {
+                let g = grads.get(var.as_tensor()).unwrap();
+                let g = if scale < 1.0 { (g * scale).unwrap() } else { g.clone() };
+                *m = ((&*m * p.beta1).unwrap() + (&g * (1.0 - p.beta1)).unwrap()).unwrap();
+                *v = ((&*v * p.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - p.beta2)).unwrap()).unwrap();
+                let m_hat = (&*m / (1.0 - p.beta1.powi(t))).unwrap();
+                let v_hat = (&*v / (1.0 - p.beta2.powi(t))).unwrap();
+                let update = (m_hat / (v_hat.sqrt().unwrap() + p.eps).unwrap()).unwrap();
+                let decay = if var.rank() >= 2 { 1.0 - lr * p.weight_decay } else { 1.0 };
+                *param = ((&*param * decay).unwrap() - (update * lr).unwrap()).unwrap();
+            }
+            opt.step(&grads, lr, scale).unwrap();
+            for ((_, var), (param, _, _)) in vars.iter().zip(&want) {
+                let diff = (var.as_tensor() - param).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_clip_coefficient_brings_the_norm_to_the_limit() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[3f32, 4.0], &dev).unwrap()).unwrap();
+        let vars = vec![("w".to_owned(), w.clone())];
+        let grads = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap().backward().unwrap();
+        let (norm, scale) = grad_norm(&grads, &vars, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-9);
+        assert!((scale - 1.0 / (5.0 + 1e-6)).abs() < 1e-12);
+        assert_eq!(grad_norm(&grads, &vars, 10.0).unwrap().1, 1.0);
+    }
 }

@@ -12,7 +12,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::fim::{self, FimSettings};
-use super::optim::{AdamW, AdamWParams, clip_grad_norm};
+use super::optim::{AdamW, AdamWParams, grad_norm};
 use super::schedule::learning_rate;
 use crate::model::Tokenizer;
 use crate::model::config::LlamaConfig;
@@ -329,10 +329,10 @@ impl Trainer {
                 }
             });
         }
-        let mut grads = grads.context("no gradient was computed")?;
-        let grad_norm = clip_grad_norm(&mut grads, &self.opt.vars, s.clip)?;
+        let grads = grads.context("no gradient was computed")?;
+        let (grad_norm, clip) = grad_norm(&grads, &self.opt.vars, s.clip)?;
         let lr = learning_rate(self.step, s.steps, s.warmup, s.max_lr, s.min_lr);
-        self.opt.step(&grads, lr)?;
+        self.opt.step(&grads, lr, clip)?;
         self.step += 1;
         self.tokens_seen += tokens;
         let entry = LogEntry {
