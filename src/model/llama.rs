@@ -258,16 +258,25 @@ impl Attention {
         let total = k.dim(2)?;
         let q = q.reshape((b, kv_heads, n_rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        if let Some(mask) = ctx.mask {
-            scores = scores
-                .reshape((b, kv_heads, n_rep, t, total))?
-                .broadcast_add(mask)?
-                .reshape((b, kv_heads, n_rep * t, total))?;
-        }
+        let raw = q.matmul(&k.t()?)?;
         let probs = match ctx.kernels {
-            Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-            Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
+            // Training: scale, causal mask and softmax in one op with its own backward.
+            Kernels::Differentiable if raw.dtype() == DType::F32 => {
+                super::ops::causal_softmax(&raw, scale, t, total - t)?
+            }
+            _ => {
+                let mut scores = (raw * scale)?.to_dtype(DType::F32)?;
+                if let Some(mask) = ctx.mask {
+                    scores = scores
+                        .reshape((b, kv_heads, n_rep, t, total))?
+                        .broadcast_add(mask)?
+                        .reshape((b, kv_heads, n_rep * t, total))?;
+                }
+                match ctx.kernels {
+                    Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+                    Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
+                }
+            }
         };
         let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
         let out = out

@@ -118,6 +118,63 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
+/// Causal attention weights from raw scores: `softmax(scale * x)` over the keys a query may see.
+/// Rows are queries in blocks of `t` (query `i` of a block sees keys `0..=i + offset`, the rest get
+/// weight 0), the last dimension is the keys. One op instead of a scale, a broadcast mask add and a
+/// softmax, each allocating a tensor the size of the attention scores, forward and backward.
+struct CausalSoftmax {
+    scale: f32,
+    t: usize,
+    offset: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "infill-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let n = last_dim(layout);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .enumerate()
+            .for_each(|(r, (o, row))| {
+                let visible = (r % self.t.max(1) + self.offset + 1).min(n);
+                let (o, row) = (&mut o[..visible], &row[..visible]);
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) * self.scale;
+                let mut sum = 0f32;
+                for (o, &v) in o.iter_mut().zip(row) {
+                    *o = (v * self.scale - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // Masked weights are 0, so their gradient is 0 too.
+        let g = res
+            .contiguous()?
+            .apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?;
+        (g * f64::from(self.scale)).map(Some)
+    }
+}
+
+/// Differentiable causal attention weights: `softmax(scale * scores + causal mask)`, where `scores`
+/// is `(..., rows, keys)` with rows in blocks of `t` queries and query `i` seeing keys
+/// `0..=i + offset` (`offset` = keys already cached before these queries).
+pub fn causal_softmax(scores: &Tensor, scale: f64, t: usize, offset: usize) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1(CausalSoftmax {
+        scale: scale as f32,
+        t,
+        offset,
+    })
+}
+
 /// Per-row cross-entropy of `(rows, vocab)` logits against fixed targets.
 struct CrossEntropy {
     targets: Arc<Vec<u32>>,
@@ -401,6 +458,37 @@ mod tests {
             |x| softmax_last_dim(x).unwrap(),
             |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(),
             (7, 33),
+        );
+    }
+
+    #[test]
+    fn causal_softmax_matches_scale_mask_and_softmax() {
+        // Two blocks of t = 4 queries over 6 keys, 2 of them cached before (offset 2).
+        let (t, offset, keys) = (4, 2, 6);
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..keys).map(move |j| {
+                    if j <= i + offset {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, keys), &Device::Cpu).unwrap();
+        same_function(
+            |x| causal_softmax(x, 0.3, t, offset).unwrap(),
+            |x| {
+                let scaled = (x * 0.3).unwrap().reshape((2, t, keys)).unwrap();
+                let masked = scaled
+                    .broadcast_add(&mask)
+                    .unwrap()
+                    .reshape((2 * t, keys))
+                    .unwrap();
+                candle_nn::ops::softmax(&masked, D::Minus1).unwrap()
+            },
+            (2 * t, keys),
         );
     }
 

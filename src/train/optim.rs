@@ -121,7 +121,13 @@ struct Coefficients {
 }
 
 /// New (parameter, m, v) from the old ones, in parallel chunks.
-fn update(param: &[f32], grad: &[f32], m: &[f32], v: &[f32], k: &Coefficients) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn update(
+    param: &[f32],
+    grad: &[f32],
+    m: &[f32],
+    v: &[f32],
+    k: &Coefficients,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
     let n = param.len();
@@ -133,9 +139,12 @@ fn update(param: &[f32], grad: &[f32], m: &[f32], v: &[f32], k: &Coefficients) -
         .for_each(|(c, ((np, nm), nv))| {
             let at = c * CHUNK;
             for j in 0..np.len() {
-                let (Some(&p), Some(&g), Some(&m0), Some(&v0)) =
-                    (param.get(at + j), grad.get(at + j), m.get(at + j), v.get(at + j))
-                else {
+                let (Some(&p), Some(&g), Some(&m0), Some(&v0)) = (
+                    param.get(at + j),
+                    grad.get(at + j),
+                    m.get(at + j),
+                    v.get(at + j),
+                ) else {
                     continue;
                 };
                 let g = k.grad_scale.map_or(g, |s| g * s);
@@ -164,7 +173,10 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
             }
         }
     }
-    let copy: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let copy: Vec<f32> = t
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
     Ok(f(&copy))
 }
 
@@ -174,14 +186,22 @@ pub fn grad_norm(grads: &GradStore, vars: &[(String, Var)], max_norm: f64) -> Re
     let mut total = 0f64;
     for (_, var) in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += with_f32(g, |g| g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())?;
+            total += with_f32(g, |g| {
+                g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+            })?;
         }
     }
     let norm = total.sqrt();
     let scale = max_norm / (norm + 1e-6);
-    Ok((norm, if max_norm > 0.0 && scale < 1.0 { scale } else { 1.0 }))
+    Ok((
+        norm,
+        if max_norm > 0.0 && scale < 1.0 {
+            scale
+        } else {
+            1.0
+        },
+    ))
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -201,9 +221,18 @@ mod tests {
         let p = AdamWParams::default();
         let mut want: Vec<(Tensor, Tensor, Tensor)> = vars
             .iter()
-            .map(|(_, v)| (v.as_tensor().copy().unwrap(), v.zeros_like().unwrap(), v.zeros_like().unwrap()))
+            .map(|(_, v)| {
+                (
+                    v.as_tensor().copy().unwrap(),
+                    v.zeros_like().unwrap(),
+                    v.zeros_like().unwrap(),
+                )
+            })
             .collect();
-        for (step, (lr, scale)) in [(1e-2, 1.0), (3e-3, 0.25), (1e-3, 1.0)].into_iter().enumerate() {
+        for (step, (lr, scale)) in [(1e-2, 1.0), (3e-3, 0.25), (1e-3, 1.0)]
+            .into_iter()
+            .enumerate()
+        {
             let loss = ((w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()
                 + b.as_tensor().sin().unwrap().sum_all().unwrap())
             .unwrap();
@@ -211,18 +240,32 @@ mod tests {
             let t = (step + 1) as i32;
             for ((_, var), (param, m, v)) in vars.iter().zip(want.iter_mut()) {
                 let g = grads.get(var.as_tensor()).unwrap();
-                let g = if scale < 1.0 { (g * scale).unwrap() } else { g.clone() };
+                let g = if scale < 1.0 {
+                    (g * scale).unwrap()
+                } else {
+                    g.clone()
+                };
                 *m = ((&*m * p.beta1).unwrap() + (&g * (1.0 - p.beta1)).unwrap()).unwrap();
-                *v = ((&*v * p.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - p.beta2)).unwrap()).unwrap();
+                *v = ((&*v * p.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - p.beta2)).unwrap())
+                    .unwrap();
                 let m_hat = (&*m / (1.0 - p.beta1.powi(t))).unwrap();
                 let v_hat = (&*v / (1.0 - p.beta2.powi(t))).unwrap();
                 let update = (m_hat / (v_hat.sqrt().unwrap() + p.eps).unwrap()).unwrap();
-                let decay = if var.rank() >= 2 { 1.0 - lr * p.weight_decay } else { 1.0 };
+                let decay = if var.rank() >= 2 {
+                    1.0 - lr * p.weight_decay
+                } else {
+                    1.0
+                };
                 *param = ((&*param * decay).unwrap() - (update * lr).unwrap()).unwrap();
             }
             opt.step(&grads, lr, scale).unwrap();
             for ((_, var), (param, _, _)) in vars.iter().zip(&want) {
-                let diff = (var.as_tensor() - param).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = (var.as_tensor() - param)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap();
                 assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "step {step}");
             }
         }
@@ -233,7 +276,10 @@ mod tests {
         let dev = Device::Cpu;
         let w = Var::from_tensor(&Tensor::new(&[3f32, 4.0], &dev).unwrap()).unwrap();
         let vars = vec![("w".to_owned(), w.clone())];
-        let grads = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap().backward().unwrap();
+        let grads = (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5)
+            .unwrap()
+            .backward()
+            .unwrap();
         let (norm, scale) = grad_norm(&grads, &vars, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
         assert!((scale - 1.0 / (5.0 + 1e-6)).abs() < 1e-12);
