@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use infill::model::config::{Family, LlamaConfig, ModelConfig};
+use infill::model::config::ModelConfig;
 use infill::model::llama::{Kernels, Llama};
 use infill::model::{Model, Network, Tokenizer};
 use infill::syntax::Registry;
@@ -190,25 +190,8 @@ fn tiny_python() -> Option<Model> {
 fn default_shape() -> Option<Model> {
     let tok_path = root().join("tests/fixtures/models/tiny-python/tokenizer.json");
     let tokenizer = Tokenizer::from_bytes(&std::fs::read(tok_path).ok()?, 4096).ok()?;
-    let cfg = LlamaConfig {
-        family: Family::Qwen2,
-        vocab_size: 4096,
-        hidden_size: 256,
-        intermediate_size: 768,
-        num_hidden_layers: 8,
-        num_attention_heads: 8,
-        num_key_value_heads: 2,
-        head_dim: 32,
-        max_position_embeddings: 2048,
-        rms_norm_eps: 1e-6,
-        rope_theta: 1e6,
-        qkv_bias: true,
-        o_bias: false,
-        mlp_bias: false,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    };
+    // Exactly the shape `infill train --from-scratch --preset small` trains.
+    let cfg = infill::train::Preset::Small.config(4096, 2048);
     let varmap = VarMap::new();
     Llama::new(
         &cfg,

@@ -319,9 +319,7 @@ pub fn score_lines_fim(
             break;
         }
         progress(i + 1, lines.len());
-        let (Some(prefix), Some(middle), Some(suffix)) =
-            (text.get(..start), text.get(start..end), text.get(end..))
-        else {
+        let Some((prefix, middle, suffix)) = crate::text::split_around(text, start, end) else {
             continue;
         };
         if middle.trim().is_empty() {
@@ -364,14 +362,7 @@ mod tests {
     use super::*;
 
     fn token(text: &str, prob: f32) -> GeneratedToken {
-        GeneratedToken {
-            text: text.into(),
-            bytes: text.as_bytes().to_vec(),
-            id: 0,
-            prob,
-            rank: 1,
-            top: Vec::new(),
-        }
+        GeneratedToken::for_test(text, prob)
     }
 
     #[test]

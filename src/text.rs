@@ -92,6 +92,12 @@ impl Cursor {
     }
 }
 
+/// `text` split into before, between and after the byte range `start..end` (`None` when the range
+/// is out of order, out of bounds or not on character boundaries).
+pub fn split_around(text: &str, start: usize, end: usize) -> Option<(&str, &str, &str)> {
+    Some((text.get(..start)?, text.get(start..end)?, text.get(end..)?))
+}
+
 /// The end of `text`, at most `max_bytes` long, starting at a line start when one falls in range
 /// (else at a character boundary): the part of a long prefix nearest the cursor.
 pub fn tail_lines(text: &str, max_bytes: usize) -> &str {

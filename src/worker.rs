@@ -389,14 +389,7 @@ mod tests {
     use super::*;
 
     fn token(text: &str, prob: f32) -> GeneratedToken {
-        GeneratedToken {
-            text: text.into(),
-            bytes: text.as_bytes().to_vec(),
-            id: 0,
-            prob,
-            rank: 1,
-            top: Vec::new(),
-        }
+        GeneratedToken::for_test(text, prob)
     }
 
     #[test]

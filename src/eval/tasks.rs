@@ -189,9 +189,7 @@ pub fn build(files: &[(String, Option<String>, String)], count: usize, seed: u64
         let Some((start, end)) = cut(text, language.as_deref(), kind, &mut rng) else {
             continue;
         };
-        let (Some(prefix), Some(middle), Some(suffix)) =
-            (text.get(..start), text.get(start..end), text.get(end..))
-        else {
+        let Some((prefix, middle, suffix)) = crate::text::split_around(text, start, end) else {
             continue;
         };
         if middle.trim().is_empty() {

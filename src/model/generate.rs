@@ -95,6 +95,21 @@ pub struct GeneratedToken {
     pub top: Vec<Alternative>,
 }
 
+impl GeneratedToken {
+    /// A token with these bytes and probability, for tests of what consumes generations.
+    #[cfg(test)]
+    pub(crate) fn for_test(text: &str, prob: f32) -> Self {
+        Self {
+            text: text.into(),
+            bytes: text.as_bytes().to_vec(),
+            id: 0,
+            prob,
+            rank: 1,
+            top: Vec::new(),
+        }
+    }
+}
+
 /// Timings of one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {

@@ -34,6 +34,15 @@ wait_for() {
     done
 }
 
+# wait_for_sgr LINE REGEX WHAT: until screen line LINE holds the SGR escape REGEX.
+wait_for_sgr() {
+    local deadline=$((SECONDS + 30))
+    until tmux capture-pane -t "$session" -p -e | sed -n "$1p" | grep -Eq "$2"; do
+        ((SECONDS < deadline)) || fail "no $3 on line $1"
+        sleep 0.1
+    done
+}
+
 start() {
     tmux new-session -d -s "$session" -x 100 -y 20 \
         "env XDG_STATE_HOME='$XDG_STATE_HOME' XDG_CONFIG_HOME='$XDG_CONFIG_HOME' '$bin' edit '$1' --model '$model' --debounce-ms 30; echo EXITED=\$?; sleep 60"
@@ -45,14 +54,9 @@ start "$work/a.py"
 wait_for "│ idle"
 tmux send-keys -t "$session" C-End
 tmux send-keys -t "$session" -l '    '
-# Ghost text is drawn dim (SGR 2) after what was typed.
-deadline=$((SECONDS + 30))
-# SGR 2 as a parameter of its own (tmux writes e.g. \e[2;3m), not the 2 of a colour like 38;5;2.
-dim=$'\e''\[2(;[0-9]+)*m'
-until tmux capture-pane -t "$session" -p -e | sed -n 6p | grep -Eq "$dim"; do
-    ((SECONDS < deadline)) || fail "no dim ghost text after typing"
-    sleep 0.1
-done
+# Ghost text is drawn dim after what was typed: SGR 2 as a parameter of its own (tmux writes e.g.
+# \e[2;3m), not the 2 of a colour like 38;5;2.
+wait_for_sgr 6 $'\e''\[2(;[0-9]+)*m' "dim ghost text"
 wait_for "│ idle"
 shown=$(tmux capture-pane -t "$session" -p | sed -n 6p | sed -E 's/^ *6 //')
 [[ $shown == "    "?* ]] || fail "line 6 should show ghost text after what was typed: '$shown'"
@@ -71,13 +75,8 @@ start "$work/a.py"
 wait_for "│ idle"
 tmux send-keys -t "$session" F2
 wait_for "│ overlay │"
-deadline=$((SECONDS + 30))
 # tmux writes basic colours in their 256-colour form (green: 38;5;2).
-green=$'\e''\[([0-9]+;)*(32|38;5;2)m'
-until tmux capture-pane -t "$session" -p -e | sed -n 1p | grep -Eq "$green"; do
-    ((SECONDS < deadline)) || fail "no rank colours on line 1 after F2"
-    sleep 0.1
-done
+wait_for_sgr 1 $'\e''\[([0-9]+;)*(32|38;5;2)m' "green (top-10) rank colour"
 tmux send-keys -t "$session" F3
 wait_for "token \""
 tmux send-keys -t "$session" C-q
