@@ -361,17 +361,15 @@ pub fn score_lines_fim(
 mod tests {
     use super::*;
 
-    fn token(text: &str, prob: f32) -> GeneratedToken {
-        GeneratedToken::for_test(text, prob)
-    }
+    use GeneratedToken as T;
 
     #[test]
     fn the_confidence_cut_stops_before_the_first_unlikely_token() {
         let tokens = [
-            token("foo", 0.9),
-            token("(", 0.3),
-            token("bar", 0.1),
-            token(")", 0.6),
+            T::for_test("foo", 0.9),
+            T::for_test("(", 0.3),
+            T::for_test("bar", 0.1),
+            T::for_test(")", 0.6),
         ];
         assert_eq!(cut_below("foo(bar)".into(), &tokens, 0.2), "foo(");
         assert_eq!(cut_below("foo(bar)".into(), &tokens, 0.0), "foo(bar)");

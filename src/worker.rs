@@ -388,17 +388,15 @@ fn confidence(tokens: &[GeneratedToken], len: usize) -> Vec<(usize, f32)> {
 mod tests {
     use super::*;
 
-    fn token(text: &str, prob: f32) -> GeneratedToken {
-        GeneratedToken::for_test(text, prob)
-    }
+    use GeneratedToken as T;
 
     #[test]
     fn confidence_covers_the_tokens_of_the_trimmed_text() {
         let tokens = [
-            token("foo", 0.9),
-            token("(x", 0.5),
-            token(")\n", 0.2),
-            token("bar", 0.1),
+            T::for_test("foo", 0.9),
+            T::for_test("(x", 0.5),
+            T::for_test(")\n", 0.2),
+            T::for_test("bar", 0.1),
         ];
         // Trimming kept "foo(x)": the third token is cut in the middle, the fourth is gone.
         assert_eq!(confidence(&tokens, 6), vec![(3, 0.9), (5, 0.5), (6, 0.2)]);

@@ -495,10 +495,16 @@ impl App {
                         )
                     })
                     .unwrap_or_default();
-                let overlay = match (self.overlay.on, self.overlay.is_scoring()) {
-                    (true, true) => " │ overlay: scoring…",
-                    (true, false) => " │ overlay",
-                    _ => "",
+                let overlay = match (
+                    self.overlay.on,
+                    self.overlay.is_scoring(),
+                    self.overlay.last,
+                ) {
+                    (true, true, _) => " │ overlay: scoring…".to_owned(),
+                    // How long the last refresh took.
+                    (true, false, Some((_, ms))) => format!(" │ overlay {ms:.0} ms"),
+                    (true, false, None) => " │ overlay".to_owned(),
+                    _ => String::new(),
                 };
                 format!("{short}{stats}{alternatives}{overlay} │ {activity}")
             }

@@ -745,6 +745,7 @@ fn the_overlay_colours_tokens_by_rank_and_drops_scores_of_changed_text() {
         tokens_per_second: 1000.0,
         ms: 8.0,
     });
+    assert!(ed.screen()[H as usize - 2].contains("overlay 8 ms"), "the refresh time");
     assert_eq!(ed.style_of(0, "x").fg, Some(Color::Green));
     assert_eq!(ed.style_of(1, "y").fg, Some(Color::Red));
     assert_eq!(ed.style_of(1, "=").fg, Some(Color::Yellow));

@@ -36,7 +36,7 @@ pub(in crate::tui) struct Overlay {
     /// The first reply of the request in flight has come (it says which kept tokens stay).
     got_first: bool,
     due: Option<Instant>,
-    /// Throughput and time of the last full refresh.
+    /// Tokens/s and milliseconds of the last finished refresh (the status line shows the time).
     pub last: Option<(f64, f64)>,
 }
 
