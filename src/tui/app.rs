@@ -412,12 +412,14 @@ impl App {
                     *p = text;
                 }
             }
-            Reply::Done { id, proposal } => {
+            Reply::Done { id, mut proposal } => {
                 let Some(kind) = self.current(id) else {
                     return;
                 };
                 self.in_flight = None;
-                let (text, confidence) = (proposal.text.clone(), proposal.confidence.clone());
+                // The text goes to the ghost; the figures stay for the status line.
+                let text = std::mem::take(&mut proposal.text);
+                let confidence = std::mem::take(&mut proposal.confidence);
                 self.last = Some(proposal);
                 let Some(g) = self.ghost.as_mut() else {
                     return;
