@@ -520,6 +520,9 @@ impl App {
         let alt = k.modifiers.contains(KeyModifiers::ALT);
         match k.code {
             KeyCode::Char(c) if ctrl && !alt => self.control(c.to_ascii_lowercase(), shift, now),
+            // An Alt chord that is not bound is not text (AltGr characters come without Alt on
+            // Unix terminals, and as Ctrl+Alt on Windows, which stays text).
+            KeyCode::Char(_) if alt && !ctrl => {}
             KeyCode::Char(c) => self.type_char(c, now),
             KeyCode::Enter => self.enter(now),
             KeyCode::Tab => self.tab(now),

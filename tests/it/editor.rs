@@ -446,6 +446,10 @@ fn editing_keys_do_what_editors_do() {
     assert_eq!(ed.text(), "def f(x):\n    if x:\n        return 1return ");
     ed.ctrl('a').typed("z");
     assert_eq!(ed.text(), "z");
+    // Unbound Alt chords type nothing; AltGr as Ctrl+Alt (Windows) is text.
+    ed.alt(KeyCode::Char('o'));
+    ed.key(KeyCode::Char('@'), KeyModifiers::CONTROL | KeyModifiers::ALT);
+    assert_eq!(ed.text(), "z@");
     // Brackets: Enter between them opens an indented line.
     let mut ed = Ed::new("a.rs", "fn f() {}");
     ed.press(KeyCode::End)
