@@ -133,7 +133,12 @@ struct InFlight {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Mode {
     Normal,
-    Find { query: String, origin: Pos },
+    Find {
+        query: String,
+        origin: Pos,
+    },
+    /// Ctrl-G: the line number typed so far.
+    GoToLine(String),
     ConfirmQuit,
     ConfirmOverwrite,
     Help,
@@ -485,6 +490,7 @@ impl App {
                 return;
             }
             Mode::Find { .. } => return self.find_key(k),
+            Mode::GoToLine(_) => return self.go_to_line_key(k),
             Mode::Recover(_) => return self.recover_key(k),
             Mode::ConfirmQuit => {
                 self.mode = Mode::Normal;
@@ -661,6 +667,10 @@ impl App {
                     query: String::new(),
                     origin: self.cursor,
                 };
+            }
+            'g' => {
+                self.invalidate();
+                self.mode = Mode::GoToLine(String::new());
             }
             ' ' => {
                 self.due = None;

@@ -529,6 +529,13 @@ impl App {
 
         let y = y + 1;
         let (text, style) = match (&self.mode, &self.message) {
+            (Mode::GoToLine(input), _) => (
+                format!(
+                    "Go to line: {input}   [1-{} · Enter go · Esc cancel]",
+                    self.doc.line_count()
+                ),
+                Style::default(),
+            ),
             (Mode::Find { query, .. }, m) => {
                 let note = m
                     .as_ref()
@@ -614,7 +621,7 @@ impl App {
             "Editing".to_owned(),
             "  Ctrl-S save · Ctrl-Q quit · Ctrl-Z undo · Ctrl-Y redo".to_owned(),
             "  Ctrl-C / Ctrl-X / Ctrl-V copy, cut, paste (the line without a selection)".to_owned(),
-            "  Shift+arrows select · Ctrl-A all · Ctrl-F find".to_owned(),
+            "  Shift+arrows select · Ctrl-A all · Ctrl-F find · Ctrl-G go to line".to_owned(),
             "  Ctrl-←/→ by word · Home/End · PgUp/PgDn · Ctrl-Home/End".to_owned(),
             "  Tab / Shift-Tab indent / dedent (no proposal shown)".to_owned(),
             String::new(),

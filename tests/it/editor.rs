@@ -448,7 +448,10 @@ fn editing_keys_do_what_editors_do() {
     assert_eq!(ed.text(), "z");
     // Unbound Alt chords type nothing; AltGr as Ctrl+Alt (Windows) is text.
     ed.alt(KeyCode::Char('o'));
-    ed.key(KeyCode::Char('@'), KeyModifiers::CONTROL | KeyModifiers::ALT);
+    ed.key(
+        KeyCode::Char('@'),
+        KeyModifiers::CONTROL | KeyModifiers::ALT,
+    );
     assert_eq!(ed.text(), "z@");
     // Brackets: Enter between them opens an indented line.
     let mut ed = Ed::new("a.rs", "fn f() {}");
@@ -497,6 +500,13 @@ fn find_moves_to_matches_and_wraps() {
     // Esc leaves the match selected: typing replaces it.
     ed.press(KeyCode::Esc).typed("!");
     assert_eq!(ed.text(), "!\ntwo\nOne more one\n");
+    // Ctrl-G goes to a line (its first non-blank); out-of-range numbers stop at the last line.
+    ed.ctrl('g').typed("2");
+    assert!(ed.screen()[H as usize - 1].contains("Go to line: 2"));
+    ed.press(KeyCode::Enter);
+    assert_eq!(ed.app.cursor(), Pos::new(1, 0));
+    ed.ctrl('g').typed("99\n");
+    assert_eq!(ed.app.cursor(), Pos::new(3, 0));
 }
 
 #[test]
@@ -749,7 +759,10 @@ fn the_overlay_colours_tokens_by_rank_and_drops_scores_of_changed_text() {
         tokens_per_second: 1000.0,
         ms: 8.0,
     });
-    assert!(ed.screen()[H as usize - 2].contains("overlay 8 ms"), "the refresh time");
+    assert!(
+        ed.screen()[H as usize - 2].contains("overlay 8 ms"),
+        "the refresh time"
+    );
     assert_eq!(ed.style_of(0, "x").fg, Some(Color::Green));
     assert_eq!(ed.style_of(1, "y").fg, Some(Color::Red));
     assert_eq!(ed.style_of(1, "=").fg, Some(Color::Yellow));

@@ -1,4 +1,4 @@
-//! Ctrl-F: incremental search, smart case, wrapping.
+//! Ctrl-F: incremental search, smart case, wrapping. Ctrl-G: go to a line.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -104,5 +104,31 @@ impl App {
             }
         }
         None
+    }
+
+    /// Ctrl-G: digits build the line number, Enter goes there (first non-blank), Esc cancels.
+    pub(super) fn go_to_line_key(&mut self, k: KeyEvent) {
+        let Mode::GoToLine(input) = &mut self.mode else {
+            return;
+        };
+        match k.code {
+            KeyCode::Char(c) if c.is_ascii_digit() && input.len() < 12 => input.push(c),
+            KeyCode::Backspace => {
+                input.pop();
+            }
+            KeyCode::Enter => {
+                let line = input
+                    .parse::<usize>()
+                    .unwrap_or(1)
+                    .clamp(1, self.doc.line_count());
+                let text = self.doc.line(line - 1);
+                let indent = text.len() - text.trim_start().len();
+                self.cursor = Pos::new(line - 1, indent);
+                self.anchor = None;
+                self.mode = Mode::Normal;
+            }
+            KeyCode::Esc => self.mode = Mode::Normal,
+            _ => {}
+        }
     }
 }
