@@ -11,6 +11,7 @@ use crate::model::FimOrder;
 #[command(
     name = "infill",
     version,
+    long_version = crate::model::embedded::LONG_VERSION,
     about = "Code completion in the terminal with a local fill-in-the-middle model"
 )]
 pub struct Cli {

@@ -5,6 +5,20 @@ use super::load::ModelFiles;
 /// Name under which the embedded model appears in messages and `--json` output.
 pub const NAME: &str = "infill-default (embedded)";
 
+/// `infill --version`: the version and which default model is built in.
+#[cfg(infill_default_model)]
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ndefault model: built in (assets/model/ at build time; its recipe and figures are in assets/README.md)"
+);
+
+/// `infill --version`: the version and which default model is built in.
+#[cfg(not(infill_default_model))]
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ndefault model: none built in; pass --model DIR|HUB_ID (assets/README.md says how to build one in)"
+);
+
 /// The embedded model's files, or `None` when this binary was built without one.
 #[cfg(infill_default_model)]
 pub fn files() -> Option<ModelFiles> {

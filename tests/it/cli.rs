@@ -291,3 +291,22 @@ fn trim_command_reads_the_proposal_from_a_file_or_stdin() {
         "cobol",
     );
 }
+
+#[test]
+fn version_says_which_default_model_is_built_in_and_a_bare_file_means_edit() {
+    let out = infill(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("infill "), "{text}");
+    // CI builds without assets/model/, so this binary has no default model.
+    if !std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/model/model.safetensors")
+        .exists()
+    {
+        assert!(text.contains("default model: none built in"), "{text}");
+    }
+    // `infill FILE` is `infill edit FILE`: a binary file is refused before the terminal changes.
+    let bin = source_file(b"\x00\x01\x02");
+    let out = infill(&[bin.path().to_str().unwrap()]);
+    assert_one_line_error(&out, "binary");
+}
