@@ -13,13 +13,8 @@ use infill::model::generate::Rng;
 use infill::train::trainer::{Doc, TrainSettings, Trainer};
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // SAFETY: single-threaded here (as in `infill train`, which sets the same default).
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0")
-        };
-    }
+    // The same process settings `infill train` uses.
+    infill::train::tune_process();
     let config = LlamaConfig {
         family: Family::Qwen2,
         vocab_size: 8192,

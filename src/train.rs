@@ -28,6 +28,33 @@ use crate::model::config::{Family, LlamaConfig, ModelConfig};
 use crate::model::load::{self, Blob, ModelSource};
 use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 
+/// Process settings that make training faster on CPUs; call first thing, before any thread exists.
+///
+/// - candle's worker threads spin before parking; on a training step of many small ops the spinning
+///   thread takes a core from the ones computing (measured: 1220 -> 1355 tokens/s on 2 cores).
+/// - glibc gives every large allocation its own mapping and returns it on free, so each of candle's
+///   per-op tensors costs page faults and zeroing; keeping freed memory in the heap for reuse
+///   measured 1317 -> 1458 tokens/s (mean of three interleaved runs of `cargo bench --bench train`).
+///   Memory stays at its peak for the rest of the run, which training reaches anyway.
+pub fn tune_process() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: called before any thread (candle's pools, the Ctrl-C handler) exists, so nothing
+        // can read the environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0")
+        };
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; it is called before other threads
+    // allocate, and any value is valid (it returns 0 when it refuses one).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// Model shapes for `--from-scratch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
