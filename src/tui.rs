@@ -160,7 +160,8 @@ pub fn guarded(
     body: impl FnOnce(&mut App) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(app)));
-    let terminated = app.should_quit() && app.document().is_modified();
+    // Quitting on purpose (Ctrl-Q twice) drops the changes; a signal keeps them.
+    let terminated = app.was_terminated() && app.document().is_modified();
     match result {
         Ok(Ok(())) if !terminated => Ok(()),
         Ok(Ok(())) => {

@@ -183,6 +183,8 @@ pub struct App {
     pub(super) model: ModelState,
     pub(super) last: Option<Proposal>,
     requests: Vec<Job>,
+    /// A signal ended the editor (not the user's own quit).
+    terminated: bool,
     pub(super) overlay: overlay::Overlay,
     quit: bool,
     pub(super) highlight: super::view::HighlightCache,
@@ -221,6 +223,7 @@ impl App {
             model: ModelState::Loading,
             last: None,
             requests: Vec::new(),
+            terminated: false,
             overlay: overlay::Overlay::default(),
             quit: false,
             highlight: super::view::HighlightCache::default(),
@@ -242,6 +245,11 @@ impl App {
 
     pub fn should_quit(&self) -> bool {
         self.quit
+    }
+
+    /// A signal (SIGTERM, SIGHUP) ended the editor, rather than the user quitting.
+    pub fn was_terminated(&self) -> bool {
+        self.terminated
     }
 
     /// Requests for the model made since the last call.
@@ -301,7 +309,10 @@ impl App {
                 }
             }
             Event::Worker(reply) => self.reply(reply),
-            Event::Terminate => self.quit = true,
+            Event::Terminate => {
+                self.quit = true;
+                self.terminated = true;
+            }
         }
         self.overlay_after_event(now);
     }

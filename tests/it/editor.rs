@@ -914,3 +914,32 @@ fn f1_shows_the_keys_and_any_key_closes_it() {
     assert!(!ed.screen().join("\n").contains("infill help"));
     assert_eq!(ed.text(), "x\n", "the closing key is not typed");
 }
+
+#[test]
+fn quitting_on_purpose_without_saving_writes_no_recovery_file() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut info = file_info(&dir.path().join("a.py"));
+    info.recovery = Some(state.path().join("r.py"));
+    let mut app = App::new("", info, config(), None);
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(Event::Key(KeyEvent::new(
+        KeyCode::Char('x'),
+        KeyModifiers::NONE,
+    )))
+    .unwrap();
+    for _ in 0..2 {
+        tx.send(Event::Key(KeyEvent::new(
+            KeyCode::Char('q'),
+            KeyModifiers::CONTROL,
+        )))
+        .unwrap();
+    }
+    let mut term = Terminal::new(TestBackend::new(W, H)).unwrap();
+    tui::guarded(&mut app, |app| {
+        tui::event_loop(&mut term, app, &rx, &mut |_| {}, &mut |_| {})
+    })
+    .unwrap();
+    assert!(app.should_quit() && !app.was_terminated());
+    assert!(!state.path().join("r.py").exists());
+}
