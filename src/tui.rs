@@ -175,21 +175,13 @@ pub fn guarded(
             Err(e.context(format!("the editor stopped{note}")))
         }
         Err(panic) => {
-            let what = panic_message(&*panic);
+            let what = crate::worker::panic_text(&*panic);
             let note = write_recovery(app)
                 .map(|n| format!("; {n}"))
                 .unwrap_or_default();
             anyhow::bail!("internal error: {what}{note}")
         }
     }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The terminal in raw mode on the alternate screen; restored on drop (and by the panic hook).

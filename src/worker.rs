@@ -191,7 +191,15 @@ impl Drop for Worker {
 }
 
 fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dyn Fn(Reply)) {
-    let mut model = match load() {
+    // A loader that panics (a bug, a corrupt file candle trips on) must still leave a reason.
+    let loaded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+            Err(anyhow::anyhow!(
+                "internal error while loading: {}",
+                panic_text(&*panic)
+            ))
+        });
+    let mut model = match loaded {
         Ok(m) => m,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -244,11 +252,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
             Job::Score(r) => run_score(&model, &mut scorer, r, reply),
         }));
         if let Err(panic) = outcome {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = panic_text(&*panic);
             let _ = model.network.reset();
             reply(Reply::Failed {
                 id,
@@ -256,6 +260,15 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
             });
         }
     }
+}
+
+/// The message a panic carried.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn keep_newest(job: Job, complete: &mut Option<Request>, score: &mut Option<ScoreRequest>) {

@@ -136,3 +136,20 @@ fn a_model_that_cannot_load_leaves_a_reason() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn a_loader_that_panics_still_leaves_a_reason() {
+    let (tx, rx) = mpsc::channel();
+    let _worker = Worker::spawn(
+        Box::new(|| panic!("corrupt tensor")),
+        WorkerOptions::default(),
+        move |r| {
+            let _ = tx.send(r);
+        },
+    )
+    .unwrap();
+    match next(&rx) {
+        Reply::Unavailable { message } => assert!(message.contains("corrupt tensor"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
