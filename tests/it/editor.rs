@@ -943,3 +943,22 @@ fn quitting_on_purpose_without_saving_writes_no_recovery_file() {
     assert!(app.should_quit() && !app.was_terminated());
     assert!(!state.path().join("r.py").exists());
 }
+
+#[test]
+fn a_read_only_file_is_written_only_after_asking_and_stays_read_only() {
+    let mut ed = Ed::new("a.py", "old\n");
+    let mut perms = std::fs::metadata(ed.path()).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(ed.path(), perms).unwrap();
+    ed.typed("x").ctrl('s');
+    assert!(ed.app.message().unwrap().contains("read-only"));
+    assert_eq!(std::fs::read_to_string(ed.path()).unwrap(), "old\n");
+    ed.ctrl('s');
+    assert_eq!(std::fs::read_to_string(ed.path()).unwrap(), "xold\n");
+    assert!(
+        std::fs::metadata(ed.path())
+            .unwrap()
+            .permissions()
+            .readonly()
+    );
+}

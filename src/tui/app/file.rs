@@ -16,6 +16,15 @@ impl App {
             ));
             return;
         }
+        // Renaming over a file ignores its write bits; ask, as other editors do.
+        if std::fs::metadata(&self.file.path).is_ok_and(|m| m.permissions().readonly()) {
+            self.mode = Mode::ConfirmOverwrite;
+            self.warn(format!(
+                "{} is read-only: Ctrl-S again writes it anyway (keeping its permissions), any other key cancels",
+                self.file.path.display()
+            ));
+            return;
+        }
         self.write();
     }
 
