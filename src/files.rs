@@ -5,6 +5,16 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// infill's folder in an XDG base directory: `$VAR/infill` when `VAR` is set, else
+/// `$HOME/<fallback>/infill` (e.g. `XDG_CONFIG_HOME` and `.config`).
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(fallback)))
+        .map(|d| d.join("infill"))
+}
+
 /// Reads a source file as UTF-8 text, refusing binary files with a message that says so.
 pub fn read_source(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;

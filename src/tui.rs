@@ -76,11 +76,7 @@ where
 
 /// Where infill keeps state between runs: `$XDG_STATE_HOME/infill` or `~/.local/state/infill`.
 pub fn state_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state")))
-        .map(|d| d.join("infill"))
+    crate::files::xdg_dir("XDG_STATE_HOME", ".local/state")
 }
 
 /// The recovery file for `path`: named by a hash of the absolute path, plus the file name to help a

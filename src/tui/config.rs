@@ -266,11 +266,7 @@ impl Config {
     /// The config file's default place: `$XDG_CONFIG_HOME/infill/config.toml` (or
     /// `~/.config/infill/config.toml`).
     pub fn default_path() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CONFIG_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-        Some(base.join("infill").join("config.toml"))
+        crate::files::xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("config.toml"))
     }
 
     /// Reads `path` (`explicit`: the user named it, so it must exist); a missing default file means

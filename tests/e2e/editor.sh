@@ -74,7 +74,7 @@ tmux kill-session -t "$session"
 start "$work/a.py"
 wait_for "│ idle"
 tmux send-keys -t "$session" F2
-wait_for "│ overlay │"
+wait_for "│ overlay "  # "│ overlay 6 ms": the first refresh is done
 # tmux writes basic colours in their 256-colour form (green: 38;5;2).
 wait_for_sgr 1 $'\e''\[([0-9]+;)*(32|38;5;2)m' "green (top-10) rank colour"
 tmux send-keys -t "$session" F3
