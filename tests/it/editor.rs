@@ -962,3 +962,30 @@ fn a_read_only_file_is_written_only_after_asking_and_stays_read_only() {
             .readonly()
     );
 }
+
+#[test]
+fn a_long_line_scrolls_sideways_with_the_cursor() {
+    let long: String = (0..100)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut ed = Ed::new("a.txt", &format!("{long}\nshort\n"));
+    ed.press(KeyCode::End);
+    let (x, y) = {
+        let p = ed.term.get_cursor_position().unwrap();
+        (p.x, p.y)
+    };
+    assert_eq!((x, y), (W - 1, 0), "the cursor sits at the right edge");
+    // The last characters of the line are on screen, right before the cursor.
+    assert!(
+        ed.screen()[0].ends_with(&long[long.len() - 10..]),
+        "{:?}",
+        ed.screen()[0]
+    );
+    ed.press(KeyCode::Home);
+    assert!(
+        ed.screen()[0].starts_with(" 1 abcdef"),
+        "{:?}",
+        ed.screen()[0]
+    );
+    assert_eq!(ed.term.get_cursor_position().unwrap(), (3, 0).into());
+}
