@@ -165,6 +165,20 @@ fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() 
         );
         assert!((a.logprob - f.logprob).abs() < 1e-5);
     }
+    // A chunk longer than the model's window (512 tokens here: one 3,000-character line) is scored
+    // in windows, and the tokens still tile the text.
+    let long = format!(
+        "x = [{}]\n",
+        (0..600)
+            .map(|i| (i % 10).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let (tiles, _) = collect(&mut ChunkScorer::default(), &long);
+    assert!(tiles.len() > 512, "{} tokens", tiles.len());
+    assert_eq!((tiles[0].start, tiles.last().unwrap().end), (0, long.len()));
+    assert!(tiles.windows(2).all(|w| w[0].end == w[1].start));
+    assert!(tiles.iter().all(|t| t.logprob.is_finite()));
     // A set cancel flag stops before the first chunk.
     let cancel = std::sync::atomic::AtomicBool::new(true);
     assert!(

@@ -51,6 +51,80 @@ pub fn chunk_bounds(text: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Scores the tokens `ids` of `chunk` (token `k` starts at byte `offsets[k]`) after `context`.
+/// A chunk too long for the model's window is scored in windows of half the context, each with the
+/// tokens before it (the previous chunk's, then its own) filling the other half.
+fn score_chunk(
+    model: &Model,
+    context: &[u32],
+    ids: &[u32],
+    offsets: &[usize],
+    chunk: &str,
+    top_k: usize,
+) -> anyhow::Result<Vec<TokenScore>> {
+    let Some(llama) = model.network.as_llama() else {
+        anyhow::bail!(
+            "{}: the overlay needs infill's own qwen2/llama decoder",
+            model.name
+        );
+    };
+    let tok = &model.tokenizer;
+    let max_len = llama.config().max_position_embeddings.max(4);
+    let step = if context.len() + ids.len() <= max_len {
+        ids.len().max(1)
+    } else {
+        max_len / 2
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    let mut from = 0;
+    while from < ids.len() {
+        let until = (from + step).min(ids.len());
+        // Left context: everything before `from`, as much as fits beside this window's tokens.
+        let room = max_len - (until - from);
+        let before: Vec<u32> = context
+            .iter()
+            .chain(ids.get(..from).unwrap_or_default())
+            .copied()
+            .collect();
+        let left = before
+            .get(before.len().saturating_sub(room)..)
+            .unwrap_or_default();
+        let mut seq = left.to_vec();
+        seq.extend(ids.get(from..until).unwrap_or_default());
+        let input = Tensor::new(seq.as_slice(), llama.device())?.unsqueeze(0)?;
+        let logits = llama.forward_all(&input, 0, None)?.squeeze(0)?;
+        let rows: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2()?;
+        for k in from..until {
+            // Token k sits at position left.len() + (k - from); the row before predicts it.
+            let (Some(row), Some(&id)) = (rows.get(left.len() + (k - from) - 1), ids.get(k)) else {
+                continue;
+            };
+            let start = if k == 0 {
+                0
+            } else {
+                offsets.get(k).copied().unwrap_or(chunk.len())
+            };
+            let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
+            out.push(TokenScore {
+                start,
+                end,
+                text: chunk.get(start..end).unwrap_or_default().to_owned(),
+                id,
+                logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                rank: rank_of(row, id),
+                entropy_bits: -row
+                    .iter()
+                    .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
+                    .sum::<f32>()
+                    / std::f32::consts::LN_2,
+                top: alternatives(tok, row, top_k, |i| row[i].exp()),
+            });
+        }
+        from = until;
+    }
+    Ok(out)
+}
+
 /// Scores texts chunk by chunk, remembering chunks it has scored.
 #[derive(Debug, Default)]
 pub struct ChunkScorer {
@@ -71,15 +145,14 @@ impl ChunkScorer {
         cancel: Option<&AtomicBool>,
         mut on_chunk: impl FnMut(usize, &[TokenScore]),
     ) -> anyhow::Result<Option<usize>> {
-        let Some(llama) = model.network.as_llama() else {
+        if model.network.as_llama().is_none() {
             anyhow::bail!(
                 "{}: the overlay needs logits for every position, which infill's own qwen2/llama decoder gives",
                 model.name
             );
-        };
+        }
         let tok = &model.tokenizer;
         let start_token = super::document_start(tok);
-        let max_len = llama.config().max_position_embeddings;
         let bounds = chunk_bounds(text);
         let mut used = HashMap::with_capacity(bounds.len());
         let (mut index, mut computed) = (0usize, 0usize);
@@ -95,50 +168,13 @@ impl ChunkScorer {
             let scores = match self.cache.remove(&key) {
                 Some(s) => s,
                 None => {
-                    // Context: the previous chunk's tokens (or the start token), cut to fit.
+                    // Context: the previous chunk's tokens (or the start token).
                     let context: Vec<u32> = match &prev {
                         Some((_, p)) if !p.is_empty() => p.clone(),
                         _ => vec![start_token],
                     };
-                    let room = max_len.saturating_sub(ids.len()).max(1);
-                    let context = context
-                        .get(context.len().saturating_sub(room)..)
-                        .unwrap_or_default();
-                    let mut seq = context.to_vec();
-                    let keep = ids.len().min(max_len.saturating_sub(seq.len()));
-                    seq.extend(ids.get(..keep).unwrap_or_default());
-                    let input = Tensor::new(seq.as_slice(), llama.device())?.unsqueeze(0)?;
-                    let logits = llama.forward_all(&input, 0, None)?.squeeze(0)?;
-                    let rows: Vec<Vec<f32>> =
-                        candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2()?;
-                    computed += keep;
-                    let mut s = Vec::with_capacity(keep);
-                    for (k, &id) in ids.iter().take(keep).enumerate() {
-                        let Some(row) = rows.get(context.len() + k - 1) else {
-                            continue;
-                        };
-                        let start = if k == 0 {
-                            0
-                        } else {
-                            offsets.get(k).copied().unwrap_or(chunk.len())
-                        };
-                        let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
-                        s.push(TokenScore {
-                            start,
-                            end,
-                            text: chunk.get(start..end).unwrap_or_default().to_owned(),
-                            id,
-                            logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                            rank: rank_of(row, id),
-                            entropy_bits: -row
-                                .iter()
-                                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
-                                .sum::<f32>()
-                                / std::f32::consts::LN_2,
-                            top: alternatives(tok, row, top_k, |i| row[i].exp()),
-                        });
-                    }
-                    s
+                    computed += ids.len();
+                    score_chunk(model, &context, &ids, &offsets, chunk, top_k)?
                 }
             };
             let absolute: Vec<TokenScore> = scores
