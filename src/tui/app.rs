@@ -367,6 +367,7 @@ impl App {
             return;
         }
         self.cancel_in_flight();
+        self.overlay.yield_to_completion();
         let id = self.next_id;
         self.next_id += 1;
         let cancel = Arc::new(AtomicBool::new(false));

@@ -780,6 +780,22 @@ fn the_overlay_colours_tokens_by_rank_and_drops_scores_of_changed_text() {
     );
     assert!(screen.contains("\"return\""), "{screen}");
 
+    // Asking for a completion while scores are computed makes scoring step aside, and resume after.
+    let mut other = Ed::new("a.py", "x = 1\n");
+    other.press(KeyCode::F(2)).idle();
+    let scoring = other.scores.last().unwrap().clone();
+    other.key(KeyCode::Char(' '), KeyModifiers::CONTROL);
+    assert!(
+        scoring.cancel.load(std::sync::atomic::Ordering::Relaxed),
+        "scoring yields"
+    );
+    let asked = other.requests.last().unwrap().id;
+    other.done(asked, "").idle();
+    assert!(
+        other.scores.len() == 2,
+        "scoring resumes after the completion"
+    );
+
     // F3 goes to the next token outside the top 10: `y` on line 2.
     ed.press(KeyCode::F(3));
     assert_eq!(ed.app.cursor(), Pos::new(1, 0));

@@ -56,6 +56,15 @@ impl Overlay {
             c.store(true, Ordering::Relaxed);
         }
     }
+
+    /// A completion is about to be asked for: scoring in flight steps aside (the worker runs one job
+    /// at a time) and resumes once the completion is done, from its cache.
+    pub fn yield_to_completion(&mut self) {
+        if self.in_flight.is_some() {
+            self.cancel();
+            self.due = Some(Instant::now());
+        }
+    }
 }
 
 impl App {
