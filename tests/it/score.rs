@@ -165,6 +165,38 @@ fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() 
         );
         assert!((a.logprob - f.logprob).abs() < 1e-5);
     }
+    // Independently: a chunk's scores are one forward over the previous chunk and itself.
+    let bounds = infill::model::score::chunked::chunk_bounds(&new);
+    let (a, b) = bounds[1];
+    let prev = model
+        .tokenizer
+        .encode(&new[bounds[0].0..bounds[0].1])
+        .unwrap();
+    let ids = model.tokenizer.encode(&new[a..b]).unwrap();
+    let mut seq = prev.clone();
+    seq.extend(&ids);
+    let llama = model.network.as_llama().unwrap();
+    let input = Tensor::new(seq.as_slice(), llama.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logp = candle_nn::ops::log_softmax(
+        &llama
+            .forward_all(&input, 0, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap(),
+        D::Minus1,
+    )
+    .unwrap();
+    let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+    let first = fresh.iter().position(|t| t.start == a).unwrap();
+    for (k, &id) in ids.iter().enumerate() {
+        let want = rows[prev.len() + k - 1][id as usize];
+        let got = fresh[first + k].logprob;
+        assert!((want - got).abs() < 1e-4, "token {k}: {got} vs {want}");
+    }
+
     // A chunk longer than the model's window (512 tokens here: one 3,000-character line) is scored
     // in windows, and the tokens still tile the text.
     let long = format!(

@@ -15,6 +15,7 @@ use candle_core::{D, Tensor};
 use super::TokenScore;
 use crate::model::Model;
 use crate::model::generate::{alternatives, rank_of};
+use crate::model::llama::KvCache;
 
 /// A chunk ends at the first line start past this many bytes whose line hash hits the pattern...
 const MIN_BYTES: usize = 384;
@@ -56,12 +57,14 @@ pub fn chunk_bounds(text: &str) -> Vec<(usize, usize)> {
 /// tokens before it (the previous chunk's, then its own) filling the other half.
 fn score_chunk(
     model: &Model,
-    context: &[u32],
+    context: (u64, &[u32]),
+    contexts: &mut Contexts,
     ids: &[u32],
     offsets: &[usize],
     chunk: &str,
     top_k: usize,
 ) -> anyhow::Result<Vec<TokenScore>> {
+    let (context_key, context) = context;
     let Some(llama) = model.network.as_llama() else {
         anyhow::bail!(
             "{}: the overlay needs infill's own qwen2/llama decoder",
@@ -70,12 +73,69 @@ fn score_chunk(
     };
     let tok = &model.tokenizer;
     let max_len = llama.config().max_position_embeddings.max(4);
-    let step = if context.len() + ids.len() <= max_len {
-        ids.len().max(1)
-    } else {
-        max_len / 2
-    };
+    let step = max_len / 2;
     let mut out = Vec::with_capacity(ids.len());
+    let score_row = |out: &mut Vec<TokenScore>, k: usize, row: &[f32]| {
+        let Some(&id) = ids.get(k) else {
+            return;
+        };
+        let start = if k == 0 {
+            0
+        } else {
+            offsets.get(k).copied().unwrap_or(chunk.len())
+        };
+        let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
+        out.push(TokenScore {
+            start,
+            end,
+            text: chunk.get(start..end).unwrap_or_default().to_owned(),
+            id,
+            logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            rank: rank_of(row, id),
+            entropy_bits: -row
+                .iter()
+                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
+                .sum::<f32>()
+                / std::f32::consts::LN_2,
+            top: alternatives(tok, row, top_k, |i| row[i].exp()),
+        });
+    };
+    if context.len() + ids.len() <= max_len {
+        // The context's keys and values are cached: editing a chunk again only runs its own tokens.
+        let (mut kv, last_row) = match contexts.get(context_key) {
+            Some(hit) => hit,
+            None => {
+                let mut kv = llama.new_cache();
+                let input = Tensor::new(context, llama.device())?.unsqueeze(0)?;
+                let last = llama.forward_last(&input, 0, Some(&mut kv))?;
+                let row: Vec<f32> = candle_nn::ops::log_softmax(&last, D::Minus1)?
+                    .squeeze(0)?
+                    .to_vec1()?;
+                contexts.put(context_key, kv.clone(), row.clone());
+                (kv, row)
+            }
+        };
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let input = Tensor::new(ids, llama.device())?.unsqueeze(0)?;
+        let logits = llama
+            .forward_all(&input, context.len(), Some(&mut kv))?
+            .squeeze(0)?;
+        let rows: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2()?;
+        for k in 0..ids.len() {
+            // Token 0 is predicted by the context's last position, token k by this chunk's k-1.
+            let row = if k == 0 {
+                Some(last_row.as_slice())
+            } else {
+                rows.get(k - 1).map(Vec::as_slice)
+            };
+            if let Some(row) = row {
+                score_row(&mut out, k, row);
+            }
+        }
+        return Ok(out);
+    }
     let mut from = 0;
     while from < ids.len() {
         let until = (from + step).min(ids.len());
@@ -96,33 +156,37 @@ fn score_chunk(
         let rows: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2()?;
         for k in from..until {
             // Token k sits at position left.len() + (k - from); the row before predicts it.
-            let (Some(row), Some(&id)) = (rows.get(left.len() + (k - from) - 1), ids.get(k)) else {
-                continue;
-            };
-            let start = if k == 0 {
-                0
-            } else {
-                offsets.get(k).copied().unwrap_or(chunk.len())
-            };
-            let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
-            out.push(TokenScore {
-                start,
-                end,
-                text: chunk.get(start..end).unwrap_or_default().to_owned(),
-                id,
-                logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                rank: rank_of(row, id),
-                entropy_bits: -row
-                    .iter()
-                    .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
-                    .sum::<f32>()
-                    / std::f32::consts::LN_2,
-                top: alternatives(tok, row, top_k, |i| row[i].exp()),
-            });
+            if let Some(row) = rows.get(left.len() + (k - from) - 1) {
+                score_row(&mut out, k, row);
+            }
         }
         from = until;
     }
     Ok(out)
+}
+
+/// Keys, values and last-position log-probabilities of recently used contexts (a chunk alone), by
+/// the hash of its text; a few suffice, as edits stay in one place for a while.
+#[derive(Debug, Default)]
+struct Contexts {
+    recent: Vec<(u64, KvCache, Vec<f32>)>,
+}
+
+impl Contexts {
+    const KEEP: usize = 16;
+
+    fn get(&mut self, key: u64) -> Option<(KvCache, Vec<f32>)> {
+        let i = self.recent.iter().position(|(k, _, _)| *k == key)?;
+        let hit = self.recent.remove(i);
+        let out = (hit.1.clone(), hit.2.clone());
+        self.recent.insert(0, hit);
+        Some(out)
+    }
+
+    fn put(&mut self, key: u64, kv: KvCache, row: Vec<f32>) {
+        self.recent.insert(0, (key, kv, row));
+        self.recent.truncate(Self::KEEP);
+    }
 }
 
 /// Scores texts chunk by chunk, remembering chunks it has scored.
@@ -131,6 +195,7 @@ pub struct ChunkScorer {
     /// (hash of the previous chunk's text, hash of the chunk's text) -> scores, with byte ranges
     /// relative to the chunk's start.
     cache: HashMap<(u64, u64), Vec<TokenScore>>,
+    contexts: Contexts,
 }
 
 impl ChunkScorer {
@@ -174,7 +239,15 @@ impl ChunkScorer {
                         _ => vec![start_token],
                     };
                     computed += ids.len();
-                    score_chunk(model, &context, &ids, &offsets, chunk, top_k)?
+                    score_chunk(
+                        model,
+                        (key.0, &context),
+                        &mut self.contexts,
+                        &ids,
+                        &offsets,
+                        chunk,
+                        top_k,
+                    )?
                 }
             };
             let absolute: Vec<TokenScore> = scores
