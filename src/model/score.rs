@@ -30,6 +30,34 @@ pub struct TokenScore {
     pub top: Vec<Alternative>,
 }
 
+impl TokenScore {
+    /// The score of token `id` spanning `range` of `text`, from the log-probabilities `row` the
+    /// model gave at the position before it.
+    pub(crate) fn from_row(
+        tok: &crate::model::Tokenizer,
+        row: &[f32],
+        id: u32,
+        text: &str,
+        range: std::ops::Range<usize>,
+        top_k: usize,
+    ) -> Self {
+        Self {
+            text: text.get(range.clone()).unwrap_or_default().to_owned(),
+            start: range.start,
+            end: range.end,
+            id,
+            logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            rank: rank_of(row, id),
+            entropy_bits: -row
+                .iter()
+                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
+                .sum::<f32>()
+                / std::f32::consts::LN_2,
+            top: alternatives(tok, row, top_k, |i| row[i].exp()),
+        }
+    }
+}
+
 /// The token a scored document follows, so its first token is scored too: the tokenizer's
 /// beginning-of-text when its format has one; else the file separator, which precedes every
 /// document in infill's training stream; else end-of-text.
@@ -88,12 +116,6 @@ pub fn score(
             let (Some(row), Some(&id)) = (rows.get(p), ids.get(target)) else {
                 continue;
             };
-            let lp = row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            let entropy_bits = -row
-                .iter()
-                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
-                .sum::<f32>()
-                / std::f32::consts::LN_2;
             // Offsets of a byte-level tokenizer can start inside a character; the first token
             // starts the text so the ranges tile it.
             let start = if target == 0 {
@@ -102,16 +124,7 @@ pub fn score(
                 starts.get(target).copied().unwrap_or(text.len())
             };
             let stop = starts.get(target + 1).copied().unwrap_or(text.len());
-            out.push(TokenScore {
-                start,
-                end: stop,
-                text: text.get(start..stop).unwrap_or_default().to_string(),
-                id,
-                logprob: lp,
-                rank: rank_of(row, id),
-                entropy_bits,
-                top: alternatives(tok, row, top_k, |i| row[i].exp()),
-            });
+            out.push(TokenScore::from_row(tok, row, id, text, start..stop, top_k));
         }
         if end == seq.len() {
             return Ok(out);

@@ -7,6 +7,24 @@ use crate::{fixture, open};
 
 const TEXT: &str = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n# café €\n";
 
+/// Log-probabilities at every position of one plain forward over `seq`: the reference.
+fn log_probs(model: &infill::model::Model, seq: &[u32]) -> Vec<Vec<f32>> {
+    let llama = model.network.as_llama().unwrap();
+    let input = Tensor::new(seq, llama.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = llama
+        .forward_all(&input, 0, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
 /// The per-token log-probabilities add up to the log-likelihood of the sequence computed
 /// independently from one forward pass.
 #[test]
@@ -17,21 +35,7 @@ fn token_logprobs_sum_to_the_sequence_log_likelihood() {
     assert_eq!(scores.len(), ids.len());
     let mut seq = vec![score::document_start(&model.tokenizer)];
     seq.extend(&ids);
-    let llama = model.network.as_llama().unwrap();
-    let input = Tensor::new(seq.as_slice(), llama.device())
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logp = candle_nn::ops::log_softmax(
-        &llama
-            .forward_all(&input, 0, None)
-            .unwrap()
-            .squeeze(0)
-            .unwrap(),
-        D::Minus1,
-    )
-    .unwrap();
-    let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+    let rows = log_probs(&model, &seq);
     let want: f32 = ids
         .iter()
         .enumerate()
@@ -175,21 +179,7 @@ fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() 
     let ids = model.tokenizer.encode(&new[a..b]).unwrap();
     let mut seq = prev.clone();
     seq.extend(&ids);
-    let llama = model.network.as_llama().unwrap();
-    let input = Tensor::new(seq.as_slice(), llama.device())
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logp = candle_nn::ops::log_softmax(
-        &llama
-            .forward_all(&input, 0, None)
-            .unwrap()
-            .squeeze(0)
-            .unwrap(),
-        D::Minus1,
-    )
-    .unwrap();
-    let rows: Vec<Vec<f32>> = logp.to_vec2().unwrap();
+    let rows = log_probs(&model, &seq);
     let first = fresh.iter().position(|t| t.start == a).unwrap();
     for (k, &id) in ids.iter().enumerate() {
         let want = rows[prev.len() + k - 1][id as usize];

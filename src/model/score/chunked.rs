@@ -14,7 +14,6 @@ use candle_core::{D, Tensor};
 
 use super::TokenScore;
 use crate::model::Model;
-use crate::model::generate::{alternatives, rank_of};
 use crate::model::llama::KvCache;
 
 /// A chunk ends at the first line start past this many bytes whose line hash hits the pattern...
@@ -85,20 +84,7 @@ fn score_chunk(
             offsets.get(k).copied().unwrap_or(chunk.len())
         };
         let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
-        out.push(TokenScore {
-            start,
-            end,
-            text: chunk.get(start..end).unwrap_or_default().to_owned(),
-            id,
-            logprob: row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
-            rank: rank_of(row, id),
-            entropy_bits: -row
-                .iter()
-                .map(|&v| if v.is_finite() { v.exp() * v } else { 0.0 })
-                .sum::<f32>()
-                / std::f32::consts::LN_2,
-            top: alternatives(tok, row, top_k, |i| row[i].exp()),
-        });
+        out.push(TokenScore::from_row(tok, row, id, chunk, start..end, top_k));
     };
     if context.len() + ids.len() <= max_len {
         // The context's keys and values are cached: editing a chunk again only runs its own tokens.
