@@ -13,16 +13,7 @@ fn llama_family_logits_equal_transformers_at_every_position() {
     for name in ["qwen2", "llama"] {
         let model = open(&crate::fixture(name));
         let g = golden(name);
-        let llama = model.network.as_llama().expect("our decoder");
-        let input = Tensor::new(g.ids.as_slice(), model.network.device())
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = llama
-            .forward_all(&input, 0, None)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
+        let logits = crate::logits_all(&model, &g.ids);
         let diff = max_abs_diff(&logits, &g.logits);
         eprintln!(
             "{name}: max |logit - transformers| over {} positions = {diff:e}",
@@ -294,16 +285,7 @@ fn bf16_kernels_stay_close_to_the_f32_reference() {
             same += usize::from(argmax(&logits) == argmax(&want));
             total += 1;
         }
-        let scale = g
-            .logits
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = crate::max_abs(&g.logits);
         eprintln!(
             "{name}: bf16 max |logit - transformers f32| = {worst:e} (logits up to {scale:.1}); same top token {same}/{total}"
         );

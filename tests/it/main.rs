@@ -59,15 +59,32 @@ pub fn golden(name: &str) -> Golden {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+    max_abs(&(a - b).unwrap())
+}
+
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
         .max(0)
         .unwrap()
         .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `(n, vocab)` logits of one plain forward of our decoder over `ids`: the reference the cached,
+/// chunked and windowed paths are checked against.
+pub fn logits_all(model: &Model, ids: &[u32]) -> Tensor {
+    let llama = model.network.as_llama().expect("our decoder");
+    let input = Tensor::new(ids, llama.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    llama
+        .forward_all(&input, 0, None)
+        .unwrap()
+        .squeeze(0)
         .unwrap()
 }
 

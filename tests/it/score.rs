@@ -1,6 +1,6 @@
 //! `infill score`: per-token probabilities, sliding windows, and the command's output.
 
-use candle_core::{D, Tensor};
+use candle_core::D;
 use infill::model::score;
 
 use crate::{fixture, open};
@@ -9,17 +9,7 @@ const TEXT: &str = "def fibonacci(n):\n    if n < 2:\n        return n\n    retu
 
 /// Log-probabilities at every position of one plain forward over `seq`: the reference.
 fn log_probs(model: &infill::model::Model, seq: &[u32]) -> Vec<Vec<f32>> {
-    let llama = model.network.as_llama().unwrap();
-    let input = Tensor::new(seq, llama.device())
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits = llama
-        .forward_all(&input, 0, None)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
-    candle_nn::ops::log_softmax(&logits, D::Minus1)
+    candle_nn::ops::log_softmax(&crate::logits_all(model, seq), D::Minus1)
         .unwrap()
         .to_vec2()
         .unwrap()
