@@ -84,10 +84,11 @@ pub struct TrainArgs {
     /// Output model directory (Hugging Face layout; pass it to --model).
     #[arg(long)]
     pub out: PathBuf,
-    /// Stop after about this many minutes (sets the number of steps after timing the first ones).
+    /// Stop after about this many minutes: the learning-rate schedule is planned to end then,
+    /// from the measured step time (with --resume: this many minutes from now).
     #[arg(long, conflicts_with = "steps")]
     pub minutes: Option<f64>,
-    /// Optimizer steps (default 300 when --minutes is not given).
+    /// Optimizer steps (default 300 when --minutes is not given; with --resume, the run's new total).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Model to fine-tune: a directory or hub id (default: the built-in model).

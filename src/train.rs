@@ -105,8 +105,11 @@ pub enum Start {
     /// Fine-tune this model (`None`: the built-in default).
     FineTune(Option<String>),
     FromScratch(Preset),
-    /// Continue the run whose checkpoints are in the output directory.
-    Resume,
+    /// Continue the run whose checkpoints are in the output directory. `steps`, when given,
+    /// replaces the run's total (the cosine schedule then decays towards the new end).
+    Resume {
+        steps: Option<usize>,
+    },
 }
 
 /// Everything `infill train` decided from its arguments.
@@ -144,6 +147,23 @@ pub struct TrainingReport {
 
 /// Set by Ctrl-C; the loop checkpoints and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// With `--minutes`, how often (in steps) the end of the schedule is planned again.
+const REPLAN_EVERY: usize = 25;
+
+/// Where a `--minutes` run's schedule should end, at `step`, having done `done` steps in
+/// `elapsed` of `budget` seconds: `Some(step)` once the time is up, a new end at the first
+/// timing and every [`REPLAN_EVERY`] steps after, `None` in between.
+fn planned_end(step: usize, done: usize, elapsed: f64, budget: f64) -> Option<usize> {
+    if elapsed >= budget {
+        return Some(step);
+    }
+    if done < 3 || (done > 3 && done % REPLAN_EVERY != 0) {
+        return None;
+    }
+    let left = ((budget - elapsed) / (elapsed / done as f64)) as usize;
+    Some(step + left.max(1))
+}
 
 /// The starting weights and configuration of a fine-tune.
 fn load_start(
@@ -244,7 +264,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             let name = format!("from scratch ({preset:?})");
             (config, json, None, true, name, opts.settings.clone())
         }
-        Start::Resume => {
+        Start::Resume { .. } => {
             let state: trainer::CheckpointState = {
                 let latest =
                     std::fs::read_to_string(ckpt_dir.join("latest")).with_context(|| {
@@ -282,8 +302,11 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
     )?;
     std::fs::create_dir_all(&ckpt_dir)?;
-    if matches!(opts.start, Start::Resume) {
+    if let Start::Resume { steps } = opts.start {
         trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
+        if let Some(steps) = steps {
+            trainer.settings.steps = steps;
+        }
         eprintln!(
             "resuming at step {} of {}",
             trainer.step, trainer.settings.steps
@@ -300,22 +323,31 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         .minutes
         .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
     let loop_start = Instant::now();
-    let mut steps_fixed = opts.minutes.is_none() || matches!(opts.start, Start::Resume);
+    let first_step = trainer.step;
     let mut last_held = Some(before);
     while trainer.step < trainer.settings.steps {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
         let mut entry = trainer.train_step(&tokenizer)?;
-        if !steps_fixed && trainer.step >= 3 {
-            // The budget decides the schedule's length once the step time is known.
-            if let Some(b) = budget {
-                let per_step = loop_start.elapsed().as_secs_f64() / trainer.step as f64;
-                trainer.settings.steps =
-                    ((b.as_secs_f64() / per_step) as usize).max(trainer.step + 1);
-                trainer.settings.warmup = trainer.settings.warmup.min(trainer.settings.steps / 10);
+        if let Some(b) = budget {
+            // The budget decides where the schedule ends. Step time drifts (evaluations,
+            // checkpoints, other work on the machine), so the end is planned again every few
+            // steps from the average so far, and the learning rate still reaches its floor
+            // when the time is up.
+            let elapsed = loop_start.elapsed().as_secs_f64();
+            if let Some(end) = planned_end(
+                trainer.step,
+                trainer.step - first_step,
+                elapsed,
+                b.as_secs_f64(),
+            ) {
+                trainer.settings.steps = end;
+                if first_step == 0 {
+                    trainer.settings.warmup =
+                        trainer.settings.warmup.min(trainer.settings.steps / 10);
+                }
             }
-            steps_fixed = true;
         }
         let s = &trainer.settings;
         if trainer.step % s.eval_every.max(1) == 0 || trainer.step == s.steps {
@@ -403,4 +435,23 @@ pub fn write_model_dir(out: &Path, trainer: &Trainer, tokenizer_json: &str) -> a
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, out.join("model.safetensors"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::planned_end;
+
+    #[test]
+    fn a_minutes_budget_plans_the_end_from_the_measured_step_time() {
+        // A resumed run at step 1000, 3 steps in 6 s of a 60 s budget: 27 more steps.
+        assert_eq!(planned_end(1003, 3, 6.0, 60.0), Some(1030));
+        // Between planning points the end stays where it is.
+        assert_eq!(planned_end(1004, 4, 8.0, 60.0), None);
+        // Slower steps since (evaluations, a busy machine) pull the end in.
+        assert_eq!(planned_end(1025, 25, 50.0, 60.0), Some(1030));
+        // Once the time is up the run ends at this step, whatever the plan said.
+        assert_eq!(planned_end(1026, 26, 60.5, 60.0), Some(1026));
+        // With almost no time left there is still one more step to reach the floor.
+        assert_eq!(planned_end(1050, 50, 59.9, 60.0), Some(1051));
+    }
 }

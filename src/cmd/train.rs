@@ -9,7 +9,7 @@ use crate::train::{self, Start, TrainOptions};
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     train::tune_process();
     let start = if args.resume {
-        Start::Resume
+        Start::Resume { steps: args.steps }
     } else if args.from_scratch {
         Start::FromScratch(args.preset)
     } else {

@@ -388,4 +388,30 @@ fn train_command_writes_a_model_directory_that_loads() {
     assert!(report["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
     let mut model = crate::open(out.path());
     assert!(model.network.logits_after(&[1, 2, 3]).is_ok());
+
+    // --resume --steps gives a finished run a longer schedule, and it continues from step 3.
+    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(["train", "--resume", "--steps", "5", "--out", o, "--repo"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("training.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["steps"], 5);
+    let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
 }
