@@ -8,6 +8,7 @@ use std::path::Path;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(infill_default_model)");
+    println!("cargo::rustc-check-cfg=cfg(infill_default_model_card)");
     // The folder exists (assets/README.md); pointing at a missing path would rerun this every build.
     println!("cargo::rerun-if-changed=assets");
     println!("cargo::rerun-if-changed=src/build.rs");
@@ -17,5 +18,9 @@ fn main() {
         .all(|f| dir.join(f).is_file());
     if complete {
         println!("cargo::rustc-cfg=infill_default_model");
+        // `infill models export` copies the run's training.json (without the loss curve).
+        if dir.join("training.json").is_file() {
+            println!("cargo::rustc-cfg=infill_default_model_card");
+        }
     }
 }

@@ -34,6 +34,11 @@ pub enum Command {
     Score(ScoreArgs),
     /// Measure completion quality on held-out code (or a task file), raw and trimmed.
     Eval(EvalArgs),
+    /// Show the built-in default model and the models you trained, or export one (e.g. to bf16).
+    Models {
+        #[command(subcommand)]
+        command: Option<ModelsCommand>,
+    },
     /// Tokenizer tools.
     Tokenizer {
         #[command(subcommand)]
@@ -56,6 +61,33 @@ pub struct EditArgs {
     /// Edit without a model: no proposals.
     #[arg(long)]
     pub no_completions: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Write a copy of a model directory with its weights stored in another precision (bf16
+    /// halves the size without changing what infill computes from them).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The model directory to copy.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Where to write the copy (a new or empty directory).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Storage precision of the copy's floating-point weights.
+    #[arg(long, value_enum, default_value_t = StorageDtype::Bf16)]
+    pub dtype: StorageDtype,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageDtype {
+    F32,
+    F16,
+    Bf16,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 pub mod complete;
 pub mod eval;
+pub mod models;
 pub mod score;
 pub mod train;
 pub mod trim;

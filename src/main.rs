@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Train(args) => infill::cmd::train::run(args),
         Command::Eval(args) => infill::cmd::eval::run(args),
         Command::Score(args) => infill::cmd::score::run(args),
+        Command::Models { command } => infill::cmd::models::run(command.as_ref()),
         Command::Tokenizer {
             command: TokenizerCommand::Train(args),
         } => infill::cmd::train::tokenizer(args),

@@ -137,7 +137,10 @@ pub struct TrainingReport {
     pub start: String,
     pub steps: usize,
     pub tokens_seen: u64,
+    /// The whole run, all sessions of `--resume` included.
     pub wall_seconds: f64,
+    /// This process alone.
+    pub session_seconds: f64,
     pub held_out_before: HeldOut,
     pub held_out_after: HeldOut,
     pub settings: TrainSettings,
@@ -301,9 +304,13 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let mut trainer = Trainer::new(
         &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
     )?;
+    trainer.origin = start_name;
     std::fs::create_dir_all(&ckpt_dir)?;
     if let Start::Resume { steps } = opts.start {
         trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
+        if trainer.origin.is_empty() {
+            trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
+        }
         if let Some(steps) = steps {
             trainer.settings.steps = steps;
         }
@@ -360,6 +367,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         }
         writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
         if trainer.step % s.checkpoint_every.max(1) == 0 {
+            trainer.seconds = trainer.earlier_seconds + started.elapsed().as_secs_f64();
             trainer.save_checkpoint(&ckpt_dir)?;
         }
         if opts.progress {
@@ -384,6 +392,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         eprintln!();
     }
     let interrupted = trainer.step < trainer.settings.steps;
+    trainer.seconds = trainer.earlier_seconds + started.elapsed().as_secs_f64();
     trainer.save_checkpoint(&ckpt_dir)?;
     if interrupted {
         eprintln!(
@@ -404,10 +413,11 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             .filter_map(|&i| corpus.files.get(i))
             .map(|f| f.text.len())
             .sum(),
-        start: start_name,
+        start: trainer.origin.clone(),
         steps: trainer.step,
         tokens_seen: trainer.tokens_seen,
-        wall_seconds: started.elapsed().as_secs_f64(),
+        wall_seconds: trainer.earlier_seconds + started.elapsed().as_secs_f64(),
+        session_seconds: started.elapsed().as_secs_f64(),
         held_out_before: before,
         held_out_after: after,
         settings: trainer.settings.clone(),

@@ -9,7 +9,7 @@ pub const NAME: &str = "infill-default (embedded)";
 #[cfg(infill_default_model)]
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ndefault model: built in (assets/model/ at build time; its recipe and figures are in assets/README.md)"
+    "\ndefault model: built in (`infill models` describes it; recipe and figures in assets/README.md)"
 );
 
 /// `infill --version`: the version and which default model is built in.
@@ -41,5 +41,20 @@ pub fn files() -> Option<ModelFiles> {
 /// The embedded model's files, or `None` when this binary was built without one.
 #[cfg(not(infill_default_model))]
 pub fn files() -> Option<ModelFiles> {
+    None
+}
+
+/// The default model's `training.json` (how it was trained, its held-out figures), when built in.
+#[cfg(infill_default_model_card)]
+pub fn training() -> Option<&'static str> {
+    Some(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/model/training.json"
+    )))
+}
+
+/// The default model's `training.json` (how it was trained, its held-out figures), when built in.
+#[cfg(not(infill_default_model_card))]
+pub fn training() -> Option<&'static str> {
     None
 }

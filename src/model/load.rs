@@ -125,14 +125,14 @@ pub enum Blob {
 }
 
 impl Blob {
-    fn label(&self) -> PathBuf {
+    pub fn label(&self) -> PathBuf {
         match self {
             Self::File(p) => p.clone(),
             Self::Static { label, .. } => PathBuf::from(label),
         }
     }
 
-    fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+    pub fn read(&self) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
         match self {
             Self::File(p) => std::fs::read(p)
                 .map(Into::into)

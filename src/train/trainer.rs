@@ -196,6 +196,12 @@ pub struct Trainer {
     pub step: usize,
     pub tokens_seen: u64,
     pub log: Vec<LogEntry>,
+    /// How the run began (e.g. "from scratch (Small)"); kept across `--resume`.
+    pub origin: String,
+    /// Wall-clock seconds of the run's earlier sessions, before this process resumed it.
+    pub earlier_seconds: f64,
+    /// Wall-clock seconds of the whole run as of the last checkpoint this process wrote.
+    pub seconds: f64,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -288,6 +294,9 @@ impl Trainer {
             step: 0,
             tokens_seen: 0,
             log: Vec::new(),
+            origin: String::new(),
+            earlier_seconds: 0.0,
+            seconds: 0.0,
         })
     }
 
@@ -423,6 +432,8 @@ impl Trainer {
             config: self.config.to_hf_json(),
             tied: self.tied,
             log: self.log.clone(),
+            origin: self.origin.clone(),
+            seconds: self.seconds,
         };
         std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
         for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
@@ -482,6 +493,9 @@ impl Trainer {
         self.step = state.step;
         self.tokens_seen = state.tokens_seen;
         self.log = state.log;
+        self.origin = state.origin;
+        self.earlier_seconds = state.seconds;
+        self.seconds = state.seconds;
         self.settings = state.settings;
         self.data
             .epoch(tokenizer, &self.settings, state.data.epoch)?;
@@ -501,6 +515,12 @@ pub struct CheckpointState {
     pub config: serde_json::Value,
     pub tied: bool,
     pub log: Vec<LogEntry>,
+    /// How the run began; empty in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub origin: String,
+    /// Wall-clock seconds of the whole run up to this checkpoint (0 in older checkpoints).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 fn sync_dir(dir: &Path) {

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use infill::model::load::{self, LoadError, ModelSource};
 use infill::model::{LoadOptions, config::ConfigError, tokenizer::TokenizerError};
 
-use crate::{fixture, golden, max_abs_diff, open, scratch_copy};
+use crate::{fixture, golden, logits_all, max_abs, max_abs_diff, open, scratch_copy};
 
 fn load_err(dir: &Path) -> LoadError {
     match load::locate_dir(dir).and_then(|files| load::load(&files, &LoadOptions::default())) {
@@ -274,4 +274,76 @@ fn without_a_built_in_model_the_default_says_so() {
         assert!(matches!(err, LoadError::NoDefaultModel));
         assert!(err.to_string().contains("--model"));
     }
+}
+
+/// `infill models export` stores the weights in bf16 at half the size, the copy computes what the
+/// original does up to bf16 rounding, and `infill models` lists it with its training summary.
+#[test]
+fn models_export_writes_a_bf16_copy_that_models_lists() {
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("infill/models/tiny-bf16");
+    let infill = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+            .args(args)
+            .env("XDG_DATA_HOME", data.path())
+            .output()
+            .unwrap()
+    };
+    let source = fixture("tiny-python");
+    let export = [
+        "models".as_ref(),
+        "export".as_ref(),
+        "--model".as_ref(),
+        source.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    let done = infill(&export);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("(bf16,"));
+    let size = |p: &Path| {
+        std::fs::metadata(p.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size(&out) * 2 < size(&source) + 4096,
+        "bf16 halves the weights"
+    );
+
+    let ids: Vec<u32> = (1..40).collect();
+    let a = logits_all(&open(&source), &ids);
+    let b = logits_all(&open(&out), &ids).to_dtype(DType::F32).unwrap();
+    let diff = max_abs_diff(&a, &b);
+    assert!(
+        diff > 0.0 && diff < 0.05 * max_abs(&a),
+        "bf16 rounding only: {diff} of {}",
+        max_abs(&a)
+    );
+
+    // The copy keeps the training summary but not the per-step curve.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("training.json")).unwrap()).unwrap();
+    assert!(report.get("loss_curve").is_none());
+    assert!(report["held_out_after"]["bits_per_byte"].as_f64().is_some());
+
+    let listed = infill(&["models".as_ref()]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&format!("{}: llama", out.display()))
+            || listed.contains(&format!("{}: qwen2", out.display())),
+        "{listed}"
+    );
+    assert!(listed.contains("bits/byte"), "{listed}");
+
+    // Exporting over a model refuses, in one line, and leaves it alone.
+    let again = infill(&export);
+    assert_eq!(again.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already holds a model"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1);
 }

@@ -386,6 +386,7 @@ fn train_command_writes_a_model_directory_that_loads() {
             .unwrap();
     assert_eq!(report["steps"], 3);
     assert!(report["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
+    let origin = report["start"].clone();
     let mut model = crate::open(out.path());
     assert!(model.network.logits_after(&[1, 2, 3]).is_ok());
 
@@ -404,6 +405,9 @@ fn train_command_writes_a_model_directory_that_loads() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("training.json")).unwrap())
             .unwrap();
     assert_eq!(report["steps"], 5);
+    // The report describes the whole run: how it began and the time of both sessions.
+    assert_eq!(report["start"], origin);
+    assert!(report["wall_seconds"].as_f64() > report["session_seconds"].as_f64());
     let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
     let steps: Vec<u64> = log
         .lines()

@@ -1,0 +1,245 @@
+//! `infill models`: what the built-in default model is and what it measured, the models trained
+//! into the data directory, and `infill models export` to store a model's weights in bf16.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::DType;
+use serde_json::Value;
+
+use crate::cli::{ExportArgs, ModelsCommand, StorageDtype};
+use crate::model::embedded;
+use crate::model::load::{Blob, ModelFiles, locate_dir};
+
+pub fn run(command: Option<&ModelsCommand>) -> anyhow::Result<()> {
+    match command {
+        Some(ModelsCommand::Export(args)) => export(args),
+        None => list(),
+    }
+}
+
+/// Where `infill train --out` is suggested to write personal models.
+fn data_dir() -> Option<PathBuf> {
+    crate::files::xdg_dir("XDG_DATA_HOME", ".local/share").map(|d| d.join("models"))
+}
+
+fn list() -> anyhow::Result<()> {
+    match embedded::files() {
+        Some(files) => {
+            println!("default (built in): {}", describe(&files)?);
+            if let Some(training) = embedded::training() {
+                println!("  {}", training_summary(&serde_json::from_str(training)?));
+            }
+        }
+        None => println!(
+            "default: none built in; pass --model DIR|HUB_ID (assets/README.md says how to build one in)"
+        ),
+    }
+    let Some(dir) = data_dir() else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!("no trained models in {}", dir.display());
+        return Ok(());
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for path in dirs {
+        // A folder that is not a model is named with the reason instead of stopping the list.
+        match locate_dir(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| describe(&f))
+        {
+            Ok(text) => println!("{}: {text}", path.display()),
+            Err(e) => println!("{}: not a model ({e:#})", path.display()),
+        }
+        if let Ok(text) = std::fs::read_to_string(path.join("training.json")) {
+            if let Ok(report) = serde_json::from_str::<Value>(&text) {
+                println!("  {}", training_summary(&report));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line: architecture, parameters, storage, shape and context.
+fn describe(files: &ModelFiles) -> anyhow::Result<String> {
+    let config: Value = serde_json::from_slice(&files.config.read()?)
+        .with_context(|| format!("{}: not JSON", files.config.label().display()))?;
+    let mut params = 0usize;
+    let mut bytes = 0usize;
+    let mut dtypes = BTreeMap::new();
+    for blob in &files.weights {
+        let data = blob.read()?;
+        bytes += data.len();
+        for (dtype, count) in tensor_sizes(&data)
+            .with_context(|| format!("{}: not a safetensors file", blob.label().display()))?
+        {
+            params += count;
+            *dtypes.entry(dtype).or_insert(0usize) += count;
+        }
+    }
+    let dtype = dtypes
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map_or("?", |(d, _)| d.as_str());
+    let field = |k: &str| config.get(k).and_then(Value::as_u64).map(|v| v.to_string());
+    let layers = field("num_hidden_layers").or_else(|| field("n_layer"));
+    let hidden = field("hidden_size").or_else(|| field("n_embd"));
+    let context = field("max_position_embeddings").or_else(|| field("n_positions"));
+    Ok(format!(
+        "{}, {:.1}M parameters ({dtype}, {:.1} MB), {} layers, hidden {}, context {}, vocab {}",
+        config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("?"),
+        params as f64 / 1e6,
+        bytes as f64 / 1e6,
+        layers.as_deref().unwrap_or("?"),
+        hidden.as_deref().unwrap_or("?"),
+        context.as_deref().unwrap_or("?"),
+        field("vocab_size").as_deref().unwrap_or("?"),
+    ))
+}
+
+/// The dtype and element count of every tensor in a safetensors file, read from its header only.
+fn tensor_sizes(data: &[u8]) -> anyhow::Result<Vec<(String, usize)>> {
+    let len_bytes: [u8; 8] = data
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .context("shorter than its header")?;
+    let len = usize::try_from(u64::from_le_bytes(len_bytes))?;
+    let header = data
+        .get(8..8usize.saturating_add(len))
+        .context("truncated header")?;
+    let header: BTreeMap<String, Value> = serde_json::from_slice(header)?;
+    Ok(header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(_, info)| {
+            let dtype = info.get("dtype").and_then(Value::as_str).unwrap_or("?");
+            let count = info.get("shape").and_then(Value::as_array).map_or(0, |s| {
+                s.iter().filter_map(Value::as_u64).product::<u64>() as usize
+            });
+            (dtype.to_lowercase(), count)
+        })
+        .collect())
+}
+
+/// One line from a `training.json`: how it was trained and the held-out figure it reached.
+fn training_summary(report: &Value) -> String {
+    let num = |k: &str| report.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let held = report
+        .pointer("/held_out_after/bits_per_byte")
+        .and_then(Value::as_f64);
+    format!(
+        "trained {}: {} steps, {:.1}M tokens, {:.1} h, {} files; held-out {}",
+        report.get("start").and_then(Value::as_str).unwrap_or("?"),
+        num("steps"),
+        num("tokens_seen") / 1e6,
+        num("wall_seconds") / 3600.0,
+        num("files_trained"),
+        held.map_or("?".to_string(), |b| format!("{b:.3} bits/byte")),
+    )
+}
+
+fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    let files = locate_dir(&args.model)?;
+    let same = std::fs::canonicalize(&args.model).ok() == std::fs::canonicalize(&args.out).ok();
+    if same {
+        anyhow::bail!(
+            "{}: --out must be another directory than --model",
+            args.out.display()
+        );
+    }
+    if args.out.join("model.safetensors").exists() {
+        anyhow::bail!(
+            "{}: already holds a model; choose a new or empty directory",
+            args.out.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create the directory", args.out.display()))?;
+    let target = match args.dtype {
+        StorageDtype::F32 => DType::F32,
+        StorageDtype::F16 => DType::F16,
+        StorageDtype::Bf16 => DType::BF16,
+    };
+    let mut tensors = std::collections::HashMap::new();
+    for blob in &files.weights {
+        let Blob::File(path) = blob else { continue };
+        let loaded = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .with_context(|| format!("{}: cannot read the weights", path.display()))?;
+        for (name, t) in loaded {
+            let t = if t.dtype().is_float() {
+                t.to_dtype(target)?
+            } else {
+                t
+            };
+            tensors.insert(name, t);
+        }
+    }
+    let tmp = args.out.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, args.out.join("model.safetensors"))?;
+
+    let mut config: Value = serde_json::from_slice(&files.config.read()?)?;
+    if let Some(map) = config.as_object_mut() {
+        let name = match args.dtype {
+            StorageDtype::F32 => "float32",
+            StorageDtype::F16 => "float16",
+            StorageDtype::Bf16 => "bfloat16",
+        };
+        map.insert("torch_dtype".into(), Value::from(name));
+    }
+    crate::files::write_atomic(
+        &args.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    crate::files::write_atomic(&args.out.join("tokenizer.json"), &files.tokenizer.read()?)?;
+    if let Ok(text) = std::fs::read_to_string(args.model.join("training.json")) {
+        // The summary travels with the weights; the per-step loss curve stays behind.
+        let mut report: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: training.json is not JSON", args.model.display()))?;
+        if let Some(map) = report.as_object_mut() {
+            map.remove("loss_curve");
+        }
+        crate::files::write_atomic(
+            &args.out.join("training.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+    }
+    let written = locate_dir(&args.out)?;
+    println!("{}: {}", args.out.display(), describe(&written)?);
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_sizes_come_from_the_header_alone() {
+        let a = candle_core::Tensor::zeros((3, 4), DType::BF16, &candle_core::Device::Cpu).unwrap();
+        let b = candle_core::Tensor::zeros(5, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("a".to_string(), a), ("b".to_string(), b)]),
+            &path,
+        )
+        .unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let mut sizes = tensor_sizes(&data).unwrap();
+        sizes.sort();
+        assert_eq!(sizes, [("bf16".to_string(), 12), ("f32".to_string(), 5)]);
+        assert!(tensor_sizes(&data[..20]).is_err());
+        assert!(tensor_sizes(b"abc").is_err());
+    }
+}
