@@ -297,6 +297,10 @@ pub struct EvalArgs {
     /// Use only tasks whose id contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Kilobytes of held-out files per language read left to right for bits per byte, the
+    /// measure most sensitive to a fine-tune (0: skip).
+    #[arg(long, value_name = "KB", default_value_t = 64)]
+    pub score_kb: usize,
     /// Write every task and result here as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -176,6 +176,90 @@ pub fn run(
     Ok(out)
 }
 
+/// Held-out bits per byte of the files of one language, read left to right.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanguageBits {
+    pub language: String,
+    pub files: usize,
+    pub bytes: usize,
+    pub bits_per_byte: f64,
+}
+
+/// Bits per byte per language of `files` (path, language, text), each read left to right in
+/// windows of the model's context with half a window of stride (as `infill score` does). Files
+/// are taken in the order given until a language has `budget` bytes; a file longer than what is
+/// left is cut at a line end. Files of no known language are left out.
+pub fn bits_per_byte(
+    model: &mut Model,
+    files: &[(String, Option<String>, String)],
+    budget: usize,
+) -> anyhow::Result<Vec<LanguageBits>> {
+    let mut per: BTreeMap<String, (usize, usize, f64)> = BTreeMap::new();
+    for (_, language, text) in files {
+        let Some(language) = language else { continue };
+        let (count, bytes, _) = per.get(language).copied().unwrap_or_default();
+        if bytes >= budget || INTERRUPTED.load(Ordering::Relaxed) {
+            continue;
+        }
+        let text = cut_at_line(text, budget - bytes);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let scores = crate::model::score::score(model, text, usize::MAX, None, 0)?;
+        let bits: f64 = scores
+            .iter()
+            .map(|t| -f64::from(t.logprob) / std::f64::consts::LN_2)
+            .sum();
+        let entry = per.entry(language.clone()).or_default();
+        *entry = (count + 1, bytes + text.len(), entry.2 + bits);
+    }
+    Ok(per
+        .into_iter()
+        .map(|(language, (files, bytes, bits))| LanguageBits {
+            language,
+            files,
+            bytes,
+            bits_per_byte: bits / bytes.max(1) as f64,
+        })
+        .collect())
+}
+
+/// The longest start of `text` of at most `limit` bytes that ends at a line end (or all of it).
+fn cut_at_line(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = text.get(..end).unwrap_or_default();
+    head.rfind('\n')
+        .map_or(head, |i| text.get(..=i).unwrap_or(head))
+}
+
+/// The bits-per-byte table: one row per language, a column per model.
+pub fn render_bits(model: &[LanguageBits], baseline: Option<&[LanguageBits]>) -> String {
+    let mut out = format!(
+        "held-out bits per byte (files read left to right):\n  {:<12}{:>8}{:>10}{:>10}{}\n",
+        "language",
+        "files",
+        "bytes",
+        "model",
+        if baseline.is_some() { "  baseline" } else { "" }
+    );
+    for m in model {
+        let base = baseline
+            .and_then(|b| b.iter().find(|b| b.language == m.language))
+            .map_or(String::new(), |b| format!("{:>10.3}", b.bits_per_byte));
+        out.push_str(&format!(
+            "  {:<12}{:>8}{:>10}{:>10.3}{base}\n",
+            m.language, m.files, m.bytes, m.bits_per_byte
+        ));
+    }
+    out
+}
+
 /// Aggregate figures of one variant (raw, trimmed or empty) over a set of tasks.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -408,7 +492,14 @@ pub fn write_json(
     model: &[Outcome],
     baseline: Option<&[Outcome]>,
     reports: &[KindReport],
+    bits: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    let doc = serde_json::json!({ "tasks": tasks, "model": model, "baseline": baseline, "report": reports });
+    let doc = serde_json::json!({
+        "tasks": tasks,
+        "model": model,
+        "baseline": baseline,
+        "report": reports,
+        "bits_per_byte": bits,
+    });
     crate::files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())
 }

@@ -11,7 +11,12 @@ use crate::eval::{self, Exec, tasks};
 use crate::model::generate::Limits;
 use crate::train::{corpus, split};
 
-fn build_tasks(args: &EvalArgs) -> anyhow::Result<Vec<tasks::Task>> {
+/// A held-out file: path, language, text.
+type HeldFile = (String, Option<String>, String);
+
+/// The tasks, and the held-out files they came from (none for a task file).
+fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>)> {
+    let mut held_files = Vec::new();
     let mut all = match &args.tasks_file {
         Some(path) => {
             let text = crate::files::read_source(path)?;
@@ -22,12 +27,12 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<Vec<tasks::Task>> {
             let corpus = corpus::collect(&args.repo)?;
             let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
             let (_, held) = split::split(&paths, args.held_out);
-            let files: Vec<(String, Option<String>, String)> = held
+            held_files = held
                 .iter()
                 .filter_map(|&i| corpus.files.get(i))
                 .map(|f| (f.path.clone(), Some(f.language.clone()), f.text.clone()))
                 .collect();
-            tasks::build(&files, args.tasks, args.seed)
+            tasks::build(&held_files, args.tasks, args.seed)
         }
     };
     if let Some(filter) = &args.filter {
@@ -39,7 +44,7 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<Vec<tasks::Task>> {
     if all.is_empty() {
         anyhow::bail!("no tasks to run (check --repo, --tasks-file, --filter and --limit)");
     }
-    Ok(all)
+    Ok((all, held_files))
 }
 
 fn run_model(
@@ -48,8 +53,21 @@ fn run_model(
     settings: &Settings,
     exec: Option<&Exec>,
     label: &str,
-) -> anyhow::Result<Vec<eval::Outcome>> {
+    held: &[HeldFile],
+    score_bytes: usize,
+) -> anyhow::Result<(Vec<eval::Outcome>, Option<Vec<eval::LanguageBits>>)> {
     let mut model = super::open_model(spec)?;
+    let bits = if held.is_empty() || score_bytes == 0 {
+        None
+    } else if model.network.as_llama().is_none() {
+        eprintln!("{label}: bits per byte needs infill's own qwen2/llama decoder; skipped");
+        None
+    } else {
+        if std::io::stderr().is_terminal() {
+            eprint!("\r{label}: scoring held-out files for bits per byte...");
+        }
+        Some(eval::bits_per_byte(&mut model, held, score_bytes)?)
+    };
     let show = std::io::stderr().is_terminal();
     let started = Instant::now();
     eval::run(&mut model, tasks, settings, exec, |done, total| {
@@ -68,10 +86,12 @@ fn run_model(
             eprintln!();
         }
     })
+    .map(|outcomes| (outcomes, bits))
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    let tasks = build_tasks(args)?;
+    let (tasks, held) = build_tasks(args)?;
+    let score_bytes = args.score_kb.saturating_mul(1024);
     if !(0.0..1.0).contains(&args.min_confidence) {
         anyhow::bail!(
             "--min-confidence must be in [0, 1) (got {})",
@@ -96,7 +116,15 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     ctrlc::set_handler(|| eval::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     let started = Instant::now();
-    let model = run_model(&args.model, &tasks, &settings, exec.as_ref(), "model")?;
+    let (model, model_bits) = run_model(
+        &args.model,
+        &tasks,
+        &settings,
+        exec.as_ref(),
+        "model",
+        &held,
+        score_bytes,
+    )?;
     let baseline = match &args.baseline {
         Some(b) if !eval::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) => {
             let spec = ModelArgs {
@@ -109,9 +137,15 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 &settings,
                 exec.as_ref(),
                 "baseline",
+                &held,
+                score_bytes,
             )?)
         }
         _ => None,
+    };
+    let (baseline, baseline_bits) = match baseline {
+        Some((outcomes, bits)) => (Some(outcomes), bits),
+        None => (None, None),
     };
     if model.len() < tasks.len() {
         eprintln!(
@@ -122,6 +156,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let reports = eval::report(&tasks, &model, baseline.as_deref(), args.seed);
     print!("{}", eval::render(&reports, args.markdown));
+    if let Some(bits) = &model_bits {
+        println!("{}", eval::render_bits(bits, baseline_bits.as_deref()));
+    }
     println!(
         "{} tasks in {:.1} s",
         model.len(),
@@ -134,6 +171,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             &model,
             baseline.as_deref(),
             &reports,
+            &serde_json::json!({ "model": model_bits, "baseline": baseline_bits }),
         )?;
     }
     Ok(())

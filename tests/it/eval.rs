@@ -70,6 +70,50 @@ fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
             "{path} is a training file"
         );
     }
+    // Bits per byte of the held-out Rust files, the same for the model and itself as baseline.
+    assert!(stdout.contains("held-out bits per byte"), "{stdout}");
+    let bits = &doc["bits_per_byte"];
+    assert_eq!(bits["model"][0]["language"], "rust");
+    assert!(bits["model"][0]["bits_per_byte"].as_f64().unwrap() > 0.0);
+    assert_eq!(bits["model"], bits["baseline"]);
+}
+
+/// Bits per byte per language is what scoring the same text token by token gives, within the
+/// per-language byte budget, cut at a line end.
+#[test]
+fn bits_per_byte_per_language_adds_up_the_token_scores() {
+    let mut model = crate::open(&fixture("tiny-python"));
+    let py = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n".to_string();
+    let files = vec![
+        ("a.py".to_string(), Some("python".to_string()), py.clone()),
+        (
+            "b.py".to_string(),
+            Some("python".to_string()),
+            py.repeat(40),
+        ),
+        ("notes".to_string(), None, "no language".to_string()),
+    ];
+    let budget = py.len() + 100;
+    let bits = infill::eval::bits_per_byte(&mut model, &files, budget).unwrap();
+    assert_eq!(bits.len(), 1, "files of no known language are left out");
+    assert_eq!(bits[0].language, "python");
+    assert_eq!(bits[0].files, 2);
+    // The second file is cut at the last line end within the 100 bytes left.
+    let second = &py.repeat(40)[..py.repeat(40)[..100].rfind('\n').unwrap() + 1];
+    assert_eq!(bits[0].bytes, py.len() + second.len());
+    let total: f64 = [py.as_str(), second]
+        .iter()
+        .map(|t| {
+            infill::model::score::score(&mut model, t, usize::MAX, None, 0)
+                .unwrap()
+                .iter()
+                .map(|s| -f64::from(s.logprob) / std::f64::consts::LN_2)
+                .sum::<f64>()
+        })
+        .sum();
+    let expected = total / bits[0].bytes as f64;
+    assert!((bits[0].bits_per_byte - expected).abs() < 1e-9);
+    assert!(expected > 0.0);
 }
 
 #[test]
