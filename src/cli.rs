@@ -81,6 +81,10 @@ pub struct ExportArgs {
     /// Storage precision of the copy's floating-point weights.
     #[arg(long, value_enum, default_value_t = StorageDtype::Bf16)]
     pub dtype: StorageDtype,
+    /// The context (tokens) the copy declares: the length it was trained at, when its config
+    /// says more (prompts longer than that make a model worse).
+    #[arg(long, value_name = "TOKENS")]
+    pub context: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

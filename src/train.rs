@@ -151,6 +151,9 @@ pub struct TrainingReport {
 /// Set by Ctrl-C; the loop checkpoints and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// How a from-scratch run's origin starts (`Trainer::origin`, `training.json`'s `start`).
+const FROM_SCRATCH: &str = "from scratch";
+
 /// With `--minutes`, how often (in steps) the end of the schedule is planned again.
 const REPLAN_EVERY: usize = 25;
 
@@ -264,7 +267,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             )?;
             let probe = Tokenizer::from_bytes(json.as_bytes(), usize::MAX)?;
             let config = preset.config(probe.vocab_size(), opts.settings.seq_len.max(512));
-            let name = format!("from scratch ({preset:?})");
+            let name = format!("{FROM_SCRATCH} ({preset:?})");
             (config, json, None, true, name, opts.settings.clone())
         }
         Start::Resume { .. } => {
@@ -298,8 +301,9 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         }
     };
     let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), config.vocab_size)?;
-    if settings.seq_len + 1 > config.max_position_embeddings {
-        settings.seq_len = config.max_position_embeddings - 1;
+    // A window's inputs are `seq_len` tokens: positions 0..seq_len.
+    if settings.seq_len > config.max_position_embeddings {
+        settings.seq_len = config.max_position_embeddings;
     }
     let mut trainer = Trainer::new(
         &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
@@ -432,9 +436,17 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
 }
 
 /// Writes the model in Hugging Face layout: config.json, tokenizer.json, model.safetensors.
+///
+/// A model trained from scratch declares the context it was trained at: rotary positions it never
+/// saw make it worse, not better (measured: 2.19 bits/byte reading a file in 512-token windows
+/// against 2.09 in 256-token ones, for a model trained on 256). A fine-tune keeps its model's.
 pub fn write_model_dir(out: &Path, trainer: &Trainer, tokenizer_json: &str) -> anyhow::Result<()> {
     let mut config = trainer.config.clone();
     config.tie_word_embeddings = trainer.tied;
+    if trainer.origin.starts_with(FROM_SCRATCH) {
+        config.max_position_embeddings =
+            config.max_position_embeddings.min(trainer.settings.seq_len);
+    }
     crate::files::write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(&config.to_hf_json())?.as_bytes(),

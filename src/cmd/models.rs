@@ -148,6 +148,9 @@ fn training_summary(report: &Value) -> String {
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    if let Some(context) = args.context.filter(|&c| c < 16) {
+        anyhow::bail!("--context must be at least 16 tokens (got {context})");
+    }
     let files = locate_dir(&args.model)?;
     let same = std::fs::canonicalize(&args.model).ok() == std::fs::canonicalize(&args.out).ok();
     if same {
@@ -196,6 +199,14 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
             StorageDtype::Bf16 => "bfloat16",
         };
         map.insert("torch_dtype".into(), Value::from(name));
+        if let Some(context) = args.context {
+            let key = if map.contains_key("n_positions") {
+                "n_positions"
+            } else {
+                "max_position_embeddings"
+            };
+            map.insert(key.into(), Value::from(context));
+        }
     }
     crate::files::write_atomic(
         &args.out.join("config.json"),

@@ -297,6 +297,8 @@ fn models_export_writes_a_bf16_copy_that_models_lists() {
         source.as_os_str(),
         "--out".as_ref(),
         out.as_os_str(),
+        "--context".as_ref(),
+        "64".as_ref(),
     ];
     let done = infill(&export);
     assert!(
@@ -324,6 +326,11 @@ fn models_export_writes_a_bf16_copy_that_models_lists() {
         "bf16 rounding only: {diff} of {}",
         max_abs(&a)
     );
+
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["max_position_embeddings"], 64);
+    assert_eq!(config["torch_dtype"], "bfloat16");
 
     // The copy keeps the training summary but not the per-step curve.
     let report: serde_json::Value =

@@ -419,3 +419,33 @@ fn train_command_writes_a_model_directory_that_loads() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5]);
 }
+
+/// A model trained from scratch declares the context it was trained at, not the preset's room:
+/// longer prompts would reach rotary positions it never saw.
+#[test]
+fn a_model_trained_from_scratch_declares_its_training_context() {
+    let out = tempfile::tempdir().unwrap();
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(["train", "--from-scratch", "--preset", "tiny", "--out"])
+        .arg(out.path())
+        .args([
+            "--repo",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+        ])
+        .args(["--steps", "2", "--seq-len", "48", "--eval-every", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["max_position_embeddings"], 48);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("training.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["start"], "from scratch (Tiny)");
+}
