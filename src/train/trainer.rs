@@ -496,9 +496,20 @@ impl Trainer {
         self.origin = state.origin;
         self.earlier_seconds = state.seconds;
         self.seconds = state.seconds;
+        // Packing an epoch tokenizes and parses the whole corpus (minutes for a large one): keep
+        // the windows `new` built when they are the ones the checkpoint's epoch needs.
+        let shaped_alike = |a: &TrainSettings, b: &TrainSettings| {
+            (a.seed, a.seq_len, a.fim_rate, a.spm_rate)
+                == (b.seed, b.seq_len, b.fim_rate, b.spm_rate)
+        };
+        let packed = self.data.pos.epoch == state.data.epoch
+            && shaped_alike(&self.settings, &state.settings)
+            && !self.data.windows.is_empty();
         self.settings = state.settings;
-        self.data
-            .epoch(tokenizer, &self.settings, state.data.epoch)?;
+        if !packed {
+            self.data
+                .epoch(tokenizer, &self.settings, state.data.epoch)?;
+        }
         self.data.pos = state.data;
         Ok(())
     }
