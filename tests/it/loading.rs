@@ -267,12 +267,30 @@ fn unknown_families_and_broken_configs_are_clear_errors() {
     ));
 }
 
+/// The built-in default loads offline and proposes something, or, in a build without one, the
+/// error says to pass --model.
 #[test]
-fn without_a_built_in_model_the_default_says_so() {
-    if infill::model::embedded::files().is_none() {
-        let err = load::locate(&ModelSource::Embedded, false).unwrap_err();
-        assert!(matches!(err, LoadError::NoDefaultModel));
-        assert!(err.to_string().contains("--model"));
+fn the_built_in_default_loads_or_says_to_pass_a_model() {
+    match infill::model::embedded::files() {
+        Some(_) => {
+            let mut model =
+                infill::model::Model::open(&ModelSource::Embedded, false, &LoadOptions::default())
+                    .unwrap();
+            assert_eq!(model.name, infill::model::embedded::NAME);
+            let text = "def add(a, b):\n    return a + b\n";
+            let scores =
+                infill::model::score::score(&mut model, text, usize::MAX, None, 0).unwrap();
+            assert_eq!(scores.last().map(|t| t.end), Some(text.len()));
+            // The card travels with it: how it was trained and what it measured.
+            let card: serde_json::Value =
+                serde_json::from_str(infill::model::embedded::training().unwrap()).unwrap();
+            assert!(card["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
+        }
+        None => {
+            let err = load::locate(&ModelSource::Embedded, false).unwrap_err();
+            assert!(matches!(err, LoadError::NoDefaultModel));
+            assert!(err.to_string().contains("--model"));
+        }
     }
 }
 
