@@ -16,7 +16,9 @@
 //!   after a one-character edit at five places in its middle and after the next key at each (the
 //!   chunks an edit touched are scored again, the rest come from the cache), medians, both models.
 //!
-//! Run with `cargo bench --bench editor`. Figures are printed, never asserted.
+//! Run with `cargo bench --bench editor` (`INFILL_BENCH=overlay,ghost` for some sections only).
+//! The default model is the built-in one when this build has it, else random weights in its shape.
+//! Figures are printed, never asserted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -180,18 +182,36 @@ fn ghost_latency(model: Model, reuse: bool) -> (Vec<f64>, Vec<f64>) {
     (visible, first_token)
 }
 
+fn default_name() -> String {
+    if infill::model::embedded::files().is_some() {
+        "default model (built in)".into()
+    } else {
+        "default shape, random".into()
+    }
+}
+
 fn tiny_python() -> Option<Model> {
     let dir = root().join("tests/fixtures/models/tiny-python");
     let files = infill::model::load::locate_dir(&dir).ok()?;
     infill::model::load::load(&files, &infill::model::LoadOptions::default()).ok()
 }
 
-/// Random weights in the default model's intended shape, with the tiny model's tokenizer.
+/// The built-in default model, or random weights in its shape when this build has none.
+fn default_model() -> Option<Model> {
+    if infill::model::embedded::files().is_some() {
+        let source = infill::model::ModelSource::Embedded;
+        return Model::open(&source, false, &infill::model::LoadOptions::default()).ok();
+    }
+    default_shape()
+}
+
+/// Random weights in the default model's shape (context 256, the length it is trained at), with
+/// the tiny model's tokenizer.
 fn default_shape() -> Option<Model> {
     let tok_path = root().join("tests/fixtures/models/tiny-python/tokenizer.json");
     let tokenizer = Tokenizer::from_bytes(&std::fs::read(tok_path).ok()?, 4096).ok()?;
     // Exactly the shape `infill train --from-scratch --preset small` trains.
-    let cfg = infill::train::Preset::Small.config(4096, 2048);
+    let cfg = infill::train::Preset::Small.config(4096, 256);
     let varmap = VarMap::new();
     Llama::new(
         &cfg,
@@ -278,7 +298,25 @@ fn overlay(name: &str, model: Model) {
     );
 }
 
+/// Whether `INFILL_BENCH` (a comma-separated list of draw, overlay, ghost; all when unset) asks
+/// for this section.
+fn wants(section: &str) -> bool {
+    std::env::var("INFILL_BENCH").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
+}
+
 fn main() {
+    if wants("draw") {
+        draw_section();
+    }
+    if wants("overlay") {
+        overlay_section();
+    }
+    if wants("ghost") {
+        ghost_section();
+    }
+}
+
+fn draw_section() {
     println!("## keystroke to drawn frame (TestBackend 120x40, ms)\n");
     println!("| file | keys | p50 | p99 | max |\n|---|---|---|---|---|");
     let rust = std::fs::read_to_string(root().join("src/tui/app.rs")).unwrap_or_default();
@@ -336,7 +374,9 @@ fn main() {
     );
     drop(app);
     drop(huge);
+}
 
+fn overlay_section() {
     println!("\n## overlay scoring (chunked, each chunk with its predecessor as context)\n");
     println!(
         "| model | file | full scoring | edit, then next key: edited text rescored | edit, then next key: whole refresh |"
@@ -345,16 +385,21 @@ fn main() {
     if let Some(m) = tiny_python() {
         overlay("tiny-python fixture", m);
     }
-    if let Some(m) = default_shape() {
-        overlay("default shape, random", m);
+    if let Some(m) = default_model() {
+        overlay(&default_name(), m);
     }
+}
 
+fn ghost_section() {
     println!("\n## keystroke to first ghost text (request sent at once; ms)\n");
     println!("| model | KV reuse | keys | first visible ghost p50 | p95 | first token p50 | p95 |");
     println!("|---|---|---|---|---|---|---|");
     for (name, make) in [
-        ("tiny-python fixture", tiny_python as fn() -> Option<Model>),
-        ("default shape, random", default_shape),
+        (
+            "tiny-python fixture".to_string(),
+            tiny_python as fn() -> Option<Model>,
+        ),
+        (default_name(), default_model),
     ] {
         for reuse in [true, false] {
             let Some(model) = make() else {

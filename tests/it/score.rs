@@ -160,7 +160,14 @@ fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() 
         assert!((a.logprob - f.logprob).abs() < 1e-5);
     }
     // Independently: a chunk's scores are one forward over the previous chunk and itself.
-    let bounds = infill::model::score::chunked::chunk_bounds(&new);
+    use infill::model::score::chunked::{ChunkSizes, chunk_bounds};
+    let context = model
+        .network
+        .as_llama()
+        .unwrap()
+        .config()
+        .max_position_embeddings;
+    let bounds = chunk_bounds(&new, ChunkSizes::for_context(context));
     let (a, b) = bounds[1];
     let prev = model
         .tokenizer
@@ -269,4 +276,55 @@ fn score_fim_command_lists_the_most_surprising_lines() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["lines"].as_array().unwrap().len(), 14);
+}
+
+/// With a short context a chunk is scored after as much of the end of the chunk before it as
+/// fits (its keys and values then cached for the next edit).
+#[test]
+fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
+    use infill::model::score::chunked::{ChunkScorer, ChunkSizes, chunk_bounds};
+    let dir = crate::scratch_copy("tiny-python");
+    let config = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "\"max_position_embeddings\": 512",
+            "\"max_position_embeddings\": 64",
+        ),
+    )
+    .unwrap();
+    let model = open(dir.path());
+    let source: String = (0..60)
+        .map(|i| format!("def f{i}(a, b):\n    return a + b * {i}\n\n"))
+        .collect();
+    let mut all = Vec::new();
+    ChunkScorer::default()
+        .score(&model, &source, 0, None, |_, t| all.extend_from_slice(t))
+        .unwrap()
+        .unwrap();
+    let bounds = chunk_bounds(&source, ChunkSizes::for_context(64));
+    let mut cut = 0;
+    for pair in bounds.windows(2) {
+        let [(p0, p1), (a, b)] = [pair[0], pair[1]];
+        let prev = model.tokenizer.encode(&source[p0..p1]).unwrap();
+        let ids = model.tokenizer.encode(&source[a..b]).unwrap();
+        if ids.len() > 32 {
+            continue;
+        }
+        let tail = &prev[prev.len().saturating_sub(64 - ids.len())..];
+        cut += usize::from(tail.len() < prev.len());
+        let mut seq = tail.to_vec();
+        seq.extend(&ids);
+        let rows = log_probs(&model, &seq);
+        let first = all.iter().position(|t| t.start == a).unwrap();
+        for (k, &id) in ids.iter().enumerate() {
+            let want = rows[tail.len() + k - 1][id as usize];
+            assert!(
+                (want - all[first + k].logprob).abs() < 1e-4,
+                "chunk at {a}, token {k}"
+            );
+        }
+    }
+    assert!(cut > 0, "no chunk needed the end of its context only");
 }

@@ -16,12 +16,30 @@ use super::TokenScore;
 use crate::model::Model;
 use crate::model::llama::KvCache;
 
-/// A chunk ends at the first line start past this many bytes whose line hash hits the pattern...
-const MIN_BYTES: usize = 384;
-/// ...or at the first line start past this many bytes.
-const MAX_BYTES: usize = 2048;
-/// One line in this many starts a chunk (once past the minimum).
+/// One line in this many starts a chunk (once past the minimum size).
 const PATTERN: u64 = 8;
+
+/// How big chunks are. A refresh scores the edited chunk and the one after it, so smaller chunks
+/// refresh faster, while each token's left context is the chunk before it and its own start: the
+/// sizes follow the model's context (about 3 bytes a token), up to what a 512-token one gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSizes {
+    /// A chunk ends at the first line start past this many bytes whose line hash hits the
+    /// pattern...
+    pub min_bytes: usize,
+    /// ...or at the first line start past this many bytes.
+    pub max_bytes: usize,
+}
+
+impl ChunkSizes {
+    pub fn for_context(tokens: usize) -> Self {
+        let c = tokens.clamp(64, 512);
+        Self {
+            min_bytes: c * 3 / 4,
+            max_bytes: c * 4,
+        }
+    }
+}
 
 fn hash(bytes: &[u8]) -> u64 {
     // FNV-1a: stable across runs and platforms.
@@ -31,7 +49,7 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 /// Byte ranges of the chunks of `text`; they tile it.
-pub fn chunk_bounds(text: &str) -> Vec<(usize, usize)> {
+pub fn chunk_bounds(text: &str, sizes: ChunkSizes) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut at = 0;
@@ -39,7 +57,7 @@ pub fn chunk_bounds(text: &str) -> Vec<(usize, usize)> {
         let size = at - start;
         // FNV's low bits follow the bytes' low bits; mix, then take the top bits.
         let mixed = hash(line.as_bytes()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        if size >= MAX_BYTES || (size >= MIN_BYTES && mixed % PATTERN == 0) {
+        if size >= sizes.max_bytes || (size >= sizes.min_bytes && mixed % PATTERN == 0) {
             out.push((start, at));
             start = at;
         }
@@ -52,8 +70,9 @@ pub fn chunk_bounds(text: &str) -> Vec<(usize, usize)> {
 }
 
 /// Scores the tokens `ids` of `chunk` (token `k` starts at byte `offsets[k]`) after `context`.
-/// A chunk too long for the model's window is scored in windows of half the context, each with the
-/// tokens before it (the previous chunk's, then its own) filling the other half.
+/// A chunk that fits in half the model's window is scored in one forward after as much of the
+/// context's end as fits (its keys and values cached); a longer one in windows of half the
+/// window, each with the tokens before it (the previous chunk's, then its own) filling the rest.
 fn score_chunk(
     model: &Model,
     context: (u64, &[u32]),
@@ -86,7 +105,11 @@ fn score_chunk(
         let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
         out.push(TokenScore::from_row(tok, row, id, chunk, start..end, top_k));
     };
-    if context.len() + ids.len() <= max_len {
+    if ids.len() <= step || context.len() + ids.len() <= max_len {
+        let context = context
+            .get(context.len().saturating_sub(max_len - ids.len())..)
+            .unwrap_or_default();
+        let context_key = (context_key, context.len());
         // The context's keys and values are cached: editing a chunk again only runs its own tokens.
         let (mut kv, last_row) = match contexts.get(context_key) {
             Some(hit) => hit,
@@ -151,17 +174,18 @@ fn score_chunk(
     Ok(out)
 }
 
-/// Keys, values and last-position log-probabilities of recently used contexts (a chunk alone), by
-/// the hash of its text; a few suffice, as edits stay in one place for a while.
+/// Keys, values and last-position log-probabilities of recently used contexts (the end of a chunk
+/// alone), by the hash of the chunk's text and the number of its last tokens used; a few suffice,
+/// as edits stay in one place for a while.
 #[derive(Debug, Default)]
 struct Contexts {
-    recent: Vec<(u64, KvCache, Vec<f32>)>,
+    recent: Vec<((u64, usize), KvCache, Vec<f32>)>,
 }
 
 impl Contexts {
     const KEEP: usize = 16;
 
-    fn get(&mut self, key: u64) -> Option<(KvCache, Vec<f32>)> {
+    fn get(&mut self, key: (u64, usize)) -> Option<(KvCache, Vec<f32>)> {
         let i = self.recent.iter().position(|(k, _, _)| *k == key)?;
         let hit = self.recent.remove(i);
         let out = (hit.1.clone(), hit.2.clone());
@@ -169,7 +193,7 @@ impl Contexts {
         Some(out)
     }
 
-    fn put(&mut self, key: u64, kv: KvCache, row: Vec<f32>) {
+    fn put(&mut self, key: (u64, usize), kv: KvCache, row: Vec<f32>) {
         self.recent.insert(0, (key, kv, row));
         self.recent.truncate(Self::KEEP);
     }
@@ -204,7 +228,11 @@ impl ChunkScorer {
         }
         let tok = &model.tokenizer;
         let start_token = super::document_start(tok);
-        let bounds = chunk_bounds(text);
+        let context = model
+            .network
+            .as_llama()
+            .map_or(512, |l| l.config().max_position_embeddings);
+        let bounds = chunk_bounds(text, ChunkSizes::for_context(context));
         let mut used = HashMap::with_capacity(bounds.len());
         let (mut index, mut computed) = (0usize, 0usize);
         let mut prev: Option<(u64, Vec<u32>)> = None;
@@ -264,26 +292,35 @@ mod tests {
         let text: String = (0..400)
             .map(|i| format!("    let value_{i} = compute({i});\n"))
             .collect();
-        let a = chunk_bounds(&text);
+        let sizes = ChunkSizes::for_context(512);
+        let a = chunk_bounds(&text, sizes);
         assert!(a.len() > 5);
         assert_eq!(a.first().map(|c| c.0), Some(0));
         assert_eq!(a.last().map(|c| c.1), Some(text.len()));
         assert!(a.windows(2).all(|w| w[0].1 == w[1].0));
-        assert!(a.iter().all(|&(s, e)| e - s <= MAX_BYTES + 64));
+        assert!(a.iter().all(|&(s, e)| e - s <= sizes.max_bytes + 64));
         // Insert a line in the middle: boundaries after the next one shift by its length only.
         let at = text.len() / 2;
         let at = at + text.get(at..).and_then(|t| t.find('\n')).unwrap_or(0) + 1;
         let mut edited = text.clone();
         let added = "    let inserted = 1;\n";
         edited.insert_str(at, added);
-        let b = chunk_bounds(&edited);
+        let b = chunk_bounds(&edited, sizes);
         let shifted: Vec<(usize, usize)> = a
             .iter()
-            .filter(|c| c.0 > at + MAX_BYTES)
+            .filter(|c| c.0 > at + sizes.max_bytes)
             .map(|&(s, e)| (s + added.len(), e + added.len()))
             .collect();
         let tail = &b[b.len() - shifted.len()..];
         assert_eq!(tail, shifted.as_slice());
-        assert_eq!(chunk_bounds(""), vec![(0, 0)]);
+        assert_eq!(chunk_bounds("", sizes), vec![(0, 0)]);
+        // A smaller context makes smaller chunks.
+        let small = chunk_bounds(&text, ChunkSizes::for_context(256));
+        assert!(
+            small.len() > a.len() * 3 / 2,
+            "{} vs {}",
+            small.len(),
+            a.len()
+        );
     }
 }
