@@ -16,7 +16,7 @@
 //!   after a one-character edit at five places in its middle and after the next key at each (the
 //!   chunks an edit touched are scored again, the rest come from the cache), medians, both models.
 //!
-//! Run with `cargo bench --bench editor` (`INFILL_BENCH=overlay,ghost` for some sections only).
+//! Run with `cargo bench --bench editor` (`INFILL_BENCH=overlay,forward,ghost` for some sections only).
 //! The default model is the built-in one when this build has it, else random weights in its shape.
 //! Figures are printed, never asserted.
 
@@ -237,6 +237,40 @@ fn default_shape() -> Option<Model> {
     })
 }
 
+/// Time of one forward over `n` tokens (with logits for all), median of 7: what a chunk costs.
+fn forward_costs(name: &str, model: &Model) {
+    let Some(llama) = model.network.as_llama() else {
+        return;
+    };
+    let mut row = format!("| {name} |");
+    let sizes: Vec<usize> = std::env::var("INFILL_BENCH_TOKENS")
+        .ok()
+        .map_or(vec![1, 16, 64, 128, 256], |v| {
+            v.split(",").filter_map(|x| x.parse().ok()).collect()
+        });
+    for n in sizes {
+        let ids: Vec<u32> = (0..n as u32).map(|i| 10 + i % 200).collect();
+        let mut times = Vec::new();
+        for _ in 0..std::env::var("INFILL_BENCH_REPEAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(7)
+        {
+            let t = Instant::now();
+            let ok = candle_core::Tensor::new(ids.as_slice(), llama.device())
+                .and_then(|x| x.unsqueeze(0))
+                .and_then(|x| llama.forward_all(&x, 0, None))
+                .is_ok();
+            if !ok {
+                return;
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        row.push_str(&format!(" {:.1} ms |", percentile(&mut times, 0.5)));
+    }
+    println!("{row}");
+}
+
 fn overlay(name: &str, model: Model) {
     use infill::model::score::chunked::ChunkScorer;
     let text: String = (0..400)
@@ -298,7 +332,7 @@ fn overlay(name: &str, model: Model) {
     );
 }
 
-/// Whether `INFILL_BENCH` (a comma-separated list of draw, overlay, ghost; all when unset) asks
+/// Whether `INFILL_BENCH` (a comma-separated list of draw, overlay, forward, ghost; all when unset) asks
 /// for this section.
 fn wants(section: &str) -> bool {
     std::env::var("INFILL_BENCH").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
@@ -310,6 +344,23 @@ fn main() {
     }
     if wants("overlay") {
         overlay_section();
+    }
+    if wants("forward") {
+        println!("\n## one forward over n tokens (median of 7)\n");
+        println!("| model | 1 | 16 | 64 | 128 | 256 |\n|---|---|---|---|---|---|");
+        if let Some(m) = default_model() {
+            forward_costs(&default_name(), &m);
+        }
+        if infill::model::embedded::files().is_some() {
+            // The same weights widened to f32 at load, against bf16 kept as stored.
+            let opts = infill::model::LoadOptions {
+                dtype: Some(DType::F32),
+                ..infill::model::LoadOptions::default()
+            };
+            if let Ok(m) = Model::open(&infill::model::ModelSource::Embedded, false, &opts) {
+                forward_costs("default model, f32 in memory", &m);
+            }
+        }
     }
     if wants("ghost") {
         ghost_section();
