@@ -201,7 +201,7 @@ pub fn bits_per_byte(
         if bytes >= budget || INTERRUPTED.load(Ordering::Relaxed) {
             continue;
         }
-        let text = cut_at_line(text, budget - bytes);
+        let text = crate::text::head_lines(text, budget - bytes);
         if text.trim().is_empty() {
             continue;
         }
@@ -222,20 +222,6 @@ pub fn bits_per_byte(
             bits_per_byte: bits / bytes.max(1) as f64,
         })
         .collect())
-}
-
-/// The longest start of `text` of at most `limit` bytes that ends at a line end (or all of it).
-fn cut_at_line(text: &str, limit: usize) -> &str {
-    if text.len() <= limit {
-        return text;
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let head = text.get(..end).unwrap_or_default();
-    head.rfind('\n')
-        .map_or(head, |i| text.get(..=i).unwrap_or(head))
 }
 
 /// The bits-per-byte table: one row per language, a column per model.
