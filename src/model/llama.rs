@@ -304,9 +304,15 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(xs)?, self.up_proj.forward(xs)?);
+        let act = match kernels {
+            Kernels::Differentiable if gate.dtype() == DType::F32 => {
+                super::ops::swiglu(&gate, &up)?
+            }
+            _ => (gate.silu()? * up)?,
+        };
+        self.down_proj.forward(&act)
     }
 }
 
@@ -323,7 +329,7 @@ impl Block {
         let h = self.input_layernorm.forward(xs, ctx.kernels)?;
         let xs = (xs + self.self_attn.forward(&h, ctx, layer)?)?;
         let h = self.post_attention_layernorm.forward(&xs, ctx.kernels)?;
-        xs + self.mlp.forward(&h)?
+        xs + self.mlp.forward(&h, ctx.kernels)?
     }
 }
 

@@ -61,6 +61,133 @@ fn map_rows2(
     Ok((CpuStorage::F32(out), l1.shape().clone()))
 }
 
+/// Applies `f(out_row, a_row, b_row, c_row)` to the rows of three contiguous f32 inputs of one shape.
+fn map_rows3(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    f: impl Fn(&mut [f32], &[f32], &[f32], &[f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let (a, b, c) = (
+        contiguous_f32(s1, l1, op)?,
+        contiguous_f32(s2, l2, op)?,
+        contiguous_f32(s3, l3, op)?,
+    );
+    if a.len() != b.len() || a.len() != c.len() {
+        candle_core::bail!("{op}: inputs of different sizes");
+    }
+    let n = last_dim(l1);
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(n)
+        .zip(a.par_chunks(n).zip(b.par_chunks(n).zip(c.par_chunks(n))))
+        .for_each(|(o, (ar, (br, cr)))| f(o, ar, br, cr));
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The MLP's activation `silu(gate) * up`. Composed, the product and silu's backward are about a
+/// dozen passes over an (tokens, intermediate) tensor per layer, each allocating; fused, one pass
+/// forward and two backward.
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "infill-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        map_rows2(self.name(), (s1, l1), (s2, l2), |out, gate, up| {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g * sigmoid(g) * u;
+            }
+        })
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gate, up, grad) = (gate.contiguous()?, up.contiguous()?, grad.contiguous()?);
+        let d_gate = gate.apply_op3_no_bwd(&up, &grad, &SwiGluGradGate)?;
+        let d_up = gate.apply_op2_no_bwd(&grad, &SwiGluGradUp)?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// d/d gate: `grad * up * sigmoid(g) * (1 + g * (1 - sigmoid(g)))`.
+struct SwiGluGradGate;
+
+impl candle_core::CustomOp3 for SwiGluGradGate {
+    fn name(&self) -> &'static str {
+        "infill-swiglu-grad-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        map_rows3(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            |out, gate, up, grad| {
+                for (((o, &g), &u), &d) in out.iter_mut().zip(gate).zip(up).zip(grad) {
+                    let s = sigmoid(g);
+                    *o = d * u * s * (1.0 + g * (1.0 - s));
+                }
+            },
+        )
+    }
+}
+
+/// d/d up: `grad * silu(g)`.
+struct SwiGluGradUp;
+
+impl CustomOp2 for SwiGluGradUp {
+    fn name(&self) -> &'static str {
+        "infill-swiglu-grad-up"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        map_rows2(self.name(), (s1, l1), (s2, l2), |out, gate, grad| {
+            for ((o, &g), &d) in out.iter_mut().zip(gate).zip(grad) {
+                *o = d * g * sigmoid(g);
+            }
+        })
+    }
+}
+
+/// `silu(gate) * up`, differentiable, in one pass each way.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
 /// Softmax over the last dimension.
 struct Softmax;
 
@@ -537,6 +664,24 @@ mod tests {
             gb.get(x.as_tensor()).unwrap(),
             1e-5
         ));
+    }
+
+    #[test]
+    fn fused_swiglu_matches_silu_times_up_in_both_inputs() {
+        let up = Var::randn(0f32, 1.5, (6, 37), &Device::Cpu).unwrap();
+        // Gradient with respect to the gate...
+        same_function(
+            |g| swiglu(g, up.as_tensor()).unwrap(),
+            |g| (g.silu().unwrap() * up.as_tensor()).unwrap(),
+            (6, 37),
+        );
+        // ...and to up.
+        let gate = Tensor::randn(0f32, 2.0, (6, 37), &Device::Cpu).unwrap();
+        same_function(
+            |u| swiglu(&gate, u).unwrap(),
+            |u| (gate.silu().unwrap() * u).unwrap(),
+            (6, 37),
+        );
     }
 
     #[test]
