@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the editor: runs the real binary in tmux with the tiny-python fixture model,
 # types, waits for ghost text, accepts it with Tab, saves, and checks the file on disk; then kills
-# an editor with SIGTERM and checks that the unsaved text is offered back on the next open.
+# an editor with SIGTERM and checks that the unsaved text is offered back on the next open; and,
+# when the binary has a built-in default model, that it proposes code with no --model at all.
 #
 #   tests/e2e/editor.sh [path/to/infill]      (default: target/debug/infill)
 set -euo pipefail
@@ -43,9 +44,10 @@ wait_for_sgr() {
     done
 }
 
+# start FILE [MODEL_ARGS]: the editor on FILE, with the fixture model unless told otherwise.
 start() {
     tmux new-session -d -s "$session" -x 100 -y 20 \
-        "env XDG_STATE_HOME='$XDG_STATE_HOME' XDG_CONFIG_HOME='$XDG_CONFIG_HOME' '$bin' edit '$1' --model '$model' --debounce-ms 30; echo EXITED=\$?; sleep 60"
+        "env XDG_STATE_HOME='$XDG_STATE_HOME' XDG_CONFIG_HOME='$XDG_CONFIG_HOME' '$bin' edit '$1' ${2---model '$model'} --debounce-ms 30; echo EXITED=\$?; sleep 60"
 }
 
 # 1. Type, see ghost text, accept, save.
@@ -109,3 +111,19 @@ wait_for "EXITED=0"
 left=$(find "$XDG_STATE_HOME" -type f)
 [[ -z $left ]] || fail "recovery file left after saving: $left"
 echo "ok: SIGTERM kept the unsaved text and the next open restored it"
+
+# 4. No --model: the built-in default model (when this binary has one) loads and proposes code.
+if "$bin" --version | grep -q "default model: built in"; then
+    printf 'import os\n\n\ndef list_files(root):\n    names = []\n    for name in os.listdir(root):\n' > "$work/c.py"
+    start "$work/c.py" ""
+    wait_for "│ idle" 60
+    tmux capture-pane -t "$session" -p | grep -q "no model" && fail "the built-in model did not load"
+    tmux send-keys -t "$session" C-End
+    tmux send-keys -t "$session" -l '        '
+    wait_for_sgr 7 $'\e''\[2(;[0-9]+)*m' "dim ghost text from the built-in model"
+    wait_for "│ idle"
+    shown=$(tmux capture-pane -t "$session" -p | sed -n 7p | sed -E 's/^ *7 //')
+    tmux send-keys -t "$session" C-q
+    wait_for "EXITED=0"
+    echo "ok: with no --model the built-in model proposed: '$shown'"
+fi
