@@ -175,27 +175,39 @@ fn score_chunk(
 }
 
 /// Keys, values and last-position log-probabilities of recently used contexts (the end of a chunk
-/// alone), by the hash of the chunk's text and the number of its last tokens used; a few suffice,
-/// as edits stay in one place for a while.
+/// alone), by the hash of the chunk's text and the number of its last tokens used, most recent
+/// first. Scoring a file leaves every chunk's context here while they fit in the budget, so the
+/// first key in any place of a file of a few thousand lines costs what the next one does.
 #[derive(Debug, Default)]
 struct Contexts {
-    recent: Vec<((u64, usize), KvCache, Vec<f32>)>,
+    recent: std::collections::VecDeque<((u64, usize), KvCache, Vec<f32>)>,
+    bytes: usize,
 }
 
 impl Contexts {
-    const KEEP: usize = 16;
+    /// Memory for cached contexts: about 150 contexts of 100 tokens for the default model.
+    const BUDGET: usize = 64 << 20;
+
+    fn size(kv: &KvCache, row: &[f32]) -> usize {
+        kv.bytes() + std::mem::size_of_val(row)
+    }
 
     fn get(&mut self, key: (u64, usize)) -> Option<(KvCache, Vec<f32>)> {
         let i = self.recent.iter().position(|(k, _, _)| *k == key)?;
-        let hit = self.recent.remove(i);
+        let hit = self.recent.remove(i)?;
         let out = (hit.1.clone(), hit.2.clone());
-        self.recent.insert(0, hit);
+        self.recent.push_front(hit);
         Some(out)
     }
 
     fn put(&mut self, key: (u64, usize), kv: KvCache, row: Vec<f32>) {
-        self.recent.insert(0, (key, kv, row));
-        self.recent.truncate(Self::KEEP);
+        self.bytes += Self::size(&kv, &row);
+        self.recent.push_front((key, kv, row));
+        while self.bytes > Self::BUDGET && self.recent.len() > 1 {
+            if let Some((_, kv, row)) = self.recent.pop_back() {
+                self.bytes -= Self::size(&kv, &row);
+            }
+        }
     }
 }
 
