@@ -123,7 +123,8 @@ impl CustomOp2 for SwiGlu {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (gate, up, grad) = (gate.contiguous()?, up.contiguous()?, grad.contiguous()?);
         let d_gate = gate.apply_op3_no_bwd(&up, &grad, &SwiGluGradGate)?;
-        let d_up = gate.apply_op2_no_bwd(&grad, &SwiGluGradUp)?;
+        // d/d up is `grad * silu(gate)`: this op's own forward.
+        let d_up = gate.apply_op2_no_bwd(&grad, &SwiGlu)?;
         Ok((Some(d_gate), Some(d_up)))
     }
 }
@@ -157,29 +158,6 @@ impl candle_core::CustomOp3 for SwiGluGradGate {
                 }
             },
         )
-    }
-}
-
-/// d/d up: `grad * silu(g)`.
-struct SwiGluGradUp;
-
-impl CustomOp2 for SwiGluGradUp {
-    fn name(&self) -> &'static str {
-        "infill-swiglu-grad-up"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        map_rows2(self.name(), (s1, l1), (s2, l2), |out, gate, grad| {
-            for ((o, &g), &d) in out.iter_mut().zip(gate).zip(grad) {
-                *o = d * g * sigmoid(g);
-            }
-        })
     }
 }
 
