@@ -309,6 +309,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
     )?;
     trainer.origin = start_name;
+    trainer.session_start = started;
     std::fs::create_dir_all(&ckpt_dir)?;
     if let Start::Resume { steps } = opts.start {
         trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
@@ -371,7 +372,6 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         }
         writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
         if trainer.step % s.checkpoint_every.max(1) == 0 {
-            trainer.seconds = trainer.earlier_seconds + started.elapsed().as_secs_f64();
             trainer.save_checkpoint(&ckpt_dir)?;
         }
         if opts.progress {
@@ -396,7 +396,6 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         eprintln!();
     }
     let interrupted = trainer.step < trainer.settings.steps;
-    trainer.seconds = trainer.earlier_seconds + started.elapsed().as_secs_f64();
     trainer.save_checkpoint(&ckpt_dir)?;
     if interrupted {
         eprintln!(
@@ -420,7 +419,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         start: trainer.origin.clone(),
         steps: trainer.step,
         tokens_seen: trainer.tokens_seen,
-        wall_seconds: trainer.earlier_seconds + started.elapsed().as_secs_f64(),
+        wall_seconds: trainer.wall_seconds(),
         session_seconds: started.elapsed().as_secs_f64(),
         held_out_before: before,
         held_out_after: after,

@@ -200,8 +200,16 @@ pub struct Trainer {
     pub origin: String,
     /// Wall-clock seconds of the run's earlier sessions, before this process resumed it.
     pub earlier_seconds: f64,
-    /// Wall-clock seconds of the whole run as of the last checkpoint this process wrote.
-    pub seconds: f64,
+    /// When this session began (the caller may set it earlier than `new`, e.g. before the corpus
+    /// was read).
+    pub session_start: std::time::Instant,
+}
+
+impl Trainer {
+    /// Wall-clock seconds of the whole run: earlier sessions and this one so far.
+    pub fn wall_seconds(&self) -> f64 {
+        self.earlier_seconds + self.session_start.elapsed().as_secs_f64()
+    }
 }
 
 impl std::fmt::Debug for Trainer {
@@ -296,7 +304,7 @@ impl Trainer {
             log: Vec::new(),
             origin: String::new(),
             earlier_seconds: 0.0,
-            seconds: 0.0,
+            session_start: std::time::Instant::now(),
         })
     }
 
@@ -433,7 +441,7 @@ impl Trainer {
             tied: self.tied,
             log: self.log.clone(),
             origin: self.origin.clone(),
-            seconds: self.seconds,
+            seconds: self.wall_seconds(),
         };
         std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
         for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
@@ -495,7 +503,6 @@ impl Trainer {
         self.log = state.log;
         self.origin = state.origin;
         self.earlier_seconds = state.seconds;
-        self.seconds = state.seconds;
         // Packing an epoch tokenizes and parses the whole corpus (minutes for a large one): keep
         // the windows `new` built when they are the ones the checkpoint's epoch needs.
         let shaped_alike = |a: &TrainSettings, b: &TrainSettings| {
