@@ -224,24 +224,58 @@ pub fn bits_per_byte(
         .collect())
 }
 
-/// The bits-per-byte table: one row per language, a column per model.
-pub fn render_bits(model: &[LanguageBits], baseline: Option<&[LanguageBits]>) -> String {
-    let mut out = format!(
-        "held-out bits per byte (files read left to right):\n  {:<12}{:>8}{:>10}{:>10}{}\n",
-        "language",
-        "files",
-        "bytes",
-        "model",
-        if baseline.is_some() { "  baseline" } else { "" }
-    );
-    for m in model {
-        let base = baseline
-            .and_then(|b| b.iter().find(|b| b.language == m.language))
-            .map_or(String::new(), |b| format!("{:>10.3}", b.bits_per_byte));
-        out.push_str(&format!(
-            "  {:<12}{:>8}{:>10}{:>10.3}{base}\n",
-            m.language, m.files, m.bytes, m.bits_per_byte
-        ));
+/// The bits-per-byte table: one row per language, a column per model; text or Markdown.
+pub fn render_bits(
+    model: &[LanguageBits],
+    baseline: Option<&[LanguageBits]>,
+    markdown: bool,
+) -> String {
+    let title = "held-out bits per byte (files read left to right)";
+    let mut header = vec!["language", "files", "bytes", "model"];
+    if baseline.is_some() {
+        header.push("baseline");
+    }
+    let rows: Vec<Vec<String>> = model
+        .iter()
+        .map(|m| {
+            let mut row = vec![
+                m.language.clone(),
+                m.files.to_string(),
+                m.bytes.to_string(),
+                format!("{:.3}", m.bits_per_byte),
+            ];
+            if let Some(b) = baseline {
+                row.push(
+                    b.iter()
+                        .find(|b| b.language == m.language)
+                        .map_or("-".into(), |b| format!("{:.3}", b.bits_per_byte)),
+                );
+            }
+            row
+        })
+        .collect();
+    if markdown {
+        let mut out = format!(
+            "### {title}\n\n| {} |\n|{}\n",
+            header.join(" | "),
+            "---|".repeat(header.len())
+        );
+        for row in rows {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        return out;
+    }
+    let mut out = format!("{title}:\n  {:<12}", header[0]);
+    for h in &header[1..] {
+        out.push_str(&format!("{h:>10}"));
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&format!("  {:<12}", row[0]));
+        for v in &row[1..] {
+            out.push_str(&format!("{v:>10}"));
+        }
+        out.push('\n');
     }
     out
 }

@@ -157,7 +157,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let reports = eval::report(&tasks, &model, baseline.as_deref(), args.seed);
     print!("{}", eval::render(&reports, args.markdown));
     if let Some(bits) = &model_bits {
-        println!("{}", eval::render_bits(bits, baseline_bits.as_deref()));
+        println!(
+            "{}",
+            eval::render_bits(bits, baseline_bits.as_deref(), args.markdown)
+        );
     }
     println!(
         "{} tasks in {:.1} s",
