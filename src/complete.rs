@@ -325,9 +325,19 @@ pub fn score_lines_fim(
         if middle.trim().is_empty() {
             continue;
         }
-        let prompt = build_prompt(tok, prefix, suffix, budget, FimOrder::Psm)?;
         let mut target = tok.encode_continuation(middle)?;
         target.extend(eos);
+        // The prompt gets what the model's context leaves beside the line and the FIM markers; a
+        // line longer than that cannot be scored in place.
+        let overhead = tok.fim().lead.len() + 3;
+        let room = llama
+            .config()
+            .max_position_embeddings
+            .saturating_sub(target.len() + overhead);
+        if room == 0 {
+            continue;
+        }
+        let prompt = build_prompt(tok, prefix, suffix, budget.min(room), FimOrder::Psm)?;
         let mut seq = prompt.ids.clone();
         seq.extend(&target);
         let input = candle_core::Tensor::new(seq.as_slice(), llama.device())?.unsqueeze(0)?;

@@ -29,11 +29,19 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("infill: {}", chain.join(": "));
+            eprintln!("infill: {}", user_message(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line. Only the first line of each: some library errors
+/// (candle's, when RUST_BACKTRACE is set) carry a backtrace after their message, not for users.
+fn user_message(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// `infill FILE` means `infill edit FILE`: a first argument that is neither a subcommand nor an
@@ -50,4 +58,19 @@ fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
         args.insert(1, "edit".into());
     }
     args
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_backtrace_in_an_error_does_not_reach_the_user() {
+        let err = anyhow::anyhow!(
+            "268 positions exceed the model's context of 256\n   0: bt\n  at x.rs:1"
+        )
+        .context("scoring /tmp/a.py");
+        assert_eq!(
+            super::user_message(&err),
+            "scoring /tmp/a.py: 268 positions exceed the model's context of 256"
+        );
+    }
 }

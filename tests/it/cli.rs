@@ -8,6 +8,8 @@ fn infill(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_infill"))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
+        // Errors stay one line even when the user asked Rust for backtraces.
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap()
 }

@@ -328,3 +328,32 @@ fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
     }
     assert!(cut > 0, "no chunk needed the end of its context only");
 }
+
+/// With a model whose context is shorter than the requested FIM prompt, each line's prompt gets
+/// what the context leaves beside it; a line longer than the whole context is skipped.
+#[test]
+fn fim_line_scores_fit_a_short_context() {
+    let dir = crate::scratch_copy("tiny-python");
+    let config = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "\"max_position_embeddings\": 512",
+            "\"max_position_embeddings\": 64",
+        ),
+    )
+    .unwrap();
+    let mut model = open(dir.path());
+    let long_line = format!("x = [{}]\n", "1, ".repeat(80));
+    let source = format!("{}{long_line}{}", CLEAN.repeat(3), CLEAN);
+    let lines =
+        infill::complete::score_lines_fim(&mut model, &source, 256, None, |_, _| {}).unwrap();
+    assert_eq!(
+        lines.len(),
+        4 * 14,
+        "every line but the blank ones and the long one"
+    );
+    assert!(lines.iter().all(|l| l.text != long_line.trim_end()));
+    assert!(lines.iter().all(|l| l.bits.is_finite() && l.bits > 0.0));
+}
