@@ -427,8 +427,42 @@ fn draw_section() {
     drop(huge);
 }
 
+/// What chunking costs in accuracy: bits per byte of a real file scored chunk by chunk (each after
+/// a quarter-window of the chunk before) against sliding windows (at least half a window before
+/// every token).
+fn chunking_cost(name: &str, model: &mut Model, path: &Path) {
+    use infill::model::score::chunked::ChunkScorer;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let bits = |scores: &[infill::model::score::TokenScore]| {
+        scores
+            .iter()
+            .map(|t| -f64::from(t.logprob) / std::f64::consts::LN_2)
+            .sum::<f64>()
+            / text.len().max(1) as f64
+    };
+    let mut chunked = Vec::new();
+    let done =
+        ChunkScorer::default().score(model, &text, 0, None, |_, s| chunked.extend_from_slice(s));
+    let Ok(sliding) = infill::model::score::score(model, &text, usize::MAX, None, 0) else {
+        return;
+    };
+    if matches!(done, Ok(Some(_))) {
+        println!(
+            "| {name} | {} | {:.3} | {:.3} |",
+            path.file_name()
+                .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+            bits(&chunked),
+            bits(&sliding)
+        );
+    }
+}
+
 fn overlay_section() {
-    println!("\n## overlay scoring (chunked, each chunk with its predecessor as context)\n");
+    println!(
+        "\n## overlay scoring (chunked, each chunk after the last tokens of its predecessor)\n"
+    );
     println!(
         "| model | file | full scoring | edit, then next key: edited text rescored | edit, then next key: whole refresh |"
     );
@@ -438,6 +472,12 @@ fn overlay_section() {
     }
     if let Some(m) = default_model() {
         overlay(&default_name(), m);
+    }
+    println!(
+        "\n| model | file | bits/byte, chunks | bits/byte, sliding windows |\n|---|---|---|---|"
+    );
+    if let Some(mut m) = default_model() {
+        chunking_cost(&default_name(), &mut m, &root().join("src/complete.rs"));
     }
 }
 

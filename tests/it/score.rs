@@ -159,7 +159,8 @@ fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() 
         );
         assert!((a.logprob - f.logprob).abs() < 1e-5);
     }
-    // Independently: a chunk's scores are one forward over the previous chunk and itself.
+    // Independently: a chunk's scores are one forward over the last tokens of the previous chunk
+    // and itself.
     use infill::model::score::chunked::{ChunkSizes, chunk_bounds};
     let context = model
         .network
@@ -167,22 +168,46 @@ fn chunked_rescoring_after_an_edit_computes_little_and_equals_a_fresh_scoring() 
         .unwrap()
         .config()
         .max_position_embeddings;
-    let bounds = chunk_bounds(&new, ChunkSizes::for_context(context));
+    let sizes = ChunkSizes::for_context(context);
+    let bounds = chunk_bounds(&new, sizes);
     let (a, b) = bounds[1];
     let prev = model
         .tokenizer
         .encode(&new[bounds[0].0..bounds[0].1])
         .unwrap();
     let ids = model.tokenizer.encode(&new[a..b]).unwrap();
-    let mut seq = prev.clone();
+    let tail = &prev[prev.len() - sizes.context_tokens..];
+    let mut seq = tail.to_vec();
     seq.extend(&ids);
     let rows = log_probs(&model, &seq);
     let first = fresh.iter().position(|t| t.start == a).unwrap();
     for (k, &id) in ids.iter().enumerate() {
-        let want = rows[prev.len() + k - 1][id as usize];
+        let want = rows[tail.len() + k - 1][id as usize];
         let got = fresh[first + k].logprob;
         assert!((want - got).abs() < 1e-4, "token {k}: {got} vs {want}");
     }
+
+    // An edit away from a chunk's last tokens leaves the next chunk's context as it was: only the
+    // edited chunk is computed again.
+    let old_bounds = chunk_bounds(&old, sizes);
+    let (c0, c1) = old_bounds[old_bounds.len() / 2];
+    let second_line = c0 + old[c0..].find('\n').unwrap() + 1;
+    let digit = second_line
+        + old[second_line..c1]
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap();
+    let mut edited = old.clone();
+    edited.replace_range(digit..digit + 1, "7");
+    assert_eq!(
+        chunk_bounds(&edited, sizes),
+        old_bounds,
+        "no boundary moved"
+    );
+    let mut scorer = ChunkScorer::default();
+    collect(&mut scorer, &old);
+    let (_, computed) = collect(&mut scorer, &edited);
+    let chunk_tokens = model.tokenizer.encode(&edited[c0..c1]).unwrap().len();
+    assert_eq!(computed, chunk_tokens);
 
     // A chunk longer than the model's window (512 tokens here: one 3,000-character line) is scored
     // in windows, and the tokens still tile the text.
@@ -278,8 +303,8 @@ fn score_fim_command_lists_the_most_surprising_lines() {
     assert_eq!(v["lines"].as_array().unwrap().len(), 14);
 }
 
-/// With a short context a chunk is scored after as much of the end of the chunk before it as
-/// fits (its keys and values then cached for the next edit).
+/// With a short context, chunks and their context shrink with it: a chunk is scored after the last
+/// quarter-window of tokens of the chunk before it (their keys and values then cached).
 #[test]
 fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
     use infill::model::score::chunked::{ChunkScorer, ChunkSizes, chunk_bounds};
@@ -303,16 +328,18 @@ fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
         .score(&model, &source, 0, None, |_, t| all.extend_from_slice(t))
         .unwrap()
         .unwrap();
-    let bounds = chunk_bounds(&source, ChunkSizes::for_context(64));
+    let sizes = ChunkSizes::for_context(64);
+    assert_eq!(sizes.context_tokens, 16);
+    let bounds = chunk_bounds(&source, sizes);
     let mut cut = 0;
     for pair in bounds.windows(2) {
         let [(p0, p1), (a, b)] = [pair[0], pair[1]];
         let prev = model.tokenizer.encode(&source[p0..p1]).unwrap();
         let ids = model.tokenizer.encode(&source[a..b]).unwrap();
-        if ids.len() > 32 {
+        if ids.len() > 64 - 16 {
             continue;
         }
-        let tail = &prev[prev.len().saturating_sub(64 - ids.len())..];
+        let tail = &prev[prev.len().saturating_sub(16)..];
         cut += usize::from(tail.len() < prev.len());
         let mut seq = tail.to_vec();
         seq.extend(&ids);

@@ -3,9 +3,10 @@
 //! The text is cut at line starts into content-defined chunks (a line whose hash hits a fixed
 //! pattern starts a chunk, between a minimum and a maximum size, like rsync's rolling boundaries),
 //! so an edit moves at most the boundaries next to it. Each chunk is tokenized on its own and scored
-//! in one forward with the chunk before it as left context. A chunk's scores therefore depend only
-//! on its own text and its predecessor's: they are cached under those two texts, and after an edit
-//! only the edited chunk and the one after it are computed again, whatever the file's size.
+//! in one forward after the last tokens of the chunk before it (a fixed number, its context). A
+//! chunk's scores therefore depend only on its own text and those context tokens: they are cached
+//! under the two, and after an edit only the edited chunk is computed again, plus the one after it
+//! when the edit reached the edited chunk's last tokens, whatever the file's size.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +20,9 @@ use crate::model::llama::KvCache;
 /// One line in this many starts a chunk (once past the minimum size).
 const PATTERN: u64 = 8;
 
-/// How big chunks are. A refresh scores the edited chunk and the one after it, so smaller chunks
-/// refresh faster, while each token's left context is the chunk before it and its own start: the
-/// sizes follow the model's context (about 3 bytes a token), up to what a 512-token one gets.
+/// How big chunks are, and how much of the chunk before one is its context. Smaller chunks refresh
+/// faster, while each token's left context is the context tokens and its chunk's start: the sizes
+/// follow the model's context (about 3 bytes a token), up to what a 512-token one gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkSizes {
     /// A chunk ends at the first line start past this many bytes whose line hash hits the
@@ -29,6 +30,8 @@ pub struct ChunkSizes {
     pub min_bytes: usize,
     /// ...or at the first line start past this many bytes.
     pub max_bytes: usize,
+    /// A chunk is scored after this many of the previous chunk's last tokens.
+    pub context_tokens: usize,
 }
 
 impl ChunkSizes {
@@ -37,6 +40,7 @@ impl ChunkSizes {
         Self {
             min_bytes: c * 3 / 4,
             max_bytes: c * 4,
+            context_tokens: c / 4,
         }
     }
 }
@@ -69,10 +73,10 @@ pub fn chunk_bounds(text: &str, sizes: ChunkSizes) -> Vec<(usize, usize)> {
     out
 }
 
-/// Scores the tokens `ids` of `chunk` (token `k` starts at byte `offsets[k]`) after `context`.
-/// A chunk that fits in half the model's window is scored in one forward after as much of the
-/// context's end as fits (its keys and values cached); a longer one in windows of half the
-/// window, each with the tokens before it (the previous chunk's, then its own) filling the rest.
+/// Scores the tokens `ids` of `chunk` (token `k` starts at byte `offsets[k]`) after `context`
+/// (whose hash is `context.0`). A chunk that fits beside its context is scored in one forward
+/// after it (the context's keys and values cached); a longer one in windows of half the model's
+/// window, each with the tokens before it (the context's, then its own) filling the rest.
 fn score_chunk(
     model: &Model,
     context: (u64, &[u32]),
@@ -105,11 +109,7 @@ fn score_chunk(
         let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
         out.push(TokenScore::from_row(tok, row, id, chunk, start..end, top_k));
     };
-    if ids.len() <= step || context.len() + ids.len() <= max_len {
-        let context = context
-            .get(context.len().saturating_sub(max_len - ids.len())..)
-            .unwrap_or_default();
-        let context_key = (context_key, context.len());
+    if context.len() + ids.len() <= max_len {
         // The context's keys and values are cached: editing a chunk again only runs its own tokens.
         let (mut kv, last_row) = match contexts.get(context_key) {
             Some(hit) => hit,
@@ -174,13 +174,12 @@ fn score_chunk(
     Ok(out)
 }
 
-/// Keys, values and last-position log-probabilities of recently used contexts (the end of a chunk
-/// alone), by the hash of the chunk's text and the number of its last tokens used, most recent
-/// first. Scoring a file leaves every chunk's context here while they fit in the budget, so the
+/// Keys, values and last-position log-probabilities of recently used contexts (the last tokens of
+/// a chunk, alone), by the hash of those tokens, most recent first. Scoring a file leaves every chunk's context here while they fit in the budget, so the
 /// first key in any place of a file of a few thousand lines costs what the next one does.
 #[derive(Debug, Default)]
 struct Contexts {
-    recent: std::collections::VecDeque<((u64, usize), KvCache, Vec<f32>)>,
+    recent: std::collections::VecDeque<(u64, KvCache, Vec<f32>)>,
     bytes: usize,
 }
 
@@ -192,7 +191,7 @@ impl Contexts {
         kv.bytes() + std::mem::size_of_val(row)
     }
 
-    fn get(&mut self, key: (u64, usize)) -> Option<(KvCache, Vec<f32>)> {
+    fn get(&mut self, key: u64) -> Option<(KvCache, Vec<f32>)> {
         let i = self.recent.iter().position(|(k, _, _)| *k == key)?;
         let hit = self.recent.remove(i)?;
         let out = (hit.1.clone(), hit.2.clone());
@@ -200,7 +199,7 @@ impl Contexts {
         Some(out)
     }
 
-    fn put(&mut self, key: (u64, usize), kv: KvCache, row: Vec<f32>) {
+    fn put(&mut self, key: u64, kv: KvCache, row: Vec<f32>) {
         self.bytes += Self::size(&kv, &row);
         self.recent.push_front((key, kv, row));
         while self.bytes > Self::BUDGET && self.recent.len() > 1 {
@@ -214,8 +213,8 @@ impl Contexts {
 /// Scores texts chunk by chunk, remembering chunks it has scored.
 #[derive(Debug, Default)]
 pub struct ChunkScorer {
-    /// (hash of the previous chunk's text, hash of the chunk's text) -> scores, with byte ranges
-    /// relative to the chunk's start.
+    /// (hash of the context tokens, hash of the chunk's text) -> scores, with byte ranges relative
+    /// to the chunk's start.
     cache: HashMap<(u64, u64), Vec<TokenScore>>,
     contexts: Contexts,
 }
@@ -244,30 +243,36 @@ impl ChunkScorer {
             .network
             .as_llama()
             .map_or(512, |l| l.config().max_position_embeddings);
-        let bounds = chunk_bounds(text, ChunkSizes::for_context(context));
+        let sizes = ChunkSizes::for_context(context);
+        let bounds = chunk_bounds(text, sizes);
         let mut used = HashMap::with_capacity(bounds.len());
         let (mut index, mut computed) = (0usize, 0usize);
-        let mut prev: Option<(u64, Vec<u32>)> = None;
+        // The previous chunk's tokens; the start token before the first chunk.
+        let mut prev: Vec<u32> = vec![start_token];
         for &(a, b) in &bounds {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                 self.cache.extend(used);
                 return Ok(None);
             }
             let chunk = text.get(a..b).unwrap_or_default();
-            let key = (prev.as_ref().map_or(0, |p| p.0), hash(chunk.as_bytes()));
             let (ids, offsets) = tok.encode_with_offsets(chunk)?;
+            let context = prev
+                .get(prev.len().saturating_sub(sizes.context_tokens)..)
+                .unwrap_or_default();
+            let context_hash = hash(
+                &context
+                    .iter()
+                    .flat_map(|t| t.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            );
+            let key = (context_hash, hash(chunk.as_bytes()));
             let scores = match self.cache.remove(&key) {
                 Some(s) => s,
                 None => {
-                    // Context: the previous chunk's tokens (or the start token).
-                    let context: Vec<u32> = match &prev {
-                        Some((_, p)) if !p.is_empty() => p.clone(),
-                        _ => vec![start_token],
-                    };
                     computed += ids.len();
                     score_chunk(
                         model,
-                        (key.0, &context),
+                        (context_hash, context),
                         &mut self.contexts,
                         &ids,
                         &offsets,
@@ -287,7 +292,9 @@ impl ChunkScorer {
             on_chunk(index, &absolute);
             index += absolute.len();
             used.insert(key, scores);
-            prev = Some((key.1, ids));
+            if !ids.is_empty() {
+                prev = ids;
+            }
         }
         // Keep only what this text uses: the cache never outgrows the file.
         self.cache = used;
