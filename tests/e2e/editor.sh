@@ -111,6 +111,7 @@ wait_for "EXITED=0"
 left=$(find "$XDG_STATE_HOME" -type f)
 [[ -z $left ]] || fail "recovery file left after saving: $left"
 echo "ok: SIGTERM kept the unsaved text and the next open restored it"
+tmux kill-session -t "$session"
 
 # 4. No --model: the built-in default model (when this binary has one) loads and proposes code.
 if "$bin" --version | grep -q "default model: built in"; then
@@ -123,6 +124,8 @@ if "$bin" --version | grep -q "default model: built in"; then
     wait_for_sgr 7 $'\e''\[2(;[0-9]+)*m' "dim ghost text from the built-in model"
     wait_for "│ idle"
     shown=$(tmux capture-pane -t "$session" -p | sed -n 7p | sed -E 's/^ *7 //')
+    tmux send-keys -t "$session" C-q
+    wait_for "Ctrl-Q again quits"
     tmux send-keys -t "$session" C-q
     wait_for "EXITED=0"
     echo "ok: with no --model the built-in model proposed: '$shown'"
