@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use crate::cli::{ExportArgs, ModelsCommand, StorageDtype};
 use crate::model::embedded;
-use crate::model::load::{Blob, ModelFiles, locate_dir};
+use crate::model::load::{
+    Blob, ModelFiles, locate_dir, read_safetensors_header, safetensors_header,
+};
 
 pub fn run(command: Option<&ModelsCommand>) -> anyhow::Result<()> {
     match command {
@@ -74,13 +76,22 @@ fn describe(files: &ModelFiles) -> anyhow::Result<String> {
     let mut bytes = 0usize;
     let mut dtypes = BTreeMap::new();
     for blob in &files.weights {
-        let data = blob.read()?;
-        bytes += data.len();
-        for (dtype, count) in tensor_sizes(&data)
-            .with_context(|| format!("{}: not a safetensors file", blob.label().display()))?
-        {
+        // Headers only: describing a model does not read its weights.
+        let (header, size) = match blob {
+            Blob::File(path) => (
+                read_safetensors_header(path)?,
+                std::fs::metadata(path).map_or(0, |m| m.len()),
+            ),
+            Blob::Static { bytes, .. } => (
+                safetensors_header(&blob.label(), bytes, bytes.len() as u64)?,
+                bytes.len() as u64,
+            ),
+        };
+        bytes += size as usize;
+        for info in header.values() {
+            let count: usize = info.shape.iter().product();
             params += count;
-            *dtypes.entry(dtype).or_insert(0usize) += count;
+            *dtypes.entry(info.dtype.to_lowercase()).or_insert(0usize) += count;
         }
     }
     let dtype = dtypes
@@ -104,30 +115,6 @@ fn describe(files: &ModelFiles) -> anyhow::Result<String> {
         context.as_deref().unwrap_or("?"),
         field("vocab_size").as_deref().unwrap_or("?"),
     ))
-}
-
-/// The dtype and element count of every tensor in a safetensors file, read from its header only.
-fn tensor_sizes(data: &[u8]) -> anyhow::Result<Vec<(String, usize)>> {
-    let len_bytes: [u8; 8] = data
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .context("shorter than its header")?;
-    let len = usize::try_from(u64::from_le_bytes(len_bytes))?;
-    let header = data
-        .get(8..8usize.saturating_add(len))
-        .context("truncated header")?;
-    let header: BTreeMap<String, Value> = serde_json::from_slice(header)?;
-    Ok(header
-        .iter()
-        .filter(|(name, _)| name.as_str() != "__metadata__")
-        .map(|(_, info)| {
-            let dtype = info.get("dtype").and_then(Value::as_str).unwrap_or("?");
-            let count = info.get("shape").and_then(Value::as_array).map_or(0, |s| {
-                s.iter().filter_map(Value::as_u64).product::<u64>() as usize
-            });
-            (dtype.to_lowercase(), count)
-        })
-        .collect())
 }
 
 /// One line from a `training.json`: how it was trained and the held-out figure it reached.
@@ -228,29 +215,4 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let written = locate_dir(&args.out)?;
     println!("{}: {}", args.out.display(), describe(&written)?);
     Ok(())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tensor_sizes_come_from_the_header_alone() {
-        let a = candle_core::Tensor::zeros((3, 4), DType::BF16, &candle_core::Device::Cpu).unwrap();
-        let b = candle_core::Tensor::zeros(5, DType::F32, &candle_core::Device::Cpu).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.safetensors");
-        candle_core::safetensors::save(
-            &std::collections::HashMap::from([("a".to_string(), a), ("b".to_string(), b)]),
-            &path,
-        )
-        .unwrap();
-        let data = std::fs::read(&path).unwrap();
-        let mut sizes = tensor_sizes(&data).unwrap();
-        sizes.sort();
-        assert_eq!(sizes, [("bf16".to_string(), 12), ("f32".to_string(), 5)]);
-        assert!(tensor_sizes(&data[..20]).is_err());
-        assert!(tensor_sizes(b"abc").is_err());
-    }
 }
