@@ -2,7 +2,7 @@
 # End-to-end test of the editor: runs the real binary in tmux with the tiny-python fixture model,
 # types, waits for ghost text, accepts it with Tab, saves, and checks the file on disk; then kills
 # an editor with SIGTERM and checks that the unsaved text is offered back on the next open; and,
-# when the binary has a built-in default model, that it proposes code with no --model at all.
+# when the binary has a built-in default model, that it loads and completes with no --model.
 #
 #   tests/e2e/editor.sh [path/to/infill]      (default: target/debug/infill)
 set -euo pipefail
@@ -113,20 +113,22 @@ left=$(find "$XDG_STATE_HOME" -type f)
 echo "ok: SIGTERM kept the unsaved text and the next open restored it"
 tmux kill-session -t "$session"
 
-# 4. No --model: the built-in default model (when this binary has one) loads and proposes code.
+# 4. No --model: the built-in default model (when this binary has one) loads and completes.
 if "$bin" --version | grep -q "default model: built in"; then
     printf 'import os\n\n\ndef list_files(root):\n    names = []\n    for name in os.listdir(root):\n' > "$work/c.py"
     start "$work/c.py" ""
     wait_for "│ idle" 60
     tmux capture-pane -t "$session" -p | grep -q "no model" && fail "the built-in model did not load"
+    wait_for "infill-default (embedded)"
     tmux send-keys -t "$session" C-End
     tmux send-keys -t "$session" -l '        '
-    wait_for_sgr 7 $'\e''\[2(;[0-9]+)*m' "dim ghost text from the built-in model"
-    wait_for "│ idle"
-    shown=$(tmux capture-pane -t "$session" -p | sed -n 7p | sed -E 's/^ *7 //')
+    # A finished completion puts its timing in the status bar; whether trimming leaves anything
+    # to show depends on the model's proposal, which is printed, not asserted.
+    wait_for " tok/s │ idle" 60
+    shown=$(tmux capture-pane -t "$session" -p | sed -n 7p | sed -E 's/^ *7 ?//')
     tmux send-keys -t "$session" C-q
     wait_for "Ctrl-Q again quits"
     tmux send-keys -t "$session" C-q
     wait_for "EXITED=0"
-    echo "ok: with no --model the built-in model proposed: '$shown'"
+    echo "ok: with no --model the built-in model completed; line 7 shows: '$shown'"
 fi
