@@ -303,11 +303,8 @@ fn score_fim_command_lists_the_most_surprising_lines() {
     assert_eq!(v["lines"].as_array().unwrap().len(), 14);
 }
 
-/// With a short context, chunks and their context shrink with it: a chunk is scored after the last
-/// quarter-window of tokens of the chunk before it (their keys and values then cached).
-#[test]
-fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
-    use infill::model::score::chunked::{ChunkScorer, ChunkSizes, chunk_bounds};
+/// The `tiny-python` fixture declaring a shorter context (rotary positions: the weights fit any).
+fn tiny_python_with_context(tokens: usize) -> (tempfile::TempDir, infill::model::Model) {
     let dir = crate::scratch_copy("tiny-python");
     let config = dir.path().join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -315,11 +312,20 @@ fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
         &config,
         text.replace(
             "\"max_position_embeddings\": 512",
-            "\"max_position_embeddings\": 64",
+            &format!("\"max_position_embeddings\": {tokens}"),
         ),
     )
     .unwrap();
     let model = open(dir.path());
+    (dir, model)
+}
+
+/// With a short context, chunks and their context shrink with it: a chunk is scored after the last
+/// quarter-window of tokens of the chunk before it (their keys and values then cached).
+#[test]
+fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
+    use infill::model::score::chunked::{ChunkScorer, ChunkSizes, chunk_bounds};
+    let (_dir, model) = tiny_python_with_context(64);
     let source: String = (0..60)
         .map(|i| format!("def f{i}(a, b):\n    return a + b * {i}\n\n"))
         .collect();
@@ -360,18 +366,7 @@ fn with_a_short_context_a_chunk_is_scored_after_the_end_of_the_one_before() {
 /// what the context leaves beside it; a line longer than the whole context is skipped.
 #[test]
 fn fim_line_scores_fit_a_short_context() {
-    let dir = crate::scratch_copy("tiny-python");
-    let config = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            "\"max_position_embeddings\": 512",
-            "\"max_position_embeddings\": 64",
-        ),
-    )
-    .unwrap();
-    let mut model = open(dir.path());
+    let (_dir, mut model) = tiny_python_with_context(64);
     let long_line = format!("x = [{}]\n", "1, ".repeat(80));
     let source = format!("{}{long_line}{}", CLEAN.repeat(3), CLEAN);
     let lines =
