@@ -351,6 +351,11 @@ fn train_command_reports_bad_input_in_one_line() {
     );
 }
 
+/// A JSON file `infill train` wrote.
+fn json_file(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// One command fine-tunes a model on a source tree and writes a directory `--model` accepts.
 #[test]
 fn train_command_writes_a_model_directory_that_loads() {
@@ -381,9 +386,7 @@ fn train_command_writes_a_model_directory_that_loads() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("training.json")).unwrap())
-            .unwrap();
+    let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["steps"], 3);
     assert!(report["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
     let origin = report["start"].clone();
@@ -401,9 +404,7 @@ fn train_command_writes_a_model_directory_that_loads() {
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("training.json")).unwrap())
-            .unwrap();
+    let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["steps"], 5);
     // The report describes the whole run: how it began and the time of both sessions.
     assert_eq!(report["start"], origin);
@@ -440,12 +441,8 @@ fn a_model_trained_from_scratch_declares_its_training_context() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-            .unwrap();
+    let config = json_file(&out.path().join("config.json"));
     assert_eq!(config["max_position_embeddings"], 48);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("training.json")).unwrap())
-            .unwrap();
+    let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["start"], "from scratch (Tiny)");
 }
