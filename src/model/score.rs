@@ -116,21 +116,26 @@ pub fn score(
             let (Some(row), Some(&id)) = (rows.get(p), ids.get(target)) else {
                 continue;
             };
-            // Offsets of a byte-level tokenizer can start inside a character; the first token
-            // starts the text so the ranges tile it.
-            let start = if target == 0 {
-                0
-            } else {
-                starts.get(target).copied().unwrap_or(text.len())
-            };
-            let stop = starts.get(target + 1).copied().unwrap_or(text.len());
-            out.push(TokenScore::from_row(tok, row, id, text, start..stop, top_k));
+            let range = token_range(&starts, target, text.len());
+            out.push(TokenScore::from_row(tok, row, id, text, range, top_k));
         }
         if end == seq.len() {
             return Ok(out);
         }
         begin += stride;
     }
+}
+
+/// The bytes of token `k` of a text of `len` bytes whose tokens start at `starts`. Offsets of a
+/// byte-level tokenizer can start inside a character; the first token starts the text so the
+/// ranges tile it.
+pub(crate) fn token_range(starts: &[usize], k: usize, len: usize) -> std::ops::Range<usize> {
+    let start = if k == 0 {
+        0
+    } else {
+        starts.get(k).copied().unwrap_or(len)
+    };
+    start..starts.get(k + 1).copied().unwrap_or(len)
 }
 
 /// Totals over a scored text.

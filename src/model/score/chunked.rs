@@ -101,13 +101,8 @@ fn score_chunk(
         let Some(&id) = ids.get(k) else {
             return;
         };
-        let start = if k == 0 {
-            0
-        } else {
-            offsets.get(k).copied().unwrap_or(chunk.len())
-        };
-        let end = offsets.get(k + 1).copied().unwrap_or(chunk.len());
-        out.push(TokenScore::from_row(tok, row, id, chunk, start..end, top_k));
+        let range = super::token_range(offsets, k, chunk.len());
+        out.push(TokenScore::from_row(tok, row, id, chunk, range, top_k));
     };
     if context.len() + ids.len() <= max_len {
         // The context's keys and values are cached: editing a chunk again only runs its own tokens.
