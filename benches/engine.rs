@@ -34,6 +34,7 @@ fn shape(name: &str) -> LlamaConfig {
         tie_word_embeddings: true,
         bos_token_id: None,
         eos_token_id: None,
+        fim_order: None,
     };
     match name {
         "qwen2.5-coder-0.5b-shape" => LlamaConfig {

@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         tie_word_embeddings: true,
         bos_token_id: None,
         eos_token_id: Some(0),
+        fim_order: None,
     };
     // A throwaway tokenizer: the benchmark feeds random token windows directly.
     let texts = [

@@ -85,6 +85,10 @@ pub struct ExportArgs {
     /// says more (prompts longer than that make a model worse).
     #[arg(long, value_name = "TOKENS")]
     pub context: Option<usize>,
+    /// The prompt order the copy records as the one it completes best in (`infill_fim_order` in
+    /// config.json; compare both with `infill eval --fim-order`).
+    #[arg(long, value_enum)]
+    pub fim_order: Option<FimOrder>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -229,9 +233,10 @@ pub struct SamplingArgs {
     /// Prompt plus completion stay within this many tokens (default: the model's context).
     #[arg(long, value_name = "TOKENS")]
     pub context: Option<usize>,
-    /// Order of prefix and suffix in the prompt.
-    #[arg(long, value_enum, default_value_t = FimOrder::Psm)]
-    pub fim_order: FimOrder,
+    /// Order of prefix and suffix in the prompt (default: the one the model's config.json records
+    /// as `infill_fim_order`, else psm).
+    #[arg(long, value_enum)]
+    pub fim_order: Option<FimOrder>,
     /// Alternatives recorded per generated token (--json).
     #[arg(long, default_value_t = 5)]
     pub top_alternatives: usize,
@@ -318,6 +323,9 @@ pub struct EvalArgs {
     /// `min_confidence`; 0 keeps everything), to measure whether the cut helps.
     #[arg(long, default_value_t = 0.0)]
     pub min_confidence: f32,
+    /// Order of prefix and suffix in the prompts (default: the model's, as for `complete`).
+    #[arg(long, value_enum)]
+    pub fim_order: Option<FimOrder>,
 }
 
 #[derive(Debug, Args)]

@@ -21,7 +21,10 @@ use crate::text::Cursor;
 pub struct Settings {
     pub sampling: Sampling,
     pub limits: Limits,
-    pub order: FimOrder,
+    /// Order of prefix and suffix in the prompt; `None`: the model's own ([`ModelConfig::fim_order`]).
+    ///
+    /// [`ModelConfig::fim_order`]: crate::model::ModelConfig::fim_order
+    pub order: Option<FimOrder>,
     /// Prompt plus generation never exceeds this many tokens (capped by the model's context).
     pub context_tokens: Option<usize>,
     /// Trim the proposal to a syntactic boundary (and stop generating once it is closed).
@@ -35,7 +38,7 @@ impl Default for Settings {
         Self {
             sampling: Sampling::default(),
             limits: Limits::default(),
-            order: FimOrder::default(),
+            order: None,
             context_tokens: None,
             trim: true,
             min_confidence: 0.0,
@@ -48,6 +51,7 @@ impl Default for Settings {
 pub struct Prompt {
     #[serde(skip)]
     pub ids: Vec<u32>,
+    pub order: FimOrder,
     pub prefix_tokens: usize,
     pub suffix_tokens: usize,
     /// Bytes of the document before the cursor left out of the prompt (whole lines from the top).
@@ -105,6 +109,7 @@ pub fn build_prompt(
     let (s_ids, s_end) = keep_head(tokenizer, suffix, s_ids, &s_offsets, suffix_budget)?;
     Ok(Prompt {
         ids: tokenizer.fim_prompt(&p_ids, &s_ids, order),
+        order,
         prefix_tokens: p_ids.len(),
         suffix_tokens: s_ids.len(),
         prefix_dropped_bytes: full_prefix.len() - prefix.len() + p_start,
@@ -232,7 +237,8 @@ pub fn complete(
         .checked_sub(max_tokens + overhead)
         .filter(|&b| b > 0)
         .ok_or(CompleteError::NoRoom { window, max_tokens })?;
-    let prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, settings.order)?;
+    let order = settings.order.unwrap_or_else(|| model.config.fim_order());
+    let prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, order)?;
     let mut trimmer = settings
         .trim
         .then(|| Trimmer::new(prefix, suffix, language));
@@ -304,6 +310,7 @@ pub fn score_lines_fim(
     };
     let tok = &model.tokenizer;
     let eos = tok.fim().eos;
+    let order = model.config.fim_order();
     let lines: Vec<(usize, usize)> = {
         let mut v = Vec::new();
         let mut start = 0;
@@ -337,7 +344,7 @@ pub fn score_lines_fim(
         if room == 0 {
             continue;
         }
-        let prompt = build_prompt(tok, prefix, suffix, budget.min(room), FimOrder::Psm)?;
+        let prompt = build_prompt(tok, prefix, suffix, budget.min(room), order)?;
         let mut seq = prompt.ids.clone();
         seq.extend(&target);
         let input = candle_core::Tensor::new(seq.as_slice(), llama.device())?.unsqueeze(0)?;

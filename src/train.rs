@@ -23,9 +23,9 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::model::Tokenizer;
 use crate::model::config::{Family, LlamaConfig, ModelConfig};
 use crate::model::load::{self, Blob, ModelSource};
+use crate::model::{FimOrder, Tokenizer};
 use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 
 /// Process settings that make training faster on CPUs; call first thing, before any thread exists.
@@ -95,6 +95,10 @@ impl Preset {
             tie_word_embeddings: true,
             bos_token_id: None,
             eos_token_id: Some(0),
+            // A small model trained on both orders completes far better in SPM, where the prefix
+            // runs straight into the middle: the step-8,603 default model scored 3.5% trimmed
+            // exact match in SPM against 0.0% in PSM on 200 held-out corpus tasks.
+            fim_order: Some(FimOrder::Spm),
         }
     }
 }

@@ -107,6 +107,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             ..Limits::default()
         },
         min_confidence: args.min_confidence,
+        order: args.fim_order,
         ..Settings::default()
     };
     let exec = args.exec.as_ref().map(|p| Exec {

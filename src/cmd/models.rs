@@ -9,6 +9,7 @@ use candle_core::DType;
 use serde_json::Value;
 
 use crate::cli::{ExportArgs, ModelsCommand, StorageDtype};
+use crate::model::config::FIM_ORDER_FIELD;
 use crate::model::embedded;
 use crate::model::load::{
     Blob, ModelFiles, locate_dir, read_safetensors_header, safetensors_header,
@@ -102,8 +103,13 @@ fn describe(files: &ModelFiles) -> anyhow::Result<String> {
     let layers = field("num_hidden_layers").or_else(|| field("n_layer"));
     let hidden = field("hidden_size").or_else(|| field("n_embd"));
     let context = field("max_position_embeddings").or_else(|| field("n_positions"));
+    let order = config
+        .get(FIM_ORDER_FIELD)
+        .and_then(Value::as_str)
+        .unwrap_or("psm");
     Ok(format!(
-        "{}, {:.1}M parameters ({dtype}, {:.1} MB), {} layers, hidden {}, context {}, vocab {}",
+        "{}, {:.1}M parameters ({dtype}, {:.1} MB), {} layers, hidden {}, context {}, vocab {}, \
+         FIM order {order}",
         config
             .get("model_type")
             .and_then(Value::as_str)
@@ -193,6 +199,9 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 "max_position_embeddings"
             };
             map.insert(key.into(), Value::from(context));
+        }
+        if let Some(order) = args.fim_order {
+            map.insert(FIM_ORDER_FIELD.into(), Value::from(order.name()));
         }
     }
     crate::files::write_atomic(

@@ -7,6 +7,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::FimOrder;
+
+/// The `config.json` key where a model records the FIM prompt order it completes best in.
+pub const FIM_ORDER_FIELD: &str = "infill_fim_order";
+
 /// The model families infill can run, named by their `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -85,6 +90,10 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// The prompt order the model completes best in (`infill_fim_order`), when known. infill's own
+    /// models train on both orders and record the one that measured better; for the others the
+    /// order is that of the family's published FIM format.
+    pub fim_order: Option<FimOrder>,
 }
 
 /// GPT-BigCode's configuration (transformers' `GPTBigCodeConfig` field names).
@@ -198,6 +207,15 @@ impl ModelConfig {
             Self::GptBigCode(c) => c.vocab_size,
         }
     }
+
+    /// The prompt order the model completes best in: what its config records, else PSM, the order
+    /// of every supported family's published FIM format.
+    pub fn fim_order(&self) -> FimOrder {
+        match self {
+            Self::Llama(c) => c.fim_order.unwrap_or_default(),
+            _ => FimOrder::Psm,
+        }
+    }
 }
 
 impl LlamaConfig {
@@ -281,6 +299,7 @@ impl LlamaConfig {
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             bos_token_id: f.opt_token_id("bos_token_id")?,
             eos_token_id: f.opt_token_id("eos_token_id")?,
+            fim_order: f.opt_fim_order(FIM_ORDER_FIELD)?,
         };
         Ok(cfg)
     }
@@ -313,6 +332,9 @@ impl LlamaConfig {
         }
         if let Some(id) = self.eos_token_id {
             v["eos_token_id"] = id.into();
+        }
+        if let Some(order) = self.fim_order {
+            v[FIM_ORDER_FIELD] = Value::from(order.name());
         }
         v
     }
@@ -391,6 +413,20 @@ impl Fields<'_> {
                 _ => Err(ConfigError::Invalid {
                     field: "rope_parameters",
                     why: format!("rope_theta {v} is not a positive number"),
+                }),
+            },
+        }
+    }
+
+    fn opt_fim_order(&self, field: &'static str) -> Result<Option<FimOrder>, ConfigError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_str() {
+                Some("psm") => Ok(Some(FimOrder::Psm)),
+                Some("spm") => Ok(Some(FimOrder::Spm)),
+                _ => Err(ConfigError::Invalid {
+                    field,
+                    why: format!("{v} is not \"psm\" or \"spm\""),
                 }),
             },
         }

@@ -580,6 +580,7 @@ mod tests {
             tie_word_embeddings: false,
             bos_token_id: None,
             eos_token_id: None,
+            fim_order: None,
         }
     }
 

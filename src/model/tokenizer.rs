@@ -44,6 +44,16 @@ pub enum FimOrder {
     Spm,
 }
 
+impl FimOrder {
+    /// The lowercase name (as in `config.json` and on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Psm => "psm",
+            Self::Spm => "spm",
+        }
+    }
+}
+
 /// The FIM special tokens of one tokenizer family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FimTemplate {
@@ -60,6 +70,13 @@ pub struct FimTemplate {
     pub eos: Option<u32>,
     /// Separator between files in packed training data (`<|file_sep|>`), if the vocabulary has one.
     pub file_sep: Option<u32>,
+}
+
+impl FimTemplate {
+    /// The prompt markers, which can never be part of a middle.
+    pub fn markers(&self) -> [u32; 3] {
+        [self.prefix, self.suffix, self.middle]
+    }
 }
 
 /// Token names of one template family; each slot lists accepted spellings.

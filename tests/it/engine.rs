@@ -330,3 +330,109 @@ fn auto_precision_follows_the_checkpoint() {
     );
     assert!(max_abs_diff(&auto, &f32) > 0.0);
 }
+
+/// The prompt order is the model's own unless the caller names one: config.json's
+/// `infill_fim_order` sets it, PSM otherwise, and a value that is neither is refused by name.
+#[test]
+fn the_model_config_chooses_the_prompt_order() {
+    let g = golden("qwen2");
+    let tmp = crate::scratch_copy("qwen2");
+    let config_path = tmp.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    let text = format!("{}{}", g.prefix, g.suffix);
+    let cursor = infill::text::Cursor::from_byte(&text, g.prefix.len()).unwrap();
+    let order_of = |settings: &complete::Settings| {
+        let mut model = open(tmp.path());
+        let done = complete::complete(&mut model, &text, cursor, None, settings, None, |_, _| {
+            Flow::Continue
+        })
+        .unwrap();
+        let f = model.tokenizer.fim();
+        // SPM: <prefix marker><suffix marker> suffix <middle marker> prefix.
+        let spm_shape = done.prompt.ids[f.lead.len()..].starts_with(&[f.prefix, f.suffix]);
+        assert_eq!(spm_shape, done.prompt.order == FimOrder::Spm);
+        done.prompt.order
+    };
+    let few = complete::Settings {
+        limits: Limits {
+            max_tokens: 2,
+            ..Limits::default()
+        },
+        ..complete::Settings::default()
+    };
+    assert_eq!(order_of(&few), FimOrder::Psm, "no preference: PSM");
+    config["infill_fim_order"] = "spm".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    assert_eq!(open(tmp.path()).config.fim_order(), FimOrder::Spm);
+    assert_eq!(order_of(&few), FimOrder::Spm, "the model's preference");
+    let psm = complete::Settings {
+        order: Some(FimOrder::Psm),
+        ..few.clone()
+    };
+    assert_eq!(order_of(&psm), FimOrder::Psm, "the caller's choice wins");
+    config["infill_fim_order"] = "middle".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let files = infill::model::load::locate_dir(tmp.path()).unwrap();
+    let err = infill::model::load::load(&files, &Default::default()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("infill_fim_order") && msg.contains("\"spm\""),
+        "{msg}"
+    );
+}
+
+/// A prompt marker is never generated, even where the model puts most of its mass on one; the
+/// token chosen instead is the best one that can be text, and its probability is the model's.
+#[test]
+fn prompt_markers_never_reach_the_proposal() {
+    let g = golden("qwen2");
+    let prompt = &g.ids[..g.prompt_len];
+    let limits = Limits {
+        max_tokens: 4,
+        ..Limits::default()
+    };
+    let run = |model: &mut infill::model::Model| {
+        generate::generate(
+            &mut model.network,
+            &model.tokenizer,
+            prompt,
+            &Sampling::default(),
+            &limits,
+            None,
+            |_, _| Flow::Continue,
+        )
+        .unwrap()
+    };
+    let mut model = open(&crate::fixture("qwen2"));
+    let before = run(&mut model);
+    let first = before.tokens[0].id as usize;
+    let marker = model.tokenizer.fim().suffix as usize;
+    // Untie the output layer and give the marker three times the first token's output row: its
+    // logit is three times that (positive) logit, so it becomes the most probable token.
+    let tmp = crate::scratch_copy("qwen2");
+    let path = tmp.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let mut head: Vec<Vec<f32>> = tensors["model.embed_tokens.weight"].to_vec2().unwrap();
+    head[marker] = head[first].iter().map(|v| v * 3.0).collect();
+    let head = Tensor::new(head, &candle_core::Device::Cpu).unwrap();
+    tensors.insert("lm_head.weight".into(), head);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let mut boosted = open(tmp.path());
+    let (logits, _) = boosted.network.logits_after(prompt).unwrap();
+    let argmax = logits
+        .argmax(D::Minus1)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap();
+    assert_eq!(
+        argmax as usize, marker,
+        "the test makes the marker the top token"
+    );
+    let after = run(&mut boosted);
+    assert_eq!(after.tokens[0].id as usize, first);
+    assert!(after.tokens[0].prob < before.tokens[0].prob);
+    let markers = boosted.tokenizer.fim().markers();
+    assert!(after.tokens.iter().all(|t| !markers.contains(&t.id)));
+    assert_eq!(after.stop, StopReason::MaxTokens);
+}
