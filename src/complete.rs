@@ -255,7 +255,7 @@ pub fn complete(
                 return Flow::Stop;
             }
             // Stop paying for tokens the trimmer will cut anyway.
-            closed = trimmer.as_ref().is_some_and(|t| t.is_closed(so_far));
+            closed = trimmer.as_mut().is_some_and(|t| t.is_closed(so_far));
             if closed { Flow::Stop } else { Flow::Continue }
         },
     )?;

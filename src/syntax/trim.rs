@@ -3,12 +3,14 @@
 //! A pure function of (text before the cursor, proposal, text after the cursor, language). In order:
 //!
 //! 1. **Indentation**: lines after the first follow the file's style (tabs or spaces).
-//! 2. **Scope**: with real code right of the cursor, or inside a string or comment, the proposal ends
-//!    at its first line break. Otherwise it may span lines but never past the end of the enclosing
+//! 2. **Scope**: with real code right of the cursor, inside a string or comment, or after text on
+//!    the cursor's line that opens nothing (a bracket, `:`, `=` or `,` may go on below), the proposal
+//!    ends at its first line break. Otherwise it may span lines but never past the end of the enclosing
 //!    block: the first closing bracket that the proposal did not open (brace languages), or the first
 //!    line indented less than the block (Python).
-//! 3. **Suffix**: a tail that repeats the first lines after the cursor is dropped, and so are closing
-//!    brackets and quotes that the rest of the line already supplies.
+//! 3. **Repeats**: a tail that repeats the first lines after the cursor is dropped, and so is
+//!    everything from the first line that repeats an earlier line of the proposal (a small model's
+//!    loop); closing brackets and quotes that the rest of the line already supplies go too.
 //! 4. **Syntax**: the longest remaining cut (whole proposal, then line ends, then token ends) is kept
 //!    whose parse of prefix + cut + suffix has no more errors than prefix + suffix alone and whose last
 //!    token does not run into the suffix. The baseline tree is parsed once and each candidate
@@ -37,6 +39,9 @@ pub enum Reason {
     BlockEnd,
     /// Dropped a tail that repeats the text after the cursor.
     SuffixRepeat,
+    /// Dropped lines from the first that repeats an earlier line of the proposal: a small model
+    /// caught in a loop (`pub mod a;` ten times).
+    Repetition,
     /// Dropped closing brackets or quotes that the rest of the line supplies.
     SuffixClosers,
     /// Cut back to the longest point that adds no parse errors.
@@ -79,6 +84,11 @@ pub struct Trimmer<'a> {
     /// The cursor's line up to the cursor.
     line_before: &'a str,
     single_line: bool,
+    /// Text before the cursor on its line that opens nothing: the proposal's first line is kept
+    /// alone when it is valid by itself.
+    mid_line: bool,
+    /// Whether the first line alone was valid, once generation has produced it.
+    first_line_valid: Option<bool>,
     indent: Indent,
     block: Block,
 }
@@ -132,6 +142,12 @@ impl<'a> Trimmer<'a> {
             _ => false,
         } || heuristic_inside_literal(line_before, lang);
         let code_right = !line_rest.trim().is_empty();
+        // Text before the cursor on its line: the person is finishing that line, unless it ends
+        // in an opener whose body or value goes on below.
+        let before = line_before.trim_end();
+        let mid_line = !before.is_empty()
+            && !before.ends_with(['{', '(', '[', ':', '=', ','])
+            && !before.ends_with("->");
         let single_line = code_right || in_literal;
         let broken_at_cursor = full
             .as_ref()
@@ -169,6 +185,8 @@ impl<'a> Trimmer<'a> {
             code_right,
             line_before,
             single_line,
+            mid_line,
+            first_line_valid: None,
             indent: file_indent(prefix, suffix),
             block,
         }
@@ -181,13 +199,27 @@ impl<'a> Trimmer<'a> {
 
     /// True once `partial` (a proposal being generated) has certainly passed the end of what will be
     /// kept: generation can stop.
-    pub fn is_closed(&self, partial: &str) -> bool {
+    pub fn is_closed(&mut self, partial: &str) -> bool {
         if self.single_line {
             return partial.contains('\n');
         }
+        if self.mid_line && partial.contains('\n') {
+            let valid = match self.first_line_valid {
+                Some(v) => v,
+                None => {
+                    let v = !self.trim_line(partial).text.is_empty();
+                    self.first_line_valid = Some(v);
+                    v
+                }
+            };
+            if valid {
+                return true;
+            }
+        }
         let cut = self
             .block_end(partial)
-            .or_else(|| self.suffix_repeat(partial));
+            .or_else(|| self.suffix_repeat(partial))
+            .or_else(|| repeated_line(partial));
         // Closed once a line exists after the cut (the cut line itself may still be growing).
         cut.is_some_and(|c| {
             partial
@@ -198,6 +230,25 @@ impl<'a> Trimmer<'a> {
 
     /// Trims one proposal.
     pub fn trim(&mut self, proposal: &str) -> Trimmed {
+        if self.mid_line && !self.single_line {
+            let line = self.trim_line(proposal);
+            if !line.text.is_empty() {
+                return line;
+            }
+        }
+        self.trim_scoped(proposal)
+    }
+
+    /// The proposal trimmed as if it had to end on the cursor's line.
+    fn trim_line(&mut self, proposal: &str) -> Trimmed {
+        let single_line = std::mem::replace(&mut self.single_line, true);
+        let line = self.trim_scoped(proposal);
+        self.single_line = single_line;
+        line
+    }
+
+    /// Rules 1 to 4 within the scope `single_line` sets.
+    fn trim_scoped(&mut self, proposal: &str) -> Trimmed {
         if proposal.trim().is_empty() {
             return Trimmed {
                 text: String::new(),
@@ -250,6 +301,9 @@ impl<'a> Trimmer<'a> {
             }
             if let Some(r) = self.suffix_repeat(text.get(..end).unwrap_or_default()) {
                 cut(r, Reason::SuffixRepeat, &mut end);
+            }
+            if let Some(r) = repeated_line(text.get(..end).unwrap_or_default()) {
+                cut(r, Reason::Repetition, &mut end);
             }
         }
         if reason != Reason::Unchanged {
@@ -528,6 +582,27 @@ fn error_overlaps(tree: &Tree, start: usize, end: usize, touching: bool) -> bool
 }
 
 /// The first `;` outside brackets and quotes, starting `depth` brackets deep; also the final depth.
+/// Where the first line of `text` that repeats an earlier one starts (cut before it), ignoring
+/// indentation. Lines of closers and separators only (`}`, `});`, `],`) and blank ones
+/// legitimately recur and are not counted.
+fn repeated_line(text: &str) -> Option<usize> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut pos = 0usize;
+    for line in text.split('\n') {
+        let key = line.trim();
+        // The last line may still be growing: only a whole line counts.
+        let whole = pos + line.len() < text.len();
+        if whole && key.chars().any(char::is_alphanumeric) {
+            if seen.contains(&key) {
+                return Some(pos.saturating_sub(1));
+            }
+            seen.push(key);
+        }
+        pos += line.len() + 1;
+    }
+    None
+}
+
 fn top_level_semicolon(text: &str, depth: i64) -> (Option<usize>, i64) {
     let mut depth = depth;
     let mut quote: Option<char> = None;
@@ -835,21 +910,32 @@ mod tests {
     fn generation_can_stop_once_the_unit_is_closed() {
         let reg = crate::syntax::Registry::builtin().unwrap();
         let rust = reg.by_name("rust").ok();
-        let block = Trimmer::new("fn f() {\n    ", "\n}\n", rust);
+        let mut block = Trimmer::new("fn f() {\n    ", "\n}\n", rust);
         assert!(!block.is_closed("let x = 1;\n    let y"));
         assert!(
             !block.is_closed("let x = 1;\n}"),
             "the closing line may still grow"
         );
         assert!(block.is_closed("let x = 1;\n}\n\nfn g"));
-        let line = Trimmer::new("let v = ", ";\n", rust);
+        let mut line = Trimmer::new("let v = ", ";\n", rust);
         assert!(line.single_line());
         assert!(!line.is_closed("compute("));
         assert!(line.is_closed("compute();\n"));
         let py = reg.by_name("python").ok();
-        let body = Trimmer::new("def f():\n    ", "\n", py);
+        let mut body = Trimmer::new("def f():\n    ", "\n", py);
         assert!(!body.is_closed("x = 1\n    return x"));
         assert!(body.is_closed("x = 1\n    return x\n\ndef g():\n"));
+        // Finishing a line: closed at its end when the line is valid alone, else it goes on.
+        let mut finish = Trimmer::new("fn f() {\n    let x = compute", "\n}\n", rust);
+        assert!(!finish.is_closed("(1);"));
+        assert!(finish.is_closed("(1);\n"));
+        let mut opens = Trimmer::new("fn f(x: bool) {\n    if x", "\n}\n", rust);
+        assert!(!opens.is_closed(" {\n"));
+        assert!(!opens.is_closed(" {\n        g();\n"));
+        // A loop: closed once the repeated line is whole.
+        let mut top = Trimmer::new("pub mod a;\n", "\n", rust);
+        assert!(!top.is_closed("pub mod b;\npub mod b;"));
+        assert!(top.is_closed("pub mod b;\npub mod b;\n"));
     }
 
     #[test]
