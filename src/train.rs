@@ -161,6 +161,9 @@ const FROM_SCRATCH: &str = "from scratch";
 /// With `--minutes`, how often (in steps) the end of the schedule is planned again.
 const REPLAN_EVERY: usize = 25;
 
+/// Steps a `--minutes` run may take before its first timing plans the real end.
+pub const UNBOUNDED_STEPS: usize = 1_000_000;
+
 /// Where a `--minutes` run's schedule should end, at `step`, having done `done` steps in
 /// `elapsed` of `budget` seconds: `Some(step)` once the time is up, a new end at the first
 /// timing and every [`REPLAN_EVERY`] steps after, `None` in between.
@@ -320,8 +323,12 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         if trainer.origin.is_empty() {
             trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
         }
-        if let Some(steps) = steps {
-            trainer.settings.steps = steps;
+        match (steps, opts.minutes) {
+            (Some(steps), _) => trainer.settings.steps = steps,
+            // The budget plans the end from the first timed steps: until then, no bound (a run
+            // that had reached its old end would otherwise stop at once).
+            (None, Some(_)) => trainer.settings.steps = trainer.step + UNBOUNDED_STEPS,
+            (None, None) => {}
         }
         eprintln!(
             "resuming at step {} of {}",

@@ -39,7 +39,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         grad_accum: args.grad_accum,
         // With --minutes this is only an upper bound until the first steps are timed.
         steps: args.steps.unwrap_or(if args.minutes.is_some() {
-            1_000_000
+            train::UNBOUNDED_STEPS
         } else {
             300
         }),

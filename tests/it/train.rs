@@ -419,6 +419,20 @@ fn train_command_writes_a_model_directory_that_loads() {
         })
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5]);
+
+    // --resume --minutes goes on from a finished run for that long, not zero steps.
+    let more = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(["train", "--resume", "--minutes", "0.01", "--out", o, "--repo"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+        .output()
+        .unwrap();
+    assert!(
+        more.status.success(),
+        "{}",
+        String::from_utf8_lossy(&more.stderr)
+    );
+    let report = json_file(&out.path().join("training.json"));
+    assert!(report["steps"].as_u64().unwrap() > 5, "{report}");
 }
 
 /// A model trained from scratch declares the context it was trained at, not the preset's room:
