@@ -240,6 +240,10 @@ pub struct SamplingArgs {
     /// Alternatives recorded per generated token (--json).
     #[arg(long, default_value_t = 5)]
     pub top_alternatives: usize,
+    /// Leave token healing off: the prompt ends exactly at the cursor instead of one token
+    /// earlier, with generation made to begin by writing that token again.
+    #[arg(long)]
+    pub no_heal: bool,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +330,10 @@ pub struct EvalArgs {
     /// Order of prefix and suffix in the prompts (default: the model's, as for `complete`).
     #[arg(long, value_enum)]
     pub fim_order: Option<FimOrder>,
+    /// Leave token healing off (the prompt then ends exactly at the cursor), to measure what it
+    /// brings.
+    #[arg(long)]
+    pub no_heal: bool,
 }
 
 #[derive(Debug, Args)]

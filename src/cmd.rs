@@ -58,6 +58,7 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
         context_tokens: args.context,
         trim: true,
         min_confidence: 0.0,
+        heal: !args.no_heal,
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Settings {
     pub trim: bool,
     /// Cut the proposal before its first token less probable than this (0: never).
     pub min_confidence: f32,
+    /// Token healing: the prefix's last token leaves the prompt and generation starts by
+    /// producing it again, so the cursor need not fall on a token boundary the model knows.
+    pub heal: bool,
 }
 
 impl Default for Settings {
@@ -42,6 +45,7 @@ impl Default for Settings {
             context_tokens: None,
             trim: true,
             min_confidence: 0.0,
+            heal: true,
         }
     }
 }
@@ -58,6 +62,26 @@ pub struct Prompt {
     pub prefix_dropped_bytes: usize,
     /// Bytes after the cursor left out (whole lines from the bottom).
     pub suffix_dropped_bytes: usize,
+    /// The prefix's last token, left out for generation to produce again (token healing).
+    pub healed: String,
+}
+
+impl Prompt {
+    /// Takes the prefix's last token out of the prompt for token healing; returns its bytes.
+    pub fn heal(&mut self, tokenizer: &Tokenizer) -> Vec<u8> {
+        if self.prefix_tokens == 0 || !self.healed.is_empty() {
+            return Vec::new();
+        }
+        let at = match self.order {
+            FimOrder::Psm => tokenizer.fim().lead.len() + self.prefix_tokens,
+            FimOrder::Spm => self.ids.len() - 1,
+        };
+        let id = self.ids.remove(at);
+        self.prefix_tokens -= 1;
+        let bytes = tokenizer.token_bytes(id).to_vec();
+        self.healed = String::from_utf8_lossy(&bytes).into_owned();
+        bytes
+    }
 }
 
 /// A finished completion.
@@ -114,6 +138,7 @@ pub fn build_prompt(
         suffix_tokens: s_ids.len(),
         prefix_dropped_bytes: full_prefix.len() - prefix.len() + p_start,
         suffix_dropped_bytes: full_suffix.len() - s_end,
+        healed: String::new(),
     })
 }
 
@@ -238,17 +263,25 @@ pub fn complete(
         .filter(|&b| b > 0)
         .ok_or(CompleteError::NoRoom { window, max_tokens })?;
     let order = settings.order.unwrap_or_else(|| model.config.fim_order());
-    let prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, order)?;
+    let mut prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, order)?;
+    let heal = match settings.heal {
+        true => prompt.heal(&model.tokenizer),
+        false => Vec::new(),
+    };
     let mut trimmer = settings
         .trim
         .then(|| Trimmer::new(prefix, suffix, language));
     let mut closed = false;
-    let mut generation = generate::generate(
+    let request = generate::Request {
+        prompt: &prompt.ids,
+        heal: &heal,
+        sampling: &settings.sampling,
+        limits: &settings.limits,
+    };
+    let mut generation = generate::generate_request(
         &mut model.network,
         &model.tokenizer,
-        &prompt.ids,
-        &settings.sampling,
-        &settings.limits,
+        &request,
         cancel,
         |token, so_far| {
             if on_token(token, so_far) == Flow::Stop {

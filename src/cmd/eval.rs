@@ -108,6 +108,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         },
         min_confidence: args.min_confidence,
         order: args.fim_order,
+        heal: !args.no_heal,
         ..Settings::default()
     };
     let exec = args.exec.as_ref().map(|p| Exec {

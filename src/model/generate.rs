@@ -221,8 +221,44 @@ pub fn generate(
     sampling: &Sampling,
     limits: &Limits,
     cancel: Option<&AtomicBool>,
+    on_token: impl FnMut(&GeneratedToken, &str) -> Flow,
+) -> candle_core::Result<Generation> {
+    let request = Request {
+        prompt,
+        heal: &[],
+        sampling,
+        limits,
+    };
+    generate_request(network, tokenizer, &request, cancel, on_token)
+}
+
+/// What to generate.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub prompt: &'a [u32],
+    /// Text the prompt left out at its end (token healing): generation must begin by producing
+    /// these bytes, which are not part of the result. A prompt cut inside what is one token in
+    /// training (eight spaces then `let`, seen as seven spaces and ` let`) otherwise ends on a
+    /// boundary the model never saw, and it proposes what follows such a token, not the text.
+    pub heal: &'a [u8],
+    pub sampling: &'a Sampling,
+    pub limits: &'a Limits,
+}
+
+/// [`generate`] for a [`Request`].
+pub fn generate_request(
+    network: &mut Network,
+    tokenizer: &Tokenizer,
+    request: &Request,
+    cancel: Option<&AtomicBool>,
     mut on_token: impl FnMut(&GeneratedToken, &str) -> Flow,
 ) -> candle_core::Result<Generation> {
+    let Request {
+        prompt,
+        sampling,
+        limits,
+        ..
+    } = *request;
     let started = Instant::now();
     let mut rng = Rng::new(sampling.seed);
     let mut context: Vec<u32> = prompt.to_vec();
@@ -231,6 +267,7 @@ pub fn generate(
     let decode_start = Instant::now();
     let mut tokens = Vec::new();
     let mut bytes: Vec<u8> = Vec::new();
+    let mut pending = request.heal;
     let stop = loop {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             break StopReason::Cancelled;
@@ -253,15 +290,32 @@ pub fn generate(
                 *logit = f32::NEG_INFINITY;
             }
         }
+        if !pending.is_empty() && !keep_healing(tokenizer, &mut textual, pending) {
+            break StopReason::EndToken;
+        }
         let id = choose(&textual, sampling, &mut rng);
         if tokenizer.fim().stops.contains(&id) {
             break StopReason::EndToken;
         }
-        let token = describe(tokenizer, &row, id, limits.top_alternatives);
+        context.push(id);
+        let mut token = describe(tokenizer, &row, id, limits.top_alternatives);
+        let healed = pending.len().min(token.bytes.len());
+        pending = pending.get(healed..).unwrap_or_default();
+        if healed == token.bytes.len() {
+            // Entirely text the prompt already holds: nothing to show yet.
+            if context.len() >= network.context_length() {
+                break StopReason::Context;
+            }
+            logits = next_logits(network, &context)?;
+            continue;
+        }
+        if healed > 0 {
+            token.bytes.drain(..healed);
+            token.text = String::from_utf8_lossy(&token.bytes).into_owned();
+        }
         bytes.extend_from_slice(&token.bytes);
         let flow = on_token(&token, complete_prefix(&bytes));
         tokens.push(token);
-        context.push(id);
         if flow == Flow::Stop {
             break StopReason::Caller;
         }
@@ -290,6 +344,25 @@ pub fn generate(
         stop,
         timings,
     })
+}
+
+/// Leaves in `logits` only the tokens that go on producing `pending` (they start with it, or it
+/// starts with them); false when there is none.
+fn keep_healing(tokenizer: &Tokenizer, logits: &mut [f32], pending: &[u8]) -> bool {
+    let mut any = false;
+    for (id, logit) in logits.iter_mut().enumerate() {
+        let id = id as u32;
+        let b = tokenizer.token_bytes(id);
+        let fits = !b.is_empty()
+            && !tokenizer.is_special(id)
+            && (b.starts_with(pending) || pending.starts_with(b));
+        if fits {
+            any |= logit.is_finite();
+        } else {
+            *logit = f32::NEG_INFINITY;
+        }
+    }
+    any
 }
 
 fn next_logits(network: &mut Network, context: &[u32]) -> candle_core::Result<Tensor> {

@@ -45,6 +45,7 @@ fn complete_json_reports_tokens_timings_and_model() {
         "--max-tokens",
         "6",
         "--no-trim",
+        "--no-heal",
     ]);
     assert!(
         out.status.success(),
@@ -95,6 +96,7 @@ fn complete_json_reports_tokens_timings_and_model() {
         "--json",
         "--max-tokens",
         "6",
+        "--no-heal",
     ]);
     let t: serde_json::Value = serde_json::from_slice(&trimmed.stdout).unwrap();
     assert_eq!(t["language"], "python");
@@ -123,6 +125,7 @@ fn complete_json_reports_tokens_timings_and_model() {
         "--max-tokens",
         "6",
         "--no-trim",
+        "--no-heal",
     ]);
     let text = String::from_utf8(plain.stdout).unwrap();
     assert_eq!(

@@ -436,3 +436,89 @@ fn prompt_markers_never_reach_the_proposal() {
     assert!(after.tokens.iter().all(|t| !markers.contains(&t.id)));
     assert_eq!(after.stop, StopReason::MaxTokens);
 }
+
+/// Token healing: the prompt's last token leaves it, the first token generated is the model's best
+/// among those that produce that text again, and the text itself is not part of the proposal.
+#[test]
+fn healing_regenerates_the_last_prompt_token_without_showing_it() {
+    let mut model = open(&crate::fixture("qwen2"));
+    let g = golden("qwen2");
+    let ids = model.tokenizer.encode(&g.prefix).unwrap();
+    let (prompt, last) = (&ids[..ids.len() - 1], ids[ids.len() - 1]);
+    let heal = model.tokenizer.token_bytes(last).to_vec();
+    assert!(!heal.is_empty());
+    // The expected first token, worked out by hand: best logit among tokens that fit the text.
+    let (logits, _) = model.network.logits_after(prompt).unwrap();
+    let row: Vec<f32> = logits.to_vec1().unwrap();
+    let fits = |id: usize| {
+        let b = model.tokenizer.token_bytes(id as u32);
+        !b.is_empty()
+            && !model.tokenizer.is_special(id as u32)
+            && (b.starts_with(&heal) || heal.starts_with(b))
+    };
+    let best = (0..row.len())
+        .filter(|&i| fits(i))
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .unwrap();
+    let limits = Limits {
+        max_tokens: 3,
+        ..Limits::default()
+    };
+    let request = generate::Request {
+        prompt,
+        heal: &heal,
+        sampling: &Sampling::default(),
+        limits: &limits,
+    };
+    let out = generate::generate_request(
+        &mut model.network,
+        &model.tokenizer,
+        &request,
+        None,
+        |_, _| Flow::Continue,
+    )
+    .unwrap();
+    let best_bytes = model.tokenizer.token_bytes(best as u32).to_vec();
+    if best_bytes.len() > heal.len() {
+        // The first token shows only what follows the healed text.
+        assert_eq!(out.tokens[0].id as usize, best);
+        assert_eq!(out.tokens[0].bytes, best_bytes[heal.len()..]);
+    } else {
+        // The healed text came back whole as one hidden token; the first shown one follows it.
+        assert_eq!(best_bytes, heal);
+        let mut after = prompt.to_vec();
+        after.push(best as u32);
+        let (logits, _) = model.network.logits_after(&after).unwrap();
+        let mut row: Vec<f32> = logits.to_vec1().unwrap();
+        for m in model.tokenizer.fim().markers() {
+            row[m as usize] = f32::NEG_INFINITY;
+        }
+        let next = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(out.tokens[0].id as usize, next);
+    }
+    assert!(!out.tokens.is_empty());
+    assert!(out.tokens.iter().all(|t| !t.bytes.is_empty()));
+    let shown: Vec<u8> = out.tokens.iter().flat_map(|t| t.bytes.clone()).collect();
+    assert_eq!(String::from_utf8_lossy(&shown), out.text);
+
+    // complete() heals by default: the prompt is one prefix token shorter and says what it left.
+    let text = format!("{}{}", g.prefix, g.suffix);
+    let cursor = infill::text::Cursor::from_byte(&text, g.prefix.len()).unwrap();
+    let run = |heal: bool, model: &mut infill::model::Model| {
+        let settings = complete::Settings {
+            heal,
+            limits: limits.clone(),
+            ..complete::Settings::default()
+        };
+        complete::complete(model, &text, cursor, None, &settings, None, |_, _| {
+            Flow::Continue
+        })
+        .unwrap()
+    };
+    let (plain, healed) = (run(false, &mut model), run(true, &mut model));
+    assert_eq!(healed.prompt.prefix_tokens + 1, plain.prompt.prefix_tokens);
+    assert!(plain.prompt.healed.is_empty());
+    assert!(g.prefix.ends_with(&healed.prompt.healed) && !healed.prompt.healed.is_empty());
+}

@@ -422,7 +422,15 @@ fn train_command_writes_a_model_directory_that_loads() {
 
     // --resume --minutes goes on from a finished run for that long, not zero steps.
     let more = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(["train", "--resume", "--minutes", "0.01", "--out", o, "--repo"])
+        .args([
+            "train",
+            "--resume",
+            "--minutes",
+            "0.01",
+            "--out",
+            o,
+            "--repo",
+        ])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
         .output()
         .unwrap();
