@@ -162,7 +162,7 @@ pub struct TrainArgs {
     /// Share of documents made into FIM examples (default 0.9 fine-tuning, 0.5 from scratch).
     #[arg(long)]
     pub fim_rate: Option<f64>,
-    /// Share of FIM examples in SPM order (the rest PSM, the order the editor uses by default).
+    /// Share of FIM examples in SPM order (the rest PSM).
     #[arg(long, default_value_t = 0.5)]
     pub spm_rate: f64,
     #[arg(long, default_value_t = 50)]

@@ -290,7 +290,8 @@ pub fn generate_request(
                 *logit = f32::NEG_INFINITY;
             }
         }
-        if !pending.is_empty() && !keep_healing(tokenizer, &mut textual, pending) {
+        let healing = !pending.is_empty();
+        if healing && !keep_healing(tokenizer, &mut textual, pending) {
             break StopReason::EndToken;
         }
         let id = choose(&textual, sampling, &mut rng);
@@ -298,7 +299,10 @@ pub fn generate_request(
             break StopReason::EndToken;
         }
         context.push(id);
-        let mut token = describe(tokenizer, &row, id, limits.top_alternatives);
+        // While healing, a token is as probable as the model finds it among those that can write
+        // the healed text (its plain probability would be tiny: the rest of the vocabulary is out).
+        let scores = if healing { &textual } else { &row };
+        let mut token = describe(tokenizer, scores, id, limits.top_alternatives);
         let healed = pending.len().min(token.bytes.len());
         pending = pending.get(healed..).unwrap_or_default();
         if healed == token.bytes.len() {

@@ -483,6 +483,8 @@ fn healing_regenerates_the_last_prompt_token_without_showing_it() {
         // The first token shows only what follows the healed text.
         assert_eq!(out.tokens[0].id as usize, best);
         assert_eq!(out.tokens[0].bytes, best_bytes[heal.len()..]);
+        // Ranked and weighed among the tokens that can write the healed text.
+        assert_eq!(out.tokens[0].rank, 1);
     } else {
         // The healed text came back whole as one hidden token; the first shown one follows it.
         assert_eq!(best_bytes, heal);
