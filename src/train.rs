@@ -110,9 +110,11 @@ pub enum Start {
     FineTune(Option<String>),
     FromScratch(Preset),
     /// Continue the run whose checkpoints are in the output directory. `steps`, when given,
-    /// replaces the run's total (the cosine schedule then decays towards the new end).
+    /// replaces the run's total (the cosine schedule then decays towards the new end), and
+    /// `batch_size` the sequences per step from here on.
     Resume {
         steps: Option<usize>,
+        batch_size: Option<usize>,
     },
 }
 
@@ -318,7 +320,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     trainer.origin = start_name;
     trainer.session_start = started;
     std::fs::create_dir_all(&ckpt_dir)?;
-    if let Start::Resume { steps } = opts.start {
+    if let Start::Resume { steps, batch_size } = opts.start {
         trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
         if trainer.origin.is_empty() {
             trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
@@ -329,6 +331,9 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             // that had reached its old end would otherwise stop at once).
             (None, Some(_)) => trainer.settings.steps = trainer.step + UNBOUNDED_STEPS,
             (None, None) => {}
+        }
+        if let Some(b) = batch_size {
+            trainer.settings.batch_size = b;
         }
         eprintln!(
             "resuming at step {} of {}",

@@ -9,7 +9,10 @@ use crate::train::{self, Start, TrainOptions};
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     train::tune_process();
     let start = if args.resume {
-        Start::Resume { steps: args.steps }
+        Start::Resume {
+            steps: args.steps,
+            batch_size: args.batch_size,
+        }
     } else if args.from_scratch {
         Start::FromScratch(args.preset)
     } else {
@@ -21,7 +24,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || args.steps == Some(0) {
         anyhow::bail!("--minutes and --steps must be positive");
     }
-    if args.seq_len < 8 || args.batch_size == 0 || args.grad_accum == 0 {
+    if args.seq_len < 8 || args.batch_size == Some(0) || args.grad_accum == 0 {
         anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
     }
     let fine_tune = matches!(start, Start::FineTune(_));
@@ -35,7 +38,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let settings = TrainSettings {
         seq_len: args.seq_len,
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(4),
         grad_accum: args.grad_accum,
         // With --minutes this is only an upper bound until the first steps are timed.
         steps: args.steps.unwrap_or(if args.minutes.is_some() {

@@ -420,17 +420,18 @@ fn train_command_writes_a_model_directory_that_loads() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5]);
 
-    // --resume --minutes goes on from a finished run for that long, not zero steps.
+    // --resume --minutes goes on from a finished run for that long, not zero steps, and
+    // --batch-size changes the sequences per step from there.
     let more = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
         .args([
             "train",
             "--resume",
             "--minutes",
             "0.01",
-            "--out",
-            o,
-            "--repo",
+            "--batch-size",
+            "2",
         ])
+        .args(["--out", o, "--repo"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
         .output()
         .unwrap();
@@ -441,6 +442,7 @@ fn train_command_writes_a_model_directory_that_loads() {
     );
     let report = json_file(&out.path().join("training.json"));
     assert!(report["steps"].as_u64().unwrap() > 5, "{report}");
+    assert_eq!(report["settings"]["batch_size"], 2);
 }
 
 /// A model trained from scratch declares the context it was trained at, not the preset's room:
