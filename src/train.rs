@@ -325,15 +325,26 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         if trainer.origin.is_empty() {
             trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
         }
-        match (steps, opts.minutes) {
-            (Some(steps), _) => trainer.settings.steps = steps,
-            // The budget plans the end from the first timed steps: until then, no bound (a run
-            // that had reached its old end would otherwise stop at once).
-            (None, Some(_)) => trainer.settings.steps = trainer.step + UNBOUNDED_STEPS,
-            (None, None) => {}
-        }
         if let Some(b) = batch_size {
             trainer.settings.batch_size = b;
+        }
+        match (steps, opts.minutes) {
+            (Some(steps), _) => trainer.settings.steps = steps,
+            // Until the first timed steps plan the end, the run's own pace so far estimates it:
+            // keeping the old end would stop a finished run at once, and no end at all would
+            // start it at the peak learning rate.
+            (None, Some(minutes)) => {
+                let s = &trainer.settings;
+                let tokens_per_step = (s.batch_size * s.grad_accum * s.seq_len) as f64;
+                let per_token = trainer.earlier_seconds / trainer.tokens_seen.max(1) as f64;
+                let estimate = minutes * 60.0 / (per_token * tokens_per_step);
+                trainer.settings.steps = trainer.step
+                    + match estimate.is_finite() {
+                        true => (estimate as usize).max(1),
+                        false => UNBOUNDED_STEPS,
+                    };
+            }
+            (None, None) => {}
         }
         eprintln!(
             "resuming at step {} of {}",
