@@ -19,7 +19,7 @@ use crate::text::Cursor;
 use metrics::{
     accepted_chars, edit_similarity, exact_match, first_line_match, is_punctuation_only,
 };
-use tasks::Task;
+use tasks::{Task, TaskKind};
 
 /// Set by Ctrl-C: the runner stops and the report covers the tasks done.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -254,6 +254,11 @@ pub fn render_bits(
             row
         })
         .collect();
+    render_table(title, &header, &rows, markdown)
+}
+
+/// A titled table: Markdown, or text with the first column left-aligned and the rest right.
+fn render_table(title: &str, header: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
     if markdown {
         let mut out = format!(
             "### {title}\n\n| {} |\n|{}\n",
@@ -265,19 +270,129 @@ pub fn render_bits(
         }
         return out;
     }
-    let mut out = format!("{title}:\n  {:<12}", header[0]);
-    for h in &header[1..] {
-        out.push_str(&format!("{h:>10}"));
-    }
-    out.push('\n');
-    for row in rows {
-        out.push_str(&format!("  {:<12}", row[0]));
-        for v in &row[1..] {
-            out.push_str(&format!("{v:>10}"));
+    let first = rows
+        .iter()
+        .map(|r| r.first().map_or(0, String::len))
+        .chain(header.first().map(|h| h.len()))
+        .max()
+        .unwrap_or(0)
+        .max(10)
+        + 2;
+    let widths: Vec<usize> = (1..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i).map(String::len))
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+                .max(8)
+                + 2
+        })
+        .collect();
+    let line = |cells: &[&str]| {
+        let mut l = format!("  {:<first$}", cells.first().copied().unwrap_or_default());
+        for (cell, w) in cells.iter().skip(1).zip(&widths) {
+            l.push_str(&format!("{cell:>w$}"));
         }
-        out.push('\n');
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = format!("{title}:\n");
+    out.push_str(&line(header));
+    for row in rows {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
     }
     out
+}
+
+/// Trimmed figures of one language on one scope of tasks, next to the empty-middle floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct LanguageReport {
+    pub language: String,
+    /// `single-line` (rest-of-line and whole-line tasks), `multi-line`, or `all kinds`.
+    pub scope: &'static str,
+    pub trimmed: Summary,
+    pub empty: Summary,
+    pub baseline_trimmed: Option<Summary>,
+}
+
+/// [`LanguageReport`]s for every language of the tasks: single-line, multi-line and all kinds.
+pub fn report_by_language(
+    tasks: &[Task],
+    model: &[Outcome],
+    baseline: Option<&[Outcome]>,
+) -> Vec<LanguageReport> {
+    let n = model
+        .len()
+        .min(baseline.map_or(usize::MAX, <[Outcome]>::len));
+    let mut groups: BTreeMap<(String, u8), Vec<usize>> = BTreeMap::new();
+    for (i, t) in tasks.iter().take(n).enumerate() {
+        let language = t.language.clone().unwrap_or_else(|| "unknown".into());
+        let scope = match t.kind {
+            TaskKind::RestOfLine | TaskKind::WholeLine => Some(0),
+            TaskKind::MultiLine => Some(1),
+            _ => None,
+        };
+        for s in scope.into_iter().chain([2]) {
+            groups.entry((language.clone(), s)).or_default().push(i);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((language, s), idx)| {
+            let ts: Vec<&Task> = idx.iter().filter_map(|&i| tasks.get(i)).collect();
+            let scores = |outcomes: &[Outcome], f: fn(&Outcome) -> Score| -> Vec<Score> {
+                idx.iter().filter_map(|&i| outcomes.get(i)).map(f).collect()
+            };
+            LanguageReport {
+                language,
+                scope: ["single-line", "multi-line", "all kinds"][usize::from(s)],
+                trimmed: summarize(&ts, &scores(model, |o| o.trimmed_score)),
+                empty: summarize(&ts, &scores(model, |o| o.empty_score)),
+                baseline_trimmed: baseline.map(|b| summarize(&ts, &scores(b, |o| o.trimmed_score))),
+            }
+        })
+        .collect()
+}
+
+/// The per-language table: trimmed exact match (all answers, and answers with code in them), edit
+/// similarity, and the empty middle's exact match, the floor a model must beat.
+pub fn render_languages(rows: &[LanguageReport], markdown: bool) -> String {
+    let baseline = rows.iter().any(|r| r.baseline_trimmed.is_some());
+    let mut header = vec![
+        "language",
+        "tasks",
+        "exact match",
+        "exact (code)",
+        "edit sim.",
+        "empty exact",
+    ];
+    if baseline {
+        header.extend(["baseline exact", "baseline edit sim."]);
+    }
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                format!("{} {}", r.language, r.scope),
+                r.trimmed.tasks.to_string(),
+                pct(r.trimmed.exact_match),
+                pct(r.trimmed.exact_match_code),
+                format!("{:.3}", r.trimmed.edit_similarity),
+                pct(r.empty.exact_match),
+            ];
+            if let Some(b) = &r.baseline_trimmed {
+                row.extend([pct(b.exact_match), format!("{:.3}", b.edit_similarity)]);
+            }
+            row
+        })
+        .collect();
+    render_table(
+        "per language, trimmed (single-line: rest-of-line and whole-line tasks)",
+        &header,
+        &cells,
+        markdown,
+    )
 }
 
 /// Aggregate figures of one variant (raw, trimmed or empty) over a set of tasks.
@@ -512,6 +627,7 @@ pub fn write_json(
     model: &[Outcome],
     baseline: Option<&[Outcome]>,
     reports: &[KindReport],
+    languages: &[LanguageReport],
     bits: &serde_json::Value,
 ) -> anyhow::Result<()> {
     let doc = serde_json::json!({
@@ -519,6 +635,7 @@ pub fn write_json(
         "model": model,
         "baseline": baseline,
         "report": reports,
+        "languages": languages,
         "bits_per_byte": bits,
     });
     crate::files::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())

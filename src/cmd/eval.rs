@@ -158,6 +158,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let reports = eval::report(&tasks, &model, baseline.as_deref(), args.seed);
     print!("{}", eval::render(&reports, args.markdown));
+    let languages = eval::report_by_language(&tasks, &model, baseline.as_deref());
+    println!("{}", eval::render_languages(&languages, args.markdown));
     if let Some(bits) = &model_bits {
         println!(
             "{}",
@@ -176,6 +178,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             &model,
             baseline.as_deref(),
             &reports,
+            &languages,
             &serde_json::json!({ "model": model_bits, "baseline": baseline_bits }),
         )?;
     }

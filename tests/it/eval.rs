@@ -76,6 +76,33 @@ fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
     assert_eq!(bits["model"][0]["language"], "rust");
     assert!(bits["model"][0]["bits_per_byte"].as_f64().unwrap() > 0.0);
     assert_eq!(bits["model"], bits["baseline"]);
+    // Per language and scope: single-line counts rest-of-line and whole-line tasks, multi-line
+    // its own kind, and "all kinds" every task; the baseline (the same model) scores the same.
+    assert!(stdout.contains("per language, trimmed"), "{stdout}");
+    let rows = doc["languages"].as_array().unwrap();
+    let count = |kinds: &[&str]| {
+        doc["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| kinds.contains(&t["kind"].as_str().unwrap()))
+            .count() as u64
+    };
+    let tasks_of = |scope: &str| {
+        rows.iter()
+            .find(|r| r["language"] == "rust" && r["scope"] == scope)
+            .map_or(0, |r| r["trimmed"]["tasks"].as_u64().unwrap())
+    };
+    assert_eq!(
+        tasks_of("single-line"),
+        count(&["rest_of_line", "whole_line"])
+    );
+    assert_eq!(tasks_of("multi-line"), count(&["multi_line"]));
+    assert_eq!(tasks_of("all kinds"), 10);
+    for r in rows {
+        assert_eq!(r["trimmed"], r["baseline_trimmed"]);
+        assert_eq!(r["empty"]["edit_similarity"], 0.0);
+    }
 }
 
 /// Bits per byte per language is what scoring the same text token by token gives, within the
