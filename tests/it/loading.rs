@@ -317,6 +317,8 @@ fn models_export_writes_a_bf16_copy_that_models_lists() {
         out.as_os_str(),
         "--context".as_ref(),
         "64".as_ref(),
+        "--fim-order".as_ref(),
+        "spm".as_ref(),
     ];
     let done = infill(&export);
     assert!(
@@ -349,6 +351,8 @@ fn models_export_writes_a_bf16_copy_that_models_lists() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["max_position_embeddings"], 64);
     assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(config["infill_fim_order"], "spm");
+    assert_eq!(open(&out).config.fim_order(), infill::model::FimOrder::Spm);
 
     // The copy keeps the training summary but not the per-step curve.
     let report: serde_json::Value =
@@ -364,6 +368,7 @@ fn models_export_writes_a_bf16_copy_that_models_lists() {
         "{listed}"
     );
     assert!(listed.contains("bits/byte"), "{listed}");
+    assert!(listed.contains("FIM order spm"), "{listed}");
 
     // Exporting over a model refuses, in one line, and leaves it alone.
     let again = infill(&export);
