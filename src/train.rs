@@ -36,14 +36,23 @@ use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 ///   per-op tensors costs page faults and zeroing; keeping freed memory in the heap for reuse
 ///   measured 1317 -> 1458 tokens/s (mean of three interleaved runs of `cargo bench --bench train`).
 ///   Memory stays at its peak for the rest of the run, which training reaches anyway.
+/// - candle's elementwise ops run on one thread (`CANDLE_NUM_THREADS=1`) and matrix products on
+///   all: splitting a few hundred kilobytes across two cores costs more in barriers than it saves
+///   (train bench, two interleaved pairs: 1,582 -> 1,705 and 1,575 -> 1,686 tokens/s at 4
+///   sequences a step, 1,740 -> 1,842 at 16). The environment still wins when it says otherwise.
 pub fn tune_process() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // SAFETY: called before any thread (candle's pools, the Ctrl-C handler) exists, so nothing
-        // can read the environment concurrently.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0")
-        };
+    for (name, value) in [
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0"),
+        ("CANDLE_NUM_THREADS", "1"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called before any thread (candle's pools, the Ctrl-C handler) exists, so
+            // nothing can read the environment concurrently.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::set_var(name, value)
+            };
+        }
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation thresholds; it is called before other threads
