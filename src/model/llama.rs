@@ -24,8 +24,16 @@ enum Proj {
 }
 
 impl Proj {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match self {
+            // Training: the bias is one fused op whose gradient is a column sum.
+            Self::Candle(l) if kernels == Kernels::Differentiable && xs.dtype() == DType::F32 => {
+                let product = Linear::new(l.weight().clone(), None).forward(xs)?;
+                match l.bias() {
+                    Some(bias) => super::ops::shift_rows(&product, bias),
+                    None => Ok(product),
+                }
+            }
             Self::Candle(l) => l.forward(xs),
             Self::Bf16(l) => l.forward(xs),
         }
@@ -247,9 +255,9 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(xs)?, self.num_heads)?;
-        let k = split(self.k_proj.forward(xs)?, self.num_kv_heads)?;
-        let v = split(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let q = split(self.q_proj.forward(xs, ctx.kernels)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(xs, ctx.kernels)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(xs, ctx.kernels)?, self.num_kv_heads)?;
         let q = ctx.rope.apply(&q, ctx.offset, ctx.kernels)?;
         let k = ctx.rope.apply(&k, ctx.offset, ctx.kernels)?;
         let (k, v) = match ctx.cache.as_deref_mut() {
@@ -292,7 +300,7 @@ impl Attention {
             .reshape((b, self.num_heads, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * d))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward(&out, ctx.kernels)
     }
 }
 
@@ -314,14 +322,17 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let (gate, up) = (self.gate_proj.forward(xs)?, self.up_proj.forward(xs)?);
+        let (gate, up) = (
+            self.gate_proj.forward(xs, kernels)?,
+            self.up_proj.forward(xs, kernels)?,
+        );
         let act = match kernels {
             Kernels::Differentiable if gate.dtype() == DType::F32 => {
                 super::ops::swiglu(&gate, &up)?
             }
             _ => (gate.silu()? * up)?,
         };
-        self.down_proj.forward(&act)
+        self.down_proj.forward(&act, kernels)
     }
 }
 
@@ -517,7 +528,9 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let hidden = self.forward_hidden(ids, offset, cache)?;
-        self.lm_head.forward(&hidden)?.to_dtype(DType::F32)
+        self.lm_head
+            .forward(&hidden, self.kernels)?
+            .to_dtype(DType::F32)
     }
 
     /// Logits for the last position only, `(batch, vocab)` in f32: generation.
@@ -531,7 +544,7 @@ impl Llama {
         let t = hidden.dim(1)?;
         let last = hidden.narrow(1, t - 1, 1)?;
         self.lm_head
-            .forward(&last)?
+            .forward(&last, self.kernels)?
             .squeeze(1)?
             .to_dtype(DType::F32)
     }
