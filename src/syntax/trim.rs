@@ -84,8 +84,8 @@ pub struct Trimmer<'a> {
     /// The cursor's line up to the cursor.
     line_before: &'a str,
     single_line: bool,
-    /// Text before the cursor on its line that opens nothing: the proposal's first line is kept
-    /// alone when it is valid by itself.
+    /// Text before the cursor on its line that opens nothing, and no single-line scope: the
+    /// proposal's first line is kept alone when it is valid by itself.
     mid_line: bool,
     /// Whether the first line alone was valid, once generation has produced it.
     first_line_valid: Option<bool>,
@@ -142,13 +142,14 @@ impl<'a> Trimmer<'a> {
             _ => false,
         } || heuristic_inside_literal(line_before, lang);
         let code_right = !line_rest.trim().is_empty();
+        let single_line = code_right || in_literal;
         // Text before the cursor on its line: the person is finishing that line, unless it ends
-        // in an opener whose body or value goes on below.
+        // in an opener whose body or value goes on below (a single-line scope says more).
         let before = line_before.trim_end();
-        let mid_line = !before.is_empty()
+        let mid_line = !single_line
+            && !before.is_empty()
             && !before.ends_with(['{', '(', '[', ':', '=', ','])
             && !before.ends_with("->");
-        let single_line = code_right || in_literal;
         let broken_at_cursor = full
             .as_ref()
             .is_some_and(|(_, tree)| error_overlaps(tree, cursor, cursor, true));
@@ -230,7 +231,7 @@ impl<'a> Trimmer<'a> {
 
     /// Trims one proposal.
     pub fn trim(&mut self, proposal: &str) -> Trimmed {
-        if self.mid_line && !self.single_line {
+        if self.mid_line {
             let line = self.trim_line(proposal);
             if !line.text.is_empty() {
                 return line;
