@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         params as f64 / 1e6,
         (steps * batch_size * 256) as f64 / secs,
         secs * 1e3 / steps as f64,
-        candle_core::utils::get_num_threads()
+        rayon::current_num_threads()
     );
     Ok(())
 }

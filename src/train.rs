@@ -30,24 +30,39 @@ use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 
 /// Process settings that make training faster on CPUs; call first thing, before any thread exists.
 ///
+/// - Data parallel across cores: the trainer splits every micro-batch into one shard per thread of
+///   rayon's pool and runs the shards side by side, and candle runs each op of a shard on the
+///   thread that called it (`RAYON_NUM_THREADS=1` is what candle reads for its matrix products; the
+///   pool is built first, with every core or the `RAYON_NUM_THREADS` the user gave). Splitting each
+///   op across the cores instead paid a barrier per op and left candle's elementwise ops on one
+///   core. Train bench at 4 sequences a step, two interleaved pairs: 1,817 -> 2,241 and 1,708 ->
+///   2,292 tokens/s.
 /// - candle's worker threads spin before parking; on a training step of many small ops the spinning
 ///   thread takes a core from the ones computing (measured: 1220 -> 1355 tokens/s on 2 cores).
 /// - glibc gives every large allocation its own mapping and returns it on free, so each of candle's
 ///   per-op tensors costs page faults and zeroing; keeping freed memory in the heap for reuse
 ///   measured 1317 -> 1458 tokens/s (mean of three interleaved runs of `cargo bench --bench train`).
-///   Memory stays at its peak for the rest of the run, which training reaches anyway.
-/// - candle's elementwise ops run on one thread (`CANDLE_NUM_THREADS=1`) and matrix products on
-///   all: splitting a few hundred kilobytes across two cores costs more in barriers than it saves
-///   (train bench, two interleaved pairs: 1,582 -> 1,705 and 1,575 -> 1,686 tokens/s at 4
-///   sequences a step, 1,740 -> 1,842 at 16). The environment still wins when it says otherwise.
+///   Memory stays at its peak for the rest of the run, which training reaches anyway. Threads other
+///   than the first get arenas whose heaps hold at most 64 MB, so a shard's logits (8 x 256
+///   positions x 8,192 tokens) were mapped afresh every step; one arena for all threads: 1,975 ->
+///   2,438 and 1,981 -> 2,661 tokens/s at 16 sequences a step.
+/// - candle's elementwise ops run on one thread (`CANDLE_NUM_THREADS=1`): splitting a few hundred
+///   kilobytes across two cores costs more in barriers than it saves (1,582 -> 1,705 and 1,575 ->
+///   1,686 tokens/s before the shards). The environment still wins when it says otherwise.
 pub fn tune_process() {
-    for (name, value) in [
-        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0"),
-        ("CANDLE_NUM_THREADS", "1"),
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    for (name, value, always) in [
+        ("RAYON_NUM_THREADS", "1", true),
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0", false),
+        ("CANDLE_NUM_THREADS", "1", false),
     ] {
-        if std::env::var_os(name).is_none() {
-            // SAFETY: called before any thread (candle's pools, the Ctrl-C handler) exists, so
-            // nothing can read the environment concurrently.
+        if always || std::env::var_os(name).is_none() {
+            // SAFETY: called before any thread (rayon's and candle's pools, the Ctrl-C handler)
+            // exists, so nothing can read the environment concurrently.
             #[allow(unsafe_code)]
             unsafe {
                 std::env::set_var(name, value)
@@ -55,13 +70,18 @@ pub fn tune_process() {
         }
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes glibc's allocation thresholds; it is called before other threads
+    // SAFETY: mallopt only changes glibc's allocation settings; it is called before other threads
     // allocate, and any value is valid (it returns 0 when it refuses one).
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+    // Fails only when the pool already exists (a second call): it keeps its threads.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
 }
 
 /// Model shapes for `--from-scratch`.

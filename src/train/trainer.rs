@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -326,25 +326,10 @@ impl Trainer {
         let mut tokens = 0u64;
         let accum = batches.len().max(1);
         for batch in batches {
-            let (loss, n) = self.batch_loss(batch)?;
+            let (loss, n, shards) = self.micro_batch_gradients(batch, accum)?;
             tokens += n as u64;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
-            let g = (loss / accum as f64)?.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for (_, var) in &self.opt.vars {
-                        if let Some(new) = g.get(var.as_tensor()) {
-                            let sum = match acc.get(var.as_tensor()) {
-                                Some(old) => (old + new)?,
-                                None => new.clone(),
-                            };
-                            acc.insert(var.as_tensor(), sum);
-                        }
-                    }
-                    acc
-                }
-            });
+            loss_sum += loss;
+            grads = Some(sum_gradients(&self.opt.vars, grads, shards)?);
         }
         let grads = grads.context("no gradient was computed")?;
         let (grad_norm, clip) = grad_norm(&grads, &self.opt.vars, s.clip)?;
@@ -365,9 +350,35 @@ impl Trainer {
         Ok(entry)
     }
 
+    /// Mean loss, positions and gradients (one store per shard) of one micro-batch scaled by
+    /// `1 / accum`. The windows split into one shard per worker thread and the shards run side by
+    /// side, each single-threaded: see [`super::tune_process`].
+    fn micro_batch_gradients(
+        &self,
+        batch: &[Vec<u32>],
+        accum: usize,
+    ) -> anyhow::Result<(f64, usize, Vec<GradStore>)> {
+        use rayon::prelude::*;
+        let workers = rayon::current_num_threads().clamp(1, batch.len().max(1));
+        let shard_len = batch.len().div_ceil(workers).max(1);
+        let total: usize = batch.chunks(shard_len).map(positions).sum();
+        let shards = batch
+            .par_chunks(shard_len)
+            .map(|windows| {
+                let (loss, n) = self.batch_loss(windows)?;
+                // The mean over the micro-batch is the shards' means weighted by their positions.
+                let weight = n as f64 / total.max(1) as f64;
+                let value = f64::from(loss.to_scalar::<f32>()?) * weight;
+                Ok((value, (loss * (weight / accum as f64))?.backward()?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let loss = shards.iter().map(|(value, _)| value).sum();
+        Ok((loss, total, shards.into_iter().map(|(_, g)| g).collect()))
+    }
+
     /// Mean cross-entropy over a batch of windows (inputs are all but the last token of each).
     fn batch_loss(&self, batch: &[Vec<u32>]) -> anyhow::Result<(Tensor, usize)> {
-        let t = batch.iter().map(|w| w.len() - 1).min().unwrap_or(0);
+        let t = positions(batch) / batch.len().max(1);
         if t == 0 {
             anyhow::bail!("empty training window");
         }
@@ -387,15 +398,23 @@ impl Trainer {
 
     /// Loss and bits per byte on the held-out windows (at most `eval_windows` of them).
     pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
-        let mut nats = 0f64;
-        let mut tokens = 0usize;
-        let mut bytes = 0usize;
-        for (window, window_bytes) in self.held.iter().take(self.settings.eval_windows.max(1)) {
-            let (loss, n) = self.batch_loss(std::slice::from_ref(window))?;
-            nats += f64::from(loss.detach().to_scalar::<f32>()?) * n as f64;
-            tokens += n;
-            bytes += window_bytes;
-        }
+        use rayon::prelude::*;
+        let windows = &self.held[..self.held.len().min(self.settings.eval_windows.max(1))];
+        // One window per task: a held-out pass runs on every core (see `micro_batch_gradients`).
+        let scored = windows
+            .par_iter()
+            .map(|(window, bytes)| {
+                let (loss, n) = self.batch_loss(std::slice::from_ref(window))?;
+                Ok((
+                    f64::from(loss.detach().to_scalar::<f32>()?) * n as f64,
+                    n,
+                    *bytes,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let nats: f64 = scored.iter().map(|(nats, _, _)| nats).sum();
+        let tokens: usize = scored.iter().map(|(_, n, _)| n).sum();
+        let bytes: usize = scored.iter().map(|(_, _, b)| b).sum();
         if tokens == 0 {
             return Ok(HeldOut::default());
         }
@@ -539,6 +558,48 @@ pub struct CheckpointState {
     /// Wall-clock seconds of the whole run up to this checkpoint (0 in older checkpoints).
     #[serde(default)]
     pub seconds: f64,
+}
+
+/// Positions a batch of windows trains on: each window cut to the shortest, less its last token.
+fn positions(windows: &[Vec<u32>]) -> usize {
+    let t = windows.iter().map(|w| w.len().saturating_sub(1)).min();
+    t.unwrap_or(0) * windows.len()
+}
+
+/// Adds the gradients in `stores` to `acc` (or to the first store), one variable per task. Each sum
+/// runs in a fixed order, so the result does not depend on how the tasks were scheduled.
+fn sum_gradients(
+    vars: &[(String, Var)],
+    acc: Option<GradStore>,
+    stores: Vec<GradStore>,
+) -> anyhow::Result<GradStore> {
+    use rayon::prelude::*;
+    let mut stores = stores.into_iter();
+    let mut acc = match acc {
+        Some(acc) => acc,
+        None => stores.next().context("no gradient was computed")?,
+    };
+    let rest: Vec<GradStore> = stores.collect();
+    if rest.is_empty() {
+        return Ok(acc);
+    }
+    let sums = vars
+        .par_iter()
+        .map(|(_, var)| {
+            let mut sum = acc.get(var.as_tensor()).cloned();
+            for new in rest.iter().filter_map(|g| g.get(var.as_tensor())) {
+                sum = Some(match sum {
+                    Some(old) => (old + new)?,
+                    None => new.clone(),
+                });
+            }
+            Ok(sum.map(|sum| (var.as_tensor(), sum)))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for (var, sum) in sums.into_iter().flatten() {
+        acc.insert(var, sum);
+    }
+    Ok(acc)
 }
 
 fn sync_dir(dir: &Path) {

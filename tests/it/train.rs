@@ -224,6 +224,59 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
     assert_eq!(straight.tokens_seen, resumed.tokens_seen);
 }
 
+/// A micro-batch split into shards that run on different threads (see `infill::train::tune_process`)
+/// trains exactly like one thread taking it whole: shards of unequal sizes weigh by their positions.
+#[test]
+fn sharded_steps_equal_one_thread_taking_the_whole_batch() {
+    let (config, tokenizer, weights) = fixture_parts("qwen2");
+    let settings = TrainSettings {
+        seq_len: 24,
+        warmup: 0,
+        ..TrainSettings::default()
+    };
+    // Five windows over two or three threads: shards of 3 + 2 and 2 + 2 + 1 windows.
+    let ids: Vec<u32> = (0..200).map(|i| (i * 37 + 11) % 300).collect();
+    let windows: Vec<Vec<u32>> = (0..5).map(|w| ids[w * 30..w * 30 + 25].to_vec()).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut trainer = Trainer::new(
+                &config,
+                true,
+                Some(weights.clone()),
+                settings.clone(),
+                &tokenizer,
+                docs(),
+                &docs()[..1],
+            )
+            .unwrap();
+            let losses: Vec<f64> = (0..2)
+                .map(|_| {
+                    trainer
+                        .train_step_on(&[windows.clone(), windows[1..].to_vec()])
+                        .unwrap()
+                        .loss
+                })
+                .collect();
+            (losses, trainer.weights().unwrap())
+        })
+    };
+    let (want_losses, want) = run(1);
+    for threads in [2, 3] {
+        let (losses, got) = run(threads);
+        for (a, b) in want_losses.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-5, "{threads} threads: loss {b} vs {a}");
+        }
+        for (name, t) in &want {
+            let diff = crate::max_abs_diff(t, &got[name]);
+            assert!(diff < 1e-6, "{threads} threads: {name} differs by {diff}");
+        }
+    }
+}
+
 /// Every segment is encoded exactly: byte-level BPE (Qwen, StarCoder) as is, SentencePiece with a
 /// prepended `▁` (the llama fixture) with suffix and middle encoded as continuations.
 #[test]
