@@ -44,8 +44,8 @@ use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 ///   measured 1317 -> 1458 tokens/s (mean of three interleaved runs of `cargo bench --bench train`).
 ///   Memory stays at its peak for the rest of the run, which training reaches anyway. Threads other
 ///   than the first get arenas whose heaps hold at most 64 MB, so a shard's logits (8 x 256
-///   positions x 8,192 tokens) were mapped afresh every step; one arena for all threads: 1,975 ->
-///   2,438 and 1,981 -> 2,661 tokens/s at 16 sequences a step.
+///   positions x 8,192 tokens) were mapped afresh every step and the shards gained nothing at 16
+///   sequences a step (1,975 -> 1,981 tokens/s); with one arena for all threads, 2,438 and 2,661.
 /// - candle's elementwise ops run on one thread (`CANDLE_NUM_THREADS=1`): splitting a few hundred
 ///   kilobytes across two cores costs more in barriers than it saves (1,582 -> 1,705 and 1,575 ->
 ///   1,686 tokens/s before the shards). The environment still wins when it says otherwise.
