@@ -137,8 +137,13 @@ pub struct TrainArgs {
     /// Train a new model and tokenizer instead of fine-tuning.
     #[arg(long, conflicts_with = "resume")]
     pub from_scratch: bool,
+    /// Model shape for --from-scratch.
     #[arg(long, value_enum, default_value_t = crate::train::Preset::Small)]
     pub preset: crate::train::Preset,
+    /// With --from-scratch: use this tokenizer.json instead of training one (for example the
+    /// default model's, to compare model sizes on one vocabulary).
+    #[arg(long, value_name = "FILE", requires = "from_scratch")]
+    pub tokenizer: Option<PathBuf>,
     /// Continue the run checkpointed in --out.
     #[arg(long)]
     pub resume: bool,
@@ -147,9 +152,8 @@ pub struct TrainArgs {
     pub explain: bool,
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
-    /// Sequences per step (default 4; with --resume, the run's own unless given: a larger batch
-    /// costs less per token on two cores, 1,741 tokens/s at 16 against 1,496 at 4 in the train
-    /// bench).
+    /// Sequences per step (default 4; with --resume, the run's own unless given). Each step
+    /// splits its sequences across the cores, so a batch of at least one per core uses them all.
     #[arg(long)]
     pub batch_size: Option<usize>,
     #[arg(long, default_value_t = 1)]

@@ -87,24 +87,31 @@ pub fn tune_process() {
 /// Model shapes for `--from-scratch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
-    /// ~0.2M parameters: tests and smoke runs.
+    /// ~0.1M parameters: tests and smoke runs.
     Tiny,
+    /// ~3M parameters (vocabulary 4096): half the default's size, for scaling sweeps.
+    Mini,
     /// ~7M parameters (vocabulary 4096): the default model's size.
     Small,
+    /// ~14M parameters (vocabulary 4096): twice the default's size.
+    Medium,
 }
 
 impl Preset {
     pub fn vocab_size(self) -> usize {
         match self {
             Self::Tiny => 512,
-            Self::Small => 4096,
+            Self::Mini | Self::Small | Self::Medium => 4096,
         }
     }
 
     pub fn config(self, vocab_size: usize, context: usize) -> LlamaConfig {
+        // Heads of 32 dimensions throughout.
         let (hidden, layers, heads, kv, inter) = match self {
             Self::Tiny => (64, 2, 4, 2, 192),
+            Self::Mini => (192, 6, 6, 2, 512),
             Self::Small => (256, 8, 8, 2, 768),
+            Self::Medium => (384, 8, 12, 4, 1024),
         };
         LlamaConfig {
             family: Family::Qwen2,
@@ -137,7 +144,11 @@ impl Preset {
 pub enum Start {
     /// Fine-tune this model (`None`: the built-in default).
     FineTune(Option<String>),
-    FromScratch(Preset),
+    /// A new model of this shape, with the given tokenizer.json or one trained on the corpus.
+    FromScratch {
+        preset: Preset,
+        tokenizer: Option<PathBuf>,
+    },
     /// Continue the run whose checkpoints are in the output directory. `steps`, when given,
     /// replaces the run's total (the cosine schedule then decays towards the new end), and
     /// `batch_size` the sequences per step from here on.
@@ -298,13 +309,23 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
                 opts.settings.clone(),
             )
         }
-        Start::FromScratch(preset) => {
-            let json = tokenizer::train(
-                train_docs.iter().map(|d| d.text.as_str()),
-                preset.vocab_size(),
-            )?;
-            let probe = Tokenizer::from_bytes(json.as_bytes(), usize::MAX)?;
-            let config = preset.config(probe.vocab_size(), opts.settings.seq_len.max(512));
+        Start::FromScratch { preset, tokenizer } => {
+            let json = match tokenizer {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read the tokenizer", path.display()))?,
+                None => tokenizer::train(
+                    train_docs.iter().map(|d| d.text.as_str()),
+                    preset.vocab_size(),
+                )?,
+            };
+            let probe = Tokenizer::from_bytes(json.as_bytes(), usize::MAX).with_context(|| {
+                let path = tokenizer
+                    .as_deref()
+                    .unwrap_or(Path::new("the trained tokenizer"));
+                format!("{}: not a usable tokenizer.json", path.display())
+            })?;
+            let mut config = preset.config(probe.vocab_size(), opts.settings.seq_len.max(512));
+            config.eos_token_id = probe.fim().eos;
             let name = format!("{FROM_SCRATCH} ({preset:?})");
             (config, json, None, true, name, opts.settings.clone())
         }

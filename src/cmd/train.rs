@@ -14,7 +14,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             batch_size: args.batch_size,
         }
     } else if args.from_scratch {
-        Start::FromScratch(args.preset)
+        Start::FromScratch {
+            preset: args.preset,
+            tokenizer: args.tokenizer.clone(),
+        }
     } else {
         Start::FineTune(args.init.clone())
     };

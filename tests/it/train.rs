@@ -382,6 +382,28 @@ fn train_command_reports_bad_input_in_one_line() {
         ]),
         "/no/such/repo",
     );
+    let cargo_toml = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    for (tokenizer, needle) in [
+        (
+            "/no/such/tokenizer.json",
+            "/no/such/tokenizer.json: cannot read the tokenizer",
+        ),
+        (cargo_toml, "Cargo.toml: not a usable tokenizer.json"),
+    ] {
+        check(
+            run(&[
+                "train",
+                "--repo",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+                "--out",
+                o,
+                "--from-scratch",
+                "--tokenizer",
+                tokenizer,
+            ]),
+            needle,
+        );
+    }
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
     check(
         run(&[
@@ -522,4 +544,37 @@ fn a_model_trained_from_scratch_declares_its_training_context() {
     assert_eq!(config["max_position_embeddings"], 48);
     let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["start"], "from scratch (Tiny)");
+}
+
+/// `--tokenizer` trains a new model on an existing vocabulary (a scaling sweep keeps one); the
+/// config names that tokenizer's end of text (`</s>`, id 2, in the llama fixture; a tokenizer
+/// infill trains puts it at 0).
+#[test]
+fn a_model_trained_from_scratch_can_keep_a_given_tokenizer() {
+    let out = tempfile::tempdir().unwrap();
+    let tokenizer = crate::fixture("llama").join("tokenizer.json");
+    let done = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        .args(["train", "--from-scratch", "--preset", "tiny", "--tokenizer"])
+        .arg(&tokenizer)
+        .arg("--out")
+        .arg(out.path())
+        .args([
+            "--repo",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+        ])
+        .args(["--steps", "2", "--seq-len", "48", "--eval-every", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let config = json_file(&out.path().join("config.json"));
+    assert_eq!(config["vocab_size"], 556);
+    assert_eq!(config["eos_token_id"], 2);
+    assert_eq!(
+        std::fs::read(out.path().join("tokenizer.json")).unwrap(),
+        std::fs::read(&tokenizer).unwrap()
+    );
 }
