@@ -2,8 +2,9 @@
 //! on the configuration the training issue measured: a 6.8M-parameter Qwen2 (hidden 256, 6 layers,
 //! 8 heads, intermediate 688, vocabulary 8192, tied), 4 sequences of 256 tokens per step.
 //!
-//! `cargo bench --bench train`; run `python3 benches/train_torch.py` beside it for PyTorch's figure
-//! on the same configuration (PyTorch is not a dependency of infill, only of this comparison).
+//! `cargo bench --bench train`; `INFILL_BENCH_TORCH=1 cargo bench --bench train` alternates it with
+//! `benches/train_torch.py` (PyTorch on the same configuration) three times and prints the ratio.
+//! PyTorch is not a dependency of infill, only of this comparison.
 
 use std::time::Instant;
 
@@ -80,18 +81,64 @@ fn main() -> anyhow::Result<()> {
         trainer.train_step_on(&batch())?;
     }
     let steps = 40 / batch_size.max(1) + 2;
-    let t = Instant::now();
-    let mut loss = 0.0;
-    for _ in 0..steps {
-        loss = trainer.train_step_on(&batch())?.loss;
+    // INFILL_BENCH_TORCH=1 runs PyTorch's side after each of our runs, INFILL_BENCH_ROUNDS times
+    // (default 3 then, else 1), and prints both means and their ratio.
+    let torch = std::env::var_os("INFILL_BENCH_TORCH").is_some();
+    let rounds: usize = std::env::var("INFILL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if torch { 3 } else { 1 });
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut loss = 0.0;
+        for _ in 0..steps {
+            loss = trainer.train_step_on(&batch())?.loss;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        ours.push((steps * batch_size * 256) as f64 / secs);
+        println!(
+            "infill  {:.2}M params, {batch_size}x256 tokens/step: {:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
+            params as f64 / 1e6,
+            (steps * batch_size * 256) as f64 / secs,
+            secs * 1e3 / steps as f64,
+            rayon::current_num_threads()
+        );
+        if torch {
+            theirs.push(pytorch_tokens_per_s(batch_size)?);
+        }
     }
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "infill  {:.2}M params, {batch_size}x256 tokens/step: {:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
-        params as f64 / 1e6,
-        (steps * batch_size * 256) as f64 / secs,
-        secs * 1e3 / steps as f64,
-        rayon::current_num_threads()
-    );
+    if torch {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "{rounds} alternating rounds: infill {:.0}, PyTorch {:.0} tokens/s on average: {:.2}x PyTorch's speed",
+            mean(&ours),
+            mean(&theirs),
+            mean(&ours) / mean(&theirs)
+        );
+    }
     Ok(())
+}
+
+/// Runs `benches/train_torch.py` on the same shape and batch; returns its tokens per second.
+fn pytorch_tokens_per_s(batch_size: usize) -> anyhow::Result<f64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/train_torch.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .env("INFILL_BENCH_BATCH", batch_size.to_string())
+        .output()
+        .map_err(|e| anyhow::anyhow!("python3: {e} (PyTorch's side needs python3 with torch)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        anyhow::bail!(
+            "{script} failed (pip install torch==2.15.0 transformers==5.24.0): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    text.split("tokens/step: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{script}: no tokens/s figure in its output"))
 }
