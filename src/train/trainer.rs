@@ -9,6 +9,7 @@ use anyhow::Context;
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::fim::{self, FimSettings};
@@ -358,7 +359,6 @@ impl Trainer {
         batch: &[Vec<u32>],
         accum: usize,
     ) -> anyhow::Result<(f64, usize, Vec<GradStore>)> {
-        use rayon::prelude::*;
         let workers = rayon::current_num_threads().clamp(1, batch.len().max(1));
         let shard_len = batch.len().div_ceil(workers).max(1);
         let total: usize = batch.chunks(shard_len).map(positions).sum();
@@ -398,7 +398,6 @@ impl Trainer {
 
     /// Loss and bits per byte on the held-out windows (at most `eval_windows` of them).
     pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
-        use rayon::prelude::*;
         let windows = &self.held[..self.held.len().min(self.settings.eval_windows.max(1))];
         // One window per task: a held-out pass runs on every core (see `micro_batch_gradients`).
         let scored = windows
@@ -573,7 +572,6 @@ fn sum_gradients(
     acc: Option<GradStore>,
     stores: Vec<GradStore>,
 ) -> anyhow::Result<GradStore> {
-    use rayon::prelude::*;
     let mut stores = stores.into_iter();
     let mut acc = match acc {
         Some(acc) => acc,

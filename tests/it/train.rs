@@ -520,10 +520,9 @@ fn train_command_writes_a_model_directory_that_loads() {
     assert_eq!(report["settings"]["batch_size"], 2);
 }
 
-/// A model trained from scratch declares the context it was trained at, not the preset's room:
-/// longer prompts would reach rotary positions it never saw.
-#[test]
-fn a_model_trained_from_scratch_declares_its_training_context() {
+/// Trains the tiny preset from scratch on the fixtures for two steps of 48 tokens, with `extra`
+/// arguments; returns the output directory.
+fn train_tiny_from_scratch(extra: &[&std::ffi::OsStr]) -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
     let done = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
         .args(["train", "--from-scratch", "--preset", "tiny", "--out"])
@@ -533,6 +532,7 @@ fn a_model_trained_from_scratch_declares_its_training_context() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
         ])
         .args(["--steps", "2", "--seq-len", "48", "--eval-every", "2"])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -540,6 +540,14 @@ fn a_model_trained_from_scratch_declares_its_training_context() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
+    out
+}
+
+/// A model trained from scratch declares the context it was trained at, not the preset's room:
+/// longer prompts would reach rotary positions it never saw.
+#[test]
+fn a_model_trained_from_scratch_declares_its_training_context() {
+    let out = train_tiny_from_scratch(&[]);
     let config = json_file(&out.path().join("config.json"));
     assert_eq!(config["max_position_embeddings"], 48);
     let report = json_file(&out.path().join("training.json"));
@@ -551,25 +559,8 @@ fn a_model_trained_from_scratch_declares_its_training_context() {
 /// infill trains puts it at 0).
 #[test]
 fn a_model_trained_from_scratch_can_keep_a_given_tokenizer() {
-    let out = tempfile::tempdir().unwrap();
     let tokenizer = crate::fixture("llama").join("tokenizer.json");
-    let done = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(["train", "--from-scratch", "--preset", "tiny", "--tokenizer"])
-        .arg(&tokenizer)
-        .arg("--out")
-        .arg(out.path())
-        .args([
-            "--repo",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
-        ])
-        .args(["--steps", "2", "--seq-len", "48", "--eval-every", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    let out = train_tiny_from_scratch(&["--tokenizer".as_ref(), tokenizer.as_os_str()]);
     let config = json_file(&out.path().join("config.json"));
     assert_eq!(config["vocab_size"], 556);
     assert_eq!(config["eos_token_id"], 2);
