@@ -96,11 +96,11 @@ fn main() -> anyhow::Result<()> {
             loss = trainer.train_step_on(&batch())?.loss;
         }
         let secs = t.elapsed().as_secs_f64();
-        ours.push((steps * batch_size * 256) as f64 / secs);
+        let rate = (steps * batch_size * 256) as f64 / secs;
+        ours.push(rate);
         println!(
-            "infill  {:.2}M params, {batch_size}x256 tokens/step: {:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
+            "infill  {:.2}M params, {batch_size}x256 tokens/step: {rate:.0} tokens/s ({:.0} ms/step, {} threads, final loss {loss:.3})",
             params as f64 / 1e6,
-            (steps * batch_size * 256) as f64 / secs,
             secs * 1e3 / steps as f64,
             rayon::current_num_threads()
         );

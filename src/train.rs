@@ -33,7 +33,7 @@ use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 /// - Data parallel across cores: the trainer splits every micro-batch into one shard per thread of
 ///   rayon's pool and runs the shards side by side, and candle runs each op of a shard on the
 ///   thread that called it (`RAYON_NUM_THREADS=1` is what candle reads for its matrix products; the
-///   pool is built first, with every core or the `RAYON_NUM_THREADS` the user gave). Splitting each
+///   pool is then built with every core, or the `RAYON_NUM_THREADS` the user gave). Splitting each
 ///   op across the cores instead paid a barrier per op and left candle's elementwise ops on one
 ///   core. Train bench at 4 sequences a step, two interleaved pairs: 1,817 -> 2,241 and 1,708 ->
 ///   2,292 tokens/s.
