@@ -150,15 +150,18 @@ pub struct TrainArgs {
     /// List the files used and skipped, and why.
     #[arg(long)]
     pub explain: bool,
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
+    /// Tokens per training sequence, the context the model learns (default 256; with --resume,
+    /// the run's own unless given, at most the model's positions).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Sequences per step (default 4; with --resume, the run's own unless given). Each step
     /// splits its sequences across the cores, so a batch of at least one per core uses them all.
     #[arg(long)]
     pub batch_size: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
-    /// Peak learning rate (default 3e-4 fine-tuning, 1e-3 from scratch).
+    /// Peak learning rate; the schedule decays to a tenth of it (default 3e-4 fine-tuning, 1e-3
+    /// from scratch; with --resume, the run's own unless given: a lower one cools a long run down).
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 0)]

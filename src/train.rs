@@ -149,12 +149,15 @@ pub enum Start {
         preset: Preset,
         tokenizer: Option<PathBuf>,
     },
-    /// Continue the run whose checkpoints are in the output directory. `steps`, when given,
-    /// replaces the run's total (the cosine schedule then decays towards the new end), and
-    /// `batch_size` the sequences per step from here on.
+    /// Continue the run whose checkpoints are in the output directory. Each setting given
+    /// replaces the run's own from here on: `steps` the total (the cosine schedule then decays
+    /// towards the new end), `batch_size` the sequences per step, `seq_len` their length, and
+    /// `lr` the peak learning rate (the floor is a tenth of it).
     Resume {
         steps: Option<usize>,
         batch_size: Option<usize>,
+        seq_len: Option<usize>,
+        lr: Option<f64>,
     },
 }
 
@@ -370,13 +373,26 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     trainer.origin = start_name;
     trainer.session_start = started;
     std::fs::create_dir_all(&ckpt_dir)?;
-    if let Start::Resume { steps, batch_size } = opts.start {
+    if let Start::Resume {
+        steps,
+        batch_size,
+        seq_len,
+        lr,
+    } = opts.start
+    {
         trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
         if trainer.origin.is_empty() {
             trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
         }
         if let Some(b) = batch_size {
             trainer.settings.batch_size = b;
+        }
+        if let Some(n) = seq_len {
+            trainer.set_seq_len(&tokenizer, &held_docs, n)?;
+        }
+        if let Some(lr) = lr {
+            trainer.settings.max_lr = lr;
+            trainer.settings.min_lr = lr / 10.0;
         }
         match (steps, opts.minutes) {
             (Some(steps), _) => trainer.settings.steps = steps,

@@ -12,6 +12,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         Start::Resume {
             steps: args.steps,
             batch_size: args.batch_size,
+            seq_len: args.seq_len,
+            lr: args.lr,
         }
     } else if args.from_scratch {
         Start::FromScratch {
@@ -27,7 +29,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || args.steps == Some(0) {
         anyhow::bail!("--minutes and --steps must be positive");
     }
-    if args.seq_len < 8 || args.batch_size == Some(0) || args.grad_accum == 0 {
+    if args.seq_len.is_some_and(|n| n < 8) || args.batch_size == Some(0) || args.grad_accum == 0 {
         anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
     }
     let fine_tune = matches!(start, Start::FineTune(_));
@@ -40,7 +42,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         }
     }
     let settings = TrainSettings {
-        seq_len: args.seq_len,
+        seq_len: args.seq_len.unwrap_or(256),
         batch_size: args.batch_size.unwrap_or(4),
         grad_accum: args.grad_accum,
         // With --minutes this is only an upper bound until the first steps are timed.

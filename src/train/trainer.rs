@@ -538,6 +538,34 @@ impl Trainer {
         self.data.pos = state.data;
         Ok(())
     }
+
+    /// Continue with windows of `seq_len` tokens (at most the model's positions): the current
+    /// epoch is packed again at the new length and resumes the same share of the way through it,
+    /// and the held-out windows are cut again from `held` at the new length, so held-out figures
+    /// from before and after the change measure different contexts.
+    pub fn set_seq_len(
+        &mut self,
+        tokenizer: &Tokenizer,
+        held: &[Doc],
+        seq_len: usize,
+    ) -> anyhow::Result<()> {
+        if seq_len == self.settings.seq_len {
+            return Ok(());
+        }
+        let positions = self.config.max_position_embeddings;
+        if seq_len > positions {
+            anyhow::bail!(
+                "--seq-len {seq_len}: the model has positions for {positions} tokens; give at most {positions}"
+            );
+        }
+        let seen = self.data.pos.next as f64 / self.data.order.len().max(1) as f64;
+        self.settings.seq_len = seq_len;
+        self.data
+            .epoch(tokenizer, &self.settings, self.data.pos.epoch)?;
+        self.data.pos.next = (seen * self.data.order.len() as f64).round() as usize;
+        self.held = held_out_windows(tokenizer, held, seq_len)?;
+        Ok(())
+    }
 }
 
 /// What a checkpoint's `state.json` holds besides the tensors.

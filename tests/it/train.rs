@@ -569,3 +569,48 @@ fn a_model_trained_from_scratch_can_keep_a_given_tokenizer() {
         std::fs::read(&tokenizer).unwrap()
     );
 }
+
+/// `--resume --seq-len` goes on with longer sequences (up to the preset's positions, 512) and the
+/// model then declares the longer context; `--resume --lr` lowers the peak and floor of the rest of
+/// the run (a cool-down). A length past the model's positions is refused in one line.
+#[test]
+fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
+    let out = train_tiny_from_scratch(&[]);
+    let resume = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+            .args(["train", "--resume", "--out"])
+            .arg(out.path())
+            .args([
+                "--repo",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let longer = resume(&["--steps", "3", "--seq-len", "96", "--lr", "1e-4"]);
+    assert!(
+        longer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&longer.stderr)
+    );
+    let config = json_file(&out.path().join("config.json"));
+    assert_eq!(config["max_position_embeddings"], 96);
+    let report = json_file(&out.path().join("training.json"));
+    assert_eq!(report["steps"], 3);
+    assert_eq!(report["settings"]["seq_len"], 96);
+    assert_eq!(report["settings"]["max_lr"], 1e-4);
+    assert!((report["settings"]["min_lr"].as_f64().unwrap() - 1e-5).abs() < 1e-12);
+    let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert!(last["lr"].as_f64().unwrap() <= 1e-4, "{last}");
+
+    let too_long = resume(&["--steps", "4", "--seq-len", "1024"]);
+    assert!(!too_long.status.success());
+    let err = String::from_utf8_lossy(&too_long.stderr);
+    assert!(
+        err.contains("--seq-len 1024") && err.contains("512"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
