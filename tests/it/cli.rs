@@ -1,17 +1,11 @@
 //! The `infill` binary: output formats, exit codes and one-line errors.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::fixture;
 
 fn infill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        // Errors stay one line even when the user asked Rust for backtraces.
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .unwrap()
+    crate::infill_cmd().args(args).output().unwrap()
 }
 
 fn source_file(text: &[u8]) -> tempfile::NamedTempFile {
@@ -264,7 +258,7 @@ fn trim_command_reads_the_proposal_from_a_file_or_stdin() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "return a + b");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infill"))
+    let mut child = crate::infill_cmd()
         .args([
             "trim", "--file", p, "--line", "2", "--column", "5", "--json",
         ])

@@ -1,15 +1,9 @@
 //! `infill eval` on a repository and on a HumanEval-infilling task file.
 
-use std::process::Command;
-
 use crate::fixture;
 
 fn infill(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    crate::infill_cmd().args(args).output().unwrap()
 }
 
 #[test]

@@ -301,7 +301,7 @@ fn models_export_writes_a_bf16_copy_that_models_lists() {
     let data = tempfile::tempdir().unwrap();
     let out = data.path().join("infill/models/tiny-bf16");
     let infill = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        crate::infill_cmd()
             .args(args)
             .env("XDG_DATA_HOME", data.path())
             .output()

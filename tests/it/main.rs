@@ -13,12 +13,32 @@ mod trim;
 mod worker;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use infill::model::{LoadOptions, Model, load};
 
 /// The tiny models made by `tests/fixtures/make_fixtures.py` (transformers is the reference).
 pub const FAMILIES: [&str; 4] = ["qwen2", "llama", "starcoder2", "gpt_bigcode"];
+
+/// The `infill` binary, offline, and with `RUST_BACKTRACE` set, since errors must stay one line even
+/// when a user asked Rust for backtraces. Add arguments, then `.output()` or [`succeeded`].
+pub fn infill_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infill"));
+    cmd.env("HF_HUB_OFFLINE", "1").env("RUST_BACKTRACE", "1");
+    cmd
+}
+
+/// Runs `cmd`, which must succeed (its stderr is the failure message), and returns its output.
+pub fn succeeded(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

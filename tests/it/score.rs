@@ -71,7 +71,7 @@ fn score_command_prints_the_text_and_summary_or_json() {
     std::fs::write(file.path(), TEXT).unwrap();
     let model = fixture("qwen2");
     let run = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        crate::infill_cmd()
             .args([
                 "score",
                 file.path().to_str().unwrap(),
@@ -96,7 +96,7 @@ fn score_command_prints_the_text_and_summary_or_json() {
     let json: serde_json::Value = serde_json::from_slice(&run(&["--json"]).stdout).unwrap();
     assert!(json["tokens"].as_array().unwrap().len() > 10);
     assert!(json["summary"]["bits_per_byte"].as_f64().unwrap() > 0.0);
-    let other = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+    let other = crate::infill_cmd()
         .args([
             "score",
             file.path().to_str().unwrap(),
@@ -276,16 +276,11 @@ fn score_fim_command_lists_the_most_surprising_lines() {
         CLEAN.replace("        result += value\n", "        result -= values\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(["score", "--fim", "--model"])
-        .arg(fixture("tiny-python"))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::succeeded(
+        crate::infill_cmd()
+            .args(["score", "--fim", "--model"])
+            .arg(fixture("tiny-python"))
+            .arg(&file),
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let first = stdout.lines().nth(2).unwrap();
@@ -293,7 +288,7 @@ fn score_fim_command_lists_the_most_surprising_lines() {
         first.trim_start().starts_with("18 ") && first.ends_with("result -= values"),
         "{stdout}"
     );
-    let json = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+    let json = crate::infill_cmd()
         .args(["score", "--fim", "--json", "--model"])
         .arg(fixture("tiny-python"))
         .arg(&file)

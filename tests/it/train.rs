@@ -10,7 +10,10 @@ use infill::model::generate::Rng;
 use infill::train::fim::{self, FimSettings};
 use infill::train::trainer::{Doc, TrainSettings, Trainer};
 
-use crate::fixture;
+use crate::{fixture, succeeded};
+
+/// Source files to train on in the command tests.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture_parts(
     name: &str,
@@ -331,13 +334,7 @@ fn fim_examples_rebuild_their_document() {
 
 #[test]
 fn train_command_reports_bad_input_in_one_line() {
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-            .args(args)
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| crate::infill_cmd().args(args).output().unwrap();
     let check = |out: std::process::Output, needle: &str| {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
@@ -394,7 +391,7 @@ fn train_command_reports_bad_input_in_one_line() {
             run(&[
                 "train",
                 "--repo",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+                FIXTURES,
                 "--out",
                 o,
                 "--from-scratch",
@@ -436,30 +433,11 @@ fn json_file(path: &std::path::Path) -> serde_json::Value {
 fn train_command_writes_a_model_directory_that_loads() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args([
-            "train",
-            "--repo",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
-            "--out",
-            o,
-        ])
-        .args([
-            "--init",
-            fixture("qwen2").to_str().unwrap(),
-            "--steps",
-            "3",
-            "--seq-len",
-            "32",
-            "--eval-every",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    succeeded(
+        crate::infill_cmd()
+            .args(["train", "--repo", FIXTURES, "--out", o])
+            .args(["--init", fixture("qwen2").to_str().unwrap()])
+            .args(["--steps", "3", "--seq-len", "32", "--eval-every", "2"]),
     );
     let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["steps"], 3);
@@ -469,16 +447,9 @@ fn train_command_writes_a_model_directory_that_loads() {
     assert!(model.network.logits_after(&[1, 2, 3]).is_ok());
 
     // --resume --steps gives a finished run a longer schedule, and it continues from step 3.
-    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(["train", "--resume", "--steps", "5", "--out", o, "--repo"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-        .output()
-        .unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    succeeded(crate::infill_cmd().args([
+        "train", "--resume", "--steps", "5", "--out", o, "--repo", FIXTURES,
+    ]));
     let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["steps"], 5);
     // The report describes the whole run: how it began and the time of both sessions.
@@ -497,23 +468,17 @@ fn train_command_writes_a_model_directory_that_loads() {
 
     // --resume --minutes goes on from a finished run for that long, not zero steps, and
     // --batch-size changes the sequences per step from there.
-    let more = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args([
-            "train",
-            "--resume",
-            "--minutes",
-            "0.01",
-            "--batch-size",
-            "2",
-        ])
-        .args(["--out", o, "--repo"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-        .output()
-        .unwrap();
-    assert!(
-        more.status.success(),
-        "{}",
-        String::from_utf8_lossy(&more.stderr)
+    succeeded(
+        crate::infill_cmd()
+            .args([
+                "train",
+                "--resume",
+                "--minutes",
+                "0.01",
+                "--batch-size",
+                "2",
+            ])
+            .args(["--out", o, "--repo", FIXTURES]),
     );
     let report = json_file(&out.path().join("training.json"));
     assert!(report["steps"].as_u64().unwrap() > 5, "{report}");
@@ -524,21 +489,13 @@ fn train_command_writes_a_model_directory_that_loads() {
 /// arguments; returns the output directory.
 fn train_tiny_from_scratch(extra: &[&std::ffi::OsStr]) -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
-    let done = std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
-        .args(["train", "--from-scratch", "--preset", "tiny", "--out"])
-        .arg(out.path())
-        .args([
-            "--repo",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
-        ])
-        .args(["--steps", "2", "--seq-len", "48", "--eval-every", "2"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
+    succeeded(
+        crate::infill_cmd()
+            .args(["train", "--from-scratch", "--preset", "tiny", "--out"])
+            .arg(out.path())
+            .args(["--repo", FIXTURES])
+            .args(["--steps", "2", "--seq-len", "48", "--eval-every", "2"])
+            .args(extra),
     );
     out
 }
@@ -577,13 +534,10 @@ fn a_model_trained_from_scratch_can_keep_a_given_tokenizer() {
 fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
     let out = train_tiny_from_scratch(&[]);
     let resume = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_infill"))
+        crate::infill_cmd()
             .args(["train", "--resume", "--out"])
             .arg(out.path())
-            .args([
-                "--repo",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
-            ])
+            .args(["--repo", FIXTURES])
             .args(extra)
             .output()
             .unwrap()
