@@ -303,6 +303,9 @@ pub struct EvalArgs {
     /// How many repository tasks to build.
     #[arg(long, default_value_t = 500)]
     pub tasks: usize,
+    /// How repository tasks are spread over the held-out files.
+    #[arg(long, value_enum, default_value_t = crate::eval::tasks::Spread::Files)]
+    pub spread: crate::eval::tasks::Spread,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Share of files held out (must match training's).

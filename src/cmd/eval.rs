@@ -32,7 +32,7 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
                 .filter_map(|&i| corpus.files.get(i))
                 .map(|f| (f.path.clone(), Some(f.language.clone()), f.text.clone()))
                 .collect();
-            tasks::build(&held_files, args.tasks, args.seed)
+            tasks::build(&held_files, args.tasks, args.seed, args.spread)
         }
     };
     if let Some(filter) = &args.filter {

@@ -45,6 +45,17 @@ impl TaskKind {
     }
 }
 
+/// Which held-out files the tasks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Spread {
+    /// Every file alike: the tasks follow the corpus's mix of languages.
+    #[default]
+    Files,
+    /// The languages in turn (each a full round of the kinds), then a file of that language: each
+    /// language's figures rest on about as many tasks as the others'.
+    Languages,
+}
+
 /// One hole to fill.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Task {
@@ -173,19 +184,51 @@ fn cut(
     }
 }
 
-/// `count` tasks from `files` (path, language, text), spread evenly over the kinds, seeded. Tasks come
-/// out grouped by file and position so consecutive prompts share their start (KV-cache reuse).
-pub fn build(files: &[(String, Option<String>, String)], count: usize, seed: u64) -> Vec<Task> {
+/// Failed cuts in a row after which `Spread::Languages` gives up a (language, kind) slot: a language
+/// whose few files cannot hold a kind of hole must not use up the attempts of the others.
+const SLOT_ATTEMPTS: usize = 200;
+
+/// `count` tasks from `files` (path, language, text), spread evenly over the kinds and, with
+/// `Spread::Languages`, over the languages (files of no known language are left out then), seeded.
+/// Tasks come out grouped by file and position so consecutive prompts share their start (KV-cache
+/// reuse).
+pub fn build(
+    files: &[(String, Option<String>, String)],
+    count: usize,
+    seed: u64,
+    spread: Spread,
+) -> Vec<Task> {
     let mut rng = Rng::new(seed);
     let mut tasks = Vec::new();
-    if files.is_empty() {
+    let pools: Vec<Vec<usize>> = match spread {
+        Spread::Files => vec![(0..files.len()).collect()],
+        Spread::Languages => {
+            let mut by_language: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+            for (i, (_, language, _)) in files.iter().enumerate() {
+                if let Some(language) = language {
+                    by_language.entry(language).or_default().push(i);
+                }
+            }
+            by_language.into_values().collect()
+        }
+    };
+    if pools.iter().all(|p| p.is_empty()) {
         return tasks;
     }
-    let mut attempts = 0;
+    let kinds = TaskKind::BUILT.len();
+    let (mut attempts, mut given_up, mut failures) = (0, 0, 0);
     while tasks.len() < count && attempts < count * 20 {
         attempts += 1;
-        let kind = TaskKind::BUILT[tasks.len() % TaskKind::BUILT.len()];
-        let (path, language, text) = &files[below(&mut rng, files.len())];
+        let slot = tasks.len() + given_up;
+        if spread == Spread::Languages && failures >= SLOT_ATTEMPTS {
+            given_up += 1;
+            failures = 0;
+            continue;
+        }
+        failures += 1;
+        let kind = TaskKind::BUILT[slot % kinds];
+        let pool = &pools[(slot / kinds) % pools.len()];
+        let (path, language, text) = &files[pool[below(&mut rng, pool.len())]];
         let Some((start, end)) = cut(text, language.as_deref(), kind, &mut rng) else {
             continue;
         };
@@ -195,6 +238,7 @@ pub fn build(files: &[(String, Option<String>, String)], count: usize, seed: u64
         if middle.trim().is_empty() {
             continue;
         }
+        failures = 0;
         tasks.push(Task {
             id: format!("{path}:{start}-{end}"),
             kind,
@@ -268,8 +312,8 @@ mod tests {
     #[test]
     fn tasks_are_deterministic_within_one_file_and_on_character_boundaries() {
         let f = files();
-        let a = build(&f, 60, 9);
-        let b = build(&f, 60, 9);
+        let a = build(&f, 60, 9, Spread::Files);
+        let b = build(&f, 60, 9, Spread::Files);
         assert_eq!(a.len(), 60);
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
@@ -296,6 +340,40 @@ mod tests {
                 .filter(|t| t.kind == TaskKind::MultiLine)
                 .all(|t| t.middle.contains('\n'))
         );
+    }
+
+    /// Spread over languages, one Python file among five Rust files gets half the tasks; spread
+    /// over files, about a sixth. A language whose file cannot hold a kind (a one-liner has no
+    /// multi-line hole) gives up that slot instead of the whole build stopping short.
+    #[test]
+    fn tasks_can_be_spread_evenly_over_languages() {
+        let mut f = files();
+        for i in 0..4 {
+            let (_, language, text) = f[1].clone();
+            f.push((format!("c{i}.rs"), language, text));
+        }
+        let python = |tasks: &[Task]| {
+            tasks
+                .iter()
+                .filter(|t| t.language.as_deref() == Some("python"))
+                .count()
+        };
+        let even = build(&f, 100, 3, Spread::Languages);
+        assert_eq!(even.len(), 100);
+        assert_eq!(python(&even), 50);
+        let by_file = build(&f, 100, 3, Spread::Files);
+        assert_eq!(by_file.len(), 100);
+        assert!((5..=30).contains(&python(&by_file)), "{}", python(&by_file));
+
+        f.push(("one.js".into(), Some("javascript".into()), "f(1)".into()));
+        let with_js = build(&f, 60, 3, Spread::Languages);
+        assert_eq!(with_js.len(), 60);
+        let js: Vec<&Task> = with_js
+            .iter()
+            .filter(|t| t.language.as_deref() == Some("javascript"))
+            .collect();
+        assert!((12..=20).contains(&js.len()), "{}", js.len());
+        assert!(js.iter().all(|t| t.kind != TaskKind::MultiLine));
     }
 
     #[test]
