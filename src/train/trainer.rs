@@ -396,9 +396,14 @@ impl Trainer {
         Ok((loss, b * t))
     }
 
-    /// Loss and bits per byte on the held-out windows (at most `eval_windows` of them).
+    /// Loss and bits per byte on the held-out windows: at most `eval_windows` of them, evenly
+    /// spaced over all of them, so the sample spans the held-out files rather than the openings of
+    /// the first few.
     pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
-        let windows = &self.held[..self.held.len().min(self.settings.eval_windows.max(1))];
+        let n = self.held.len().min(self.settings.eval_windows.max(1));
+        let windows: Vec<&(Vec<u32>, usize)> = (0..n)
+            .filter_map(|i| self.held.get(i * self.held.len() / n))
+            .collect();
         // One window per task: a held-out pass runs on every core (see `micro_batch_gradients`).
         let scored = windows
             .par_iter()

@@ -568,3 +568,47 @@ fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Held-out evaluation samples windows evenly over all held-out files: with eight windows to
+/// measure, files after the first eight windows count too (the first windows alone would give the
+/// same loss whatever follows them).
+#[test]
+fn held_out_windows_are_sampled_across_all_files() {
+    let (config, tokenizer, weights) = fixture_parts("llama");
+    let settings = TrainSettings {
+        seq_len: 16,
+        batch_size: 2,
+        eval_windows: 8,
+        ..TrainSettings::default()
+    };
+    let held_loss = |held: &[Doc]| {
+        Trainer::new(
+            &config,
+            false,
+            Some(weights.clone()),
+            settings.clone(),
+            &tokenizer,
+            docs(),
+            held,
+        )
+        .unwrap()
+        .evaluate()
+        .unwrap()
+    };
+    let all = docs();
+    let first: Vec<Doc> = std::iter::repeat_n(all[0].clone(), 4).collect();
+    let mut then_others = first.clone();
+    then_others.extend(all[1..].iter().cycle().take(12).cloned());
+    let (alone, spread) = (held_loss(&first), held_loss(&then_others));
+    assert_eq!(
+        alone.tokens,
+        8 * 16,
+        "eight full windows from the first file alone"
+    );
+    assert!(
+        (alone.loss - spread.loss).abs() > 1e-3,
+        "{} vs {}",
+        alone.loss,
+        spread.loss
+    );
+}
