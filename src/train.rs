@@ -365,6 +365,10 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), config.vocab_size)?;
     // A window's inputs are `seq_len` tokens: positions 0..seq_len.
     if settings.seq_len > config.max_position_embeddings {
+        eprintln!(
+            "note: the model has positions for {} tokens, so its sequences are {} tokens, not {}",
+            config.max_position_embeddings, config.max_position_embeddings, settings.seq_len
+        );
         settings.seq_len = config.max_position_embeddings;
     }
     let mut trainer = Trainer::new(
