@@ -29,6 +29,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if args.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || args.steps == Some(0) {
         anyhow::bail!("--minutes and --steps must be positive");
     }
+    if let Some(lr) = args
+        .lr
+        .filter(|lr| !(lr.is_finite() && *lr > 0.0 && *lr < 1.0))
+    {
+        anyhow::bail!(
+            "--lr must be above 0 and below 1 (got {lr}); 1e-3 trains from scratch, 3e-4 fine-tunes"
+        );
+    }
     if args.seq_len.is_some_and(|n| n < 8) || args.batch_size == Some(0) || args.grad_accum == 0 {
         anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
     }

@@ -418,6 +418,10 @@ fn train_command_reports_bad_input_in_one_line() {
         "no checkpoint",
     );
     check(
+        run(&["train", "--repo", src, "--out", o, "--lr", "0"]),
+        "--lr must be above 0",
+    );
+    check(
         run(&["train", "--repo", src, "--out", o, "--init", "/no/model"]),
         "/no/model",
     );
