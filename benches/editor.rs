@@ -205,13 +205,13 @@ fn default_model() -> Option<Model> {
     default_shape()
 }
 
-/// Random weights in the default model's shape (context 256, the length it is trained at), with
+/// Random weights in the default model's shape (context 512, the length it is trained at), with
 /// the tiny model's tokenizer.
 fn default_shape() -> Option<Model> {
     let tok_path = root().join("tests/fixtures/models/tiny-python/tokenizer.json");
     let tokenizer = Tokenizer::from_bytes(&std::fs::read(tok_path).ok()?, 4096).ok()?;
     // Exactly the shape `infill train --from-scratch --preset small` trains.
-    let cfg = infill::train::Preset::Small.config(4096, 256);
+    let cfg = infill::train::Preset::Small.config(4096, 512);
     let varmap = VarMap::new();
     Llama::new(
         &cfg,
