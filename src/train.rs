@@ -384,7 +384,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         lr,
     } = opts.start
     {
-        trainer.load_checkpoint(&ckpt_dir, &tokenizer)?;
+        trainer.load_checkpoint(&ckpt_dir)?;
         if trainer.origin.is_empty() {
             trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
         }

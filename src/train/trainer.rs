@@ -80,14 +80,48 @@ pub struct Doc {
 pub struct DataPosition {
     pub epoch: u64,
     pub next: usize,
+    /// Windows in this epoch at the run's sequence length, so a resume that changes the length
+    /// knows how far through the epoch it is without packing it first (0 in older checkpoints).
+    #[serde(default)]
+    pub windows: usize,
 }
 
 /// Training windows, rebuilt per epoch with fresh FIM splits from the seed.
+///
+/// Packing an epoch tokenizes and parses the whole corpus (minutes for a large one), so it happens
+/// only when a batch is drawn and the windows at hand are not the ones the position needs: a
+/// resumed run packs once, for the epoch and length it continues with.
 struct Data {
     docs: Vec<Doc>,
     windows: Vec<Vec<u32>>,
     order: Vec<usize>,
+    /// What `windows` were packed for; `None` until the first pack.
+    packed: Option<PackKey>,
+    /// Epochs packed so far by this process.
+    packs: usize,
     pos: DataPosition,
+}
+
+/// Everything an epoch's windows depend on besides the documents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PackKey {
+    epoch: u64,
+    seq_len: usize,
+    seed: u64,
+    fim_rate: f64,
+    spm_rate: f64,
+}
+
+impl PackKey {
+    fn new(epoch: u64, s: &TrainSettings) -> Self {
+        Self {
+            epoch,
+            seq_len: s.seq_len,
+            seed: s.seed,
+            fim_rate: s.fim_rate,
+            spm_rate: s.spm_rate,
+        }
+    }
 }
 
 /// Windows of `seq_len + 1` tokens cut from `stream` (inputs and shifted targets).
@@ -108,13 +142,14 @@ fn windows(stream: &[u32], seq_len: usize) -> Vec<Vec<u32>> {
 }
 
 impl Data {
-    fn epoch(
-        &mut self,
-        tokenizer: &Tokenizer,
-        s: &TrainSettings,
-        epoch: u64,
-    ) -> anyhow::Result<()> {
-        let mut rng = Rng::new(s.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    /// Packs the windows of the position's epoch unless they are already at hand; the position
+    /// within the epoch is kept.
+    fn ensure_packed(&mut self, tokenizer: &Tokenizer, s: &TrainSettings) -> anyhow::Result<()> {
+        let key = PackKey::new(self.pos.epoch, s);
+        if self.packed == Some(key) {
+            return Ok(());
+        }
+        let mut rng = Rng::new(s.seed ^ key.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let fim = FimSettings {
             fim_rate: s.fim_rate,
             spm_rate: s.spm_rate,
@@ -131,7 +166,9 @@ impl Data {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             self.order.swap(i, j);
         }
-        self.pos = DataPosition { epoch, next: 0 };
+        self.packed = Some(key);
+        self.packs += 1;
+        self.pos.windows = self.order.len();
         Ok(())
     }
 
@@ -140,13 +177,18 @@ impl Data {
         tokenizer: &Tokenizer,
         s: &TrainSettings,
     ) -> anyhow::Result<Vec<Vec<u32>>> {
+        self.ensure_packed(tokenizer, s)?;
         let mut batch = Vec::with_capacity(s.batch_size);
         while batch.len() < s.batch_size {
             if self.pos.next >= self.order.len() {
-                let next_epoch = self.pos.epoch + 1;
-                self.epoch(tokenizer, s, next_epoch)?;
+                self.pos = DataPosition {
+                    epoch: self.pos.epoch + 1,
+                    next: 0,
+                    windows: 0,
+                };
+                self.ensure_packed(tokenizer, s)?;
                 if self.order.is_empty() {
-                    anyhow::bail!("the training data is too small to fill one sequence");
+                    anyhow::bail!("the training files hold too few tokens to fill one sequence");
                 }
             }
             let w = self
@@ -280,16 +322,15 @@ impl Trainer {
                 ..AdamWParams::default()
             },
         )?;
-        let mut data = Data {
+        // The first epoch is packed when the first batch is drawn: a resume continues elsewhere.
+        let data = Data {
             docs: train,
             windows: Vec::new(),
             order: Vec::new(),
+            packed: None,
+            packs: 0,
             pos: DataPosition::default(),
         };
-        data.epoch(tokenizer, &settings, 0)?;
-        if data.order.is_empty() {
-            anyhow::bail!("the training files hold too few tokens to fill one sequence");
-        }
         let held = held_out_windows(tokenizer, held, settings.seq_len)?;
         Ok(Self {
             config: config.clone(),
@@ -491,9 +532,19 @@ impl Trainer {
         Ok(final_dir)
     }
 
+    /// Where the data stream stands: the epoch, and the next window in it.
+    pub fn data_position(&self) -> DataPosition {
+        self.data.pos
+    }
+
+    /// How many epochs this trainer has packed: each is a pass that tokenizes the whole corpus.
+    pub fn packs(&self) -> usize {
+        self.data.packs
+    }
+
     /// Restores a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) into this trainer
     /// (built with the same config and data).
-    pub fn load_checkpoint(&mut self, dir: &Path, tokenizer: &Tokenizer) -> anyhow::Result<()> {
+    pub fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
         let name = std::fs::read_to_string(dir.join("latest"))
             .with_context(|| format!("{}: no checkpoint to resume from", dir.display()))?;
         let ckpt = dir.join(name.trim());
@@ -526,20 +577,8 @@ impl Trainer {
         self.log = state.log;
         self.origin = state.origin;
         self.earlier_seconds = state.seconds;
-        // Packing an epoch tokenizes and parses the whole corpus (minutes for a large one): keep
-        // the windows `new` built when they are the ones the checkpoint's epoch needs.
-        let shaped_alike = |a: &TrainSettings, b: &TrainSettings| {
-            (a.seed, a.seq_len, a.fim_rate, a.spm_rate)
-                == (b.seed, b.seq_len, b.fim_rate, b.spm_rate)
-        };
-        let packed = self.data.pos.epoch == state.data.epoch
-            && shaped_alike(&self.settings, &state.settings)
-            && !self.data.windows.is_empty();
         self.settings = state.settings;
-        if !packed {
-            self.data
-                .epoch(tokenizer, &self.settings, state.data.epoch)?;
-        }
+        // The windows are packed for this position when the next batch is drawn.
         self.data.pos = state.data;
         Ok(())
     }
@@ -563,10 +602,13 @@ impl Trainer {
                 "--seq-len {seq_len}: the model has positions for {positions} tokens; give at most {positions}"
             );
         }
-        let seen = self.data.pos.next as f64 / self.data.order.len().max(1) as f64;
+        // A checkpoint records its epoch's size; only an older one needs a pack at the old length.
+        if self.data.pos.windows == 0 {
+            self.data.ensure_packed(tokenizer, &self.settings)?;
+        }
+        let seen = self.data.pos.next as f64 / self.data.pos.windows.max(1) as f64;
         self.settings.seq_len = seq_len;
-        self.data
-            .epoch(tokenizer, &self.settings, self.data.pos.epoch)?;
+        self.data.ensure_packed(tokenizer, &self.settings)?;
         self.data.pos.next = (seen * self.data.order.len() as f64).round() as usize;
         self.held = held_out_windows(tokenizer, held, seq_len)?;
         Ok(())

@@ -172,14 +172,15 @@ fn loss_goes_down_from_scratch_on_a_tiny_corpus() {
 }
 
 /// Stopping (as after Ctrl-C or kill -9 past a checkpoint) and resuming gives exactly the weights of
-/// a run that never stopped.
+/// a run that never stopped, also past the first epoch; the resumed run packs (tokenizes the
+/// corpus for) only the epoch it continues in, once.
 #[test]
 fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
     let (config, tokenizer, weights) = fixture_parts("llama");
     let settings = TrainSettings {
         seq_len: 32,
         batch_size: 2,
-        steps: 6,
+        steps: 400,
         warmup: 2,
         ..TrainSettings::default()
     };
@@ -195,36 +196,71 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
         )
         .unwrap()
     };
-    let mut straight = make();
-    for _ in 0..6 {
-        straight.train_step(&tokenizer).unwrap();
-    }
     let tmp = tempfile::tempdir().unwrap();
     let mut first = make();
-    for _ in 0..3 {
+    assert_eq!(
+        first.packs(),
+        0,
+        "nothing is packed before a batch is drawn"
+    );
+    while first.data_position().epoch == 0 {
+        assert!(
+            first.step < 100,
+            "the fixture corpus should last a few steps"
+        );
         first.train_step(&tokenizer).unwrap();
     }
+    first.train_step(&tokenizer).unwrap();
+    let stop = first.step;
+    let at = first.data_position();
+    assert!(
+        at.epoch == 1 && at.next > 0 && at.windows > at.next,
+        "{at:?}"
+    );
+    assert_eq!(first.packs(), 2);
     first.save_checkpoint(tmp.path()).unwrap();
     // A half-written checkpoint of a later step (a crash mid-save) must not be picked up.
-    std::fs::create_dir_all(tmp.path().join(".step-00000004.tmp")).unwrap();
-    std::fs::write(
-        tmp.path().join(".step-00000004.tmp/model.safetensors"),
-        b"garbage",
-    )
-    .unwrap();
+    let torn = tmp.path().join(format!(".step-{:08}.tmp", stop + 1));
+    std::fs::create_dir_all(&torn).unwrap();
+    std::fs::write(torn.join("model.safetensors"), b"garbage").unwrap();
     drop(first);
+
+    let mut straight = make();
+    for _ in 0..stop + 3 {
+        straight.train_step(&tokenizer).unwrap();
+    }
     let mut resumed = make();
-    resumed.load_checkpoint(tmp.path(), &tokenizer).unwrap();
-    assert_eq!(resumed.step, 3);
+    resumed.load_checkpoint(tmp.path()).unwrap();
+    assert_eq!((resumed.step, resumed.data_position()), (stop, at));
     for _ in 0..3 {
         resumed.train_step(&tokenizer).unwrap();
     }
+    assert_eq!(resumed.data_position(), straight.data_position());
+    assert_eq!(resumed.data_position().epoch, 1);
+    assert_eq!(resumed.packs(), 1, "only epoch 1 is packed on resume");
     let (a, b) = (straight.weights().unwrap(), resumed.weights().unwrap());
     for (name, t) in &a {
         let diff = crate::max_abs_diff(t, &b[name]);
         assert!(diff < 1e-6, "{name} differs by {diff}");
     }
     assert_eq!(straight.tokens_seen, resumed.tokens_seen);
+
+    // Longer sequences from the same checkpoint: the epoch is packed once, at the new length, and
+    // the run continues the same share of the way through it.
+    let mut longer = make();
+    longer.load_checkpoint(tmp.path()).unwrap();
+    longer.set_seq_len(&tokenizer, &docs()[..1], 64).unwrap();
+    assert_eq!(longer.packs(), 1);
+    let now = longer.data_position();
+    assert_eq!(now.epoch, 1);
+    assert!(now.windows < at.windows, "{now:?} vs {at:?}");
+    let share = |p: infill::train::trainer::DataPosition| p.next as f64 / p.windows as f64;
+    assert!(
+        (share(now) - share(at)).abs() <= 1.0 / now.windows as f64,
+        "{now:?} vs {at:?}"
+    );
+    longer.train_step(&tokenizer).unwrap();
+    assert_eq!(longer.packs(), 1);
 }
 
 /// A micro-batch split into shards that run on different threads (see `infill::train::tune_process`)
