@@ -48,6 +48,10 @@ pub struct Outcome {
     pub empty_score: Score,
     pub tokens: usize,
     pub latency_ms: f64,
+    /// Tokens and milliseconds until the editor would have stopped: it stops generating once the
+    /// trimmer knows the proposal is closed (the whole raw generation when it never is).
+    pub shown_tokens: usize,
+    pub shown_latency_ms: f64,
     pub tokens_per_s: f64,
 }
 
@@ -146,11 +150,29 @@ pub fn run(
             .language
             .as_deref()
             .and_then(|l| registry.and_then(|r| r.by_name(l).ok()));
+        // The raw proposal runs to its end; where the editor would have stopped is noted on the way.
+        let mut closer = Trimmer::new(&task.prefix, &task.suffix, lang);
+        let mut shown: Option<(usize, f64)> = None;
+        let mut seen = 0;
         let started = Instant::now();
-        let c = complete::complete(model, &text, cursor, lang, &raw_settings, None, |_, _| {
-            Flow::Continue
-        })?;
+        let c = complete::complete(
+            model,
+            &text,
+            cursor,
+            lang,
+            &raw_settings,
+            None,
+            |_, so_far| {
+                seen += 1;
+                if shown.is_none() && closer.is_closed(so_far) {
+                    shown = Some((seen, started.elapsed().as_secs_f64() * 1e3));
+                }
+                Flow::Continue
+            },
+        )?;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (shown_tokens, shown_latency_ms) =
+            shown.unwrap_or((c.generation.tokens.len(), latency_ms));
         // What the editor shows: trimmed, then cut by confidence when that is asked for.
         let trimmed = Trimmer::new(&task.prefix, &task.suffix, lang)
             .trim(&c.text)
@@ -169,6 +191,8 @@ pub fn run(
             trimmed,
             tokens: c.generation.tokens.len(),
             latency_ms,
+            shown_tokens,
+            shown_latency_ms,
             tokens_per_s: c.generation.timings.tokens_per_s,
         });
         progress(i + 1, tasks.len());
@@ -442,6 +466,10 @@ pub struct ModelFigures {
     pub mean_tokens: f64,
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
+    /// As the editor would see it: generation stopped where the trimmer closed the proposal.
+    pub shown_mean_tokens: f64,
+    pub shown_latency_p50_ms: f64,
+    pub shown_latency_p95_ms: f64,
     pub tokens_per_s: f64,
 }
 
@@ -459,6 +487,7 @@ pub struct KindReport {
 
 fn figures(tasks: &[&Task], outcomes: &[&Outcome]) -> ModelFigures {
     let lat: Vec<f64> = outcomes.iter().map(|o| o.latency_ms).collect();
+    let shown: Vec<f64> = outcomes.iter().map(|o| o.shown_latency_ms).collect();
     let get = |f: &dyn Fn(&Outcome) -> Score| outcomes.iter().map(|o| f(o)).collect::<Vec<_>>();
     ModelFigures {
         raw: summarize(tasks, &get(&|o| o.raw_score)),
@@ -467,6 +496,14 @@ fn figures(tasks: &[&Task], outcomes: &[&Outcome]) -> ModelFigures {
         mean_tokens: metrics::mean(&outcomes.iter().map(|o| o.tokens as f64).collect::<Vec<_>>()),
         latency_p50_ms: metrics::quantile(&lat, 0.5),
         latency_p95_ms: metrics::quantile(&lat, 0.95),
+        shown_mean_tokens: metrics::mean(
+            &outcomes
+                .iter()
+                .map(|o| o.shown_tokens as f64)
+                .collect::<Vec<_>>(),
+        ),
+        shown_latency_p50_ms: metrics::quantile(&shown, 0.5),
+        shown_latency_p95_ms: metrics::quantile(&shown, 0.95),
         tokens_per_s: metrics::mean(&outcomes.iter().map(|o| o.tokens_per_s).collect::<Vec<_>>()),
     }
 }
@@ -567,13 +604,16 @@ pub fn render(reports: &[KindReport], markdown: bool) -> String {
         }
         let header: Vec<String> = cols.iter().map(|(n, _)| n.clone()).collect();
         let title = format!(
-            "{} ({} tasks): {:.1} tokens per completion, latency p50 {:.0} ms / p95 {:.0} ms, {:.1} tokens/s",
+            "{} ({} tasks): {:.1} tokens per completion, latency p50 {:.0} ms / p95 {:.0} ms, {:.1} tokens/s; the editor stops after {:.1} tokens, p50 {:.0} ms / p95 {:.0} ms",
             r.kind,
             r.model.raw.tasks,
             r.model.mean_tokens,
             r.model.latency_p50_ms,
             r.model.latency_p95_ms,
-            r.model.tokens_per_s
+            r.model.tokens_per_s,
+            r.model.shown_mean_tokens,
+            r.model.shown_latency_p50_ms,
+            r.model.shown_latency_p95_ms,
         );
         if markdown {
             out.push_str(&format!(

@@ -56,6 +56,16 @@ fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
         serde_json::from_str(&std::fs::read_to_string(json.path()).unwrap()).unwrap();
     assert_eq!(doc["tasks"].as_array().unwrap().len(), 10);
     assert_eq!(doc["model"].as_array().unwrap().len(), 10);
+    // Where the editor would have stopped generating is never past the raw generation's end.
+    assert!(stdout.contains("the editor stops after"), "{stdout}");
+    for o in doc["model"].as_array().unwrap() {
+        let (shown, all) = (o["shown_tokens"].as_u64(), o["tokens"].as_u64());
+        assert!(shown.is_some() && shown <= all, "{o}");
+        assert!(
+            o["shown_latency_ms"].as_f64() <= o["latency_ms"].as_f64(),
+            "{o}"
+        );
+    }
     // Held-out files only: every task comes from a file the split holds out.
     for t in doc["tasks"].as_array().unwrap() {
         let path = t["id"].as_str().unwrap().split(':').next().unwrap();
