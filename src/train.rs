@@ -276,7 +276,19 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         }
     }
     let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
-    let (train_idx, held_idx) = split::split(&paths, opts.held_out);
+    let split::Split {
+        train: train_idx,
+        held: held_idx,
+        shadowed,
+    } = split::split(&paths, opts.held_out);
+    if opts.explain {
+        for &i in &shadowed {
+            eprintln!(
+                "shadowed  {}: held out, but another version of it is trained on; not evaluated",
+                paths[i]
+            );
+        }
+    }
     let doc = |i: &usize| {
         corpus.files.get(*i).map(|f| Doc {
             text: f.text.clone(),

@@ -26,8 +26,16 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
         None => {
             let corpus = corpus::collect(&args.repo)?;
             let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
-            let (_, held) = split::split(&paths, args.held_out);
-            held_files = held
+            let split = split::split(&paths, args.held_out);
+            if let Some(&first) = split.shadowed.first() {
+                eprintln!(
+                    "note: {} held-out files are not evaluated: another version of each is a training file (e.g. {})",
+                    split.shadowed.len(),
+                    paths[first]
+                );
+            }
+            held_files = split
+                .held
                 .iter()
                 .filter_map(|&i| corpus.files.get(i))
                 .map(|f| (f.path.clone(), Some(f.language.clone()), f.text.clone()))

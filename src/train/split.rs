@@ -1,5 +1,13 @@
 //! The held-out split: a stable hash of each file's relative path decides, so training and
 //! evaluation agree on which files the model never saw, across runs, machines and versions.
+//!
+//! A file can also exist in several versions under different paths: a cargo registry holds
+//! `syn-2.0.87/src/expr.rs` and `syn-2.0.119/src/expr.rs`, whose paths hash apart. A held-out file
+//! whose other version is trained on is not held out in any useful sense, so it is shadowed: left
+//! out of evaluation (and still not trained on, so that the training files stay what the path
+//! hash says).
+
+use std::collections::HashSet;
 
 use super::corpus::fnv1a;
 
@@ -15,9 +23,49 @@ fn bucket(path: &str) -> u64 {
     fnv1a(path.as_bytes()) % 10_000
 }
 
-/// Splits `paths` into (train, held-out) indices; at least one file is held out (the one with the
-/// lowest bucket) and, when there are two or more, at least one is trained on.
-pub fn split(paths: &[&str], fraction: f64) -> (Vec<usize>, Vec<usize>) {
+/// `path` with the version taken off each folder name (`syn-2.0.119/src/expr.rs` ->
+/// `syn/src/expr.rs`, `time-core-0.1.9` -> `time-core`, `pkg-1.0.0-alpha.2` -> `pkg`): the same
+/// for every version of a file.
+pub fn unversioned(path: &str) -> String {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let file = parts.pop();
+    let folders = parts.into_iter().map(|c| {
+        // The last '-' or '_' followed by a version (digits, a dot, more digits) starts it.
+        c.char_indices()
+            .filter(|&(i, ch)| (ch == '-' || ch == '_') && i > 0)
+            .map(|(i, _)| i)
+            .find(|&i| is_version(c.get(i + 1..).unwrap_or_default()))
+            .and_then(|i| c.get(..i))
+            .unwrap_or(c)
+    });
+    folders.chain(file).collect::<Vec<_>>().join("/")
+}
+
+/// `1.2`, `0.3.55`, `v2.0`, `1.0.0-alpha.2`, `1.2.3+build`: a version number and what follows it.
+fn is_version(s: &str) -> bool {
+    let s = s.strip_prefix('v').unwrap_or(s);
+    let number = s.split(['-', '+']).next().unwrap_or_default();
+    let mut fields = number.split('.');
+    let numeric = |f: &str| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit());
+    fields.next().is_some_and(numeric) && fields.next().is_some_and(numeric) && fields.all(numeric)
+}
+
+/// Which files are trained on and which held out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Indices of the files to train on.
+    pub train: Vec<usize>,
+    /// Indices of the held-out files to evaluate on.
+    pub held: Vec<usize>,
+    /// Held-out by their path, but another version of the same file is trained on: neither
+    /// trained on nor evaluated.
+    pub shadowed: Vec<usize>,
+}
+
+/// Splits `paths` by the hash of each path. At least one file is held out (the one with the
+/// lowest bucket) and, when there are two or more, at least one is trained on; a held-out file
+/// with a trained version is shadowed unless it is the only one held out.
+pub fn split(paths: &[&str], fraction: f64) -> Split {
     let (mut held, mut train): (Vec<usize>, Vec<usize>) =
         (0..paths.len()).partition(|&i| is_held_out(paths[i], fraction));
     if held.is_empty() {
@@ -30,7 +78,19 @@ pub fn split(paths: &[&str], fraction: f64) -> (Vec<usize>, Vec<usize>) {
             train.push(held.remove(pos));
         }
     }
-    (train, held)
+    let trained: HashSet<String> = train.iter().map(|&i| unversioned(paths[i])).collect();
+    let (shadowed, clean): (Vec<usize>, Vec<usize>) = held
+        .iter()
+        .partition(|&&i| trained.contains(&unversioned(paths[i])));
+    let (held, shadowed) = match clean.is_empty() {
+        true => (held, Vec::new()),
+        false => (clean, shadowed),
+    };
+    Split {
+        train,
+        held,
+        shadowed,
+    }
 }
 
 #[cfg(test)]
@@ -42,10 +102,10 @@ mod tests {
     fn split_is_stable_and_holds_out_about_the_fraction() {
         let paths: Vec<String> = (0..2000).map(|i| format!("src/module_{i}.rs")).collect();
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let (train, held) = split(&refs, 0.05);
+        let Split { train, held, .. } = split(&refs, 0.05);
         assert_eq!(train.len() + held.len(), 2000);
         assert!((60..140).contains(&held.len()), "{}", held.len());
-        assert_eq!(split(&refs, 0.05), (train, held.clone()));
+        assert_eq!(split(&refs, 0.05).held, held);
         // Membership depends on the path alone, not on the other files.
         for &i in &held {
             assert!(is_held_out(&paths[i], 0.05));
@@ -57,9 +117,54 @@ mod tests {
 
     #[test]
     fn tiny_repositories_still_hold_one_file_out() {
-        let (train, held) = split(&["a.rs", "b.rs"], 0.05);
+        let Split { train, held, .. } = split(&["a.rs", "b.rs"], 0.05);
         assert_eq!((train.len(), held.len()), (1, 1));
-        let (train, held) = split(&["only.rs"], 0.05);
+        let Split { train, held, .. } = split(&["only.rs"], 0.05);
         assert_eq!((train.len(), held.len()), (0, 1));
+        // Versions of one file are not told apart when nothing else is held out.
+        let s = split(&["x-1.0/a.rs", "x-2.0/a.rs"], 0.05);
+        assert_eq!((s.train.len(), s.held.len(), s.shadowed.len()), (1, 1, 0));
+    }
+
+    #[test]
+    fn versions_of_a_file_share_a_name_and_a_trained_version_shadows_the_held_one() {
+        for (path, name) in [
+            ("syn-2.0.119/src/expr.rs", "syn/src/expr.rs"),
+            ("time-core-0.1.9/src/lib.rs", "time-core/src/lib.rs"),
+            ("pkg-1.0.0-alpha.2/a/b.py", "pkg/a/b.py"),
+            ("tool_v2.1/x.c", "tool/x.c"),
+            (
+                "base64-0.13.1/src/read/decoder.rs",
+                "base64/src/read/decoder.rs",
+            ),
+            // Not versions: a number without a dot, a name with digits, the file's own name.
+            ("sha-2/src/lib.rs", "sha-2/src/lib.rs"),
+            ("base64/src/x86-64.rs", "base64/src/x86-64.rs"),
+            ("src/parser-1.2.rs", "src/parser-1.2.rs"),
+            ("python3.11/json/decoder.py", "python3.11/json/decoder.py"),
+        ] {
+            assert_eq!(unversioned(path), name, "{path}");
+        }
+        // Find a held-out file among many versions of a crate, and one trained version of it.
+        let paths: Vec<String> = (0..400)
+            .flat_map(|v| {
+                [
+                    format!("syn-2.0.{v}/src/expr.rs"),
+                    format!("other-{v}.0.0/src/only_{v}.rs"),
+                ]
+            })
+            .collect();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let s = split(&refs, 0.05);
+        assert!(!s.shadowed.is_empty() && !s.held.is_empty());
+        for &i in &s.shadowed {
+            assert!(refs[i].starts_with("syn-"), "{}", refs[i]);
+            assert!(is_held_out(refs[i], 0.05));
+        }
+        // Each file with no other version stays held out; every index is in exactly one list.
+        assert!(s.held.iter().all(|&i| refs[i].starts_with("other-")));
+        let mut all: Vec<usize> = [&s.train[..], &s.held[..], &s.shadowed[..]].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..refs.len()).collect::<Vec<_>>());
     }
 }
