@@ -122,8 +122,12 @@ pub struct TrainArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub repo: Vec<PathBuf>,
     /// Output model directory (Hugging Face layout; pass it to --model).
+    #[arg(long, required_unless_present = "dry_run")]
+    pub out: Option<PathBuf>,
+    /// Read and filter the repositories, say what training would use (file by file with
+    /// --explain), and stop.
     #[arg(long)]
-    pub out: PathBuf,
+    pub dry_run: bool,
     /// Stop after about this many minutes: the learning-rate schedule is planned to end then,
     /// from the measured step time (with --resume: this many minutes from now).
     #[arg(long, conflicts_with = "steps")]

@@ -6,6 +6,7 @@
 //! tokens -> packed windows -> AdamW steps`, seeded throughout.
 
 pub mod corpus;
+pub mod dedup;
 pub mod fim;
 pub mod optim;
 pub mod schedule;
@@ -263,32 +264,84 @@ fn load_start(
     Ok((config, tokenizer, weights, files.name))
 }
 
+/// The corpus of `repos` and its split into training and held-out files.
+#[derive(Debug)]
+pub struct Survey {
+    pub corpus: corpus::Corpus,
+    pub split: split::Split,
+}
+
+impl Survey {
+    pub fn new(repos: &[PathBuf], held_out: f64) -> anyhow::Result<Self> {
+        let corpus = corpus::collect(repos)?;
+        let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
+        let split = split::split(&paths, held_out);
+        Ok(Self { corpus, split })
+    }
+
+    /// Every file with what happens to it, then the summary: one line each.
+    pub fn explain(&self) -> String {
+        let files = &self.corpus.files;
+        let mut out = String::new();
+        let mut line = |what: &str, i: usize| {
+            if let Some(f) = files.get(i) {
+                out.push_str(&format!("{what:<9} {} ({})\n", f.path, f.language));
+            }
+        };
+        for &i in &self.split.train {
+            line("train", i);
+        }
+        for &i in &self.split.held {
+            line("held-out", i);
+        }
+        for &i in &self.split.shadowed {
+            line("shadowed", i);
+        }
+        for (p, why) in &self.corpus.skipped {
+            out.push_str(&format!("skip      {p}: {why}\n"));
+        }
+        out + &self.summary()
+    }
+
+    /// What the corpus holds and how it is split, in three lines.
+    pub fn summary(&self) -> String {
+        let bytes = |idx: &[usize]| -> usize {
+            idx.iter()
+                .filter_map(|&i| self.corpus.files.get(i))
+                .map(|f| f.text.len())
+                .sum()
+        };
+        let s = &self.split;
+        format!(
+            "{}\nsplit: {} files to train on ({:.1} MB), {} held out ({:.1} MB), {} shadowed (held out, but another version of each is trained on: neither trained on nor evaluated)\n",
+            self.corpus.summary(),
+            s.train.len(),
+            bytes(&s.train) as f64 / 1e6,
+            s.held.len(),
+            bytes(&s.held) as f64 / 1e6,
+            s.shadowed.len()
+        )
+    }
+}
+
 /// Runs `infill train` end to end; returns the report written to `training.json`.
 pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let started = Instant::now();
-    let corpus = corpus::collect(&opts.repos)?;
-    if opts.explain {
-        for f in &corpus.files {
-            eprintln!("use   {} ({})", f.path, f.language);
+    let Survey {
+        corpus,
+        split:
+            split::Split {
+                train: train_idx,
+                held: held_idx,
+                ..
+            },
+    } = {
+        let survey = Survey::new(&opts.repos, opts.held_out)?;
+        if opts.explain {
+            eprint!("{}", survey.explain());
         }
-        for (p, why) in &corpus.skipped {
-            eprintln!("skip  {p}: {why}");
-        }
-    }
-    let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
-    let split::Split {
-        train: train_idx,
-        held: held_idx,
-        shadowed,
-    } = split::split(&paths, opts.held_out);
-    if opts.explain {
-        for &i in &shadowed {
-            eprintln!(
-                "shadowed  {}: held out, but another version of it is trained on; not evaluated",
-                paths[i]
-            );
-        }
-    }
+        survey
+    };
     let doc = |i: &usize| {
         corpus.files.get(*i).map(|f| Doc {
             text: f.text.clone(),

@@ -7,6 +7,17 @@ use crate::train::trainer::TrainSettings;
 use crate::train::{self, Start, TrainOptions};
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&args.held_out) {
+        anyhow::bail!("--held-out must be in [0, 1) (got {})", args.held_out);
+    }
+    let Some(out) = args.out.clone().filter(|_| !args.dry_run) else {
+        let survey = train::Survey::new(&args.repo, args.held_out)?;
+        match args.explain {
+            true => print!("{}", survey.explain()),
+            false => print!("{}", survey.summary()),
+        }
+        return Ok(());
+    };
     train::tune_process();
     let start = if args.resume {
         Start::Resume {
@@ -23,9 +34,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     } else {
         Start::FineTune(args.init.clone())
     };
-    if !(0.0..1.0).contains(&args.held_out) {
-        anyhow::bail!("--held-out must be in [0, 1) (got {})", args.held_out);
-    }
     if args.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || args.steps == Some(0) {
         anyhow::bail!("--minutes and --steps must be positive");
     }
@@ -71,7 +79,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     };
     let opts = TrainOptions {
         repos: args.repo.clone(),
-        out: args.out.clone(),
+        out: out.clone(),
         start,
         settings,
         minutes: args.minutes,
@@ -95,8 +103,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     );
     println!(
         "model written to {} (use it with --model {})",
-        args.out.display(),
-        args.out.display()
+        out.display(),
+        out.display()
     );
     Ok(())
 }

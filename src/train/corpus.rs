@@ -2,17 +2,19 @@
 //!
 //! The walk respects `.gitignore`, `.ignore` and hidden files and never follows symlinks (no loops).
 //! A file is kept only when infill knows its language and it is real, hand-written source: not
-//! binary, not over 1 MB, not minified or generated, not vendored, not a duplicate, and above all not
+//! binary, not over 1 MB, not minified or generated, not vendored, not a duplicate or a near-duplicate
+//! of a file kept before it, and above all not
 //! a secret. Secrets are refused by name (`.env*`, keys, credentials) and by content (private-key
 //! blocks, known token formats, a high-entropy string assigned to a password/secret/token/key name).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use regex::Regex;
 use serde::Serialize;
 
+use super::dedup;
 use crate::syntax::Registry;
 
 /// Largest file considered.
@@ -31,9 +33,30 @@ pub enum Skip {
     Generated(String),
     Vendored,
     Duplicate,
+    /// Most of its distinctive lines are in this file, kept before it (see [`super::dedup`]).
+    NearDuplicate(String),
     /// A secret by file name or content; what matched (never the secret itself).
     Secret(String),
     Empty,
+}
+
+impl Skip {
+    /// The reason without its particulars, for counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownLanguage => "of no language infill knows",
+            Self::TooLarge => "over 1 MB",
+            Self::Binary => "binary",
+            Self::NotUtf8 => "not UTF-8",
+            Self::Unreadable(_) => "unreadable",
+            Self::Generated(_) => "generated or minified",
+            Self::Vendored => "vendored",
+            Self::Duplicate => "exact duplicates",
+            Self::NearDuplicate(_) => "near-duplicates",
+            Self::Secret(_) => "that may hold a secret",
+            Self::Empty => "empty",
+        }
+    }
 }
 
 impl std::fmt::Display for Skip {
@@ -47,6 +70,7 @@ impl std::fmt::Display for Skip {
             Self::Generated(why) => write!(f, "generated or minified: {why}"),
             Self::Vendored => write!(f, "in a vendored or dependency folder"),
             Self::Duplicate => write!(f, "exact duplicate of another file"),
+            Self::NearDuplicate(of) => write!(f, "nearly the same as {of}"),
             Self::Secret(why) => write!(f, "may hold a secret: {why}"),
             Self::Empty => write!(f, "empty"),
         }
@@ -73,6 +97,41 @@ impl Corpus {
     pub fn bytes(&self) -> usize {
         self.files.iter().map(|f| f.text.len()).sum()
     }
+
+    /// Two lines: files and megabytes kept per language (most bytes first), and how many files
+    /// were skipped for each reason (most first).
+    pub fn summary(&self) -> String {
+        let mut languages: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for f in &self.files {
+            let e = languages.entry(f.language.as_str()).or_default();
+            e.0 += 1;
+            e.1 += f.text.len();
+        }
+        let mut languages: Vec<_> = languages.into_iter().collect();
+        languages.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
+        let kept: Vec<String> = languages
+            .iter()
+            .map(|(l, (n, b))| format!("{l} {n} ({:.1} MB)", *b as f64 / 1e6))
+            .collect();
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, why) in &self.skipped {
+            *reasons.entry(why.kind()).or_default() += 1;
+        }
+        let mut reasons: Vec<_> = reasons.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let skipped: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        format!(
+            "kept {} files ({:.1} MB): {}\nskipped {} files: {}",
+            self.files.len(),
+            self.bytes() as f64 / 1e6,
+            kept.join(", "),
+            self.skipped.len(),
+            match skipped.is_empty() {
+                true => "none".to_string(),
+                false => skipped.join(", "),
+            }
+        )
+    }
 }
 
 /// Why a repository cannot be used at all.
@@ -91,6 +150,7 @@ pub fn collect(roots: &[PathBuf]) -> Result<Corpus, CorpusError> {
     let registry = Registry::builtin().ok();
     let mut corpus = Corpus::default();
     let mut seen = HashSet::new();
+    let mut near = dedup::Index::default();
     for root in roots {
         if !root.is_dir() {
             return Err(CorpusError::NotADirectory(root.clone()));
@@ -122,6 +182,13 @@ pub fn collect(roots: &[PathBuf]) -> Result<Corpus, CorpusError> {
                         corpus.skipped.push((rel, Skip::Duplicate));
                         continue;
                     }
+                    let lines = dedup::fingerprint(&text);
+                    if let Some(of) = near.original_of(&lines) {
+                        let skip = Skip::NearDuplicate(of.to_string());
+                        corpus.skipped.push((rel, skip));
+                        continue;
+                    }
+                    near.add(&rel, lines);
                     let language = language.unwrap_or_default();
                     corpus.files.push(SourceFile {
                         path: rel,
@@ -402,12 +469,24 @@ mod tests {
             b"pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n",
         );
         write(r, "ignored/skip.rs", b"pub fn hidden() {}\n");
+        // Two versions of one file: the later one (in path order) is left out.
+        let body: String = (0..12)
+            .map(|i| format!("pub fn function_{i}(x: u32) -> u32 {{ x + {i} }}\n"))
+            .collect();
+        write(r, "lib-1.0.0/src/big.rs", body.as_bytes());
+        let edited = body.replace("x + 7", "x.wrapping_add(7)");
+        write(r, "lib-1.1.0/src/big.rs", edited.as_bytes());
         write(r, ".gitignore", b"ignored/\n");
         let corpus = collect(&[r.to_path_buf()]).unwrap();
         let kept: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             kept,
-            ["app/main.py", "src/copy.rs", "src/ok_settings.py"],
+            [
+                "app/main.py",
+                "lib-1.0.0/src/big.rs",
+                "src/copy.rs",
+                "src/ok_settings.py"
+            ],
             "{:#?}",
             corpus.skipped
         );
@@ -447,10 +526,25 @@ mod tests {
         assert_eq!(why("src/latin1.c"), Some(Skip::NotUtf8));
         assert_eq!(why("vendor/dep/lib.rs"), Some(Skip::Vendored));
         assert_eq!(why("src/lib.rs"), Some(Skip::Duplicate));
+        assert_eq!(
+            why("lib-1.1.0/src/big.rs"),
+            Some(Skip::NearDuplicate("lib-1.0.0/src/big.rs".into()))
+        );
         assert_eq!(why("README.md"), Some(Skip::UnknownLanguage));
         assert!(
             why("ignored/skip.rs").is_none() && !kept.contains(&"ignored/skip.rs"),
             "gitignored files are not even listed"
+        );
+        let summary = corpus.summary();
+        assert!(
+            summary.starts_with("kept 4 files (0.0 MB): rust 2 (0.0 MB), python 2 (0.0 MB)\n"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("9 that may hold a secret")
+                && summary.contains("1 near-duplicates")
+                && summary.contains("1 exact duplicates"),
+            "{summary}"
         );
     }
 

@@ -652,3 +652,55 @@ fn held_out_windows_are_sampled_across_all_files() {
         spread.loss
     );
 }
+
+/// `--dry-run` says what training would use without an output folder or a model; with
+/// `--explain`, file by file, each file once.
+#[test]
+fn a_dry_run_describes_the_corpus_and_trains_nothing() {
+    let out = succeeded(crate::infill_cmd().args(["train", "--dry-run", "--repo", FIXTURES]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("kept ") && lines[0].contains("python"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("skipped "), "{text}");
+    assert!(
+        lines[2].starts_with("split: ") && lines[2].contains("held out"),
+        "{text}"
+    );
+
+    let out = succeeded(crate::infill_cmd().args([
+        "train",
+        "--dry-run",
+        "--explain",
+        "--repo",
+        FIXTURES,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kept: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kept "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a kept line");
+    let listed = text
+        .lines()
+        .filter(|l| {
+            ["train ", "held-out ", "shadowed "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .count();
+    assert_eq!(listed, kept, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("held-out ")), "{text}");
+
+    // Without --dry-run, --out is still required.
+    let out = crate::infill_cmd()
+        .args(["train", "--repo", FIXTURES])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--out"));
+}
