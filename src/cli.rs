@@ -111,6 +111,9 @@ pub struct TokenizerTrainArgs {
     pub corpus: Vec<PathBuf>,
     #[arg(long, default_value_t = 4096)]
     pub vocab_size: usize,
+    /// Keep only files whose package declares a permissive licence (as `infill train`).
+    #[arg(long)]
+    pub permissive_only: bool,
     /// Where to write tokenizer.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -154,6 +157,16 @@ pub struct TrainArgs {
     /// List the files used and skipped, and why.
     #[arg(long)]
     pub explain: bool,
+    /// Keep only files whose package declares a permissive licence (MIT, Apache-2.0, BSD, ISC,
+    /// PSF, ...: a Cargo.toml, package.json, Python dist-info or LICENSE file says so); for a
+    /// model that will be shipped. Files with no declaration are left out.
+    #[arg(long)]
+    pub permissive_only: bool,
+    /// Train on at most this many MB of each package (a repository's top-level folder, or a
+    /// file at its top), spread over its files: keeps a few large packages from making up most
+    /// of the corpus. Held-out files are not affected.
+    #[arg(long, value_name = "MB")]
+    pub package_cap_mb: Option<f64>,
     /// Tokens per training sequence, the context the model learns (default 256; with --resume,
     /// the run's own unless given, at most the model's positions).
     #[arg(long)]
@@ -315,6 +328,9 @@ pub struct EvalArgs {
     /// Share of files held out (must match training's).
     #[arg(long, default_value_t = 0.05)]
     pub held_out: f64,
+    /// The corpus filter of a model trained with --permissive-only (must match training's).
+    #[arg(long, conflicts_with = "tasks_file")]
+    pub permissive_only: bool,
     /// Run each task's tests with this interpreter (e.g. python3) and report pass@1.
     #[arg(long, value_name = "PROGRAM")]
     pub exec: Option<String>,

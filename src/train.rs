@@ -8,13 +8,14 @@
 pub mod corpus;
 pub mod dedup;
 pub mod fim;
+pub mod licence;
 pub mod optim;
 pub mod schedule;
 pub mod split;
 pub mod tokenizer;
 pub mod trainer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,6 +173,7 @@ pub struct TrainOptions {
     /// Wall-clock budget; fixes the number of steps after timing the first ones.
     pub minutes: Option<f64>,
     pub held_out: f64,
+    pub corpus: CorpusChoice,
     pub explain: bool,
     pub progress: bool,
 }
@@ -264,6 +266,14 @@ fn load_start(
     Ok((config, tokenizer, weights, files.name))
 }
 
+/// Which files of the repositories to use.
+#[derive(Debug, Clone, Default)]
+pub struct CorpusChoice {
+    pub filters: corpus::Options,
+    /// Train on at most this many bytes of each package ([`split::Split::cap`]).
+    pub package_cap_bytes: Option<usize>,
+}
+
 /// The corpus of `repos` and its split into training and held-out files.
 #[derive(Debug)]
 pub struct Survey {
@@ -272,10 +282,14 @@ pub struct Survey {
 }
 
 impl Survey {
-    pub fn new(repos: &[PathBuf], held_out: f64) -> anyhow::Result<Self> {
-        let corpus = corpus::collect(repos)?;
+    pub fn new(repos: &[PathBuf], choice: &CorpusChoice, held_out: f64) -> anyhow::Result<Self> {
+        let corpus = corpus::collect(repos, choice.filters)?;
         let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
-        let split = split::split(&paths, held_out);
+        let mut split = split::split(&paths, held_out);
+        if let Some(cap) = choice.package_cap_bytes {
+            let sizes: Vec<usize> = corpus.files.iter().map(|f| f.text.len()).collect();
+            split.cap(&paths, &sizes, cap);
+        }
         Ok(Self { corpus, split })
     }
 
@@ -297,6 +311,9 @@ impl Survey {
         for &i in &self.split.shadowed {
             line("shadowed", i);
         }
+        for &i in &self.split.capped {
+            line("capped", i);
+        }
         for (p, why) in &self.corpus.skipped {
             out.push_str(&format!("skip      {p}: {why}\n"));
         }
@@ -312,11 +329,30 @@ impl Survey {
                 .sum()
         };
         let s = &self.split;
+        let capped = match s.capped.is_empty() {
+            true => String::new(),
+            false => format!(
+                ", {} over their package's cap ({:.1} MB) not trained on",
+                s.capped.len(),
+                bytes(&s.capped) as f64 / 1e6
+            ),
+        };
+        let mut trained: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in s.train.iter().filter_map(|&i| self.corpus.files.get(i)) {
+            *trained.entry(f.language.as_str()).or_default() += f.text.len();
+        }
+        let mut trained: Vec<_> = trained.into_iter().collect();
+        trained.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let trained: Vec<String> = trained
+            .iter()
+            .map(|(l, b)| format!("{l} {:.1} MB", *b as f64 / 1e6))
+            .collect();
         format!(
-            "{}\nsplit: {} files to train on ({:.1} MB), {} held out ({:.1} MB), {} shadowed (held out, but another version of each is trained on: neither trained on nor evaluated)\n",
+            "{}\nsplit: {} files to train on ({:.1} MB: {}), {} held out ({:.1} MB), {} shadowed (held out, but another version of each is trained on: neither trained on nor evaluated){capped}\n",
             self.corpus.summary(),
             s.train.len(),
             bytes(&s.train) as f64 / 1e6,
+            trained.join(", "),
             s.held.len(),
             bytes(&s.held) as f64 / 1e6,
             s.shadowed.len()
@@ -336,7 +372,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
                 ..
             },
     } = {
-        let survey = Survey::new(&opts.repos, opts.held_out)?;
+        let survey = Survey::new(&opts.repos, &opts.corpus, opts.held_out)?;
         if opts.explain {
             eprint!("{}", survey.explain());
         }

@@ -24,7 +24,10 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
                 .with_context(|| path.display().to_string())?
         }
         None => {
-            let corpus = corpus::collect(&args.repo)?;
+            let options = corpus::Options {
+                permissive_only: args.permissive_only,
+            };
+            let corpus = corpus::collect(&args.repo, options)?;
             let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
             let split = split::split(&paths, args.held_out);
             if let Some(&first) = split.shadowed.first() {

@@ -10,8 +10,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.held_out) {
         anyhow::bail!("--held-out must be in [0, 1) (got {})", args.held_out);
     }
+    if args
+        .package_cap_mb
+        .is_some_and(|mb| mb.is_nan() || mb <= 0.0)
+    {
+        anyhow::bail!("--package-cap-mb must be a positive number of megabytes");
+    }
     let Some(out) = args.out.clone().filter(|_| !args.dry_run) else {
-        let survey = train::Survey::new(&args.repo, args.held_out)?;
+        let survey = train::Survey::new(&args.repo, &corpus_options(args), args.held_out)?;
         match args.explain {
             true => print!("{}", survey.explain()),
             false => print!("{}", survey.summary()),
@@ -84,6 +90,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         settings,
         minutes: args.minutes,
         held_out: args.held_out,
+        corpus: corpus_options(args),
         explain: args.explain,
         progress: std::io::stderr().is_terminal(),
     };
@@ -110,7 +117,10 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
-    let corpus = train::corpus::collect(&args.corpus)?;
+    let options = train::corpus::Options {
+        permissive_only: args.permissive_only,
+    };
+    let corpus = train::corpus::collect(&args.corpus, options)?;
     let json = train::tokenizer::train(
         corpus.files.iter().map(|f| f.text.as_str()),
         args.vocab_size,
@@ -123,4 +133,13 @@ pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+fn corpus_options(args: &TrainArgs) -> train::CorpusChoice {
+    train::CorpusChoice {
+        filters: train::corpus::Options {
+            permissive_only: args.permissive_only,
+        },
+        package_cap_bytes: args.package_cap_mb.map(|mb| (mb * 1e6) as usize),
+    }
 }

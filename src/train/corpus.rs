@@ -15,6 +15,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::dedup;
+use super::licence::{Licence, Licences};
 use crate::syntax::Registry;
 
 /// Largest file considered.
@@ -37,6 +38,9 @@ pub enum Skip {
     NearDuplicate(String),
     /// A secret by file name or content; what matched (never the secret itself).
     Secret(String),
+    /// With `permissive_only`: the licence its package declares is not permissive, or none is
+    /// declared (see [`super::licence`]).
+    Licence(String),
     Empty,
 }
 
@@ -54,6 +58,7 @@ impl Skip {
             Self::Duplicate => "exact duplicates",
             Self::NearDuplicate(_) => "near-duplicates",
             Self::Secret(_) => "that may hold a secret",
+            Self::Licence(_) => "not permissively licensed",
             Self::Empty => "empty",
         }
     }
@@ -72,6 +77,7 @@ impl std::fmt::Display for Skip {
             Self::Duplicate => write!(f, "exact duplicate of another file"),
             Self::NearDuplicate(of) => write!(f, "nearly the same as {of}"),
             Self::Secret(why) => write!(f, "may hold a secret: {why}"),
+            Self::Licence(why) => write!(f, "not permissively licensed: {why}"),
             Self::Empty => write!(f, "empty"),
         }
     }
@@ -145,8 +151,15 @@ pub enum CorpusError {
     Empty { path: PathBuf, skipped: usize },
 }
 
+/// Choices beyond the fixed filters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Keep only files whose package declares a permissive licence (for a corpus that ships).
+    pub permissive_only: bool,
+}
+
 /// Walks `roots` and sorts every file into kept or skipped (sorted by path: deterministic).
-pub fn collect(roots: &[PathBuf]) -> Result<Corpus, CorpusError> {
+pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusError> {
     let registry = Registry::builtin().ok();
     let mut corpus = Corpus::default();
     let mut seen = HashSet::new();
@@ -172,12 +185,22 @@ pub fn collect(roots: &[PathBuf]) -> Result<Corpus, CorpusError> {
             })
             .collect();
         entries.sort();
+        let licences = options.permissive_only.then(|| Licences::scan(root));
         for (rel, path) in entries {
             let language = registry
                 .and_then(|r| r.for_path(&path))
                 .map(|l| l.name.clone());
             match classify(&rel, &path, language.is_some()) {
                 Ok(text) => {
+                    let licence = licences.as_ref().map(|l| l.of(&rel));
+                    if let Some(why) = licence.and_then(|l| match l {
+                        Licence::Permissive(_) => None,
+                        Licence::NotPermissive(name) => Some(name),
+                        Licence::Unknown => Some("no licence declared".into()),
+                    }) {
+                        corpus.skipped.push((rel, Skip::Licence(why)));
+                        continue;
+                    }
                     if !seen.insert(fnv1a(text.as_bytes())) {
                         corpus.skipped.push((rel, Skip::Duplicate));
                         continue;
@@ -249,6 +272,8 @@ const VENDORED: &[&str] = &[
     "third_party",
     "third-party",
     "node_modules",
+    "_vendor",
+    "_vendored",
     "site-packages",
     ".venv",
     "venv",
@@ -477,7 +502,7 @@ mod tests {
         let edited = body.replace("x + 7", "x.wrapping_add(7)");
         write(r, "lib-1.1.0/src/big.rs", edited.as_bytes());
         write(r, ".gitignore", b"ignored/\n");
-        let corpus = collect(&[r.to_path_buf()]).unwrap();
+        let corpus = collect(&[r.to_path_buf()], Options::default()).unwrap();
         let kept: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             kept,
@@ -552,13 +577,13 @@ mod tests {
     fn an_empty_repository_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "notes.txt", b"hello\n");
-        let err = collect(&[tmp.path().to_path_buf()])
+        let err = collect(&[tmp.path().to_path_buf()], Options::default())
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("no source files") && err.contains("--explain"),
             "{err}"
         );
-        assert!(collect(&[tmp.path().join("missing")]).is_err());
+        assert!(collect(&[tmp.path().join("missing")], Options::default()).is_err());
     }
 }

@@ -7,7 +7,7 @@
 //! out of evaluation (and still not trained on, so that the training files stay what the path
 //! hash says).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::corpus::fnv1a;
 
@@ -60,6 +60,43 @@ pub struct Split {
     /// Held-out by their path, but another version of the same file is trained on: neither
     /// trained on nor evaluated.
     pub shadowed: Vec<usize>,
+    /// Training files left out by [`Split::cap`].
+    pub capped: Vec<usize>,
+}
+
+/// The package a file belongs to for [`Split::cap`]: its top-level folder, or the file itself
+/// when it lies at the top.
+pub fn package(path: &str) -> &str {
+    path.split_once('/').map_or(path, |(top, _)| top)
+}
+
+impl Split {
+    /// Trains on at most `bytes` of each package (see [`package`]), so that a few large packages
+    /// (a deep-learning framework among a hundred libraries) do not make up most of the corpus.
+    /// Within a package the files kept are the first in an order set by a hash of each path:
+    /// a spread over the whole package, the same on every run. `sizes` are the files' bytes.
+    /// Held-out files are not affected.
+    pub fn cap(&mut self, paths: &[&str], sizes: &[usize], bytes: usize) {
+        let mut order = self.train.clone();
+        order.sort_by_key(|&i| (package(paths[i]), fnv1a(paths[i].as_bytes())));
+        let mut used: HashMap<&str, usize> = HashMap::new();
+        let (mut train, mut capped) = (Vec::new(), Vec::new());
+        for i in order {
+            let total = used.entry(package(paths[i])).or_default();
+            let size = sizes.get(i).copied().unwrap_or(0);
+            match *total + size <= bytes {
+                true => {
+                    *total += size;
+                    train.push(i);
+                }
+                false => capped.push(i),
+            }
+        }
+        train.sort_unstable();
+        capped.sort_unstable();
+        self.train = train;
+        self.capped.extend(capped);
+    }
 }
 
 /// Splits `paths` by the hash of each path. At least one file is held out (the one with the
@@ -90,6 +127,7 @@ pub fn split(paths: &[&str], fraction: f64) -> Split {
         train,
         held,
         shadowed,
+        capped: Vec::new(),
     }
 }
 
@@ -166,5 +204,41 @@ mod tests {
         let mut all: Vec<usize> = [&s.train[..], &s.held[..], &s.shadowed[..]].concat();
         all.sort_unstable();
         assert_eq!(all, (0..refs.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cap_limits_the_training_bytes_of_each_package_and_spares_held_out_files() {
+        let paths: Vec<String> = (0..200)
+            .map(|i| format!("big/module_{i}.py"))
+            .chain((0..10).map(|i| format!("small/m{i}.py")))
+            .chain(["top_level.py".to_string()])
+            .collect();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let sizes = vec![1000; refs.len()];
+        let mut s = split(&refs, 0.05);
+        let before = s.clone();
+        s.cap(&refs, &sizes, 50_000);
+        let trained = |p: &str| s.train.iter().filter(|&&i| package(refs[i]) == p).count();
+        assert_eq!(trained("big"), 50);
+        assert_eq!(
+            trained("small"),
+            before
+                .train
+                .iter()
+                .filter(|&&i| refs[i].starts_with("small/"))
+                .count()
+        );
+        assert_eq!(package("top_level.py"), "top_level.py");
+        assert_eq!(
+            (s.held.clone(), s.shadowed.clone()),
+            (before.held, before.shadowed)
+        );
+        assert!(s.capped.iter().all(|&i| refs[i].starts_with("big/")));
+        assert_eq!(s.train.len() + s.capped.len(), before.train.len());
+        // Spread over the package, not its alphabetically first files; the same every time.
+        assert!(s.train.iter().any(|&i| (150..200).contains(&i)));
+        let mut again = split(&refs, 0.05);
+        again.cap(&refs, &sizes, 50_000);
+        assert_eq!(again, s);
     }
 }

@@ -696,6 +696,47 @@ fn a_dry_run_describes_the_corpus_and_trains_nothing() {
     assert_eq!(listed, kept, "{text}");
     assert!(text.lines().any(|l| l.starts_with("held-out ")), "{text}");
 
+    // A package cap leaves training files out and says so; a cap that is not positive is refused.
+    let out = succeeded(crate::infill_cmd().args([
+        "train",
+        "--dry-run",
+        "--package-cap-mb",
+        "0.001",
+        "--repo",
+        FIXTURES,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("over their package's cap"), "{text}");
+    for bad in ["0", "-1", "NaN"] {
+        let out = crate::infill_cmd()
+            .args(["train", "--dry-run", "--repo", FIXTURES])
+            .arg(format!("--package-cap-mb={bad}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--package-cap-mb"),
+            "{bad}: {err}"
+        );
+    }
+    // The fixtures declare no licence: --permissive-only keeps none of them, and says why.
+    let out = crate::infill_cmd()
+        .args([
+            "train",
+            "--dry-run",
+            "--permissive-only",
+            "--repo",
+            FIXTURES,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no source files"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
     // Without --dry-run, --out is still required.
     let out = crate::infill_cmd()
         .args(["train", "--repo", FIXTURES])

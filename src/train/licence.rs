@@ -1,0 +1,449 @@
+//! What licence a file is under, as its package declares it, and whether that licence is
+//! permissive: for building a corpus that may be shipped (`infill train --permissive-only`).
+//!
+//! Declarations, nearest first:
+//! - a Python distribution's `*.dist-info` at the top of a root (`site-packages`): its `RECORD`
+//!   lists its files, its `METADATA` says `License-Expression` (SPDX), else the `License ::`
+//!   classifiers (all of them must be permissive), else `License:` text;
+//! - the nearest folder above a file (up to the root) with a `Cargo.toml` (`package.license`), a
+//!   `package.json` (`license`), or a `LICENSE`/`LICENCE`/`COPYING` file, read for the licence's
+//!   well-known wording.
+//!
+//! SPDX expressions are evaluated: `A OR B` is permissive when either is, `A AND B` when both are,
+//! and `A WITH exception` as `A`; the old Cargo spelling `MIT/Apache-2.0` means OR. A file with no
+//! declaration has an unknown licence, which is not permissive.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A file's licence as declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Licence {
+    Permissive(String),
+    NotPermissive(String),
+    Unknown,
+}
+
+/// Licence identifiers (lowercase) that permit use with attribution at most.
+const PERMISSIVE: &[&str] = &[
+    "mit",
+    "mit-0",
+    "apache-2.0",
+    "bsd-2-clause",
+    "bsd-3-clause",
+    "bsd-3-clause-clear",
+    "0bsd",
+    "isc",
+    "zlib",
+    "unlicense",
+    "bsl-1.0",
+    "psf-2.0",
+    "python-2.0",
+    "cnri-python",
+    "cc0-1.0",
+    "unicode-3.0",
+    "unicode-dfs-2016",
+    "wtfpl",
+    "x11",
+    "ncsa",
+    "cdla-permissive-2.0",
+];
+
+/// Whether an SPDX expression allows a permissive reading; `None` when a term is not an
+/// identifier this module knows (then free-text rules apply).
+fn spdx(expression: &str) -> Option<bool> {
+    let spaced = expression
+        .replace('(', " ( ")
+        .replace(')', " ) ")
+        .replace('/', " OR ");
+    let tokens: Vec<&str> = spaced.split_whitespace().collect();
+    let mut at = 0;
+    let value = or_expr(&tokens, &mut at)?;
+    (at == tokens.len()).then_some(value)
+}
+
+fn or_expr(t: &[&str], at: &mut usize) -> Option<bool> {
+    let mut value = and_expr(t, at)?;
+    while t.get(*at).is_some_and(|w| w.eq_ignore_ascii_case("or")) {
+        *at += 1;
+        value |= and_expr(t, at)?;
+    }
+    Some(value)
+}
+
+fn and_expr(t: &[&str], at: &mut usize) -> Option<bool> {
+    let mut value = term(t, at)?;
+    while t.get(*at).is_some_and(|w| w.eq_ignore_ascii_case("and")) {
+        *at += 1;
+        value &= term(t, at)?;
+    }
+    Some(value)
+}
+
+fn term(t: &[&str], at: &mut usize) -> Option<bool> {
+    let word = *t.get(*at)?;
+    *at += 1;
+    let value = if word == "(" {
+        let v = or_expr(t, at)?;
+        (t.get(*at) == Some(&")")).then_some(())?;
+        *at += 1;
+        v
+    } else {
+        let id = word.to_ascii_lowercase();
+        let id = id.strip_suffix('+').unwrap_or(&id);
+        if PERMISSIVE.contains(&id) {
+            true
+        } else if [
+            "gpl",
+            "lgpl",
+            "agpl",
+            "mpl",
+            "epl",
+            "cddl",
+            "eupl",
+            "osl",
+            "licenseref",
+        ]
+        .iter()
+        .any(|p| id.starts_with(p))
+        {
+            false
+        } else {
+            return None;
+        }
+    };
+    if t.get(*at).is_some_and(|w| w.eq_ignore_ascii_case("with")) {
+        *at += 2;
+    }
+    Some(value)
+}
+
+/// Free text (`License: BSD`, a classifier, a licence file's opening): copyleft and proprietary
+/// wording first, then the permissive licences' names and well-known sentences.
+fn words(text: &str) -> Option<bool> {
+    let t = text.to_ascii_lowercase();
+    let copyleft = [
+        "gnu general public license",
+        "gnu lesser general public",
+        "gnu library general public",
+        "gnu affero",
+        "(gpl",
+        "gplv",
+        "gpl ",
+        "lgpl",
+        "mozilla public license",
+        "(mpl",
+        "eclipse public license",
+        "proprietary",
+        "commercial",
+    ];
+    if copyleft.iter().any(|w| t.contains(w)) || t.trim() == "gpl" {
+        return Some(false);
+    }
+    let permissive = [
+        "mit license",
+        "mit licence",
+        "mit licensed",
+        "permission is hereby granted, free of charge",
+        "apache",
+        "asl 2",
+        "bsd",
+        "redistribution and use in source and binary forms",
+        "isc license",
+        "permission to use, copy, modify, and/or distribute",
+        "zlib",
+        "this software is provided 'as-is'",
+        "unlicense",
+        "free and unencumbered software released into the public domain",
+        "public domain",
+        "python software foundation",
+        "boost software license",
+        "cc0",
+    ];
+    if permissive.iter().any(|w| t.contains(w)) || t.trim() == "mit" {
+        return Some(true);
+    }
+    None
+}
+
+/// Classifies a declared licence (an SPDX expression or free text).
+pub fn classify(declared: &str) -> Licence {
+    let declared = declared.trim();
+    let name = declared.lines().next().unwrap_or(declared).trim();
+    let name: String = name.chars().take(80).collect();
+    match spdx(declared).or_else(|| words(declared)) {
+        Some(true) => Licence::Permissive(name),
+        Some(false) => Licence::NotPermissive(name),
+        None => Licence::Unknown,
+    }
+}
+
+/// A Python distribution's licence from its `METADATA` headers.
+fn python_metadata(metadata: &str) -> Licence {
+    let headers = metadata.split("\n\n").next().unwrap_or_default();
+    let field = |name: &str| {
+        headers
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("unknown"))
+            .collect::<Vec<_>>()
+    };
+    if let Some(expression) = field("License-Expression:").first() {
+        return classify(expression);
+    }
+    let classifiers: Vec<&str> = field("Classifier: License ::")
+        .into_iter()
+        .map(|c| c.rsplit("::").next().unwrap_or(c).trim())
+        .collect();
+    if !classifiers.is_empty() {
+        let all = classifiers.join(", ");
+        return match classifiers
+            .iter()
+            .map(|c| words(c))
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(v) if v.iter().all(|&p| p) => Licence::Permissive(all),
+            Some(_) => Licence::NotPermissive(all),
+            None => Licence::Unknown,
+        };
+    }
+    field("License:")
+        .first()
+        .map_or(Licence::Unknown, |text| classify(text))
+}
+
+/// The licences declared under one root.
+#[derive(Debug, Default)]
+pub struct Licences {
+    root: PathBuf,
+    /// Relative path -> the licence of the Python distribution whose `RECORD` lists it.
+    recorded: HashMap<String, Licence>,
+    /// Folder (relative, "" for the root) -> its own declaration, once looked up.
+    folders: std::cell::RefCell<HashMap<String, Option<Licence>>>,
+}
+
+impl Licences {
+    /// Reads the Python distributions at the top of `root`; folders are read when asked about.
+    pub fn scan(root: &Path) -> Self {
+        let mut recorded = HashMap::new();
+        let entries = std::fs::read_dir(root).into_iter().flatten().flatten();
+        for entry in entries {
+            let dir = entry.path();
+            if dir.extension().is_none_or(|e| e != "dist-info") {
+                continue;
+            }
+            let Ok(metadata) = std::fs::read_to_string(dir.join("METADATA")) else {
+                continue;
+            };
+            let licence = python_metadata(&metadata);
+            let record = std::fs::read_to_string(dir.join("RECORD")).unwrap_or_default();
+            for line in record.lines() {
+                let path = match line.strip_prefix('"') {
+                    Some(quoted) => quoted.split('"').next(),
+                    None => line.split(',').next(),
+                };
+                if let Some(path) = path.filter(|p| !p.starts_with("../")) {
+                    recorded.insert(path.to_string(), licence.clone());
+                }
+            }
+        }
+        Self {
+            root: root.to_path_buf(),
+            recorded,
+            folders: Default::default(),
+        }
+    }
+
+    /// The licence of the file at `rel` (relative to the root, `/`-separated).
+    pub fn of(&self, rel: &str) -> Licence {
+        if let Some(l) = self.recorded.get(rel) {
+            return l.clone();
+        }
+        let mut folder = rel.rsplit_once('/').map_or("", |(d, _)| d);
+        loop {
+            if let Some(l) = self.folder(folder) {
+                return l;
+            }
+            if folder.is_empty() {
+                return Licence::Unknown;
+            }
+            folder = folder.rsplit_once('/').map_or("", |(d, _)| d);
+        }
+    }
+
+    fn folder(&self, rel: &str) -> Option<Licence> {
+        if let Some(known) = self.folders.borrow().get(rel) {
+            return known.clone();
+        }
+        let dir = self.root.join(rel);
+        let declared = cargo_licence(&dir)
+            .or_else(|| npm_licence(&dir))
+            .map(|d| classify(&d))
+            .or_else(|| licence_file(&dir));
+        self.folders
+            .borrow_mut()
+            .insert(rel.to_string(), declared.clone());
+        declared
+    }
+}
+
+fn cargo_licence(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    let doc: toml::Table = text.parse().ok()?;
+    doc.get("package")?
+        .get("license")?
+        .as_str()
+        .map(String::from)
+}
+
+fn npm_licence(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("package.json")).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    doc.get("license")?.as_str().map(String::from)
+}
+
+/// A licence file's licence, from its first 4 KB.
+fn licence_file(dir: &Path) -> Option<Licence> {
+    let names = [
+        "LICENSE",
+        "LICENCE",
+        "COPYING",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+    ];
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| n.to_ascii_uppercase())
+                .is_some_and(|n| {
+                    names
+                        .iter()
+                        .any(|m| n == *m || n.starts_with(&format!("{m}.")))
+                })
+        })
+        .collect();
+    files.sort();
+    let file = files.first()?;
+    let text = std::fs::read(file).ok()?;
+    let head = String::from_utf8_lossy(text.get(..4096).unwrap_or(&text));
+    let name = file.file_name()?.to_string_lossy().into_owned();
+    Some(match words(&head) {
+        Some(true) => Licence::Permissive(format!("{name} (permissive wording)")),
+        Some(false) => Licence::NotPermissive(format!("{name} (copyleft or proprietary wording)")),
+        None => Licence::Unknown,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn permissive(declared: &str) -> Option<bool> {
+        match classify(declared) {
+            Licence::Permissive(_) => Some(true),
+            Licence::NotPermissive(_) => Some(false),
+            Licence::Unknown => None,
+        }
+    }
+
+    #[test]
+    fn spdx_expressions_and_free_text() {
+        for yes in [
+            "MIT OR Apache-2.0",
+            "MIT/Apache-2.0",
+            "Apache-2.0 WITH LLVM-exception OR Apache-2.0 OR MIT",
+            "(MIT OR Apache-2.0) AND Unicode-DFS-2016",
+            "MIT OR MPL-2.0",
+            "Apache-2.0 AND ISC",
+            "Apache 2.0 License",
+            "BSD 3-Clause License",
+            "ASL 2",
+            "MIT license",
+        ] {
+            assert_eq!(permissive(yes), Some(true), "{yes}");
+        }
+        for no in [
+            "MPL-2.0",
+            "GPL-2.0 WITH Linux-syscall-note",
+            "MIT AND GPL-3.0-or-later",
+            "MPL-2.0 AND MIT",
+            "LicenseRef-NVIDIA-Proprietary",
+            "public domain, Python, 2-Clause BSD, GPL 3 (see COPYING.txt)",
+            "GNU Lesser General Public License v2.1",
+        ] {
+            assert_eq!(permissive(no), Some(false), "{no}");
+        }
+        assert_eq!(permissive("Dual License"), None);
+        assert_eq!(permissive("SomethingElse-1.0"), None);
+    }
+
+    #[test]
+    fn declarations_are_found_nearest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        let write = |rel: &str, text: &str| {
+            let p = r.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        // A Python distribution: RECORD lists its files, METADATA says the licence.
+        write(
+            "good-1.0.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: good\nLicense: UNKNOWN\nClassifier: License :: OSI Approved :: BSD License\n\nLong description mentioning the GPL.\n",
+        );
+        write(
+            "good-1.0.dist-info/RECORD",
+            "good/__init__.py,sha256=x,10\n../../../bin/good,sha256=y,5\n",
+        );
+        write("good/__init__.py", "x = 1\n");
+        write(
+            "bad-2.0.dist-info/METADATA",
+            "Metadata-Version: 2.4\nName: bad\nLicense-Expression: GPL-3.0-only\n\n",
+        );
+        write("bad-2.0.dist-info/RECORD", "bad.py,sha256=z,3\n");
+        write("bad.py", "y = 2\n");
+        write("stray.py", "z = 3\n");
+        // A crate, and a folder inside it with its own licence file.
+        write(
+            "krate-0.1.0/Cargo.toml",
+            "[package]\nname = \"krate\"\nlicense = \"MIT OR Apache-2.0\"\n",
+        );
+        write("krate-0.1.0/src/lib.rs", "pub fn f() {}\n");
+        write(
+            "krate-0.1.0/c_src/COPYING",
+            "                    GNU GENERAL PUBLIC LICENSE\n                       Version 2, June 1991\n",
+        );
+        write("krate-0.1.0/c_src/x.c", "int x;\n");
+        write(
+            "pkg/package.json",
+            "{\"name\": \"pkg\", \"license\": \"ISC\"}",
+        );
+        write("pkg/lib/index.js", "module.exports = 1;\n");
+        let l = Licences::scan(r);
+        assert!(matches!(l.of("good/__init__.py"), Licence::Permissive(s) if s == "BSD License"));
+        assert!(matches!(l.of("bad.py"), Licence::NotPermissive(_)));
+        assert_eq!(l.of("stray.py"), Licence::Unknown);
+        assert!(
+            matches!(l.of("krate-0.1.0/src/lib.rs"), Licence::Permissive(s) if s == "MIT OR Apache-2.0")
+        );
+        assert!(matches!(
+            l.of("krate-0.1.0/c_src/x.c"),
+            Licence::NotPermissive(_)
+        ));
+        assert!(matches!(l.of("pkg/lib/index.js"), Licence::Permissive(s) if s == "ISC"));
+        // A licence file at the root covers what nothing nearer declares.
+        write(
+            "LICENSE.txt",
+            "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2\n",
+        );
+        let l = Licences::scan(r);
+        assert!(matches!(l.of("stray.py"), Licence::Permissive(_)));
+        assert!(matches!(l.of("bad.py"), Licence::NotPermissive(_)));
+    }
+}
