@@ -574,6 +574,46 @@ mod tests {
     }
 
     #[test]
+    fn permissive_only_keeps_what_a_permissive_licence_covers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        write(
+            r,
+            "krate/Cargo.toml",
+            b"[package]\nname = \"krate\"\nlicense = \"MIT OR Apache-2.0\"\n",
+        );
+        write(r, "krate/src/lib.rs", b"pub fn f() -> u8 { 1 }\n");
+        write(
+            r,
+            "krate/gpl/COPYING",
+            b"GNU GENERAL PUBLIC LICENSE\nVersion 3\n",
+        );
+        write(r, "krate/gpl/x.c", b"int x = 1;\n");
+        write(r, "loose/y.py", b"y = 2\n");
+        let all = collect(&[r.to_path_buf()], Options::default()).unwrap();
+        assert_eq!(all.files.len(), 3);
+        let options = Options {
+            permissive_only: true,
+        };
+        let corpus = collect(&[r.to_path_buf()], options).unwrap();
+        let kept: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(kept, ["krate/src/lib.rs"]);
+        let why = |p: &str| {
+            corpus
+                .skipped
+                .iter()
+                .find(|(q, _)| q == p)
+                .map(|(_, s)| s.to_string())
+        };
+        assert!(
+            why("krate/gpl/x.c").is_some_and(|w| w.contains("COPYING")),
+            "{:?}",
+            corpus.skipped
+        );
+        assert!(why("loose/y.py").is_some_and(|w| w.contains("no licence declared")));
+    }
+
+    #[test]
     fn an_empty_repository_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "notes.txt", b"hello\n");
