@@ -15,7 +15,7 @@ pub mod split;
 pub mod tokenizer;
 pub mod trainer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -337,15 +337,10 @@ impl Survey {
                 bytes(&s.capped) as f64 / 1e6
             ),
         };
-        let mut trained: BTreeMap<&str, usize> = BTreeMap::new();
-        for f in s.train.iter().filter_map(|&i| self.corpus.files.get(i)) {
-            *trained.entry(f.language.as_str()).or_default() += f.text.len();
-        }
-        let mut trained: Vec<_> = trained.into_iter().collect();
-        trained.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let trained: Vec<String> = trained
+        let trained = s.train.iter().filter_map(|&i| self.corpus.files.get(i));
+        let trained: Vec<String> = corpus::by_language(trained)
             .iter()
-            .map(|(l, b)| format!("{l} {:.1} MB", *b as f64 / 1e6))
+            .map(|(l, _, b)| format!("{l} {:.1} MB", *b as f64 / 1e6))
             .collect();
         format!(
             "{}\nsplit: {} files to train on ({:.1} MB: {}), {} held out ({:.1} MB), {} shadowed (held out, but another version of each is trained on: neither trained on nor evaluated){capped}\n",

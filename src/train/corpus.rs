@@ -107,17 +107,9 @@ impl Corpus {
     /// Two lines: files and megabytes kept per language (most bytes first), and how many files
     /// were skipped for each reason (most first).
     pub fn summary(&self) -> String {
-        let mut languages: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for f in &self.files {
-            let e = languages.entry(f.language.as_str()).or_default();
-            e.0 += 1;
-            e.1 += f.text.len();
-        }
-        let mut languages: Vec<_> = languages.into_iter().collect();
-        languages.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(b.0)));
-        let kept: Vec<String> = languages
+        let kept: Vec<String> = by_language(&self.files)
             .iter()
-            .map(|(l, (n, b))| format!("{l} {n} ({:.1} MB)", *b as f64 / 1e6))
+            .map(|(l, n, b)| format!("{l} {n} ({:.1} MB)", *b as f64 / 1e6))
             .collect();
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         for (_, why) in &self.skipped {
@@ -138,6 +130,21 @@ impl Corpus {
             }
         )
     }
+}
+
+/// (language, files, bytes) of `files`, most bytes first.
+pub fn by_language<'a>(
+    files: impl IntoIterator<Item = &'a SourceFile>,
+) -> Vec<(&'a str, usize, usize)> {
+    let mut languages: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for f in files {
+        let e = languages.entry(f.language.as_str()).or_default();
+        e.0 += 1;
+        e.1 += f.text.len();
+    }
+    let mut languages: Vec<_> = languages.into_iter().map(|(l, (n, b))| (l, n, b)).collect();
+    languages.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+    languages
 }
 
 /// Why a repository cannot be used at all.
