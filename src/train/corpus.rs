@@ -192,14 +192,14 @@ pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusErro
             })
             .collect();
         entries.sort();
-        let licences = options.permissive_only.then(|| Licences::scan(root));
+        let mut licences = options.permissive_only.then(|| Licences::scan(root));
         for (rel, path) in entries {
             let language = registry
                 .and_then(|r| r.for_path(&path))
                 .map(|l| l.name.clone());
             match classify(&rel, &path, language.is_some()) {
                 Ok(text) => {
-                    let licence = licences.as_ref().map(|l| l.of(&rel));
+                    let licence = licences.as_mut().map(|l| l.of(&rel));
                     if let Some(why) = licence.and_then(|l| match l {
                         Licence::Permissive(_) => None,
                         Licence::NotPermissive(name) => Some(name),

@@ -220,7 +220,7 @@ pub struct Licences {
     /// Relative path -> the licence of the Python distribution whose `RECORD` lists it.
     recorded: HashMap<String, Licence>,
     /// Folder (relative, "" for the root) -> its own declaration, once looked up.
-    folders: std::cell::RefCell<HashMap<String, Option<Licence>>>,
+    folders: HashMap<String, Option<Licence>>,
 }
 
 impl Licences {
@@ -256,7 +256,7 @@ impl Licences {
     }
 
     /// The licence of the file at `rel` (relative to the root, `/`-separated).
-    pub fn of(&self, rel: &str) -> Licence {
+    pub fn of(&mut self, rel: &str) -> Licence {
         if let Some(l) = self.recorded.get(rel) {
             return l.clone();
         }
@@ -272,8 +272,8 @@ impl Licences {
         }
     }
 
-    fn folder(&self, rel: &str) -> Option<Licence> {
-        if let Some(known) = self.folders.borrow().get(rel) {
+    fn folder(&mut self, rel: &str) -> Option<Licence> {
+        if let Some(known) = self.folders.get(rel) {
             return known.clone();
         }
         let dir = self.root.join(rel);
@@ -281,9 +281,7 @@ impl Licences {
             .or_else(|| npm_licence(&dir))
             .map(|d| classify(&d))
             .or_else(|| licence_file(&dir));
-        self.folders
-            .borrow_mut()
-            .insert(rel.to_string(), declared.clone());
+        self.folders.insert(rel.to_string(), declared.clone());
         declared
     }
 }
@@ -425,7 +423,7 @@ mod tests {
             "{\"name\": \"pkg\", \"license\": \"ISC\"}",
         );
         write("pkg/lib/index.js", "module.exports = 1;\n");
-        let l = Licences::scan(r);
+        let mut l = Licences::scan(r);
         assert!(matches!(l.of("good/__init__.py"), Licence::Permissive(s) if s == "BSD License"));
         assert!(matches!(l.of("bad.py"), Licence::NotPermissive(_)));
         assert_eq!(l.of("stray.py"), Licence::Unknown);
@@ -442,7 +440,7 @@ mod tests {
             "LICENSE.txt",
             "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2\n",
         );
-        let l = Licences::scan(r);
+        let mut l = Licences::scan(r);
         assert!(matches!(l.of("stray.py"), Licence::Permissive(_)));
         assert!(matches!(l.of("bad.py"), Licence::NotPermissive(_)));
     }
