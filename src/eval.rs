@@ -173,10 +173,9 @@ pub fn run(
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         let (shown_tokens, shown_latency_ms) =
             shown.unwrap_or((c.generation.tokens.len(), latency_ms));
-        // What the editor shows: trimmed, then cut by confidence when that is asked for.
-        let trimmed = Trimmer::new(&task.prefix, &task.suffix, lang)
-            .trim(&c.text)
-            .text;
+        // What the editor shows: trimmed (by the trimmer that watched it, as in the editor), then
+        // cut by confidence when that is asked for.
+        let trimmed = closer.trim(&c.text).text;
         let trimmed = complete::cut_below(trimmed, &c.generation.tokens, settings.min_confidence);
         let reference_errors = parse_errors(
             &format!("{}{}{}", task.prefix, task.middle, task.suffix),

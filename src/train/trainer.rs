@@ -180,6 +180,10 @@ impl Data {
         self.ensure_packed(tokenizer, s)?;
         let mut batch = Vec::with_capacity(s.batch_size);
         while batch.len() < s.batch_size {
+            // Checked before moving on: an empty epoch would otherwise pack the next one for nothing.
+            if self.order.is_empty() {
+                anyhow::bail!("the training files hold too few tokens to fill one sequence");
+            }
             if self.pos.next >= self.order.len() {
                 self.pos = DataPosition {
                     epoch: self.pos.epoch + 1,
@@ -187,9 +191,7 @@ impl Data {
                     windows: 0,
                 };
                 self.ensure_packed(tokenizer, s)?;
-                if self.order.is_empty() {
-                    anyhow::bail!("the training files hold too few tokens to fill one sequence");
-                }
+                continue;
             }
             let w = self
                 .order

@@ -745,3 +745,29 @@ fn a_dry_run_describes_the_corpus_and_trains_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--out"));
 }
+
+/// No text to fill one window is a one-line error at the first step, after one pass over the
+/// corpus, not two.
+#[test]
+fn too_little_text_to_fill_a_window_is_an_error_after_one_pack() {
+    let (config, tokenizer, weights) = fixture_parts("llama");
+    let settings = TrainSettings {
+        seq_len: 32,
+        batch_size: 2,
+        ..TrainSettings::default()
+    };
+    let tiny: Vec<Doc> = Vec::new();
+    let mut trainer = Trainer::new(
+        &config,
+        false,
+        Some(weights),
+        settings,
+        &tokenizer,
+        tiny,
+        &docs()[..1],
+    )
+    .unwrap();
+    let err = trainer.train_step(&tokenizer).unwrap_err().to_string();
+    assert!(err.contains("too few tokens"), "{err}");
+    assert_eq!(trainer.packs(), 1);
+}
