@@ -186,12 +186,14 @@ pub struct TrainArgs {
     /// Share of files held out for evaluation (by a hash of the path).
     #[arg(long, default_value_t = 0.05)]
     pub held_out: f64,
-    /// Share of documents made into FIM examples (default 0.9 fine-tuning, 0.5 from scratch).
+    /// Share of documents made into FIM examples (default 0.9 fine-tuning, 0.5 from scratch;
+    /// with --resume, the run's own unless given).
     #[arg(long)]
     pub fim_rate: Option<f64>,
-    /// Share of FIM examples in SPM order (the rest PSM).
-    #[arg(long, default_value_t = 0.5)]
-    pub spm_rate: f64,
+    /// Share of FIM examples in SPM order, the rest PSM (default 0.5; with --resume, the run's
+    /// own unless given). infill prompts a model trained by infill in SPM order.
+    #[arg(long)]
+    pub spm_rate: Option<f64>,
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
     #[arg(long, default_value_t = 100)]

@@ -153,13 +153,17 @@ pub enum Start {
     },
     /// Continue the run whose checkpoints are in the output directory. Each setting given
     /// replaces the run's own from here on: `steps` the total (the cosine schedule then decays
-    /// towards the new end), `batch_size` the sequences per step, `seq_len` their length, and
-    /// `lr` the peak learning rate (the floor is a tenth of it).
+    /// towards the new end), `batch_size` the sequences per step, `seq_len` their length, `lr`
+    /// the peak learning rate (the floor is a tenth of it), and `fim_rate` and `spm_rate` the
+    /// shares of FIM and of SPM examples (for example, more of the prompts the editor makes
+    /// towards the end of a run).
     Resume {
         steps: Option<usize>,
         batch_size: Option<usize>,
         seq_len: Option<usize>,
         lr: Option<f64>,
+        fim_rate: Option<f64>,
+        spm_rate: Option<f64>,
     },
 }
 
@@ -478,6 +482,8 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         batch_size,
         seq_len,
         lr,
+        fim_rate,
+        spm_rate,
     } = opts.start
     {
         trainer.load_checkpoint(&ckpt_dir)?;
@@ -487,9 +493,12 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         if let Some(b) = batch_size {
             trainer.settings.batch_size = b;
         }
-        if let Some(n) = seq_len {
-            trainer.set_seq_len(&tokenizer, &held_docs, n)?;
-        }
+        let change = trainer::Reshape {
+            seq_len,
+            fim_rate,
+            spm_rate,
+        };
+        trainer.reshape(&tokenizer, &held_docs, change)?;
         if let Some(lr) = lr {
             trainer.settings.max_lr = lr;
             trainer.settings.min_lr = lr / 10.0;

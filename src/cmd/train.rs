@@ -31,6 +31,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             batch_size: args.batch_size,
             seq_len: args.seq_len,
             lr: args.lr,
+            fim_rate: args.fim_rate,
+            spm_rate: args.spm_rate,
         }
     } else if args.from_scratch {
         Start::FromScratch {
@@ -57,7 +59,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let fine_tune = matches!(start, Start::FineTune(_));
     for (name, rate) in [
         ("--fim-rate", args.fim_rate.unwrap_or(0.5)),
-        ("--spm-rate", args.spm_rate),
+        ("--spm-rate", args.spm_rate.unwrap_or(0.5)),
     ] {
         if !(0.0..=1.0).contains(&rate) {
             anyhow::bail!("{name} must be between 0 and 1 (got {rate})");
@@ -80,7 +82,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
         seed: args.seed,
         fim_rate: args.fim_rate.unwrap_or(if fine_tune { 0.9 } else { 0.5 }),
-        spm_rate: args.spm_rate,
+        spm_rate: args.spm_rate.unwrap_or(0.5),
         ..TrainSettings::default()
     };
     let opts = TrainOptions {

@@ -585,36 +585,58 @@ impl Trainer {
         Ok(())
     }
 
-    /// Continue with windows of `seq_len` tokens (at most the model's positions): the current
-    /// epoch is packed again at the new length and resumes the same share of the way through it,
-    /// and the held-out windows are cut again from `held` at the new length, so held-out figures
-    /// from before and after the change measure different contexts.
-    pub fn set_seq_len(
+    /// Continue with windows made another way (`change`): longer or shorter sequences (at most
+    /// the model's positions), or another share of FIM or SPM examples. The current epoch is
+    /// packed again, once, and resumes the same share of the way through it. A new length also
+    /// cuts the held-out windows again from `held`, so held-out figures from before and after it
+    /// measure different contexts; the FIM shares leave them alone (they are read left to right).
+    pub fn reshape(
         &mut self,
         tokenizer: &Tokenizer,
         held: &[Doc],
-        seq_len: usize,
+        change: Reshape,
     ) -> anyhow::Result<()> {
-        if seq_len == self.settings.seq_len {
-            return Ok(());
-        }
+        let mut next = self.settings.clone();
+        next.seq_len = change.seq_len.unwrap_or(next.seq_len);
+        next.fim_rate = change.fim_rate.unwrap_or(next.fim_rate);
+        next.spm_rate = change.spm_rate.unwrap_or(next.spm_rate);
         let positions = self.config.max_position_embeddings;
-        if seq_len > positions {
+        if next.seq_len > positions {
             anyhow::bail!(
-                "--seq-len {seq_len}: the model has positions for {positions} tokens; give at most {positions}"
+                "--seq-len {}: the model has positions for {positions} tokens; give at most {positions}",
+                next.seq_len
             );
         }
-        // A checkpoint records its epoch's size; only an older one needs a pack at the old length.
+        for (name, rate) in [("--fim-rate", next.fim_rate), ("--spm-rate", next.spm_rate)] {
+            if !(0.0..=1.0).contains(&rate) {
+                anyhow::bail!("{name} must be between 0 and 1 (got {rate})");
+            }
+        }
+        if PackKey::new(0, &next) == PackKey::new(0, &self.settings) {
+            return Ok(());
+        }
+        // A checkpoint records its epoch's size; only an older one needs a pack the old way.
         if self.data.pos.windows == 0 {
             self.data.ensure_packed(tokenizer, &self.settings)?;
         }
         let seen = self.data.pos.next as f64 / self.data.pos.windows.max(1) as f64;
-        self.settings.seq_len = seq_len;
+        let recut = next.seq_len != self.settings.seq_len;
+        self.settings = next;
         self.data.ensure_packed(tokenizer, &self.settings)?;
         self.data.pos.next = (seen * self.data.order.len() as f64).round() as usize;
-        self.held = held_out_windows(tokenizer, held, seq_len)?;
+        if recut {
+            self.held = held_out_windows(tokenizer, held, self.settings.seq_len)?;
+        }
         Ok(())
     }
+}
+
+/// How a resumed run's windows change; `None` keeps the run's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reshape {
+    pub seq_len: Option<usize>,
+    pub fim_rate: Option<f64>,
+    pub spm_rate: Option<f64>,
 }
 
 /// What a checkpoint's `state.json` holds besides the tensors.

@@ -249,7 +249,11 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
     // the run continues the same share of the way through it.
     let mut longer = make();
     longer.load_checkpoint(tmp.path()).unwrap();
-    longer.set_seq_len(&tokenizer, &docs()[..1], 64).unwrap();
+    let to = |seq_len| infill::train::trainer::Reshape {
+        seq_len: Some(seq_len),
+        ..Default::default()
+    };
+    longer.reshape(&tokenizer, &docs()[..1], to(64)).unwrap();
     assert_eq!(longer.packs(), 1);
     let now = longer.data_position();
     assert_eq!(now.epoch, 1);
@@ -261,6 +265,53 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
     );
     longer.train_step(&tokenizer).unwrap();
     assert_eq!(longer.packs(), 1);
+
+    // Only FIM examples, all in SPM order, from the same checkpoint: one pack, the same share of
+    // the epoch, the held-out windows untouched, and the new shares are the run's own from then
+    // on (a later resume keeps them).
+    let mut spm = make();
+    spm.load_checkpoint(tmp.path()).unwrap();
+    let held_before = spm.evaluate().unwrap();
+    let all_spm = infill::train::trainer::Reshape {
+        fim_rate: Some(1.0),
+        spm_rate: Some(1.0),
+        ..Default::default()
+    };
+    spm.reshape(&tokenizer, &docs()[..1], all_spm).unwrap();
+    assert_eq!(spm.packs(), 1);
+    let now = spm.data_position();
+    assert_eq!(now.epoch, 1);
+    assert!(
+        (share(now) - share(at)).abs() <= 1.0 / now.windows as f64,
+        "{now:?} vs {at:?}"
+    );
+    assert_eq!(spm.evaluate().unwrap(), held_before);
+    spm.reshape(&tokenizer, &docs()[..1], all_spm).unwrap();
+    assert_eq!(spm.packs(), 1, "no change, no pack");
+    spm.train_step(&tokenizer).unwrap();
+    let later = tempfile::tempdir().unwrap();
+    spm.save_checkpoint(later.path()).unwrap();
+    let mut again = make();
+    again.load_checkpoint(later.path()).unwrap();
+    assert_eq!(
+        (again.settings.fim_rate, again.settings.spm_rate),
+        (1.0, 1.0)
+    );
+    assert_eq!(again.settings.seq_len, 32);
+    let bad = infill::train::trainer::Reshape {
+        spm_rate: Some(1.5),
+        ..Default::default()
+    };
+    let err = again
+        .reshape(&tokenizer, &docs()[..1], bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--spm-rate"), "{err}");
+    let err = again
+        .reshape(&tokenizer, &docs()[..1], to(10_000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("positions"), "{err}");
 }
 
 /// A micro-batch split into shards that run on different threads (see `infill::train::tune_process`)
@@ -569,7 +620,8 @@ fn a_model_trained_from_scratch_can_keep_a_given_tokenizer() {
 
 /// `--resume --seq-len` goes on with longer sequences (up to the preset's positions, 512) and the
 /// model then declares the longer context; `--resume --lr` lowers the peak and floor of the rest of
-/// the run (a cool-down). A length past the model's positions is refused in one line.
+/// the run (a cool-down); `--fim-rate` and `--spm-rate` replace the run's shares of FIM and SPM examples.
+/// A length past the model's positions is refused in one line.
 #[test]
 fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
     let out = train_tiny_from_scratch(&[]);
@@ -582,7 +634,18 @@ fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
             .output()
             .unwrap()
     };
-    let longer = resume(&["--steps", "3", "--seq-len", "96", "--lr", "1e-4"]);
+    let longer = resume(&[
+        "--steps",
+        "3",
+        "--seq-len",
+        "96",
+        "--lr",
+        "1e-4",
+        "--fim-rate",
+        "0.9",
+        "--spm-rate",
+        "0.8",
+    ]);
     assert!(
         longer.status.success(),
         "{}",
@@ -594,6 +657,8 @@ fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
     assert_eq!(report["steps"], 3);
     assert_eq!(report["settings"]["seq_len"], 96);
     assert_eq!(report["settings"]["max_lr"], 1e-4);
+    assert_eq!(report["settings"]["fim_rate"], 0.9);
+    assert_eq!(report["settings"]["spm_rate"], 0.8);
     assert!((report["settings"]["min_lr"].as_f64().unwrap() - 1e-5).abs() < 1e-12);
     let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
     let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
