@@ -498,7 +498,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             fim_rate,
             spm_rate,
         };
-        trainer.reshape(&tokenizer, &held_docs, change)?;
+        trainer.reshape(&tokenizer, change)?;
         if let Some(lr) = lr {
             trainer.settings.max_lr = lr;
             trainer.settings.min_lr = lr / 10.0;

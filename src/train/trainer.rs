@@ -237,7 +237,7 @@ pub struct Trainer {
     model: Llama,
     opt: AdamW,
     data: Data,
-    held: Vec<(Vec<u32>, usize)>,
+    held: HeldOutSet,
     pub step: usize,
     pub tokens_seen: u64,
     pub log: Vec<LogEntry>,
@@ -333,7 +333,7 @@ impl Trainer {
             packs: 0,
             pos: DataPosition::default(),
         };
-        let held = held_out_windows(tokenizer, held, settings.seq_len)?;
+        let held = HeldOutSet::new(tokenizer, held, settings.seq_len)?;
         Ok(Self {
             config: config.clone(),
             tied,
@@ -443,9 +443,10 @@ impl Trainer {
     /// spaced over all of them, so the sample spans the held-out files rather than the openings of
     /// the first few.
     pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
-        let n = self.held.len().min(self.settings.eval_windows.max(1));
+        let held = &self.held.windows;
+        let n = held.len().min(self.settings.eval_windows.max(1));
         let windows: Vec<&(Vec<u32>, usize)> = (0..n)
-            .filter_map(|i| self.held.get(i * self.held.len() / n))
+            .filter_map(|i| held.get(i * held.len() / n))
             .collect();
         // One window per task: a held-out pass runs on every core (see `micro_batch_gradients`).
         let scored = windows
@@ -588,14 +589,10 @@ impl Trainer {
     /// Continue with windows made another way (`change`): longer or shorter sequences (at most
     /// the model's positions), or another share of FIM or SPM examples. The current epoch is
     /// packed again, once, and resumes the same share of the way through it. A new length also
-    /// cuts the held-out windows again from `held`, so held-out figures from before and after it
-    /// measure different contexts; the FIM shares leave them alone (they are read left to right).
-    pub fn reshape(
-        &mut self,
-        tokenizer: &Tokenizer,
-        held: &[Doc],
-        change: Reshape,
-    ) -> anyhow::Result<()> {
+    /// cuts the held-out windows again (from the tokens of the held-out files, tokenized once),
+    /// so held-out figures from before and after it measure different contexts; the FIM shares
+    /// leave them alone (they are read left to right).
+    pub fn reshape(&mut self, tokenizer: &Tokenizer, change: Reshape) -> anyhow::Result<()> {
         let mut next = self.settings.clone();
         next.seq_len = change.seq_len.unwrap_or(next.seq_len);
         next.fim_rate = change.fim_rate.unwrap_or(next.fim_rate);
@@ -620,13 +617,10 @@ impl Trainer {
             self.data.ensure_packed(tokenizer, &self.settings)?;
         }
         let seen = self.data.pos.next as f64 / self.data.pos.windows.max(1) as f64;
-        let recut = next.seq_len != self.settings.seq_len;
         self.settings = next;
         self.data.ensure_packed(tokenizer, &self.settings)?;
         self.data.pos.next = (seen * self.data.order.len() as f64).round() as usize;
-        if recut {
-            self.held = held_out_windows(tokenizer, held, self.settings.seq_len)?;
-        }
+        self.held.cut(self.settings.seq_len);
         Ok(())
     }
 }
@@ -706,32 +700,60 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Plain (non-FIM) windows of held-out documents, each with the bytes its targets cover.
-fn held_out_windows(
-    tokenizer: &Tokenizer,
-    docs: &[Doc],
+/// The held-out files, tokenized once and read left to right (no FIM), cut into windows of the
+/// run's length; a new length only cuts them again.
+struct HeldOutSet {
+    /// Each file's tokens (the lead, its text, end-of-text) and the bytes each token stands for
+    /// (none for special tokens), for bits per byte.
+    docs: Vec<(Vec<u32>, Vec<usize>)>,
     seq_len: usize,
-) -> anyhow::Result<Vec<(Vec<u32>, usize)>> {
-    let mut out = Vec::new();
-    for doc in docs {
-        let mut ids = tokenizer.fim().lead.clone();
-        ids.extend(tokenizer.encode(&doc.text)?);
-        ids.extend(tokenizer.fim().eos);
-        for w in windows(&ids, seq_len) {
-            let bytes = w
+    /// Windows as the training windows are cut, each with the bytes of its targets.
+    windows: Vec<(Vec<u32>, usize)>,
+}
+
+impl HeldOutSet {
+    fn new(tokenizer: &Tokenizer, docs: &[Doc], seq_len: usize) -> anyhow::Result<Self> {
+        let mut tokens = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let mut ids = tokenizer.fim().lead.clone();
+            ids.extend(tokenizer.encode(&doc.text)?);
+            ids.extend(tokenizer.fim().eos);
+            let bytes = ids
                 .iter()
-                .skip(1)
-                .map(|&id| {
-                    if tokenizer.is_special(id) {
-                        0
-                    } else {
-                        tokenizer.token_bytes(id).len()
-                    }
+                .map(|&id| match tokenizer.is_special(id) {
+                    true => 0,
+                    false => tokenizer.token_bytes(id).len(),
                 })
-                .sum();
-            out.push((w, bytes));
+                .collect();
+            tokens.push((ids, bytes));
         }
+        let mut set = Self {
+            docs: tokens,
+            seq_len: 0,
+            windows: Vec::new(),
+        };
+        set.cut(seq_len);
+        Ok(set)
     }
-    Ok(out)
+
+    fn cut(&mut self, seq_len: usize) {
+        if seq_len == self.seq_len {
+            return;
+        }
+        self.seq_len = seq_len;
+        self.windows = self
+            .docs
+            .iter()
+            .flat_map(|(ids, bytes)| {
+                // Window `i` starts at token `i * seq_len`; its targets are the tokens after the first.
+                windows(ids, seq_len).into_iter().enumerate().map(|(i, w)| {
+                    let first = i * seq_len + 1;
+                    let targets = bytes.get(first..first + w.len() - 1).unwrap_or(&[]);
+                    (w, targets.iter().sum())
+                })
+            })
+            .collect();
+    }
 }
 
 /// A standard normal draw (Box-Muller) from the seeded generator.

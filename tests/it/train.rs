@@ -253,7 +253,7 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
         seq_len: Some(seq_len),
         ..Default::default()
     };
-    longer.reshape(&tokenizer, &docs()[..1], to(64)).unwrap();
+    longer.reshape(&tokenizer, to(64)).unwrap();
     assert_eq!(longer.packs(), 1);
     let now = longer.data_position();
     assert_eq!(now.epoch, 1);
@@ -277,7 +277,7 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
         spm_rate: Some(1.0),
         ..Default::default()
     };
-    spm.reshape(&tokenizer, &docs()[..1], all_spm).unwrap();
+    spm.reshape(&tokenizer, all_spm).unwrap();
     assert_eq!(spm.packs(), 1);
     let now = spm.data_position();
     assert_eq!(now.epoch, 1);
@@ -286,7 +286,7 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
         "{now:?} vs {at:?}"
     );
     assert_eq!(spm.evaluate().unwrap(), held_before);
-    spm.reshape(&tokenizer, &docs()[..1], all_spm).unwrap();
+    spm.reshape(&tokenizer, all_spm).unwrap();
     assert_eq!(spm.packs(), 1, "no change, no pack");
     spm.train_step(&tokenizer).unwrap();
     let later = tempfile::tempdir().unwrap();
@@ -302,13 +302,10 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
         spm_rate: Some(1.5),
         ..Default::default()
     };
-    let err = again
-        .reshape(&tokenizer, &docs()[..1], bad)
-        .unwrap_err()
-        .to_string();
+    let err = again.reshape(&tokenizer, bad).unwrap_err().to_string();
     assert!(err.contains("--spm-rate"), "{err}");
     let err = again
-        .reshape(&tokenizer, &docs()[..1], to(10_000))
+        .reshape(&tokenizer, to(10_000))
         .unwrap_err()
         .to_string();
     assert!(err.contains("positions"), "{err}");
@@ -716,6 +713,56 @@ fn held_out_windows_are_sampled_across_all_files() {
         alone.loss,
         spread.loss
     );
+}
+
+/// Bits per byte divides by the bytes the targets stand for: every token of each held-out file
+/// after its first is a target exactly once, whatever the window length, and a new length (cut
+/// again from the tokens kept) measures the same bytes.
+#[test]
+fn held_out_bits_per_byte_count_each_byte_once_at_any_length() {
+    let (config, tokenizer, weights) = fixture_parts("llama");
+    let held = docs()[..2].to_vec();
+    let expected: usize = held
+        .iter()
+        .map(|doc| {
+            let mut ids = tokenizer.fim().lead.clone();
+            ids.extend(tokenizer.encode(&doc.text).unwrap());
+            ids.extend(tokenizer.fim().eos);
+            ids[1..]
+                .iter()
+                .filter(|&&id| !tokenizer.is_special(id))
+                .map(|&id| tokenizer.token_bytes(id).len())
+                .sum::<usize>()
+        })
+        .sum();
+    let settings = TrainSettings {
+        seq_len: 16,
+        eval_windows: usize::MAX,
+        ..TrainSettings::default()
+    };
+    let mut trainer = Trainer::new(
+        &config,
+        false,
+        Some(weights),
+        settings,
+        &tokenizer,
+        docs(),
+        &held,
+    )
+    .unwrap();
+    let bytes = |h: infill::train::trainer::HeldOut| {
+        h.loss * h.tokens as f64 / std::f64::consts::LN_2 / h.bits_per_byte
+    };
+    let short = trainer.evaluate().unwrap();
+    assert!((bytes(short) - expected as f64).abs() < 1e-6 * expected as f64);
+    let longer = infill::train::trainer::Reshape {
+        seq_len: Some(40),
+        ..Default::default()
+    };
+    trainer.reshape(&tokenizer, longer).unwrap();
+    let long = trainer.evaluate().unwrap();
+    assert_eq!(long.tokens, short.tokens, "the same targets");
+    assert!((bytes(long) - expected as f64).abs() < 1e-6 * expected as f64);
 }
 
 /// `--dry-run` says what training would use without an output folder or a model; with
