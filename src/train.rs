@@ -538,7 +538,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
     let loop_start = Instant::now();
     let first_step = trainer.step;
-    let mut last_held = Some(before);
+    let mut last_held = Some(before.clone());
     while trainer.step < trainer.settings.steps {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
@@ -566,11 +566,11 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         let s = &trainer.settings;
         if trainer.step % s.eval_every.max(1) == 0 || trainer.step == s.steps {
             let held = trainer.evaluate()?;
-            entry.held_out = Some(held);
-            last_held = Some(held);
+            entry.held_out = Some(held.clone());
             if let Some(last) = trainer.log.last_mut() {
-                last.held_out = Some(held);
+                last.held_out = Some(held.clone());
             }
+            last_held = Some(held);
         }
         writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
         if trainer.step % s.checkpoint_every.max(1) == 0 {
@@ -580,7 +580,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             let elapsed = loop_start.elapsed().as_secs_f64();
             let eta =
                 elapsed / trainer.step.max(1) as f64 * (s.steps - trainer.step.min(s.steps)) as f64;
-            let held = last_held.map_or(String::new(), |h| {
+            let held = last_held.as_ref().map_or(String::new(), |h| {
                 format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
             });
             eprint!(

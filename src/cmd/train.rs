@@ -110,6 +110,24 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         report.held_out_before.bits_per_byte,
         report.held_out_after.bits_per_byte
     );
+    let (before, after) = (&report.held_out_before, &report.held_out_after);
+    if !after.by_language.is_empty() {
+        let by_language: Vec<String> = after
+            .by_language
+            .iter()
+            .map(|a| {
+                let was = before.by_language.iter().find(|b| b.language == a.language);
+                match was {
+                    Some(b) => format!(
+                        "{} {:.3} -> {:.3}",
+                        a.language, b.bits_per_byte, a.bits_per_byte
+                    ),
+                    None => format!("{} {:.3}", a.language, a.bits_per_byte),
+                }
+            })
+            .collect();
+        println!("held-out bits/byte by language: {}", by_language.join(", "));
+    }
     println!(
         "model written to {} (use it with --model {})",
         out.display(),

@@ -521,7 +521,7 @@ fn json_file(path: &std::path::Path) -> serde_json::Value {
 fn train_command_writes_a_model_directory_that_loads() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().to_str().unwrap();
-    succeeded(
+    let run = succeeded(
         crate::infill_cmd()
             .args(["train", "--repo", FIXTURES, "--out", o])
             .args(["--init", fixture("qwen2").to_str().unwrap()])
@@ -530,6 +530,19 @@ fn train_command_writes_a_model_directory_that_loads() {
     let report = json_file(&out.path().join("training.json"));
     assert_eq!(report["steps"], 3);
     assert!(report["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
+    // Each held-out language's figure, before and after, in the report and on the last line.
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("held-out bits/byte by language: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let languages = report["held_out_after"]["by_language"].as_array().unwrap();
+    assert!(!languages.is_empty());
+    for l in languages {
+        let name = l["language"].as_str().unwrap();
+        assert!(l["bits_per_byte"].as_f64().unwrap() > 0.0);
+        assert!(line.contains(&format!("{name} ")) && line.contains(" -> "), "{line}");
+    }
     let origin = report["start"].clone();
     let mut model = crate::open(out.path());
     assert!(model.network.logits_after(&[1, 2, 3]).is_ok());
@@ -750,11 +763,11 @@ fn held_out_bits_per_byte_count_each_byte_once_at_any_length() {
         &held,
     )
     .unwrap();
-    let bytes = |h: infill::train::trainer::HeldOut| {
+    let bytes = |h: &infill::train::trainer::HeldOut| {
         h.loss * h.tokens as f64 / std::f64::consts::LN_2 / h.bits_per_byte
     };
     let short = trainer.evaluate().unwrap();
-    assert!((bytes(short) - expected as f64).abs() < 1e-6 * expected as f64);
+    assert!((bytes(&short) - expected as f64).abs() < 1e-6 * expected as f64);
     let longer = infill::train::trainer::Reshape {
         seq_len: Some(40),
         ..Default::default()
@@ -762,7 +775,56 @@ fn held_out_bits_per_byte_count_each_byte_once_at_any_length() {
     trainer.reshape(&tokenizer, longer).unwrap();
     let long = trainer.evaluate().unwrap();
     assert_eq!(long.tokens, short.tokens, "the same targets");
-    assert!((bytes(long) - expected as f64).abs() < 1e-6 * expected as f64);
+    assert!((bytes(&long) - expected as f64).abs() < 1e-6 * expected as f64);
+}
+
+/// Held-out figures by language: a language the evenly spaced sample misses still gets its own
+/// windows (up to four), which count only for it, so the overall figure stays the sample's.
+#[test]
+fn held_out_figures_by_language_top_up_a_small_language() {
+    let (config, tokenizer, weights) = fixture_parts("llama");
+    let mut held: Vec<Doc> = std::iter::repeat_n(docs(), 4).flatten().collect();
+    let rust = "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n".repeat(6);
+    held.push(Doc {
+        text: rust,
+        language: Some("rust".into()),
+    });
+    let settings = TrainSettings {
+        seq_len: 16,
+        eval_windows: 4,
+        ..TrainSettings::default()
+    };
+    let trainer = |held: &[Doc]| {
+        Trainer::new(
+            &config,
+            false,
+            Some(weights.clone()),
+            settings.clone(),
+            &tokenizer,
+            docs(),
+            held,
+        )
+        .unwrap()
+    };
+    let both = trainer(&held).evaluate().unwrap();
+    let python_only = trainer(&held[..held.len() - 1]).evaluate().unwrap();
+    assert_eq!(
+        both.tokens,
+        4 * 16,
+        "the overall figure reads the sample only"
+    );
+    let names: Vec<&str> = both
+        .by_language
+        .iter()
+        .map(|l| l.language.as_str())
+        .collect();
+    assert_eq!(names, ["python", "rust"]);
+    let rust = &both.by_language[1];
+    assert_eq!(rust.tokens, 4 * 16, "four windows of its own");
+    assert!(rust.bits_per_byte > 0.0);
+    // With one language, its figure is the overall one.
+    assert_eq!(python_only.by_language.len(), 1);
+    assert!((python_only.by_language[0].bits_per_byte - python_only.bits_per_byte).abs() < 1e-12);
 }
 
 /// `--dry-run` says what training would use without an output folder or a model; with
