@@ -129,6 +129,20 @@ fn training_summary(report: &Value) -> String {
     let held = report
         .pointer("/held_out_after/bits_per_byte")
         .and_then(Value::as_f64);
+    let by_language: Vec<String> = report
+        .pointer("/held_out_after/by_language")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            let bits = l.get("bits_per_byte").and_then(Value::as_f64)?;
+            Some(format!("{} {bits:.3}", l.get("language")?.as_str()?))
+        })
+        .collect();
+    let by_language = match by_language.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", by_language.join(", ")),
+    };
     format!(
         "trained {}: {} steps, {:.1}M tokens, {:.1} h, {} files; held-out {}",
         report.get("start").and_then(Value::as_str).unwrap_or("?"),
@@ -136,7 +150,9 @@ fn training_summary(report: &Value) -> String {
         num("tokens_seen") / 1e6,
         num("wall_seconds") / 3600.0,
         num("files_trained"),
-        held.map_or("?".to_string(), |b| format!("{b:.3} bits/byte")),
+        held.map_or("?".to_string(), |b| format!(
+            "{b:.3} bits/byte{by_language}"
+        )),
     )
 }
 

@@ -519,15 +519,16 @@ fn json_file(path: &std::path::Path) -> serde_json::Value {
 /// One command fine-tunes a model on a source tree and writes a directory `--model` accepts.
 #[test]
 fn train_command_writes_a_model_directory_that_loads() {
-    let out = tempfile::tempdir().unwrap();
-    let o = out.path().to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("infill/models/fine-tuned");
+    let o = out.to_str().unwrap();
     let run = succeeded(
         crate::infill_cmd()
             .args(["train", "--repo", FIXTURES, "--out", o])
             .args(["--init", fixture("qwen2").to_str().unwrap()])
             .args(["--steps", "3", "--seq-len", "32", "--eval-every", "2"]),
     );
-    let report = json_file(&out.path().join("training.json"));
+    let report = json_file(&out.as_path().join("training.json"));
     assert_eq!(report["steps"], 3);
     assert!(report["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
     // Each held-out language's figure, before and after, in the report and on the last line.
@@ -541,22 +542,34 @@ fn train_command_writes_a_model_directory_that_loads() {
     for l in languages {
         let name = l["language"].as_str().unwrap();
         assert!(l["bits_per_byte"].as_f64().unwrap() > 0.0);
-        assert!(line.contains(&format!("{name} ")) && line.contains(" -> "), "{line}");
+        assert!(
+            line.contains(&format!("{name} ")) && line.contains(" -> "),
+            "{line}"
+        );
     }
+    // `infill models` lists it with the figures by language.
+    let listed = succeeded(
+        crate::infill_cmd()
+            .arg("models")
+            .env("XDG_DATA_HOME", data.path()),
+    );
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let first = languages[0]["language"].as_str().unwrap();
+    assert!(listed.contains(&format!("bits/byte ({first} ")), "{listed}");
     let origin = report["start"].clone();
-    let mut model = crate::open(out.path());
+    let mut model = crate::open(out.as_path());
     assert!(model.network.logits_after(&[1, 2, 3]).is_ok());
 
     // --resume --steps gives a finished run a longer schedule, and it continues from step 3.
     succeeded(crate::infill_cmd().args([
         "train", "--resume", "--steps", "5", "--out", o, "--repo", FIXTURES,
     ]));
-    let report = json_file(&out.path().join("training.json"));
+    let report = json_file(&out.as_path().join("training.json"));
     assert_eq!(report["steps"], 5);
     // The report describes the whole run: how it began and the time of both sessions.
     assert_eq!(report["start"], origin);
     assert!(report["wall_seconds"].as_f64() > report["session_seconds"].as_f64());
-    let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
+    let log = std::fs::read_to_string(out.as_path().join("train.log")).unwrap();
     let steps: Vec<u64> = log
         .lines()
         .map(|l| {
@@ -581,7 +594,7 @@ fn train_command_writes_a_model_directory_that_loads() {
             ])
             .args(["--out", o, "--repo", FIXTURES]),
     );
-    let report = json_file(&out.path().join("training.json"));
+    let report = json_file(&out.as_path().join("training.json"));
     assert!(report["steps"].as_u64().unwrap() > 5, "{report}");
     assert_eq!(report["settings"]["batch_size"], 2);
 }
