@@ -9,12 +9,19 @@
 //!   `package.json` (`license`), or a `LICENSE`/`LICENCE`/`COPYING` file, read for the licence's
 //!   well-known wording.
 //!
+//! - for a file a Debian package installed (`/usr/include`), the package's `copyright` file (see
+//!   [`debian`]).
+//!
 //! SPDX expressions are evaluated: `A OR B` is permissive when either is, `A AND B` when both are,
 //! and `A WITH exception` as `A`; the old Cargo spelling `MIT/Apache-2.0` means OR. A file with no
 //! declaration has an unknown licence, which is not permissive.
 
+mod debian;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use debian::Debian;
 
 /// A file's licence as declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +228,8 @@ pub struct Licences {
     recorded: HashMap<String, Licence>,
     /// Folder (relative, "" for the root) -> its own declaration, once looked up.
     folders: HashMap<String, Option<Licence>>,
+    /// Where nothing under the root declares a licence: the Debian package that installed the file.
+    debian: Debian,
 }
 
 impl Licences {
@@ -252,6 +261,7 @@ impl Licences {
             root: root.to_path_buf(),
             recorded,
             folders: Default::default(),
+            debian: Debian::default(),
         }
     }
 
@@ -266,7 +276,7 @@ impl Licences {
                 return l;
             }
             if folder.is_empty() {
-                return Licence::Unknown;
+                return self.debian.of(&self.root.join(rel));
             }
             folder = folder.rsplit_once('/').map_or("", |(d, _)| d);
         }

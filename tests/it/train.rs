@@ -933,6 +933,76 @@ fn a_dry_run_describes_the_corpus_and_trains_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--out"));
 }
 
+/// Headers a Debian package installed declare no licence next to them: `--permissive-only` reads
+/// the package's `copyright` file, found through dpkg's file lists (here a system at `DPKG_ROOT`).
+#[test]
+fn permissive_only_reads_the_licence_of_the_debian_package_that_installed_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    let write = |rel: &str, text: &str| {
+        let p = r.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    let header = |name: &str| {
+        format!(
+            "#ifndef {name}_H\n#define {name}_H\n\nstruct {name}_point {{\n    int x;\n    int y;\n}};\n\nint {name}_distance(const struct {name}_point *a, const struct {name}_point *b);\n\n#endif\n"
+        )
+    };
+    write("usr/include/zlib.h", &header("zlib"));
+    write("usr/include/readline/readline.h", &header("readline"));
+    write("usr/include/mine.h", &header("mine"));
+    write(
+        "var/lib/dpkg/info/zlib1g-dev:amd64.list",
+        "/usr/include/zlib.h\n",
+    );
+    write(
+        "var/lib/dpkg/info/libreadline-dev:amd64.list",
+        "/usr/include/readline\n/usr/include/readline/readline.h\n",
+    );
+    let dep5 = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n";
+    write(
+        "usr/share/doc/zlib1g-dev/copyright",
+        &format!("{dep5}Files: *\nLicense: Zlib\n\nFiles: debian/*\nLicense: GPL-2+\n"),
+    );
+    write(
+        "usr/share/doc/libreadline-dev/copyright",
+        &format!("{dep5}Files: *\nLicense: GPL-3+\n"),
+    );
+    let out = crate::infill_cmd()
+        .args([
+            "train",
+            "--dry-run",
+            "--explain",
+            "--permissive-only",
+            "--repo",
+        ])
+        .arg(r.join("usr/include"))
+        .env("DPKG_ROOT", r)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |file: &str| {
+        text.lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("{file}: {text}"))
+            .to_string()
+    };
+    let zlib = line("zlib.h");
+    assert!(
+        zlib.starts_with("train") || zlib.starts_with("held"),
+        "{zlib}"
+    );
+    let readline = line("readline.h");
+    assert!(readline.contains("libreadline-dev: GPL-3+"), "{readline}");
+    assert!(line("mine.h").contains("no licence declared"), "{text}");
+}
+
 /// No text to fill one window is a one-line error at the first step, after one pass over the
 /// corpus, not two.
 #[test]
