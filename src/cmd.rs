@@ -83,7 +83,7 @@ pub fn position(args: &PositionArgs) -> anyhow::Result<Position> {
                 .by_name(name)
                 .map_err(|e| anyhow::anyhow!("--language: {e}"))?,
         ),
-        None => registry.for_path(&args.file),
+        None => registry.for_source(&args.file, &text),
     };
     Ok(Position {
         text,

@@ -118,7 +118,7 @@ pub fn open(path: &Path, config: Config) -> anyhow::Result<App> {
     });
     let file = FileInfo {
         path: path.to_path_buf(),
-        language: registry.for_path(path),
+        language: registry.for_source(path, &text),
         disk,
         recovery,
     };

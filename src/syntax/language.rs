@@ -175,6 +175,65 @@ impl Registry {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         self.languages.iter().find(|l| l.extensions.contains(&ext))
     }
+
+    /// The language of a file by extension and, where C and C++ share one (`.h`), by its text: a
+    /// header with C++ in it (LLVM's, ICU's) is C++, so it is parsed with the grammar that knows
+    /// classes and namespaces.
+    pub fn for_source(&self, path: &Path, text: &str) -> Option<&Language> {
+        let language = self.for_path(path)?;
+        let header = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("h"));
+        if language.name == "c" && header && looks_like_cpp(text) {
+            return self.by_name("cpp").ok().or(Some(language));
+        }
+        Some(language)
+    }
+}
+
+/// Whether a header holds C++: two lines or more, outside comments, that C has no way to write
+/// (a namespace, a template, a class, an access label, a `::`, a `using`, a standard header
+/// without `.h`). One is not enough: a C header may wrap itself for C++ in a line or two.
+fn looks_like_cpp(text: &str) -> bool {
+    let mut in_comment = false;
+    let mut signals = 0;
+    for line in text.lines() {
+        let mut code = line.trim();
+        if in_comment {
+            match code.find("*/") {
+                Some(end) => {
+                    code = code[end + 2..].trim_start();
+                    in_comment = false;
+                }
+                None => continue,
+            }
+        }
+        if let Some(start) = code.find("//") {
+            code = &code[..start];
+        }
+        if let Some(start) = code.find("/*") {
+            in_comment = !code[start..].contains("*/");
+            code = &code[..start];
+        }
+        let code = code.trim();
+        let include = code
+            .strip_prefix("#include <")
+            .and_then(|rest| rest.split_once('>'))
+            .map(|(name, _)| name);
+        let cpp = ["namespace ", "template<", "template <", "class ", "using "]
+            .iter()
+            .any(|p| code.starts_with(p))
+            || matches!(code, "public:" | "private:" | "protected:")
+            || code.contains("::")
+            || include.is_some_and(|name| !name.contains('.'));
+        if cpp {
+            signals += 1;
+            if signals >= 2 {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -210,6 +269,28 @@ mod tests {
         assert_eq!(reg.for_path(Path::new("a/b.tsx")).unwrap().name, "tsx");
         assert_eq!(reg.for_path(Path::new("x.hpp")).unwrap().name, "cpp");
         assert!(reg.for_path(Path::new("notes.txt")).is_none());
+    }
+
+    #[test]
+    fn a_header_with_cpp_in_it_is_cpp() {
+        let reg = Registry::builtin().unwrap();
+        let name =
+            |path: &str, text: &str| reg.for_source(Path::new(path), text).unwrap().name.clone();
+        let llvm = "//===- Function.h ---===//\n#include <string>\n#include \"llvm/IR/Value.h\"\n\nnamespace llvm {\n\nclass Function : public Value {\npublic:\n  unsigned size() const;\n};\n\n} // namespace llvm\n";
+        assert_eq!(name("include/llvm/IR/Function.h", llvm), "cpp");
+        let c = "/* zlib.h -- interface, see zlib::deflate in the C++ docs\n   using the namespace of ... */\n#include <stddef.h>\n\n#ifdef __cplusplus\nextern \"C\" {\n#endif\n\nint deflate(z_streamp strm, int flush); // not a::b\n\n#ifdef __cplusplus\n}\n#endif\n";
+        assert_eq!(
+            name("zlib.h", c),
+            "c",
+            "C++ words in comments and an extern \"C\" wrapper"
+        );
+        assert_eq!(
+            name("one.h", "class Forward;\nint f(void);\n"),
+            "c",
+            "one sign is not enough"
+        );
+        assert_eq!(name("lib.c", llvm), "c", "only headers are read for it");
+        assert_eq!(name("x.hpp", "int f(void);\n"), "cpp");
         assert!(
             reg.by_name("cobol")
                 .unwrap_err()

@@ -219,7 +219,12 @@ pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusErro
                         continue;
                     }
                     near.add(&rel, lines);
-                    let language = language.unwrap_or_default();
+                    // A `.h` may be C++: the text decides.
+                    let language = registry
+                        .and_then(|r| r.for_source(&path, &text))
+                        .map(|l| l.name.clone())
+                        .or(language)
+                        .unwrap_or_default();
                     corpus.files.push(SourceFile {
                         path: rel,
                         language,

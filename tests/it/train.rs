@@ -1003,6 +1003,29 @@ fn permissive_only_reads_the_licence_of_the_debian_package_that_installed_a_file
     assert!(line("mine.h").contains("no licence declared"), "{text}");
 }
 
+/// A `.h` is C or C++ by what it holds, in the corpus as in the editor.
+#[test]
+fn a_cpp_header_is_learnt_as_cpp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |rel: &str, text: &str| std::fs::write(tmp.path().join(rel), text).unwrap();
+    write(
+        "shape.h",
+        "#include <vector>\n\nnamespace geometry {\n\nclass Shape {\npublic:\n    virtual double area() const = 0;\n};\n\n}  // namespace geometry\n",
+    );
+    write(
+        "point.h",
+        "#ifndef POINT_H\n#define POINT_H\n\nstruct point {\n    int x;\n    int y;\n};\n\nint point_distance(const struct point *a, const struct point *b);\n\n#endif\n",
+    );
+    let out = succeeded(
+        crate::infill_cmd()
+            .args(["train", "--dry-run", "--explain", "--repo"])
+            .arg(tmp.path()),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.ends_with("shape.h (cpp)")), "{text}");
+    assert!(text.lines().any(|l| l.ends_with("point.h (c)")), "{text}");
+}
+
 /// No text to fill one window is a one-line error at the first step, after one pass over the
 /// corpus, not two.
 #[test]
