@@ -200,20 +200,20 @@ fn looks_like_cpp(text: &str) -> bool {
     for line in text.lines() {
         let mut code = line.trim();
         if in_comment {
-            match code.find("*/") {
-                Some(end) => {
-                    code = code[end + 2..].trim_start();
+            match code.split_once("*/") {
+                Some((_, after)) => {
+                    code = after.trim_start();
                     in_comment = false;
                 }
                 None => continue,
             }
         }
-        if let Some(start) = code.find("//") {
-            code = &code[..start];
+        if let Some((before, _)) = code.split_once("//") {
+            code = before;
         }
-        if let Some(start) = code.find("/*") {
-            in_comment = !code[start..].contains("*/");
-            code = &code[..start];
+        if let Some((before, comment)) = code.split_once("/*") {
+            in_comment = !comment.contains("*/");
+            code = before;
         }
         let code = code.trim();
         let include = code
