@@ -499,6 +499,13 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             spm_rate,
         };
         trainer.reshape(&tokenizer, change)?;
+        if fim_rate.is_some() || spm_rate.is_some() {
+            eprintln!(
+                "from here on {:.0}% of documents are FIM examples, {:.0}% of those in SPM order",
+                trainer.settings.fim_rate * 100.0,
+                trainer.settings.spm_rate * 100.0
+            );
+        }
         if let Some(lr) = lr {
             trainer.settings.max_lr = lr;
             trainer.settings.min_lr = lr / 10.0;

@@ -674,6 +674,11 @@ fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
         "{}",
         String::from_utf8_lossy(&longer.stderr)
     );
+    let said = String::from_utf8_lossy(&longer.stderr);
+    assert!(
+        said.contains("90% of documents are FIM examples, 80% of those in SPM order"),
+        "{said}"
+    );
     let config = json_file(&out.path().join("config.json"));
     assert_eq!(config["max_position_embeddings"], 96);
     let report = json_file(&out.path().join("training.json"));
