@@ -582,7 +582,6 @@ fn error_overlaps(tree: &Tree, start: usize, end: usize, touching: bool) -> bool
     false
 }
 
-/// The first `;` outside brackets and quotes, starting `depth` brackets deep; also the final depth.
 /// Where the first line of `text` that repeats an earlier one starts (cut before it), ignoring
 /// indentation. Lines of closers and separators only (`}`, `});`, `],`) and blank ones
 /// legitimately recur and are not counted.
@@ -604,6 +603,7 @@ fn repeated_line(text: &str) -> Option<usize> {
     None
 }
 
+/// The first `;` outside brackets and quotes, starting `depth` brackets deep; also the final depth.
 fn top_level_semicolon(text: &str, depth: i64) -> (Option<usize>, i64) {
     let mut depth = depth;
     let mut quote: Option<char> = None;
