@@ -217,16 +217,19 @@ const REPLAN_EVERY: usize = 25;
 pub const UNBOUNDED_STEPS: usize = 1_000_000;
 
 /// Where a `--minutes` run's schedule should end, at `step`, having done `done` steps in
-/// `elapsed` of `budget` seconds: `Some(step)` once the time is up, a new end at the first
-/// timing and every [`REPLAN_EVERY`] steps after, `None` in between.
-fn planned_end(step: usize, done: usize, elapsed: f64, budget: f64) -> Option<usize> {
+/// `elapsed` of `budget` seconds, `packing` of them spent packing epochs: `Some(step)` once the
+/// time is up, a new end at the first timing and every [`REPLAN_EVERY`] steps after, `None` in
+/// between. The pace leaves the packing out: an epoch is packed when its first batch is drawn,
+/// minutes at once, and counted as step time it would end a run after a few steps.
+fn planned_end(step: usize, done: usize, elapsed: f64, packing: f64, budget: f64) -> Option<usize> {
     if elapsed >= budget {
         return Some(step);
     }
     if done < 3 || (done > 3 && done % REPLAN_EVERY != 0) {
         return None;
     }
-    let left = ((budget - elapsed) / (elapsed / done as f64)) as usize;
+    let per_step = (elapsed - packing).max(1e-3) / done as f64;
+    let left = ((budget - elapsed) / per_step) as usize;
     Some(step + left.max(1))
 }
 
@@ -544,6 +547,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         .minutes
         .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
     let loop_start = Instant::now();
+    let packing_before = trainer.packing_seconds();
     let first_step = trainer.step;
     let mut last_held = Some(before.clone());
     while trainer.step < trainer.settings.steps {
@@ -561,6 +565,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
                 trainer.step,
                 trainer.step - first_step,
                 elapsed,
+                trainer.packing_seconds() - packing_before,
                 b.as_secs_f64(),
             ) {
                 trainer.settings.steps = end;
@@ -674,14 +679,17 @@ mod tests {
     #[test]
     fn a_minutes_budget_plans_the_end_from_the_measured_step_time() {
         // A resumed run at step 1000, 3 steps in 6 s of a 60 s budget: 27 more steps.
-        assert_eq!(planned_end(1003, 3, 6.0, 60.0), Some(1030));
+        assert_eq!(planned_end(1003, 3, 6.0, 0.0, 60.0), Some(1030));
         // Between planning points the end stays where it is.
-        assert_eq!(planned_end(1004, 4, 8.0, 60.0), None);
+        assert_eq!(planned_end(1004, 4, 8.0, 0.0, 60.0), None);
         // Slower steps since (evaluations, a busy machine) pull the end in.
-        assert_eq!(planned_end(1025, 25, 50.0, 60.0), Some(1030));
+        assert_eq!(planned_end(1025, 25, 50.0, 0.0, 60.0), Some(1030));
         // Once the time is up the run ends at this step, whatever the plan said.
-        assert_eq!(planned_end(1026, 26, 60.5, 60.0), Some(1026));
+        assert_eq!(planned_end(1026, 26, 60.5, 0.0, 60.0), Some(1026));
         // With almost no time left there is still one more step to reach the floor.
-        assert_eq!(planned_end(1050, 50, 59.9, 60.0), Some(1051));
+        assert_eq!(planned_end(1050, 50, 59.9, 0.0, 60.0), Some(1051));
+        // Three minutes packing the epoch in the first step are not the pace: 3 steps of 2 s
+        // leave 567 more in a 22-minute cool-down, not 18.
+        assert_eq!(planned_end(1003, 3, 186.0, 180.0, 1320.0), Some(1570));
     }
 }

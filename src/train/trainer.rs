@@ -99,6 +99,8 @@ struct Data {
     packed: Option<PackKey>,
     /// Epochs packed so far by this process.
     packs: usize,
+    /// Seconds spent packing them.
+    pack_seconds: f64,
     pos: DataPosition,
 }
 
@@ -149,6 +151,7 @@ impl Data {
         if self.packed == Some(key) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut rng = Rng::new(s.seed ^ key.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let fim = FimSettings {
             fim_rate: s.fim_rate,
@@ -168,6 +171,7 @@ impl Data {
         }
         self.packed = Some(key);
         self.packs += 1;
+        self.pack_seconds += started.elapsed().as_secs_f64();
         self.pos.windows = self.order.len();
         Ok(())
     }
@@ -347,6 +351,7 @@ impl Trainer {
             order: Vec::new(),
             packed: None,
             packs: 0,
+            pack_seconds: 0.0,
             pos: DataPosition::default(),
         };
         let held = HeldOutSet::new(tokenizer, held, settings.seq_len)?;
@@ -587,6 +592,11 @@ impl Trainer {
     /// How many epochs this trainer has packed: each is a pass that tokenizes the whole corpus.
     pub fn packs(&self) -> usize {
         self.data.packs
+    }
+
+    /// Seconds this process has spent packing epochs (tokenizing the corpus into windows).
+    pub fn packing_seconds(&self) -> f64 {
+        self.data.pack_seconds
     }
 
     /// Restores a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) into this trainer

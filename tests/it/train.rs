@@ -238,6 +238,10 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
     assert_eq!(resumed.data_position(), straight.data_position());
     assert_eq!(resumed.data_position().epoch, 1);
     assert_eq!(resumed.packs(), 1, "only epoch 1 is packed on resume");
+    assert!(
+        resumed.packing_seconds() > 0.0,
+        "packing is timed, so a --minutes run can leave it out of its pace"
+    );
     let (a, b) = (straight.weights().unwrap(), resumed.weights().unwrap());
     for (name, t) in &a {
         let diff = crate::max_abs_diff(t, &b[name]);
