@@ -340,11 +340,17 @@ fn licence_file(dir: &Path) -> Option<Licence> {
     let text = std::fs::read(file).ok()?;
     let head = String::from_utf8_lossy(text.get(..4096).unwrap_or(&text));
     let name = file.file_name()?.to_string_lossy().into_owned();
-    Some(match words(&head) {
+    Some(by_wording(&name, &head))
+}
+
+/// The licence of a licence text that names no identifier, by its wording; `name` says which
+/// text in the reason.
+fn by_wording(name: &str, text: &str) -> Licence {
+    match words(text) {
         Some(true) => Licence::Permissive(format!("{name} (permissive wording)")),
         Some(false) => Licence::NotPermissive(format!("{name} (copyleft or proprietary wording)")),
         None => Licence::Unknown,
-    })
+    }
 }
 
 #[cfg(test)]

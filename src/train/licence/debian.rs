@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{Licence, spdx, words};
+use super::{Licence, by_wording, spdx, words};
 
 /// The packages of one Debian system, read when first asked about.
 #[derive(Debug)]
@@ -108,13 +108,7 @@ fn file_lists(info: &Path) -> HashMap<PathBuf, String> {
 /// A package's licence from its `copyright` file.
 pub fn copyright(text: &str) -> Licence {
     if !text.starts_with("Format:") {
-        return match words(text) {
-            Some(true) => Licence::Permissive("copyright (permissive wording)".into()),
-            Some(false) => {
-                Licence::NotPermissive("copyright (copyleft or proprietary wording)".into())
-            }
-            None => Licence::Unknown,
-        };
+        return by_wording("copyright", text);
     }
     let stanzas = stanzas(text);
     // Standalone `License:` stanzas give the text of a name the `Files:` stanzas use.
