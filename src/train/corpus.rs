@@ -38,8 +38,8 @@ pub enum Skip {
     NearDuplicate(String),
     /// A secret by file name or content; what matched (never the secret itself).
     Secret(String),
-    /// With `permissive_only`: the licence its package declares is not permissive, or none is
-    /// declared (see [`super::licence`]).
+    /// With `permissive_only`: the licence its package declares is not permissive, is one
+    /// infill cannot read, or none is declared (see [`super::licence`]).
     Licence(String),
     Empty,
 }
@@ -203,6 +203,9 @@ pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusErro
                     if let Some(why) = licence.and_then(|l| match l {
                         Licence::Permissive(_) => None,
                         Licence::NotPermissive(name) => Some(name),
+                        Licence::Unrecognised(name) => {
+                            Some(format!("{name}, a licence infill cannot read"))
+                        }
                         Licence::Unknown => Some("no licence declared".into()),
                     }) {
                         corpus.skipped.push((rel, Skip::Licence(why)));
@@ -602,8 +605,14 @@ mod tests {
         );
         write(r, "krate/gpl/x.c", b"int x = 1;\n");
         write(r, "loose/y.py", b"y = 2\n");
+        write(
+            r,
+            "odd/Cargo.toml",
+            b"[package]\nname = \"odd\"\nlicense = \"Artistic-1.0-Perl OR GPL-1.0-or-later\"\n",
+        );
+        write(r, "odd/src/lib.rs", b"pub fn g() -> u8 { 2 }\n");
         let all = collect(&[r.to_path_buf()], Options::default()).unwrap();
-        assert_eq!(all.files.len(), 3);
+        assert_eq!(all.files.len(), 4);
         let options = Options {
             permissive_only: true,
         };
@@ -623,6 +632,13 @@ mod tests {
             corpus.skipped
         );
         assert!(why("loose/y.py").is_some_and(|w| w.contains("no licence declared")));
+        assert_eq!(
+            why("odd/src/lib.rs").as_deref(),
+            Some(
+                "not permissively licensed: Artistic-1.0-Perl OR GPL-1.0-or-later, a licence infill cannot read"
+            ),
+            "a declaration infill cannot read is named, not reported as missing"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!
 //! SPDX expressions are evaluated: `A OR B` is permissive when either is, `A AND B` when both are,
 //! and `A WITH exception` as `A`; the old Cargo spelling `MIT/Apache-2.0` means OR. A file with no
-//! declaration has an unknown licence, which is not permissive.
+//! declaration has an unknown licence, and one declared in words infill cannot read an
+//! unrecognised one; neither is taken as permissive.
 
 mod debian;
 
@@ -28,6 +29,9 @@ use debian::Debian;
 pub enum Licence {
     Permissive(String),
     NotPermissive(String),
+    /// Declared, but in words infill cannot read either way (names what was declared).
+    Unrecognised(String),
+    /// Nothing declares one.
     Unknown,
 }
 
@@ -181,7 +185,8 @@ pub fn classify(declared: &str) -> Licence {
     match spdx(declared).or_else(|| words(declared)) {
         Some(true) => Licence::Permissive(name),
         Some(false) => Licence::NotPermissive(name),
-        None => Licence::Unknown,
+        None if name.is_empty() => Licence::Unknown,
+        None => Licence::Unrecognised(name),
     }
 }
 
@@ -212,7 +217,7 @@ fn python_metadata(metadata: &str) -> Licence {
         {
             Some(v) if v.iter().all(|&p| p) => Licence::Permissive(all),
             Some(_) => Licence::NotPermissive(all),
-            None => Licence::Unknown,
+            None => Licence::Unrecognised(all),
         };
     }
     field("License:")
@@ -349,7 +354,7 @@ fn by_wording(name: &str, text: &str) -> Licence {
     match words(text) {
         Some(true) => Licence::Permissive(format!("{name} (permissive wording)")),
         Some(false) => Licence::NotPermissive(format!("{name} (copyleft or proprietary wording)")),
-        None => Licence::Unknown,
+        None => Licence::Unrecognised(format!("{name} (wording of no licence infill knows)")),
     }
 }
 
@@ -362,7 +367,7 @@ mod tests {
         match classify(declared) {
             Licence::Permissive(_) => Some(true),
             Licence::NotPermissive(_) => Some(false),
-            Licence::Unknown => None,
+            Licence::Unrecognised(_) | Licence::Unknown => None,
         }
     }
 
@@ -451,6 +456,12 @@ mod tests {
             Licence::NotPermissive(_)
         ));
         assert!(matches!(l.of("pkg/lib/index.js"), Licence::Permissive(s) if s == "ISC"));
+        write("odd/LICENSE", "You may do as the Frobnicator pleases.\n");
+        write("odd/odd.py", "w = 4\n");
+        assert_eq!(
+            Licences::scan(r).of("odd/odd.py"),
+            Licence::Unrecognised("LICENSE (wording of no licence infill knows)".into())
+        );
         // A licence file at the root covers what nothing nearer declares.
         write(
             "LICENSE.txt",

@@ -77,6 +77,9 @@ impl Debian {
                     Licence::NotPermissive(names) => {
                         Licence::NotPermissive(format!("{package}: {names}"))
                     }
+                    Licence::Unrecognised(names) => {
+                        Licence::Unrecognised(format!("{package}: {names}"))
+                    }
                     Licence::Unknown => Licence::Unknown,
                 }
             });
@@ -146,8 +149,10 @@ pub fn copyright(text: &str) -> Licence {
         Licence::NotPermissive(names)
     } else if !verdicts.is_empty() && verdicts.iter().all(|v| *v == Some(true)) {
         Licence::Permissive(names)
-    } else {
+    } else if names.is_empty() {
         Licence::Unknown
+    } else {
+        Licence::Unrecognised(names)
     }
 }
 
@@ -268,7 +273,15 @@ License: GPL-2+
         let mixed = LLVM.replace("License: BSD-3-Clause", "License: LGPL-2.1+");
         assert!(matches!(copyright(&mixed), Licence::NotPermissive(_)));
         let unknown = LLVM.replace("License: BSD-3-Clause", "License: Frobnicate-1");
-        assert_eq!(copyright(&unknown), Licence::Unknown);
+        assert_eq!(
+            copyright(&unknown),
+            Licence::Unrecognised(
+                "APACHE-2-LLVM-EXCEPTIONS, solar-public-domain, Frobnicate-1".into()
+            ),
+            "a name of no family, with no text to read, is named in the reason"
+        );
+        let undeclared = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: debian/*\nLicense: GPL-2+\n";
+        assert_eq!(copyright(undeclared), Licence::Unknown);
     }
 
     #[test]
