@@ -4,8 +4,8 @@
 //! document becomes a FIM example with probability `fim_rate` (0.5 from scratch, 0.9 when
 //! fine-tuning), in PSM or SPM order with equal odds; the loss covers every token including the
 //! end-of-text that closes the middle. Split points come in four kinds, so the model sees the holes
-//! the editor makes: random characters, the rest of a line, a span inside a line, and a whole
-//! syntactic block (tree-sitter, when the language is known). Documents are joined with
+//! the editor makes: random characters, the rest of a line, a span inside a line (neither of them
+//! empty), and a whole syntactic block (tree-sitter, when the language is known). Documents are joined with
 //! `<|file_sep|>`, each ends with end-of-text, and the stream is cut into fixed-length windows.
 //! Everything is drawn from one seeded generator.
 //!
@@ -80,14 +80,22 @@ pub fn choose_split(text: &str, language: Option<&str>, rng: &mut Rng) -> Split 
         .filter(|(_, l)| !l.trim().is_empty())
         .collect();
     match kind {
+        // A line's hole is never empty (the lines kept have a character that is not a space).
+        // An empty middle teaches the model that a hole often needs nothing. While line holes
+        // could be empty (half of those inside a line were), one FIM example in eight was, and
+        // the model trained on them ended its proposal at once at 4-7% of held-out eval tasks
+        // (27 of 400, 20 of 500), mostly at the start of a line it should have written. The
+        // editor's holes are rarely empty; a random-character hole still can be.
         SpanKind::RestOfLine | SpanKind::InsideLine if !lines.is_empty() => {
             let (at, line) = lines[below(rng, lines.len())];
             let b = char_boundaries(line);
-            let x = b[below(rng, b.len())];
-            let end = if kind == SpanKind::RestOfLine {
-                line.len()
+            let (x, end) = if kind == SpanKind::RestOfLine {
+                (b[below(rng, b.len() - 1)], line.len())
             } else {
-                b[below(rng, b.len())].max(x)
+                let (i, j) = (below(rng, b.len()), below(rng, b.len() - 1));
+                // j skips i: two distinct boundaries, each pair equally likely.
+                let j = if j >= i { j + 1 } else { j };
+                (b[i.min(j)], b[i.max(j)])
             };
             Split {
                 start: at + x,
@@ -350,5 +358,31 @@ mod tests {
             kinds.insert(format!("{:?}", s.kind));
         }
         assert_eq!(kinds.len(), 4, "{kinds:?}");
+    }
+
+    #[test]
+    fn line_holes_are_never_empty_and_reach_every_position() {
+        let text = "fn f() {\n    let x = 1;\n\n    x\n}\n";
+        let mut rng = Rng::new(11);
+        let mut starts = std::collections::HashSet::new();
+        let mut ends = std::collections::HashSet::new();
+        for _ in 0..4000 {
+            let s = choose_split(text, None, &mut rng);
+            if matches!(s.kind, SpanKind::RestOfLine | SpanKind::InsideLine) {
+                assert!(s.start < s.end, "an empty line hole: {s:?}");
+                let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+                let line_end = line_start + text[line_start..].find('\n').unwrap_or(0);
+                assert!(s.end <= line_end, "a line hole crosses its line: {s:?}");
+                if s.kind == SpanKind::RestOfLine {
+                    assert_eq!(s.end, line_end, "{s:?}");
+                }
+                starts.insert(s.start);
+                ends.insert(s.end);
+            }
+        }
+        // Every character of the four non-blank lines starts some hole, and every place after
+        // one ends some hole: 8 + 14 + 5 + 1 characters.
+        assert_eq!(starts.len(), 28, "{starts:?}");
+        assert_eq!(ends.len(), 28, "{ends:?}");
     }
 }
