@@ -273,6 +273,10 @@ pub struct SamplingArgs {
     /// earlier, with generation made to begin by writing that token again.
     #[arg(long)]
     pub no_heal: bool,
+    /// Let the model end its proposal before it has written anything but whitespace (by
+    /// default its end tokens are passed over until then).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Args)]
@@ -369,6 +373,10 @@ pub struct EvalArgs {
     /// brings.
     #[arg(long)]
     pub no_heal: bool,
+    /// Let the model end a proposal before it has written anything but whitespace, to measure
+    /// what passing over those early end tokens brings.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,7 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
             max_tokens: args.max_tokens,
             time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
             top_alternatives: args.top_alternatives,
+            text_before_end: !args.allow_empty,
         },
         order: args.fim_order,
         context_tokens: args.context,

@@ -115,6 +115,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let settings = Settings {
         limits: Limits {
             max_tokens: args.max_tokens,
+            text_before_end: !args.allow_empty,
             ..Limits::default()
         },
         min_confidence: args.min_confidence,

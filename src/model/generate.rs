@@ -43,6 +43,10 @@ pub struct Limits {
     pub time_budget: Option<Duration>,
     /// How many alternatives to record per token.
     pub top_alternatives: usize,
+    /// The model's end tokens are passed over until the text holds a character other than
+    /// whitespace: an empty proposal shows nothing, and a small model often ends at once where
+    /// its next choice is right.
+    pub text_before_end: bool,
 }
 
 impl Default for Limits {
@@ -51,6 +55,7 @@ impl Default for Limits {
             max_tokens: 64,
             time_budget: None,
             top_alternatives: 5,
+            text_before_end: true,
         }
     }
 }
@@ -294,6 +299,9 @@ pub fn generate_request(
         if healing && !keep_healing(tokenizer, &mut textual, pending) {
             break StopReason::EndToken;
         }
+        if limits.text_before_end && !healing && bytes.iter().all(u8::is_ascii_whitespace) {
+            pass_over_ends(&tokenizer.fim().stops, &mut textual);
+        }
         let id = choose(&textual, sampling, &mut rng);
         if tokenizer.fim().stops.contains(&id) {
             break StopReason::EndToken;
@@ -369,6 +377,21 @@ fn keep_healing(tokenizer: &Tokenizer, logits: &mut [f32], pending: &[u8]) -> bo
     any
 }
 
+/// Takes the end tokens (`stops`) out of `logits` unless nothing else is left to choose.
+fn pass_over_ends(stops: &[u32], logits: &mut [f32]) {
+    let other = logits
+        .iter()
+        .enumerate()
+        .any(|(id, l)| l.is_finite() && !stops.contains(&(id as u32)));
+    if other {
+        for &stop in stops {
+            if let Some(logit) = logits.get_mut(stop as usize) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 fn next_logits(network: &mut Network, context: &[u32]) -> candle_core::Result<Tensor> {
     network.logits_after(context).map(|(logits, _)| logits)
 }
@@ -439,6 +462,31 @@ fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> Gener
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn end_tokens_are_passed_over_unless_nothing_else_is_left() {
+        let stops = [3, 4];
+        let mut logits = [0.1, 2.0, -1.0, 5.0, 4.0];
+        pass_over_ends(&stops, &mut logits);
+        assert_eq!(choose(&logits, &Sampling::default(), &mut Rng::new(0)), 1);
+        assert_eq!(
+            logits[..3],
+            [0.1, 2.0, -1.0],
+            "the others keep their scores"
+        );
+        let mut only_ends = [
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            f32::NEG_INFINITY,
+            1.0,
+            2.0,
+        ];
+        pass_over_ends(&stops, &mut only_ends);
+        assert_eq!(
+            choose(&only_ends, &Sampling::default(), &mut Rng::new(0)),
+            4
+        );
+    }
 
     #[test]
     fn greedy_picks_the_argmax_and_sampling_is_seeded() {

@@ -386,6 +386,7 @@ impl App {
                 max_tokens: self.config.max_tokens,
                 time_budget: Some(Duration::from_secs(10)),
                 top_alternatives: 0,
+                ..Limits::default()
             },
             context_tokens: Some(1024),
             min_confidence: self.config.min_confidence,
