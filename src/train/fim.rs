@@ -370,8 +370,16 @@ mod tests {
             let s = choose_split(text, None, &mut rng);
             if matches!(s.kind, SpanKind::RestOfLine | SpanKind::InsideLine) {
                 assert!(s.start < s.end, "an empty line hole: {s:?}");
-                let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
-                let line_end = line_start + text[line_start..].find('\n').unwrap_or(0);
+                let bytes = text.as_bytes();
+                let line_start = bytes[..s.start]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let line_end = line_start
+                    + bytes[line_start..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .unwrap();
                 assert!(s.end <= line_end, "a line hole crosses its line: {s:?}");
                 if s.kind == SpanKind::RestOfLine {
                     assert_eq!(s.end, line_end, "{s:?}");
