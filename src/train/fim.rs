@@ -5,9 +5,9 @@
 //! fine-tuning), in PSM or SPM order with equal odds; the loss covers every token including the
 //! end-of-text that closes the middle. Split points come in four kinds, so the model sees the holes
 //! the editor makes: random characters, the rest of a line, a span inside a line (neither of them
-//! empty), and a whole syntactic block (tree-sitter, when the language is known). Documents are joined with
-//! `<|file_sep|>`, each ends with end-of-text, and the stream is cut into fixed-length windows.
-//! Everything is drawn from one seeded generator.
+//! empty), and a whole syntactic block (tree-sitter, when the language is known). Documents are
+//! joined with `<|file_sep|>`, each ends with end-of-text, and the stream is cut into fixed-length
+//! windows. Everything is drawn from one seeded generator.
 //!
 //! A document longer than a window is first cut (at line ends) into fragments that fit one, and
 //! each fragment becomes its own example: Bavarian et al.'s context-level FIM. Without this, a
