@@ -35,6 +35,18 @@ pub enum Licence {
     Unknown,
 }
 
+impl Licence {
+    /// The same verdict with its names rewritten by `f`.
+    pub fn named(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            Self::Permissive(n) => Self::Permissive(f(&n)),
+            Self::NotPermissive(n) => Self::NotPermissive(f(&n)),
+            Self::Unrecognised(n) => Self::Unrecognised(f(&n)),
+            Self::Unknown => Self::Unknown,
+        }
+    }
+}
+
 /// Licence identifiers (lowercase) that permit use with attribution at most.
 const PERMISSIVE: &[&str] = &[
     "mit",

@@ -68,21 +68,9 @@ impl Debian {
             .join("usr/share/doc")
             .join(package)
             .join("copyright");
-        let licence =
-            std::fs::read_to_string(&file).map_or(Licence::Unknown, |text| {
-                match copyright(&text) {
-                    Licence::Permissive(names) => {
-                        Licence::Permissive(format!("{package}: {names}"))
-                    }
-                    Licence::NotPermissive(names) => {
-                        Licence::NotPermissive(format!("{package}: {names}"))
-                    }
-                    Licence::Unrecognised(names) => {
-                        Licence::Unrecognised(format!("{package}: {names}"))
-                    }
-                    Licence::Unknown => Licence::Unknown,
-                }
-            });
+        let licence = std::fs::read_to_string(&file).map_or(Licence::Unknown, |text| {
+            copyright(&text).named(|names| format!("{package}: {names}"))
+        });
         self.packages.insert(package.clone(), licence.clone());
         licence
     }
