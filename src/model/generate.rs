@@ -290,11 +290,7 @@ pub fn generate_request(
         // similarity: 0.144 choosing past the markers, 0.123 stopping at them, 0.128 showing them.
         // The token's probability stays the model's own.
         let mut textual = row.clone();
-        for marker in tokenizer.fim().markers() {
-            if let Some(logit) = textual.get_mut(marker as usize) {
-                *logit = f32::NEG_INFINITY;
-            }
-        }
+        rule_out(&mut textual, tokenizer.fim().markers());
         let healing = !pending.is_empty();
         if healing && !keep_healing(tokenizer, &mut textual, pending) {
             break StopReason::EndToken;
@@ -384,10 +380,15 @@ fn pass_over_ends(stops: &[u32], logits: &mut [f32]) {
         .enumerate()
         .any(|(id, l)| l.is_finite() && !stops.contains(&(id as u32)));
     if other {
-        for &stop in stops {
-            if let Some(logit) = logits.get_mut(stop as usize) {
-                *logit = f32::NEG_INFINITY;
-            }
+        rule_out(logits, stops.iter().copied());
+    }
+}
+
+/// Makes the tokens `ids` impossible choices.
+fn rule_out(logits: &mut [f32], ids: impl IntoIterator<Item = u32>) {
+    for id in ids {
+        if let Some(logit) = logits.get_mut(id as usize) {
+            *logit = f32::NEG_INFINITY;
         }
     }
 }
