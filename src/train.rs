@@ -7,6 +7,7 @@
 
 pub mod corpus;
 pub mod dedup;
+pub mod export;
 pub mod fim;
 pub mod licence;
 pub mod optim;
