@@ -131,13 +131,7 @@ pub fn write_u16(out: &mut impl Write, stream: &[u32]) -> Result<(), ExportError
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    fn tokenizer() -> Tokenizer {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2");
-        let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
-        Tokenizer::from_bytes(&json, 1 << 20).unwrap()
-    }
+    use crate::train::fim::tests::tokenizer;
 
     fn docs() -> Vec<(String, String)> {
         (0..7)

@@ -297,10 +297,11 @@ pub fn fragments<'t>(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tokenizer() -> Tokenizer {
+    /// The qwen2 fixture's tokenizer (FIM tokens and a file separator); `export`'s tests use it too.
+    pub(crate) fn tokenizer() -> Tokenizer {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2");
         let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
