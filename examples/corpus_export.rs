@@ -15,77 +15,117 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
 use infill::model::Tokenizer;
 use infill::train::export::{self, ShardSpec};
 use infill::train::fim::FimSettings;
 use infill::train::{CorpusChoice, Survey, corpus};
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("bundle") => bundle(args.get(1..).unwrap_or_default()),
-        Some("pack") => pack(args.get(1..).unwrap_or_default()),
-        _ => bail!(
-            "usage: corpus_export bundle OUT_DIR [options] REPO...\n       \
-             corpus_export pack BUNDLE MODEL_DIR OUT --epoch K [options]"
-        ),
-    }
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-/// Flags (`--name value` or `--name`) and positional arguments.
-struct Args {
-    flags: Vec<(String, Option<String>)>,
-    positional: Vec<String>,
+#[derive(Subcommand)]
+enum Command {
+    /// Writes OUT_DIR/train.bundle and OUT_DIR/held.bundle from the repositories.
+    Bundle {
+        out_dir: PathBuf,
+        #[arg(required = true)]
+        repos: Vec<PathBuf>,
+        /// As `infill train --held-out`.
+        #[arg(long, default_value_t = 0.05)]
+        held_out: f64,
+        /// As `infill train --permissive-only`.
+        #[arg(long)]
+        permissive_only: bool,
+        /// As `infill train --package-cap-mb`.
+        #[arg(long)]
+        package_cap_mb: Option<f64>,
+    },
+    /// Writes one shard of one epoch of a bundle as a u16 token stream.
+    Pack {
+        bundle: PathBuf,
+        /// The model folder whose tokenizer.json (and config.json's vocab_size) to use.
+        model_dir: PathBuf,
+        out: PathBuf,
+        #[arg(long)]
+        epoch: u64,
+        #[arg(long, default_value_t = 0)]
+        shard: usize,
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        #[arg(long, default_value_t = 0.9)]
+        fim_rate: f64,
+        #[arg(long, default_value_t = 0.8)]
+        spm_rate: f64,
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
-impl Args {
-    fn parse(args: &[String], switches: &[&str]) -> Self {
-        let (mut flags, mut positional) = (Vec::new(), Vec::new());
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.strip_prefix("--") {
-                Some(name) if switches.contains(&name) => flags.push((name.to_string(), None)),
-                Some(name) => flags.push((name.to_string(), it.next().cloned())),
-                None => positional.push(a.clone()),
-            }
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
-        Self { flags, positional }
     }
+}
 
-    fn has(&self, name: &str) -> bool {
-        self.flags.iter().any(|(n, _)| n == name)
-    }
-
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T> {
-        match self.flags.iter().rev().find(|(n, _)| n == name) {
-            None => Ok(default),
-            Some((_, value)) => value
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("--{name} needs a value of the right kind")),
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bundle {
+            out_dir,
+            repos,
+            held_out,
+            permissive_only,
+            package_cap_mb,
+        } => {
+            let choice = CorpusChoice {
+                filters: corpus::Options { permissive_only },
+                package_cap_bytes: package_cap_mb.map(|mb| (mb * 1e6) as usize),
+            };
+            bundle(&out_dir, &repos, &choice, held_out)
+        }
+        Command::Pack {
+            bundle,
+            model_dir,
+            out,
+            epoch,
+            shard,
+            shards,
+            fim_rate,
+            spm_rate,
+            seq_len,
+            seed,
+        } => {
+            let spec = ShardSpec {
+                epoch,
+                shard,
+                shards,
+                seed,
+                fim: FimSettings { fim_rate, spm_rate },
+                seq_len,
+            };
+            pack(&bundle, &model_dir, &out, spec)
         }
     }
 }
 
-fn bundle(args: &[String]) -> anyhow::Result<()> {
-    let a = Args::parse(args, &["permissive-only"]);
-    let Some((out, repos)) = a.positional.split_first() else {
-        bail!("usage: corpus_export bundle OUT_DIR [options] REPO...");
-    };
-    let choice = CorpusChoice {
-        filters: corpus::Options {
-            permissive_only: a.has("permissive-only"),
-        },
-        package_cap_bytes: match a.get("package-cap-mb", 0.0f64)? {
-            mb if mb > 0.0 => Some((mb * 1e6) as usize),
-            _ => None,
-        },
-    };
-    let repos: Vec<PathBuf> = repos.iter().map(PathBuf::from).collect();
-    let survey = Survey::new(&repos, &choice, a.get("held-out", 0.05)?)?;
+fn bundle(
+    out: &Path,
+    repos: &[PathBuf],
+    choice: &CorpusChoice,
+    held_out: f64,
+) -> anyhow::Result<()> {
+    let survey = Survey::new(repos, choice, held_out)?;
     eprint!("{}", survey.summary());
-    let out = Path::new(out);
     std::fs::create_dir_all(out)?;
     for (name, idx) in [
         ("train.bundle", &survey.split.train),
@@ -100,40 +140,20 @@ fn bundle(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_bundle(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("{}: cannot read the bundle", path.display()))?;
-    export::read_bundle(&bytes).with_context(|| format!("{}", path.display()))
-}
-
-fn pack(args: &[String]) -> anyhow::Result<()> {
-    let a = Args::parse(args, &[]);
-    let [bundle, model, out] = a.positional.as_slice() else {
-        bail!("usage: corpus_export pack BUNDLE MODEL_DIR OUT --epoch K [options]");
-    };
-    let model = Path::new(model);
+fn pack(bundle: &Path, model: &Path, out: &Path, spec: ShardSpec) -> anyhow::Result<()> {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model.join("config.json"))?)?;
     let vocab = config["vocab_size"]
         .as_u64()
         .context("config.json: no vocab_size")? as usize;
     let tokenizer = Tokenizer::from_bytes(&std::fs::read(model.join("tokenizer.json"))?, vocab)?;
-    let docs = read_bundle(Path::new(bundle))?;
-    let spec = ShardSpec {
-        epoch: a.get("epoch", 0)?,
-        shard: a.get("shard", 0)?,
-        shards: a.get("shards", 1)?,
-        seed: a.get("seed", 7)?,
-        fim: FimSettings {
-            fim_rate: a.get("fim-rate", 0.9)?,
-            spm_rate: a.get("spm-rate", 0.8)?,
-        },
-        seq_len: a.get("seq-len", 512)?,
-    };
+    let bytes = std::fs::read(bundle)
+        .with_context(|| format!("{}: cannot read the bundle", bundle.display()))?;
+    let docs = export::read_bundle(&bytes).with_context(|| format!("{}", bundle.display()))?;
     let stream = export::pack_shard(&tokenizer, &docs, spec)?;
     let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
     export::write_u16(&mut w, &stream)?;
     w.flush()?;
-    eprintln!("{out}: {} tokens", stream.len());
+    eprintln!("{}: {} tokens", out.display(), stream.len());
     Ok(())
 }
