@@ -215,15 +215,13 @@ def read_epoch(data, k, deadline):
 @torch.no_grad()
 def held_loss(model, hx, hy, batch):
     model.eval()
-    total, n = 0.0, 0
+    total = 0.0
     for i in range(0, len(hx), batch):
+        x, y = hx[i : i + batch], hy[i : i + batch]
         with torch.autocast("cuda" if hx.is_cuda else "cpu", dtype=torch.bfloat16):
-            total += loss_of(model, hx[i : i + batch], hy[i : i + batch]).item() * len(
-                hx[i : i + batch]
-            )
-        n += len(hx[i : i + batch])
+            total += loss_of(model, x, y).item() * len(x)
     model.train()
-    return total / max(n, 1)
+    return total / max(len(hx), 1)
 
 
 def main():
@@ -302,7 +300,7 @@ def main():
     budget = a.minutes * 60.0
     gen = torch.Generator(device="cpu").manual_seed(a.seed)
     epoch, x, y, order, at = 0, None, None, None, 0
-    tokens, step, started, last_save, last_log = 0, 0, time.time(), time.time(), time.time()
+    tokens, step = 0, 0
     if hx is not None:
         h = held_loss(model, hx, hy, a.batch)
         print(f"held-out loss {h:.4f} at start", flush=True)
@@ -327,21 +325,22 @@ def main():
         lr *= min(1.0, (step + 1) / a.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        try:
+        def forward_backward(fn):
+            opt.zero_grad(set_to_none=True)
             with torch.autocast(dev, dtype=torch.bfloat16, enabled=not a.f32):
-                loss = loss_of(step_fn, x[idx], y[idx])
+                loss = loss_of(fn, x[idx], y[idx])
             loss.backward()
+            return loss
+
+        try:
+            loss = forward_backward(step_fn)
         except Exception as e:  # a failed compile falls back to the plain model
             if step_fn is model:
                 raise
             why = f"{type(e).__name__}: {e}"
             print(f"torch.compile failed ({why}); continuing without it", flush=True)
             step_fn = model
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev, dtype=torch.bfloat16, enabled=not a.f32):
-                loss = loss_of(step_fn, x[idx], y[idx])
-            loss.backward()
+            loss = forward_backward(step_fn)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
