@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use infill::model::Tokenizer;
 use infill::train::export::{self, ShardSpec};
 use infill::train::fim::FimSettings;
-use infill::train::{CorpusChoice, Survey, corpus};
+use infill::train::{CorpusChoice, Survey};
 
 #[derive(Parser)]
 struct Cli {
@@ -87,10 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             permissive_only,
             package_cap_mb,
         } => {
-            let choice = CorpusChoice {
-                filters: corpus::Options { permissive_only },
-                package_cap_bytes: package_cap_mb.map(|mb| (mb * 1e6) as usize),
-            };
+            let choice = CorpusChoice::from_flags(permissive_only, package_cap_mb);
             bundle(&out_dir, &repos, &choice, held_out)
         }
         Command::Pack {

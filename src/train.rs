@@ -282,6 +282,16 @@ pub struct CorpusChoice {
     pub package_cap_bytes: Option<usize>,
 }
 
+impl CorpusChoice {
+    /// From the command line's `--permissive-only` and `--package-cap-mb` (megabytes of 10^6 bytes).
+    pub fn from_flags(permissive_only: bool, package_cap_mb: Option<f64>) -> Self {
+        Self {
+            filters: corpus::Options { permissive_only },
+            package_cap_bytes: package_cap_mb.map(|mb| (mb * 1e6) as usize),
+        }
+    }
+}
+
 /// The corpus of `repos` and its split into training and held-out files.
 #[derive(Debug)]
 pub struct Survey {

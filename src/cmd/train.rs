@@ -156,10 +156,5 @@ pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
 }
 
 fn corpus_options(args: &TrainArgs) -> train::CorpusChoice {
-    train::CorpusChoice {
-        filters: train::corpus::Options {
-            permissive_only: args.permissive_only,
-        },
-        package_cap_bytes: args.package_cap_mb.map(|mb| (mb * 1e6) as usize),
-    }
+    train::CorpusChoice::from_flags(args.permissive_only, args.package_cap_mb)
 }
