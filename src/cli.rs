@@ -154,6 +154,9 @@ pub struct TrainArgs {
     /// Continue the run checkpointed in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Replace the model or run already in --out (its checkpoints and log go too).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// List the files used and skipped, and why.
     #[arg(long)]
     pub explain: bool,
@@ -198,6 +201,9 @@ pub struct TrainArgs {
     pub eval_every: usize,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
+    /// Also checkpoint whenever this many minutes passed since the last checkpoint.
+    #[arg(long, default_value_t = 2.0, value_name = "MINUTES")]
+    pub checkpoint_minutes: f64,
 }
 
 /// A cursor in a file, shared by the commands that work at one.
@@ -315,9 +321,11 @@ pub struct EvalArgs {
     /// HumanEval-infilling JSONL tasks instead of repository tasks.
     #[arg(long, conflicts_with = "repo")]
     pub tasks_file: Option<PathBuf>,
-    /// Language of the task file's code (for trimming and syntax checks).
-    #[arg(long, default_value = "python")]
-    pub tasks_language: String,
+    /// Language of the task file's code (for trimming and syntax checks). Default: each task's
+    /// `language` field, else a language the file's name gives (`humaneval-rust.jsonl`), else
+    /// python.
+    #[arg(long, value_name = "LANGUAGE", requires = "tasks_file")]
+    pub tasks_language: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// A second model to compare with (directory or hub id).

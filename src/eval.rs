@@ -470,6 +470,11 @@ pub struct ModelFigures {
     pub shown_latency_p50_ms: f64,
     pub shown_latency_p95_ms: f64,
     pub tokens_per_s: f64,
+    /// Tasks whose raw proposal was an exact match and whose trimmed one is not: what trimming
+    /// broke (it should never).
+    pub trim_lost_exact: usize,
+    /// Tasks whose trimmed proposal is an exact match and whose raw one was not.
+    pub trim_won_exact: usize,
 }
 
 /// Per task kind (and "all"): the model's figures, the baseline's, and trimmed edit similarity and
@@ -504,6 +509,14 @@ fn figures(tasks: &[&Task], outcomes: &[&Outcome]) -> ModelFigures {
         shown_latency_p50_ms: metrics::quantile(&shown, 0.5),
         shown_latency_p95_ms: metrics::quantile(&shown, 0.95),
         tokens_per_s: metrics::mean(&outcomes.iter().map(|o| o.tokens_per_s).collect::<Vec<_>>()),
+        trim_lost_exact: outcomes
+            .iter()
+            .filter(|o| o.raw_score.exact && !o.trimmed_score.exact)
+            .count(),
+        trim_won_exact: outcomes
+            .iter()
+            .filter(|o| !o.raw_score.exact && o.trimmed_score.exact)
+            .count(),
     }
 }
 
@@ -639,6 +652,15 @@ pub fn render(reports: &[KindReport], markdown: bool) -> String {
                 ));
             }
         }
+        let trimming = format!(
+            "trimming turned {} exact raw proposals into misses and {} misses into exact matches",
+            r.model.trim_lost_exact, r.model.trim_won_exact
+        );
+        out.push_str(&if markdown {
+            format!("\n{trimming}\n")
+        } else {
+            format!("  {trimming}\n")
+        });
         for (label, d) in [
             ("edit similarity", r.edit_similarity_diff),
             ("exact match", r.exact_match_diff),

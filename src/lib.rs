@@ -4,6 +4,25 @@
 //! runs networks in Candle; `complete` is the one pipeline every caller uses; `worker` runs it on its
 //! own thread for `tui`, the editor; `cli` and `cmd` are the command-line front end.
 
+/// `print!` that returns the write's error instead of panicking: standard output closed early
+/// (`infill eval | head`) ends a command quietly.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)
+    }};
+}
+
+/// `println!` that returns the write's error instead of panicking (see [`out!`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 pub mod cli;
 pub mod cmd;
 pub mod complete;

@@ -23,10 +23,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed pipe (`infill complete ... | head`) is not an error.
-            if err.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("infill: {}", user_message(&err));
@@ -35,13 +32,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether `err` comes from writing to a pipe whose reader has gone, directly or through JSON.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(BrokenPipe))
+    })
+}
+
 /// The error and its causes on one line. Only the first line of each: some library errors
 /// (candle's, when RUST_BACKTRACE is set) carry a backtrace after their message, not for users.
+/// A cause whose text the line already holds (an error that prints its source) is said once.
 fn user_message(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(|e| e.to_string().lines().next().unwrap_or_default().to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.lines().next().unwrap_or_default();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
 }
 
 /// `infill FILE` means `infill edit FILE`: a first argument that is neither a subcommand nor an
@@ -72,5 +90,34 @@ mod tests {
             super::user_message(&err),
             "scoring /tmp/a.py: 268 positions exceed the model's context of 256"
         );
+    }
+
+    /// An error that prints its source (thiserror's `{source}`) is not said twice.
+    #[test]
+    fn a_cause_the_message_already_holds_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("config.json: {source}")]
+        struct Config {
+            source: std::io::Error,
+        }
+        let err = anyhow::Error::new(Config {
+            source: std::io::Error::other("is not valid JSON: EOF while parsing"),
+        });
+        assert_eq!(
+            super::user_message(&err),
+            "config.json: is not valid JSON: EOF while parsing"
+        );
+    }
+
+    #[test]
+    fn a_closed_pipe_is_not_an_error_even_through_json() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(super::is_broken_pipe(&anyhow::Error::new(
+            serde_json::Error::io(io)
+        )));
+        let other = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!super::is_broken_pipe(&anyhow::Error::new(
+            serde_json::Error::io(other)
+        )));
     }
 }

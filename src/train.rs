@@ -181,6 +181,80 @@ pub struct TrainOptions {
     pub corpus: CorpusChoice,
     pub explain: bool,
     pub progress: bool,
+    /// Replace a model or run already in `out` (without it, and without resuming, such an `out`
+    /// is refused: nothing a person trained is lost by mistake).
+    pub overwrite: bool,
+    /// Checkpoint at least this often, besides every `checkpoint_every` steps: a slow run
+    /// killed before its first step checkpoint would lose everything.
+    pub checkpoint_interval: std::time::Duration,
+}
+
+/// Files of a model directory or a training run: an `--out` holding any of them is not new.
+const RUN_FILES: [&str; 6] = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "training.json",
+    "train.log",
+    "checkpoints",
+];
+
+/// Refuses to start a new run over a model or run in `out` unless asked to replace it; with
+/// `overwrite`, clears the old run's log and checkpoints so they cannot mix with the new one.
+fn claim_out(out: &Path, start: &Start, overwrite: bool) -> anyhow::Result<()> {
+    if matches!(start, Start::Resume { .. }) {
+        return Ok(());
+    }
+    let found: Vec<&str> = RUN_FILES
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        anyhow::bail!(
+            "{} already holds a model or training run ({}); pass --resume to continue that run, --overwrite to replace it, or choose another --out",
+            out.display(),
+            found.join(", ")
+        );
+    }
+    for f in ["train.log", "training.json"] {
+        match std::fs::remove_file(out.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e)
+                    .with_context(|| format!("{}: cannot replace it", out.join(f).display()));
+            }
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir_all(out.join("checkpoints")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
+            .with_context(|| format!("{}: cannot replace it", out.join("checkpoints").display())),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps the lines of `train.log` up to `step`: a resumed run goes on from its checkpoint, and
+/// the steps logged after it were lost with the process that made them.
+fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        crate::files::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// What `training.json` records.
@@ -376,6 +450,7 @@ impl Survey {
 /// Runs `infill train` end to end; returns the report written to `training.json`.
 pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let started = Instant::now();
+    claim_out(&opts.out, &opts.start, opts.overwrite)?;
     let Survey {
         corpus,
         split:
@@ -448,10 +523,12 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         }
         Start::Resume { .. } => {
             let state: trainer::CheckpointState = {
-                let latest =
-                    std::fs::read_to_string(ckpt_dir.join("latest")).with_context(|| {
-                        format!("{}: no checkpoint to resume from", ckpt_dir.display())
-                    })?;
+                let Ok(latest) = std::fs::read_to_string(ckpt_dir.join("latest")) else {
+                    anyhow::bail!(
+                        "{}: no checkpoint to resume from (the run stopped before its first one); start it again without --resume",
+                        opts.out.display()
+                    );
+                };
                 serde_json::from_slice(&std::fs::read(
                     ckpt_dir.join(latest.trim()).join("state.json"),
                 )?)?
@@ -501,6 +578,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     } = opts.start
     {
         trainer.load_checkpoint(&ckpt_dir)?;
+        truncate_log(&opts.out.join("train.log"), trainer.step)?;
         if trainer.origin.is_empty() {
             trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
         }
@@ -561,6 +639,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let packing_before = trainer.packing_seconds();
     let first_step = trainer.step;
     let mut last_held = Some(before.clone());
+    let mut last_checkpoint = Instant::now();
     while trainer.step < trainer.settings.steps {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
@@ -596,8 +675,11 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             last_held = Some(held);
         }
         writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
-        if trainer.step % s.checkpoint_every.max(1) == 0 {
+        if trainer.step % s.checkpoint_every.max(1) == 0
+            || last_checkpoint.elapsed() >= opts.checkpoint_interval
+        {
             trainer.save_checkpoint(&ckpt_dir)?;
+            last_checkpoint = Instant::now();
         }
         if opts.progress {
             let elapsed = loop_start.elapsed().as_secs_f64();

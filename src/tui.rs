@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod input;
 pub mod view;
 
 use std::path::{Path, PathBuf};
@@ -139,7 +140,7 @@ pub fn write_recovery(app: &App) -> Option<String> {
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
         .map_err(anyhow::Error::from)
-        .and_then(|()| crate::files::write_atomic(path, &app.document().to_file_bytes()));
+        .and_then(|()| crate::files::write_atomic(path, &app.document().to_bytes()));
     Some(match written {
         Ok(()) => format!(
             "unsaved changes were written to {}; `infill edit` of the file offers to restore them",
@@ -262,7 +263,7 @@ pub fn run(args: &EditArgs) -> anyhow::Result<()> {
     terminal.clear()?;
     std::thread::Builder::new()
         .name("infill-input".into())
-        .spawn(move || read_input(&tx))?;
+        .spawn(move || input::read_input(&tx))?;
     let result = guarded(&mut app, |app| {
         event_loop(
             &mut terminal,
@@ -314,22 +315,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-fn read_input(tx: &mpsc::Sender<Event>) {
-    use crossterm::event::Event as Term;
-    loop {
-        let event = match crossterm::event::read() {
-            Ok(Term::Key(k)) => Event::Key(k),
-            Ok(Term::Paste(text)) => Event::Paste(text),
-            Ok(Term::Resize(..)) => Event::Resize,
-            Ok(_) => continue,
-            Err(_) => Event::Terminate,
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

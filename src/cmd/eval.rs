@@ -1,6 +1,5 @@
 //! `infill eval`: build or read tasks, run the model (and a baseline), print the report.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,7 +19,19 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
     let mut all = match &args.tasks_file {
         Some(path) => {
             let text = crate::files::read_source(path)?;
-            tasks::read_task_file(&text, Some(&args.tasks_language))
+            let registry =
+                crate::syntax::Registry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let known: Vec<&str> = registry
+                .languages()
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect();
+            let file_name = path.file_name().and_then(|n| n.to_str());
+            let language = tasks::TaskLanguage {
+                flag: args.tasks_language.as_deref(),
+                file_name,
+            };
+            tasks::read_task_file(&text, &language, &known)
                 .with_context(|| path.display().to_string())?
         }
         None => {
@@ -58,6 +69,52 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
     Ok((all, held_files))
 }
 
+/// Checks that `--exec` can run the tasks' tests: the program exists, and the tasks are Python
+/// tasks with tests (HumanEval's `check(entry_point)`), the only kind infill knows how to run.
+fn exec_for(program: &str, timeout: f64, tasks: &[tasks::Task]) -> anyhow::Result<Exec> {
+    if !(timeout.is_finite() && timeout > 0.0) {
+        anyhow::bail!("--exec-timeout must be a positive number of seconds (got {timeout})");
+    }
+    if find_program(program).is_none() {
+        anyhow::bail!(
+            "--exec: {program} not found; give an interpreter on PATH (e.g. python3) or its path"
+        );
+    }
+    if let Some(t) = tasks
+        .iter()
+        .find(|t| t.language.as_deref() != Some("python"))
+    {
+        anyhow::bail!(
+            "--exec runs Python tests (HumanEval's check(entry_point)), but task {} is {}; leave --exec out",
+            t.id,
+            t.language.as_deref().unwrap_or("of no known language")
+        );
+    }
+    if !tasks
+        .iter()
+        .any(|t| t.test.is_some() && t.entry_point.is_some())
+    {
+        anyhow::bail!(
+            "--exec: no task has tests to run (the task file's test and entry_point fields)"
+        );
+    }
+    Ok(Exec {
+        program: program.to_string(),
+        timeout: Duration::from_secs_f64(timeout),
+    })
+}
+
+/// `program` as a path (when it has a separator) or found on PATH.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
 fn run_model(
     spec: &ModelArgs,
     tasks: &[tasks::Task],
@@ -74,30 +131,19 @@ fn run_model(
         eprintln!("{label}: bits per byte needs infill's own qwen2/llama decoder; skipped");
         None
     } else {
-        if std::io::stderr().is_terminal() {
-            eprint!("\r{label}: scoring held-out files for bits per byte...");
-        }
-        Some(eval::bits_per_byte(&mut model, held, score_bytes)?)
+        let bar = super::progress::bar(label, None);
+        bar.set_message("scoring held-out files for bits per byte");
+        let bits = eval::bits_per_byte(&mut model, held, score_bytes);
+        bar.finish_and_clear();
+        Some(bits?)
     };
-    let show = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    eval::run(&mut model, tasks, settings, exec, |done, total| {
-        if show {
-            let per = started.elapsed().as_secs_f64() / done as f64;
-            let eta = per * (total - done) as f64;
-            eprint!(
-                "\r{label}: {done}/{total} tasks, ETA {}m{:02}s   ",
-                (eta / 60.0) as u64,
-                (eta % 60.0) as u64
-            );
-        }
-    })
-    .inspect(|_| {
-        if show {
-            eprintln!();
-        }
-    })
-    .map(|outcomes| (outcomes, bits))
+    let bar = super::progress::bar(label, Some(tasks.len() as u64));
+    bar.set_message("tasks");
+    let outcomes = eval::run(&mut model, tasks, settings, exec, |done, _| {
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    outcomes.map(|outcomes| (outcomes, bits))
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
@@ -123,10 +169,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         heal: !args.no_heal,
         ..Settings::default()
     };
-    let exec = args.exec.as_ref().map(|p| Exec {
-        program: p.clone(),
-        timeout: Duration::from_secs_f64(args.exec_timeout.max(0.1)),
-    });
+    let exec = match &args.exec {
+        Some(program) => Some(exec_for(program, args.exec_timeout, &tasks)?),
+        None => None,
+    };
     ctrlc::set_handler(|| eval::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     let started = Instant::now();
@@ -169,20 +215,20 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         );
     }
     let reports = eval::report(&tasks, &model, baseline.as_deref(), args.seed);
-    print!("{}", eval::render(&reports, args.markdown));
+    crate::out!("{}", eval::render(&reports, args.markdown))?;
     let languages = eval::report_by_language(&tasks, &model, baseline.as_deref());
-    println!("{}", eval::render_languages(&languages, args.markdown));
+    crate::outln!("{}", eval::render_languages(&languages, args.markdown))?;
     if let Some(bits) = &model_bits {
-        println!(
+        crate::outln!(
             "{}",
             eval::render_bits(bits, baseline_bits.as_deref(), args.markdown)
-        );
+        )?;
     }
-    println!(
+    crate::outln!(
         "{} tasks in {:.1} s",
         model.len(),
         started.elapsed().as_secs_f64()
-    );
+    )?;
     if let Some(path) = &args.json {
         eval::write_json(
             path,

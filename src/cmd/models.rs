@@ -30,20 +30,20 @@ fn data_dir() -> Option<PathBuf> {
 fn list() -> anyhow::Result<()> {
     match embedded::files() {
         Some(files) => {
-            println!("default (built in): {}", describe(&files)?);
+            crate::outln!("default (built in): {}", describe(&files)?)?;
             if let Some(training) = embedded::training() {
-                println!("  {}", training_summary(&serde_json::from_str(training)?));
+                crate::outln!("  {}", training_summary(&serde_json::from_str(training)?))?;
             }
         }
-        None => println!(
+        None => crate::outln!(
             "default: none built in; pass --model DIR|HUB_ID (assets/README.md says how to build one in)"
-        ),
+        )?,
     }
     let Some(dir) = data_dir() else {
         return Ok(());
     };
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        println!("no trained models in {}", dir.display());
+        crate::outln!("no trained models in {}", dir.display())?;
         return Ok(());
     };
     let mut dirs: Vec<PathBuf> = entries
@@ -57,12 +57,12 @@ fn list() -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
             .and_then(|f| describe(&f))
         {
-            Ok(text) => println!("{}: {text}", path.display()),
-            Err(e) => println!("{}: not a model ({e:#})", path.display()),
+            Ok(text) => crate::outln!("{}: {text}", path.display())?,
+            Err(e) => crate::outln!("{}: not a model ({e:#})", path.display())?,
         }
         if let Ok(text) = std::fs::read_to_string(path.join("training.json")) {
             if let Ok(report) = serde_json::from_str::<Value>(&text) {
-                println!("  {}", training_summary(&report));
+                crate::outln!("  {}", training_summary(&report))?;
             }
         }
     }
@@ -238,6 +238,6 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         )?;
     }
     let written = locate_dir(&args.out)?;
-    println!("{}: {}", args.out.display(), describe(&written)?);
+    crate::outln!("{}: {}", args.out.display(), describe(&written)?)?;
     Ok(())
 }

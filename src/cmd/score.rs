@@ -19,12 +19,38 @@ fn colour(rank: usize) -> &'static str {
 }
 
 pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
+    if args.window < 2 {
+        anyhow::bail!(
+            "--window must be at least 2 tokens (got {}): a token is scored from the ones before it",
+            args.window
+        );
+    }
+    if let Some(stride) = args.stride.filter(|&s| s == 0 || s >= args.window) {
+        anyhow::bail!(
+            "--stride must be at least 1 and less than --window ({}) (got {stride})",
+            args.window
+        );
+    }
     let text = crate::files::read_source(&args.file)?;
     let mut model = super::open_model(&args.model)?;
     if args.fim {
         return fim(args, &text, &mut model);
     }
-    let scores = score::score(&mut model, &text, args.window, args.stride, args.top_k)?;
+    let bar = super::progress::bar("scoring", None);
+    bar.set_message(format!("tokenizing {} KB", text.len() / 1024));
+    let scores = score::score_with_progress(
+        &mut model,
+        &text,
+        args.window,
+        args.stride,
+        args.top_k,
+        |done, total| {
+            super::progress::set_total(&bar, total as u64);
+            bar.set_message("tokens");
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
     let summary = score::summarize(&text, &scores, 10);
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -89,15 +115,12 @@ fn fim(args: &ScoreArgs, text: &str, model: &mut crate::model::Model) -> anyhow:
             args.fim_context
         );
     }
-    let show_progress = std::io::stderr().is_terminal();
+    let bar = super::progress::bar("scoring lines", Some(0));
     let lines = crate::complete::score_lines_fim(model, text, args.fim_context, None, |i, n| {
-        if show_progress && (i % 20 == 0 || i == n) {
-            eprint!("\rscoring line {i}/{n}");
-        }
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
     })?;
-    if show_progress {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "lines": lines }))?;

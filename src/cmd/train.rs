@@ -19,8 +19,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let Some(out) = args.out.clone().filter(|_| !args.dry_run) else {
         let survey = train::Survey::new(&args.repo, &corpus_options(args), args.held_out)?;
         match args.explain {
-            true => print!("{}", survey.explain()),
-            false => print!("{}", survey.summary()),
+            true => crate::out!("{}", survey.explain())?,
+            false => crate::out!("{}", survey.summary())?,
         }
         return Ok(());
     };
@@ -51,6 +51,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!(
             "--lr must be above 0 and below 1 (got {lr}); 1e-3 trains from scratch, 3e-4 fine-tunes"
+        );
+    }
+    if !(args.checkpoint_minutes.is_finite() && args.checkpoint_minutes > 0.0) {
+        anyhow::bail!(
+            "--checkpoint-minutes must be a positive number (got {})",
+            args.checkpoint_minutes
         );
     }
     if args.seq_len.is_some_and(|n| n < 8) || args.batch_size == Some(0) || args.grad_accum == 0 {
@@ -95,11 +101,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         corpus: corpus_options(args),
         explain: args.explain,
         progress: std::io::stderr().is_terminal(),
+        overwrite: args.overwrite,
+        checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_minutes * 60.0),
     };
     ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     let report = train::run(&opts)?;
-    println!(
+    crate::outln!(
         "trained {} steps on {} files ({} tokens, {:.0} s); held-out loss {:.3} -> {:.3}, bits/byte {:.3} -> {:.3}",
         report.steps,
         report.files_trained,
@@ -109,7 +117,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         report.held_out_after.loss,
         report.held_out_before.bits_per_byte,
         report.held_out_after.bits_per_byte
-    );
+    )?;
     let (before, after) = (&report.held_out_before, &report.held_out_after);
     if !after.by_language.is_empty() {
         let by_language: Vec<String> = after
@@ -126,13 +134,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 }
             })
             .collect();
-        println!("held-out bits/byte by language: {}", by_language.join(", "));
+        crate::outln!("held-out bits/byte by language: {}", by_language.join(", "))?;
     }
-    println!(
+    crate::outln!(
         "model written to {} (use it with --model {})",
         out.display(),
         out.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -146,12 +154,12 @@ pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
         args.vocab_size,
     )?;
     crate::files::write_atomic(&args.out, json.as_bytes())?;
-    println!(
+    crate::outln!(
         "tokenizer with {} entries trained on {} files, written to {}",
         args.vocab_size,
         corpus.files.len(),
         args.out.display()
-    );
+    )?;
     Ok(())
 }
 

@@ -259,9 +259,9 @@ pub fn build(
     tasks
 }
 
-/// A line of a HumanEval-infilling task file.
+/// A line of a HumanEval-infilling task file. Other fields (a benchmark's own flags) are
+/// ignored.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TaskLine {
     task_id: String,
     prompt: String,
@@ -271,10 +271,53 @@ struct TaskLine {
     test: Option<String>,
     #[serde(default)]
     entry_point: Option<String>,
+    /// The code's language (`python`, `rust`, ...), where the file says it.
+    #[serde(default)]
+    language: Option<String>,
+}
+
+/// Where a task file's language comes from, first that says: `--tasks-language`, the task's own
+/// `language` field, a language named in the file's name (`humaneval-rust.jsonl`), else Python
+/// (HumanEval-infilling's).
+#[derive(Debug, Clone, Default)]
+pub struct TaskLanguage<'a> {
+    pub flag: Option<&'a str>,
+    pub file_name: Option<&'a str>,
+}
+
+/// The language a task file's name gives: a part of it (split at anything but letters and
+/// digits) that names a known language.
+pub fn language_in_name(name: &str, known: &[&str]) -> Option<String> {
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
+    stem.split(|c: char| !c.is_ascii_alphanumeric())
+        .find_map(|part| known.iter().find(|k| k.eq_ignore_ascii_case(part)))
+        .map(|k| (*k).to_string())
 }
 
 /// Reads tasks in the HumanEval-infilling format (one JSON object per line); errors name the line.
-pub fn read_task_file(text: &str, language: Option<&str>) -> anyhow::Result<Vec<Task>> {
+/// `known` are the languages infill has grammars for; a language outside them is an error.
+pub fn read_task_file(
+    text: &str,
+    language: &TaskLanguage,
+    known: &[&str],
+) -> anyhow::Result<Vec<Task>> {
+    let check = |name: &str, from: &str| -> anyhow::Result<String> {
+        known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .map(|k| (*k).to_string())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{from}: unknown language {name:?}; infill knows {}",
+                    known.join(", ")
+                )
+            })
+    };
+    let flag = language
+        .flag
+        .map(|l| check(l, "--tasks-language"))
+        .transpose()?;
+    let by_name = language.file_name.and_then(|n| language_in_name(n, known));
     let mut tasks = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -283,10 +326,20 @@ pub fn read_task_file(text: &str, language: Option<&str>) -> anyhow::Result<Vec<
         let t: TaskLine = serde_json::from_str(line).map_err(|e| {
             anyhow::anyhow!("line {}: not a task ({e}); each line needs task_id, prompt, suffix, canonical_solution", i + 1)
         })?;
+        let own = t
+            .language
+            .as_deref()
+            .map(|l| check(l, &format!("line {}", i + 1)))
+            .transpose()?;
+        let language = flag
+            .clone()
+            .or(own)
+            .or_else(|| by_name.clone())
+            .unwrap_or_else(|| "python".to_string());
         tasks.push(Task {
             id: t.task_id,
             kind: TaskKind::External,
-            language: language.map(str::to_string),
+            language: Some(language),
             prefix: t.prompt,
             middle: t.canonical_solution,
             suffix: t.suffix,
@@ -376,15 +429,57 @@ mod tests {
         assert!(js.iter().all(|t| t.kind != TaskKind::MultiLine));
     }
 
+    const KNOWN: [&str; 3] = ["python", "rust", "go"];
+
     #[test]
     fn task_files_are_read_and_bad_lines_named() {
         let ok = r#"{"task_id": "t/0", "prompt": "def f():\n    ", "suffix": "\n", "canonical_solution": "return 1", "entry_point": "f", "test": "def check(c):\n    assert c() == 1\n"}"#;
-        let tasks = read_task_file(&format!("{ok}\n\n{ok}\n"), Some("python")).unwrap();
+        let tasks =
+            read_task_file(&format!("{ok}\n\n{ok}\n"), &TaskLanguage::default(), &KNOWN).unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[0].middle, "return 1");
-        let err = read_task_file(&format!("{ok}\n{{\"task_id\": 3}}\n"), None)
-            .unwrap_err()
-            .to_string();
+        assert_eq!(tasks[0].language.as_deref(), Some("python"));
+        let err = read_task_file(
+            &format!("{ok}\n{{\"task_id\": 3}}\n"),
+            &TaskLanguage::default(),
+            &KNOWN,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("line 2:"), "{err}");
+    }
+
+    /// The language comes from the flag, else the task, else the file's name; unknown fields are
+    /// a benchmark's own and ignored; an unknown language is an error that lists the known ones.
+    #[test]
+    fn a_task_files_language_comes_from_the_file_itself() {
+        let line = |extra: &str| {
+            format!(
+                r#"{{"task_id": "t", "prompt": "fn f() {{\n", "suffix": "}}\n", "canonical_solution": "    1\n"{extra}}}"#
+            )
+        };
+        let read = |text: &str, flag: Option<&str>, file_name: Option<&str>| {
+            read_task_file(text, &TaskLanguage { flag, file_name }, &KNOWN)
+                .map(|t| t[0].language.clone().unwrap_or_default())
+                .map_err(|e| e.to_string())
+        };
+        let tagged = line(r#", "language": "Rust", "brace_only": true"#);
+        assert_eq!(read(&tagged, None, None).unwrap(), "rust");
+        assert_eq!(
+            read(&line(""), None, Some("humaneval-rust-lines.jsonl")).unwrap(),
+            "rust"
+        );
+        assert_eq!(
+            read(&line(""), None, Some("single-line.jsonl")).unwrap(),
+            "python"
+        );
+        assert_eq!(read(&tagged, Some("go"), None).unwrap(), "go");
+        let err = read(&line(""), Some("klingon"), None).unwrap_err();
+        assert!(
+            err.contains("klingon") && err.contains("python, rust, go"),
+            "{err}"
+        );
+        let err = read(&line(r#", "language": "cobol""#), None, None).unwrap_err();
+        assert!(err.starts_with("line 1:") && err.contains("cobol"), "{err}");
     }
 }

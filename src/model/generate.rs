@@ -273,6 +273,9 @@ pub fn generate_request(
     let mut tokens = Vec::new();
     let mut bytes: Vec<u8> = Vec::new();
     let mut pending = request.heal;
+    // Healed indentation is the person's: once it is written again, the proposal starts at the
+    // cursor's column, not with more spaces (see `keep_healing`).
+    let heal_ends_blank = matches!(request.heal.last(), Some(b' ' | b'\t'));
     let stop = loop {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             break StopReason::Cancelled;
@@ -294,6 +297,9 @@ pub fn generate_request(
         let healing = !pending.is_empty();
         if healing && !keep_healing(tokenizer, &mut textual, pending) {
             break StopReason::EndToken;
+        }
+        if heal_ends_blank && !healing && bytes.is_empty() {
+            rule_out_blank_starts(tokenizer, &mut textual);
         }
         if limits.text_before_end && !healing && bytes.iter().all(u8::is_ascii_whitespace) {
             pass_over_ends(&tokenizer.fim().stops, &mut textual);
@@ -333,7 +339,9 @@ pub fn generate_request(
         logits = next_logits(network, &context)?;
     };
     let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
+    // Generation can stop inside a character (max tokens, the time budget, a cancel): the
+    // proposal is the whole characters written, never a replacement character for the rest.
+    let text = complete_prefix(&bytes).to_owned();
     let tokens_per_s = if decode_ms > 0.0 {
         tokens.len() as f64 / (decode_ms / 1e3)
     } else {
@@ -356,14 +364,20 @@ pub fn generate_request(
 
 /// Leaves in `logits` only the tokens that go on producing `pending` (they start with it, or it
 /// starts with them); false when there is none.
+///
+/// The healed text is the person's, not the model's: where it ends in spaces or tabs (the
+/// indentation typed after Enter), a token may not carry on with more of them, or the proposal
+/// would start by indenting the line again (`\n` then eight spaces where four were typed).
 fn keep_healing(tokenizer: &Tokenizer, logits: &mut [f32], pending: &[u8]) -> bool {
+    let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    let ends_blank = blank(pending.last());
     let mut any = false;
     for (id, logit) in logits.iter_mut().enumerate() {
         let id = id as u32;
         let b = tokenizer.token_bytes(id);
-        let fits = !b.is_empty()
-            && !tokenizer.is_special(id)
-            && (b.starts_with(pending) || pending.starts_with(b));
+        let extends = b.starts_with(pending) && !(ends_blank && blank(b.get(pending.len())));
+        let fits =
+            !b.is_empty() && !tokenizer.is_special(id) && (extends || pending.starts_with(b));
         if fits {
             any |= logit.is_finite();
         } else {
@@ -371,6 +385,24 @@ fn keep_healing(tokenizer: &Tokenizer, logits: &mut [f32], pending: &[u8]) -> bo
         }
     }
     any
+}
+
+/// Takes out of `logits` the tokens that start with a space or a tab, unless nothing else is
+/// left to choose.
+fn rule_out_blank_starts(tokenizer: &Tokenizer, logits: &mut [f32]) {
+    let blank_start =
+        |id: usize| matches!(tokenizer.token_bytes(id as u32).first(), Some(b' ' | b'\t'));
+    let other = logits
+        .iter()
+        .enumerate()
+        .any(|(id, l)| l.is_finite() && !blank_start(id));
+    if other {
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if blank_start(id) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 /// Takes the end tokens (`stops`) out of `logits` unless nothing else is left to choose.
@@ -397,17 +429,13 @@ fn next_logits(network: &mut Network, context: &[u32]) -> candle_core::Result<Te
     network.logits_after(context).map(|(logits, _)| logits)
 }
 
-/// The longest prefix of `bytes` that is complete UTF-8 (a trailing partial character is held back).
+/// The longest prefix of `bytes` that is whole UTF-8 characters: a trailing partial character is
+/// held back, and text stops before bytes that can never be UTF-8 (a model can write any byte).
 fn complete_prefix(bytes: &[u8]) -> &str {
     match std::str::from_utf8(bytes) {
         Ok(s) => s,
-        Err(e) if e.error_len().is_none() => {
-            // Only the tail is incomplete: everything before it is valid.
-            std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default())
-                .unwrap_or_default()
-        }
-        // Invalid bytes in the middle: show nothing rather than guess; the final text is lossy-decoded.
-        Err(_) => "",
+        Err(e) => std::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default())
+            .unwrap_or_default(),
     }
 }
 
@@ -544,5 +572,7 @@ mod tests {
         let euro = "€".as_bytes();
         assert_eq!(complete_prefix(&[b'a', euro[0], euro[1]]), "a");
         assert_eq!(complete_prefix(&[b'a', euro[0], euro[1], euro[2]]), "a€");
+        // Bytes that are never UTF-8 end the text instead of blanking all of it.
+        assert_eq!(complete_prefix(&[b'a', 0xFF, b'b']), "a");
     }
 }

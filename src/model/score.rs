@@ -79,6 +79,18 @@ pub fn score(
     stride: Option<usize>,
     top_k: usize,
 ) -> anyhow::Result<Vec<TokenScore>> {
+    score_with_progress(model, text, window, stride, top_k, |_, _| {})
+}
+
+/// [`score`], calling `progress(scored, total)` with the tokens done after each window.
+pub fn score_with_progress(
+    model: &mut Model,
+    text: &str,
+    window: usize,
+    stride: Option<usize>,
+    top_k: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Vec<TokenScore>> {
     let Some(llama) = model.network.as_llama() else {
         anyhow::bail!(
             "{}: scoring needs logits for every position, which infill's own qwen2/llama decoder gives; \
@@ -119,6 +131,7 @@ pub fn score(
             let range = token_range(&starts, target, text.len());
             out.push(TokenScore::from_row(tok, row, id, text, range, top_k));
         }
+        progress(out.len(), ids.len());
         if end == seq.len() {
             return Ok(out);
         }

@@ -89,6 +89,10 @@ pub struct Trimmer<'a> {
     mid_line: bool,
     /// Whether the first line alone was valid, once generation has produced it.
     first_line_valid: Option<bool>,
+    /// The cursor is at the start of a line of code (a whole-line hole, as in HumanEval's
+    /// infilling tasks): a proposal that breaks the line is whole lines inserted before it,
+    /// each ending in its newline.
+    line_start: bool,
     indent: Indent,
     block: Block,
 }
@@ -150,6 +154,7 @@ impl<'a> Trimmer<'a> {
             && !before.is_empty()
             && !before.ends_with(['{', '(', '[', ':', '=', ','])
             && !before.ends_with("->");
+        let line_start = line_before.is_empty() && code_right && !in_literal;
         let broken_at_cursor = full
             .as_ref()
             .is_some_and(|(_, tree)| error_overlaps(tree, cursor, cursor, true));
@@ -188,6 +193,7 @@ impl<'a> Trimmer<'a> {
             single_line,
             mid_line,
             first_line_valid: None,
+            line_start,
             indent: file_indent(prefix, suffix),
             block,
         }
@@ -201,7 +207,7 @@ impl<'a> Trimmer<'a> {
     /// True once `partial` (a proposal being generated) has certainly passed the end of what will be
     /// kept: generation can stop.
     pub fn is_closed(&mut self, partial: &str) -> bool {
-        if self.single_line {
+        if self.single_line && !self.line_start {
             return partial.contains('\n');
         }
         if self.mid_line && partial.contains('\n') {
@@ -231,6 +237,33 @@ impl<'a> Trimmer<'a> {
 
     /// Trims one proposal.
     pub fn trim(&mut self, proposal: &str) -> Trimmed {
+        if !self.line_start {
+            return self.trim_in_line(proposal);
+        }
+        // At a line start, a proposal that breaks the line is whole lines; one that does not
+        // is text before the line's code (`pub ` before `fn`), or, when that does not parse, a
+        // line of its own.
+        let breaks = proposal.trim_end_matches([' ', '\t']).contains('\n');
+        if breaks {
+            let lines = self.trim_lines(proposal);
+            if !lines.text.is_empty() {
+                return lines;
+            }
+        }
+        let in_line = self.trim_in_line(proposal);
+        if breaks || !in_line.text.is_empty() {
+            return in_line;
+        }
+        let lines = self.trim_lines(proposal);
+        if lines.text.is_empty() {
+            in_line
+        } else {
+            lines
+        }
+    }
+
+    /// The proposal trimmed to end on the cursor's line or within its block.
+    fn trim_in_line(&mut self, proposal: &str) -> Trimmed {
         if self.mid_line {
             let line = self.trim_line(proposal);
             if !line.text.is_empty() {
@@ -238,6 +271,59 @@ impl<'a> Trimmer<'a> {
             }
         }
         self.trim_scoped(proposal)
+    }
+
+    /// At the start of a line of code: the longest run of the proposal's whole lines, within the
+    /// block and short of the suffix's own lines, that parses, ended by the hole's newline (the
+    /// line the cursor is on stays a line of its own).
+    fn trim_lines(&mut self, proposal: &str) -> Trimmed {
+        let text = reindent(proposal, self.indent);
+        let mut end = text.len();
+        let mut reason = Reason::Unchanged;
+        for (cut, why) in [
+            (self.block_end(&text), Reason::BlockEnd),
+            (
+                self.suffix_repeat(text.get(..end).unwrap_or_default()),
+                Reason::SuffixRepeat,
+            ),
+            (
+                repeated_line(text.get(..end).unwrap_or_default()),
+                Reason::Repetition,
+            ),
+        ] {
+            if let Some(c) = cut.filter(|&c| c < end) {
+                end = c;
+                reason = why;
+            }
+        }
+        // The parse decides whether the last line is whole, as it does for every cut.
+        let whole = text.get(..end).unwrap_or_default();
+        let mut cuts = vec![whole.len()];
+        cuts.extend(whole.match_indices('\n').map(|(i, _)| i).rev());
+        for (n, cut) in cuts.into_iter().take(MAX_CANDIDATES).enumerate() {
+            let lines = whole.get(..cut).unwrap_or_default().trim_end();
+            if lines.trim().is_empty() {
+                continue;
+            }
+            let candidate = format!("{lines}\n");
+            let valid = match self.parser.is_some() {
+                true => self.valid(&candidate),
+                false => balanced_prefix(&candidate, false) == candidate.len(),
+            };
+            if valid {
+                if n > 0 {
+                    reason = Reason::ParseErrors;
+                }
+                return Trimmed {
+                    text: candidate,
+                    reason,
+                };
+            }
+        }
+        Trimmed {
+            text: String::new(),
+            reason: Reason::Invalid,
+        }
     }
 
     /// The proposal trimmed as if it had to end on the cursor's line.
@@ -364,10 +450,11 @@ impl<'a> Trimmer<'a> {
 
     /// Where a tail of `text` that repeats the lines after the cursor starts (cut before it).
     fn suffix_repeat(&self, text: &str) -> Option<usize> {
+        // At a line start the suffix's first line is a whole line of its own.
         let after: Vec<&str> = self
             .suffix
             .split('\n')
-            .skip(1)
+            .skip(usize::from(!self.line_start))
             .map(str::trim_end)
             .filter(|l| !l.trim().is_empty())
             .collect();

@@ -72,6 +72,9 @@ pub struct Document {
     crlf: Vec<bool>,
     /// Breaks typed by the user use the file's dominant ending.
     new_line_crlf: bool,
+    /// Saving ends non-empty text with a line break: the file's convention when it had text,
+    /// POSIX's (a text file's lines end in a newline) for a new or empty file.
+    final_newline: bool,
     undo: Vec<Step>,
     redo: Vec<Step>,
     /// Identifies the content; every change gets a fresh value, undo restores the old one.
@@ -115,6 +118,7 @@ impl Document {
             lines,
             crlf,
             new_line_crlf: breaks > 0 && crlf_breaks * 2 > breaks,
+            final_newline: text.is_empty() || text.ends_with('\n'),
             undo: Vec::new(),
             redo: Vec::new(),
             state: 0,
@@ -154,9 +158,24 @@ impl Document {
         self.end()
     }
 
-    /// The bytes to write to disk: each line with the break it was read with.
+    /// The bytes to write to disk: [`Self::to_bytes`], and a final break after text that lacks
+    /// one when the file ended in one (or is new).
     pub fn to_file_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len_bytes() + self.lines.len());
+        let mut out = self.to_bytes();
+        let last = self.lines.len() - 1;
+        if self.final_newline && !self.line(last).is_empty() {
+            if self.new_line_crlf {
+                out.push(b'\r');
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// The text exactly as it is: each line with the break it was read (or typed) with. What a
+    /// recovery file holds, so restoring it gives back this very text.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len_bytes() + self.lines.len() + 2);
         let last = self.lines.len() - 1;
         for (i, line) in self.lines.iter().enumerate() {
             out.extend_from_slice(line.as_bytes());
@@ -430,6 +449,24 @@ mod tests {
         let doc = Document::from_text("a\r\nb\r\n");
         assert_eq!(doc.text(), "a\nb\n");
         assert!(doc.uses_crlf());
+    }
+
+    #[test]
+    fn saving_follows_the_files_final_newline_and_a_new_file_gets_one() {
+        let typed_into = |text: &str, s: &str| {
+            let mut doc = Document::from_text(text);
+            let end = doc.end();
+            doc.replace(end, end, s, Group::Single, end);
+            doc.to_file_bytes()
+        };
+        // A new (or empty) file is a POSIX text file: its last line ends in a break.
+        assert_eq!(typed_into("", "fn main() {}"), b"fn main() {}\n");
+        assert_eq!(typed_into("", "a\n"), b"a\n");
+        // A file that ended in a break keeps ending in one, with its own kind of break.
+        assert_eq!(typed_into("x\n", "y"), b"x\ny\n");
+        assert_eq!(typed_into("x\r\n", "y"), b"x\r\ny\r\n");
+        // A file that had none keeps having none.
+        assert_eq!(typed_into("x", "y"), b"xy");
     }
 
     #[test]

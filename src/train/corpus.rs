@@ -1,11 +1,13 @@
 //! The training corpus: which files of a repository to learn from, and why the others are skipped.
 //!
-//! The walk respects `.gitignore`, `.ignore` and hidden files and never follows symlinks (no loops).
+//! The walk respects `.gitignore` and `.ignore`, lists hidden files and folders as skipped
+//! (`.git` aside) without reading them, and never follows symlinks (no loops).
 //! A file is kept only when infill knows its language and it is real, hand-written source: not
 //! binary, not over 1 MB, not minified or generated, not vendored, not a duplicate or a near-duplicate
 //! of a file kept before it, and above all not
 //! a secret. Secrets are refused by name (`.env*`, keys, credentials) and by content (private-key
-//! blocks, known token formats, a high-entropy string assigned to a password/secret/token/key name).
+//! blocks, known token formats such as `sk-`, `ghp_`, `AKIA`, `AIza` and JWTs, a high-entropy
+//! string assigned to a password/secret/token/key name, a random-looking key assigned to any name).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,8 @@ pub enum Skip {
     /// infill cannot read, or none is declared (see [`super::licence`]).
     Licence(String),
     Empty,
+    /// A hidden file or folder (its name starts with a dot): configuration, caches, tools.
+    Hidden,
 }
 
 impl Skip {
@@ -60,6 +64,7 @@ impl Skip {
             Self::Secret(_) => "that may hold a secret",
             Self::Licence(_) => "not permissively licensed",
             Self::Empty => "empty",
+            Self::Hidden => "hidden",
         }
     }
 }
@@ -79,6 +84,7 @@ impl std::fmt::Display for Skip {
             Self::Secret(why) => write!(f, "may hold a secret: {why}"),
             Self::Licence(why) => write!(f, "not permissively licensed: {why}"),
             Self::Empty => write!(f, "empty"),
+            Self::Hidden => write!(f, "hidden (its name or a folder's starts with a dot)"),
         }
     }
 }
@@ -175,23 +181,48 @@ pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusErro
         if !root.is_dir() {
             return Err(CorpusError::NotADirectory(root.clone()));
         }
+        let relative = |path: &Path| {
+            path.strip_prefix(root)
+                .unwrap_or(path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        // Hidden folders are listed as skipped, not walked (a `.venv` holds thousands of
+        // files); hidden files are walked so that --explain can say why each is left out.
+        let hidden_dirs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+        let noted = std::sync::Arc::clone(&hidden_dirs);
         let mut entries: Vec<(String, PathBuf)> = ignore::WalkBuilder::new(root)
             .follow_links(false)
             .require_git(false)
+            .hidden(false)
+            .filter_entry(move |e| {
+                let dir = e.file_type().is_some_and(|t| t.is_dir());
+                if e.depth() == 0 || !dir || !is_hidden(e.file_name()) {
+                    return true;
+                }
+                if e.file_name() != ".git" {
+                    if let Ok(mut dirs) = noted.lock() {
+                        dirs.push(e.path().to_path_buf());
+                    }
+                }
+                false
+            })
             .build()
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
-            .map(|e| {
-                let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-                let rel = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                (rel, e.path().to_path_buf())
-            })
+            .map(|e| (relative(e.path()), e.path().to_path_buf()))
             .collect();
         entries.sort();
+        let mut hidden: Vec<String> = hidden_dirs
+            .lock()
+            .map(|dirs| dirs.iter().map(|d| format!("{}/", relative(d))).collect())
+            .unwrap_or_default();
+        hidden.sort();
+        corpus
+            .skipped
+            .extend(hidden.into_iter().map(|d| (d, Skip::Hidden)));
         let mut licences = options.permissive_only.then(|| Licences::scan(root));
         for (rel, path) in entries {
             let language = registry
@@ -254,6 +285,9 @@ fn classify(rel: &str, path: &Path, known_language: bool) -> Result<String, Skip
     if let Some(why) = secret_name(rel) {
         return Err(Skip::Secret(why));
     }
+    if rel.split('/').any(|c| is_hidden(std::ffi::OsStr::new(c))) {
+        return Err(Skip::Hidden);
+    }
     if rel.split('/').any(|c| VENDORED.contains(&c)) {
         return Err(Skip::Vendored);
     }
@@ -279,6 +313,11 @@ fn classify(rel: &str, path: &Path, known_language: bool) -> Result<String, Skip
         return Err(Skip::Secret(why));
     }
     Ok(text)
+}
+
+/// A file or folder whose name starts with a dot (`.github`, `.env`, `.venv`).
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
 }
 
 const VENDORED: &[&str] = &[
@@ -333,7 +372,20 @@ fn patterns() -> &'static [(Regex, &'static str)] {
             (r"\bgithub_pat_[A-Za-z0-9_]{22,}\b", "a GitHub token"),
             (r"\bglpat-[A-Za-z0-9_\-]{20,}\b", "a GitLab token"),
             (r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b", "a Slack token"),
-            (r"\bsk_live_[A-Za-z0-9]{20,}\b", "a Stripe key"),
+            (r"\b[sr]k_live_[A-Za-z0-9]{20,}\b", "a Stripe key"),
+            (r"\bsk-ant-[A-Za-z0-9_\-]{20,}", "an Anthropic API key"),
+            (
+                r"\bsk-(proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}",
+                "an OpenAI-style API key",
+            ),
+            (r"\bAIza[0-9A-Za-z_\-]{35}\b", "a Google API key"),
+            (r"\bhf_[A-Za-z0-9]{30,}\b", "a Hugging Face token"),
+            (r"\bnpm_[A-Za-z0-9]{36}\b", "an npm token"),
+            (r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{20,}", "a PyPI token"),
+            (
+                r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}",
+                "a JSON web token",
+            ),
         ]
         .into_iter()
         .filter_map(|(re, what)| Regex::new(re).ok().map(|r| (r, what)))
@@ -366,20 +418,70 @@ fn entropy(s: &str) -> f64 {
         .sum()
 }
 
+/// A string literal of 20 characters or more, with no spaces, assigned to any name.
+fn any_assignment() -> Option<&'static Regex> {
+    static ASSIGN: OnceLock<Option<Regex>> = OnceLock::new();
+    ASSIGN
+        .get_or_init(|| {
+            Regex::new(r#"([A-Za-z_][A-Za-z0-9_.]*)["']?\s*(?::\s*[A-Za-z_&'<>\[\] ]+)?\s*(?:=|:|:=|=>)\s*[a-z]?["']([A-Za-z0-9+/=_\-.~]{20,})["']"#).ok()
+        })
+        .as_ref()
+}
+
+/// Looks like a key or token: 20 characters or more that mix upper case, lower case and digits
+/// (two of each at least: hex digests and identifiers do not), with the spread of a random
+/// string (3.8 bits per character or more) and its restlessness: neighbours differ in kind
+/// (case, digit) at least 40% of the time, where a random one does about 60% and words joined in
+/// camel case (`ReleaseCandidate2024Build17`) under 30%.
+fn random_token(value: &str) -> bool {
+    let count = |f: fn(&char) -> bool| value.chars().filter(f).count();
+    let kind = |c: char| {
+        (
+            c.is_ascii_uppercase(),
+            c.is_ascii_lowercase(),
+            c.is_ascii_digit(),
+        )
+    };
+    let chars: Vec<char> = value.chars().collect();
+    let changes = chars
+        .windows(2)
+        .filter(|w| kind(w[0]) != kind(w[1]))
+        .count();
+    value.len() >= 20
+        && count(char::is_ascii_uppercase) >= 2
+        && count(char::is_ascii_lowercase) >= 2
+        && count(char::is_ascii_digit) >= 2
+        && entropy(value) >= 3.8
+        && changes * 10 >= (chars.len() - 1) * 4
+}
+
 fn secret_content(text: &str) -> Option<String> {
     for (re, what) in patterns() {
         if re.is_match(text) {
             return Some(format!("contains {what}"));
         }
     }
-    let assign = assignment()?;
-    for caps in assign.captures_iter(text) {
+    if let Some(assign) = assignment() {
+        for caps in assign.captures_iter(text) {
+            let (Some(name), Some(value)) = (caps.get(1), caps.get(2)) else {
+                continue;
+            };
+            if entropy(value.as_str()) >= 3.5 {
+                return Some(format!(
+                    "a high-entropy string assigned to {:?}",
+                    name.as_str()
+                ));
+            }
+        }
+    }
+    // Any name: a key is a key whatever the variable is called (`OPENAI = "..."`).
+    for caps in any_assignment()?.captures_iter(text) {
         let (Some(name), Some(value)) = (caps.get(1), caps.get(2)) else {
             continue;
         };
-        if entropy(value.as_str()) >= 3.5 {
+        if random_token(value.as_str()) {
             return Some(format!(
-                "a high-entropy string assigned to {:?}",
+                "a random-looking key assigned to {:?}",
                 name.as_str()
             ));
         }
@@ -485,6 +587,39 @@ mod tests {
             b"package x\nvar t = \"xoxb-1234567890-abcdefghij\"\n",
         );
         write(r, "src/settings.py", b"password = \"q8#Zr!v2Lm@9xT4k\"\n");
+        // Keys by their shape, whatever the name they are assigned to.
+        write(
+            r,
+            "src/anthropic.py",
+            b"OPENAI = \"sk-ant-api03-Qx7vR2mK9pL4tW8nB3cD6fH1jY5zA0sE\"\n",
+        );
+        write(
+            r,
+            "src/openai.py",
+            b"client = Client(\"sk-proj-4fGh7Jk2Lm9Np3Qr6St8Vw1Xy5Za0Bc\")\n",
+        );
+        write(
+            r,
+            "src/google.js",
+            b"const maps = 'AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q';\n",
+        );
+        write(
+            r,
+            "src/jwt.ts",
+            b"const t = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U';\n",
+        );
+        write(
+            r,
+            "src/any_name.rs",
+            b"const UPSTREAM: &str = \"Zx8kQ2mN7pR4tV9wY3bC6dF1\";\n",
+        );
+        write(r, ".github/workflows/ci.py", b"print('ci')\n");
+        // Long strings that are not keys: a hex digest, an identifier, a path.
+        write(
+            r,
+            "src/plain_strings.py",
+            b"DIGEST = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nNAME = \"get_user_account_name_by_id\"\nURL = \"https://example.com/api/v2/users\"\nTAG = \"ReleaseCandidate2024Build17\"\n",
+        );
         write(
             r,
             "src/ok_settings.py",
@@ -525,7 +660,8 @@ mod tests {
                 "app/main.py",
                 "lib-1.0.0/src/big.rs",
                 "src/copy.rs",
-                "src/ok_settings.py"
+                "src/ok_settings.py",
+                "src/plain_strings.py"
             ],
             "{:#?}",
             corpus.skipped
@@ -537,10 +673,17 @@ mod tests {
                 .find(|(q, _)| q == p)
                 .map(|(_, s)| s.clone())
         };
-        // Hidden files (.env, .env.local) are not even walked; the name rule still refuses them.
+        // Hidden files are listed with why they are left out; hidden folders once, unwalked.
+        assert!(matches!(why(".env"), Some(Skip::Secret(_))));
+        assert!(matches!(why(".env.local"), Some(Skip::Secret(_))));
+        assert_eq!(why(".gitignore"), Some(Skip::Hidden));
+        assert_eq!(why(".github/"), Some(Skip::Hidden));
         assert!(
-            corpus.skipped.iter().all(|(p, _)| !p.starts_with(".env"))
-                && !kept.iter().any(|p| p.starts_with(".env"))
+            !corpus
+                .skipped
+                .iter()
+                .any(|(p, _)| p.starts_with(".github/w")),
+            "a hidden folder is not walked"
         );
         assert!(secret_name(".env").is_some() && secret_name("app/.env.production").is_some());
         for secret in [
@@ -553,6 +696,13 @@ mod tests {
             "src/gl.ts",
             "src/slack.go",
             "src/settings.py",
+            ".env",
+            ".env.local",
+            "src/openai.py",
+            "src/anthropic.py",
+            "src/google.js",
+            "src/jwt.ts",
+            "src/any_name.rs",
         ] {
             assert!(
                 matches!(why(secret), Some(Skip::Secret(_))),
@@ -577,11 +727,11 @@ mod tests {
         );
         let summary = corpus.summary();
         assert!(
-            summary.starts_with("kept 4 files (0.0 MB): rust 2 (0.0 MB), python 2 (0.0 MB)\n"),
+            summary.starts_with("kept 5 files (0.0 MB): rust 2 (0.0 MB), python 3 (0.0 MB)\n"),
             "{summary}"
         );
         assert!(
-            summary.contains("9 that may hold a secret")
+            summary.contains("16 that may hold a secret")
                 && summary.contains("1 near-duplicates")
                 && summary.contains("1 exact duplicates"),
             "{summary}"

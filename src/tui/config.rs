@@ -15,8 +15,8 @@
 //! accept_word = "ctrl-right"
 //! accept_line = ["ctrl-down", "alt-enter"]
 //! dismiss = "esc"
-//! next_alternative = "alt-]"
-//! previous_alternative = "alt-["
+//! next_alternative = ["alt-n", "alt-]"]
+//! previous_alternative = "alt-p"
 //! trigger = "ctrl-space"
 //!
 //! [colors]              # names (dark_gray, cyan, ...) or "#rrggbb"
@@ -64,8 +64,9 @@ impl Action {
             Self::AcceptWord => &["ctrl-right"],
             Self::AcceptLine => &["ctrl-down", "alt-enter"],
             Self::Dismiss => &["esc"],
-            Self::NextAlternative => &["alt-]"],
-            Self::PreviousAlternative => &["alt-["],
+            // Alt-[ is ESC [, the start of every escape sequence: terminals cannot deliver it.
+            Self::NextAlternative => &["alt-n", "alt-]"],
+            Self::PreviousAlternative => &["alt-p"],
             Self::Trigger => &["ctrl-space"],
         }
     }
@@ -150,6 +151,13 @@ impl FromStr for KeySpec {
         };
         if mods.contains(KeyModifiers::SHIFT) && matches!(code, KeyCode::Char(_)) {
             mods.remove(KeyModifiers::SHIFT);
+        }
+        if mods == KeyModifiers::ALT && matches!(code, KeyCode::Char('[' | 'o')) {
+            // Alt sends ESC first: ESC [ and ESC O start the sequences arrow and function keys
+            // send, so a terminal program waits for the rest and the key never arrives alone.
+            return Err(format!(
+                "{s:?} cannot be told apart from the start of an arrow key's escape sequence; choose another key (e.g. \"alt-p\")"
+            ));
         }
         Ok(Self { code, mods })
     }
@@ -390,6 +398,14 @@ mod tests {
             Some(Action::NextAlternative)
         );
         assert_eq!(
+            a(KeyCode::Char('n'), KeyModifiers::ALT),
+            Some(Action::NextAlternative)
+        );
+        assert_eq!(
+            a(KeyCode::Char('p'), KeyModifiers::ALT),
+            Some(Action::PreviousAlternative)
+        );
+        assert_eq!(
             a(KeyCode::Char(' '), KeyModifiers::CONTROL),
             Some(Action::Trigger)
         );
@@ -423,6 +439,9 @@ mod tests {
         );
         let err = Config::parse("[keys]\naccept = \"hyper-x\"\n", false).unwrap_err();
         assert!(err.contains("accept") && err.contains("hyper-x"), "{err}");
+        // Terminals deliver Alt-[ as the start of an escape sequence: refused, with a way out.
+        let err = Config::parse("[keys]\nprevious_alternative = \"alt-[\"\n", false).unwrap_err();
+        assert!(err.contains("alt-[") && err.contains("alt-p"), "{err}");
         let err = Config::parse("[editor]\ntab_width = 0\n", false).unwrap_err();
         assert!(err.contains("tab_width"), "{err}");
         let err = Config::parse("[editor]\ndebounce = 3\n", false).unwrap_err();

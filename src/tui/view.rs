@@ -605,7 +605,7 @@ impl App {
             format!(
                 "  {:<22} next / previous proposal",
                 format!(
-                    "{} {}",
+                    "{}, {}",
                     k(Action::NextAlternative),
                     k(Action::PreviousAlternative)
                 )

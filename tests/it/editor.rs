@@ -356,8 +356,12 @@ fn alternatives_are_sampled_on_demand_and_cycle() {
     ed.done(alt.id, "second");
     assert_eq!(ed.app.ghost_text(), "second");
     assert!(ed.screen()[H as usize - 2].contains("2/2"));
-    ed.alt(KeyCode::Char('['));
+    // Alt-p and Alt-n (and Alt-]): keys every terminal delivers, unlike Alt-[ (ESC [).
+    ed.alt(KeyCode::Char('p'));
     assert_eq!(ed.app.ghost_text(), "first");
+    ed.alt(KeyCode::Char('n'));
+    assert_eq!(ed.app.ghost_text(), "second");
+    ed.alt(KeyCode::Char('p'));
     ed.alt(KeyCode::Char(']'));
     assert_eq!(ed.app.ghost_text(), "second");
 }
@@ -375,6 +379,21 @@ fn saving_writes_the_document_not_the_ghost_and_keeps_crlf() {
     assert_eq!(disk, b"a = 1\r\nb = 2\r\nc = 3\r\n");
     assert!(!ed.screen()[H as usize - 2].contains("[+]"));
     assert!(ed.app.message().unwrap().contains("saved"));
+}
+
+/// A new file is saved as a POSIX text file (its last line ends in a newline); a file keeps its
+/// own convention, a missing final newline included.
+#[test]
+fn saving_ends_a_new_file_with_a_newline_and_keeps_a_files_convention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.py");
+    let app = App::new("", file_info(&path), config(), None);
+    let mut ed = Ed::with_app(app, None);
+    ed.typed("x = 1").ctrl('s');
+    assert_eq!(std::fs::read(&path).unwrap(), b"x = 1\n");
+    let mut ed = Ed::new("a.py", "y = 2");
+    ed.press(KeyCode::End).typed("0").ctrl('s');
+    assert_eq!(std::fs::read(ed.path()).unwrap(), b"y = 20");
 }
 
 #[test]

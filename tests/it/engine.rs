@@ -4,6 +4,7 @@ use candle_core::{D, Tensor};
 use infill::complete;
 use infill::model::FimOrder;
 use infill::model::generate::{self, Flow, Limits, Sampling, StopReason};
+use infill::model::{LoadOptions, load};
 
 use crate::{FAMILIES, golden, max_abs_diff, open};
 
@@ -97,9 +98,11 @@ fn greedy_generation_equals_transformers_for_every_family() {
             assert_eq!(t.rank, 1, "greedy picks rank 1");
             assert_eq!(t.top[0].id, t.id);
         }
-        // Token bytes put together are exactly the completion text.
+        // The completion is the whole characters of the token bytes put together: these random
+        // models write bytes that are not UTF-8, which end the text rather than become U+FFFD.
         let bytes: Vec<u8> = out.tokens.iter().flat_map(|t| t.bytes.clone()).collect();
-        assert_eq!(String::from_utf8_lossy(&bytes), out.text);
+        assert_eq!(crate::whole_chars(&bytes), out.text);
+        assert!(!out.text.contains('\u{FFFD}'), "{name}: {:?}", out.text);
     }
 }
 
@@ -503,7 +506,7 @@ fn healing_regenerates_the_last_prompt_token_without_showing_it() {
     assert!(!out.tokens.is_empty());
     assert!(out.tokens.iter().all(|t| !t.bytes.is_empty()));
     let shown: Vec<u8> = out.tokens.iter().flat_map(|t| t.bytes.clone()).collect();
-    assert_eq!(String::from_utf8_lossy(&shown), out.text);
+    assert_eq!(crate::whole_chars(&shown), out.text);
 
     // complete() heals by default: the prompt is one prefix token shorter and says what it left.
     let text = format!("{}{}", g.prefix, g.suffix);
@@ -523,4 +526,49 @@ fn healing_regenerates_the_last_prompt_token_without_showing_it() {
     assert_eq!(healed.prompt.prefix_tokens + 1, plain.prompt.prefix_tokens);
     assert!(plain.prompt.healed.is_empty());
     assert!(g.prefix.ends_with(&healed.prompt.healed) && !healed.prompt.healed.is_empty());
+}
+
+/// Healing never indents the line again: after Enter, with the indentation typed (spaces, a tab,
+/// in a CRLF file too), the proposal starts at the cursor's column, not one level deeper. The
+/// built-in model proposed `'    return numbers'` here before the healed text was kept out of
+/// what it may add.
+#[test]
+fn healing_keeps_the_typed_indentation() {
+    let Some(files) = infill::model::embedded::files() else {
+        return;
+    };
+    let mut model = load::load(&files, &LoadOptions::default()).unwrap();
+    let cases = [
+        "def count(numbers):\n    total = 0\n    for n in numbers:\n        total += n\n    █\n",
+        "def count(numbers):\r\n    total = 0\r\n    for n in numbers:\r\n        total += n\r\n    █\r\n",
+        "def count(numbers):\n\ttotal = 0\n\tfor n in numbers:\n\t\ttotal += n\n\t█\n",
+        "fn len(v: &[i32]) -> usize {\n    █\n}\n",
+    ];
+    for case in cases {
+        let at = case.find('█').unwrap();
+        let text = case.replace('█', "");
+        let cursor = infill::text::Cursor::from_byte(&text, at).unwrap();
+        let settings = complete::Settings {
+            trim: false,
+            limits: Limits {
+                max_tokens: 8,
+                ..Limits::default()
+            },
+            ..complete::Settings::default()
+        };
+        let c = complete::complete(&mut model, &text, cursor, None, &settings, None, |_, _| {
+            Flow::Continue
+        })
+        .unwrap();
+        assert!(
+            c.prompt.healed.ends_with([' ', '\t']),
+            "{case:?}: the test heals indentation ({:?})",
+            c.prompt.healed
+        );
+        assert!(
+            !c.generation.text.starts_with([' ', '\t']),
+            "{case:?}: proposal {:?} indents again",
+            c.generation.text
+        );
+    }
 }

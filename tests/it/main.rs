@@ -40,6 +40,15 @@ pub fn succeeded(cmd: &mut Command) -> Output {
     out
 }
 
+/// The whole characters at the start of `bytes`: what a proposal may hold of the bytes a model
+/// wrote (never a replacement character for a cut or invalid one).
+pub fn whole_chars(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap(),
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
