@@ -259,7 +259,7 @@ pub fn complete(
     let overhead = model.tokenizer.fim().lead.len() + 3;
     let max_tokens = settings.limits.max_tokens;
     let budget = window
-        .checked_sub(max_tokens + overhead)
+        .checked_sub(max_tokens.saturating_add(overhead))
         .filter(|&b| b > 0)
         .ok_or(CompleteError::NoRoom { window, max_tokens })?;
     let order = settings.order.unwrap_or_else(|| model.config.fim_order());

@@ -326,3 +326,172 @@ fn version_says_which_default_model_is_built_in_and_a_bare_file_means_edit() {
     let out = infill(&[bin.path().to_str().unwrap()]);
     assert_one_line_error(&out, "binary");
 }
+
+/// Counts for options that take one: zero, one, the extremes, a spread in between, and now and
+/// then something that is not a count at all.
+fn count() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => Just("0".to_string()),
+        4 => Just("1".to_string()),
+        4 => Just(u64::MAX.to_string()),
+        2 => Just(u32::MAX.to_string()),
+        8 => (0u64..100_000).prop_map(|n| n.to_string()),
+        4 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => Just("-1".to_string()),
+    ]
+}
+
+/// Real numbers for options that take one, the non-finite ones included.
+fn real() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => Just("0".to_string()),
+        2 => Just("1".to_string()),
+        1 => Just("-1".to_string()),
+        1 => Just("1e309".to_string()),
+        1 => Just("NaN".to_string()),
+        1 => Just("inf".to_string()),
+        8 => (0.0f64..2.0).prop_map(|x| format!("{x}")),
+    ]
+}
+
+use proptest::prelude::prop_oneof;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..Default::default() })]
+
+    /// No number given to `complete`'s options makes it panic: each is used or refused with a
+    /// message. (`--max-tokens 18446744073709551615` once overflowed the prompt budget.)
+    #[test]
+    fn complete_never_panics_on_numeric_arguments(
+        line in prop_oneof![4 => 1usize..6, 1 => 0usize..2],
+        column in prop_oneof![4 => 1usize..8, 1 => 0usize..100],
+        counts in proptest::collection::vec(count(), 5),
+        reals in proptest::collection::vec(real(), 2),
+    ) {
+        use clap::Parser;
+        let src = source_file(b"def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n");
+        let model = fixture("qwen2");
+        let mut args = vec![
+            "infill".to_string(), "complete".into(),
+            "--file".into(), src.path().display().to_string(),
+            "--model".into(), model.display().to_string(),
+            format!("--line={line}"), format!("--column={column}"),
+        ];
+        // A huge token budget would run for minutes on a real model; the fixture's context is
+        // small, so generation stops there.
+        let counted = [
+            "--max-tokens", "--context", "--top-k", "--time-budget-ms", "--top-alternatives",
+        ];
+        for (option, value) in counted.iter().zip(&counts) {
+            args.push(format!("{option}={value}"));
+        }
+        for (option, value) in ["--top-p", "--temperature"].iter().zip(&reals) {
+            args.push(format!("{option}={value}"));
+        }
+        let Ok(infill::cli::Cli { command: infill::cli::Command::Complete(c) }) =
+            infill::cli::Cli::try_parse_from(&args)
+        else {
+            return Ok(());
+        };
+        let result = std::panic::catch_unwind(|| infill::cmd::complete::run(&c));
+        proptest::prop_assert!(result.is_ok(), "{args:?} panicked");
+    }
+
+    /// The same for `score`.
+    #[test]
+    fn score_never_panics_on_numeric_arguments(
+        counts in proptest::collection::vec(count(), 4),
+        fim in proptest::bool::ANY,
+    ) {
+        use clap::Parser;
+        let src = source_file(b"def add(a, b):\n    return a + b\n");
+        let model = fixture("qwen2");
+        let mut args = vec![
+            "infill".to_string(), "score".into(), src.path().display().to_string(),
+            "--model".into(), model.display().to_string(),
+        ];
+        if fim {
+            args.push("--fim".into());
+        }
+        let counted = ["--window", "--stride", "--top-k", "--fim-context"];
+        for (option, value) in counted.iter().zip(&counts) {
+            args.push(format!("{option}={value}"));
+        }
+        let Ok(infill::cli::Cli { command: infill::cli::Command::Score(s) }) =
+            infill::cli::Cli::try_parse_from(&args)
+        else {
+            return Ok(());
+        };
+        let result = std::panic::catch_unwind(|| infill::cmd::score::run(&s));
+        proptest::prop_assert!(result.is_ok(), "{args:?} panicked");
+    }
+}
+
+/// Output into a pipe closed early ends quietly with success, JSON or plain, as ripgrep's does.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let src = source_file(b"def add(a, b):\n    return a + b\n");
+    let model = fixture("qwen2");
+    for json in [true, false] {
+        let mut cmd = crate::infill_cmd();
+        cmd.args(["complete", "--file", src.path().to_str().unwrap()])
+            .args(["--line", "2", "--column", "5", "--max-tokens", "4"])
+            .args(["--model", model.to_str().unwrap(), "--top-alternatives", "3000"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one byte, then close the pipe as `head -c 1` does.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut byte = [0u8; 1];
+        let _ = stdout.read(&mut byte);
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "json {json}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A broken config.json says its cause once; `score --window 0` is refused instead of scoring
+/// with another window than asked.
+#[test]
+fn bad_model_files_and_score_arguments_are_said_once_in_one_line() {
+    let tmp = crate::scratch_copy("qwen2");
+    std::fs::write(tmp.path().join("config.json"), "{ not json").unwrap();
+    let src = source_file(b"x = 1\n");
+    let out = infill(&[
+        "score",
+        src.path().to_str().unwrap(),
+        "--model",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("is not valid JSON").count(), 1, "{err}");
+    let model = fixture("qwen2");
+    for (flag, value) in [("--window", "0"), ("--window", "1"), ("--stride", "0")] {
+        let out = infill(&[
+            "score",
+            src.path().to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{err}");
+    }
+}

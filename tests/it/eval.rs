@@ -196,3 +196,55 @@ fn eval_on_a_task_file_runs_the_tests_and_counts_the_empty_middle() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2"));
 }
+
+/// `--exec` that cannot run the tests, a language infill does not know, and `--exec` on tasks
+/// that are not Python are one-line errors, not a report without a pass@1 row.
+#[test]
+fn eval_refuses_what_it_cannot_run_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &python,
+        r#"{"task_id": "t/0", "prompt": "def g(x):\n    return ", "suffix": "\n", "canonical_solution": "x + 1", "entry_point": "g", "test": "def check(c):\n    assert c(1) == 2\n", "single_line": true}"#,
+    )
+    .unwrap();
+    let rust = dir.path().join("humaneval-rust-lines.jsonl");
+    std::fs::write(
+        &rust,
+        r#"{"task_id": "r/0", "prompt": "fn g(x: i32) -> i32 {\n", "suffix": "}\n", "canonical_solution": "    x + 1\n"}"#,
+    )
+    .unwrap();
+    let model = fixture("qwen2");
+    let eval = |file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--tasks-file",
+            file.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tokens",
+            "2",
+        ];
+        args.extend(extra);
+        infill(&args)
+    };
+    for (file, extra, needle) in [
+        (&python, &["--exec", "/nonexistent/python9"][..], "/nonexistent/python9 not found"),
+        (&python, &["--tasks-language", "klingon"][..], "unknown language \"klingon\""),
+        (&rust, &["--exec", "python3"][..], "is rust"),
+    ] {
+        let out = eval(file, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // The Rust file's name says its language (and a task's unknown field is no error).
+    let json = dir.path().join("report.json");
+    let out = eval(&rust, &["--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["tasks"][0]["language"], "rust");
+    assert!(eval(&python, &[]).status.success());
+}

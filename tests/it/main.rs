@@ -6,6 +6,7 @@ mod cli;
 mod editor;
 mod engine;
 mod eval;
+mod fuzz;
 mod loading;
 mod score;
 mod train;

@@ -503,7 +503,7 @@ fn train_command_reports_bad_input_in_one_line() {
     );
     check(
         run(&["train", "--repo", src, "--out", o, "--resume"]),
-        "no checkpoint",
+        "no checkpoint to resume from",
     );
     check(
         run(&["train", "--repo", src, "--out", o, "--lr", "0"]),
@@ -1059,4 +1059,93 @@ fn too_little_text_to_fill_a_window_is_an_error_after_one_pack() {
     let err = trainer.train_step(&tokenizer).unwrap_err().to_string();
     assert!(err.contains("too few tokens"), "{err}");
     assert_eq!(trainer.packs(), 1);
+}
+
+/// A new run never replaces a model or run in `--out` unless asked: it says which flag to pass,
+/// and `--overwrite` starts afresh (the old run's log and checkpoints go with it).
+#[test]
+fn a_new_run_does_not_replace_a_trained_model_without_being_asked() {
+    let out = train_tiny_from_scratch(&[]);
+    let weights = std::fs::read(out.path().join("model.safetensors")).unwrap();
+    let again = |extra: &[&str]| {
+        crate::infill_cmd()
+            .args(["train", "--from-scratch", "--preset", "tiny", "--out"])
+            .arg(out.path())
+            .args(["--repo", FIXTURES, "--steps", "3", "--seq-len", "48"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = again(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite") && err.contains("model.safetensors"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read(out.path().join("model.safetensors")).unwrap(),
+        weights,
+        "the trained model is untouched"
+    );
+    let replaced = again(&["--overwrite"]);
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert_eq!(logged_steps(out.path()), [1, 2, 3]);
+}
+
+/// The steps `train.log` holds, in order.
+fn logged_steps(out: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(out.join("train.log"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A run killed with SIGKILL long before its step checkpoint keeps the work of its last minutes:
+/// it checkpoints by time too, `--resume` goes on from there, and the log does not repeat the
+/// steps logged after the checkpoint.
+#[test]
+fn a_killed_run_resumes_from_its_last_timed_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = crate::infill_cmd()
+        .args(["train", "--from-scratch", "--preset", "tiny", "--out"])
+        .arg(out.path())
+        .args(["--repo", FIXTURES, "--steps", "100000", "--seq-len", "48"])
+        .args(["--eval-every", "100000", "--checkpoint-every", "100000"])
+        .args(["--checkpoint-minutes", "0.002"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = out.path().join("checkpoints/latest");
+    let started = std::time::Instant::now();
+    // Two checkpoints at least, so that steps were logged after the one resumed from.
+    while std::fs::read_to_string(&latest).map_or(true, |l| l.trim() < "step-00000002") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no timed checkpoint"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let name = std::fs::read_to_string(&latest).unwrap();
+    let at: u64 = name.trim().trim_start_matches("step-").parse().unwrap();
+    let total = (at + 2).to_string();
+    succeeded(
+        crate::infill_cmd()
+            .args(["train", "--resume", "--steps", &total, "--out"])
+            .arg(out.path())
+            .args(["--repo", FIXTURES]),
+    );
+    let steps = logged_steps(out.path());
+    assert_eq!(steps, (1..=at + 2).collect::<Vec<_>>());
 }
