@@ -113,7 +113,23 @@ left=$(find "$XDG_STATE_HOME" -type f)
 echo "ok: SIGTERM kept the unsaved text and the next open restored it"
 tmux kill-session -t "$session"
 
-# 4. No --model: the built-in default model (when this binary has one) loads and completes.
+# 4. Esc pressed just before an arrow arrives as ESC ESC [ B in one read: that is Esc and Down,
+# never the text '[B'.
+printf 'a = 1\nb = 2\n' > "$work/d.py"
+start "$work/d.py" "--no-completions"
+wait_for "Ln 1, Col 1"
+tmux send-keys -t "$session" -H 1b 1b 5b 42
+wait_for "Ln 2, Col 1"
+tmux send-keys -t "$session" -l 'x'
+tmux send-keys -t "$session" C-s
+wait_for "saved"
+tmux send-keys -t "$session" C-q
+wait_for "EXITED=0"
+[[ $(cat "$work/d.py") == $'a = 1\nxb = 2' ]] || fail "Esc then Down typed: $(cat "$work/d.py")"
+echo "ok: Esc then Down moved down and typed nothing"
+tmux kill-session -t "$session"
+
+# 5. No --model: the built-in default model (when this binary has one) loads and completes.
 if "$bin" --version | grep -q "default model: built in"; then
     printf 'import os\n\n\ndef list_files(root):\n    names = []\n    for name in os.listdir(root):\n' > "$work/c.py"
     start "$work/c.py" ""

@@ -439,7 +439,12 @@ fn a_closed_pipe_ends_quietly() {
         let mut cmd = crate::infill_cmd();
         cmd.args(["complete", "--file", src.path().to_str().unwrap()])
             .args(["--line", "2", "--column", "5", "--max-tokens", "4"])
-            .args(["--model", model.to_str().unwrap(), "--top-alternatives", "3000"]);
+            .args([
+                "--model",
+                model.to_str().unwrap(),
+                "--top-alternatives",
+                "3000",
+            ]);
         if json {
             cmd.arg("--json");
         }
@@ -460,7 +465,11 @@ fn a_closed_pipe_ends_quietly() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

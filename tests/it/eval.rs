@@ -229,8 +229,16 @@ fn eval_refuses_what_it_cannot_run_in_one_line() {
         infill(&args)
     };
     for (file, extra, needle) in [
-        (&python, &["--exec", "/nonexistent/python9"][..], "/nonexistent/python9 not found"),
-        (&python, &["--tasks-language", "klingon"][..], "unknown language \"klingon\""),
+        (
+            &python,
+            &["--exec", "/nonexistent/python9"][..],
+            "/nonexistent/python9 not found",
+        ),
+        (
+            &python,
+            &["--tasks-language", "klingon"][..],
+            "unknown language \"klingon\"",
+        ),
         (&rust, &["--exec", "python3"][..], "is rust"),
     ] {
         let out = eval(file, extra);
@@ -242,7 +250,11 @@ fn eval_refuses_what_it_cannot_run_in_one_line() {
     // The Rust file's name says its language (and a task's unknown field is no error).
     let json = dir.path().join("report.json");
     let out = eval(&rust, &["--json", json.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["tasks"][0]["language"], "rust");

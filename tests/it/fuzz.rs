@@ -28,9 +28,9 @@ fn seed() -> u64 {
 /// characters of one to four bytes (a combining accent and a zero-width space among them).
 const PIECES: &[&str] = &[
     "a", "x", "Z", "_", "0", "7", " ", "  ", "    ", "\t", "\n", "\r\n", "\r", "\n\n", "(", ")",
-    "[", "]", "{", "}", "<", ">", "\"", "'", "`", "#", "//", "/*", "*/", ";", ":", ",", ".",
-    "=", "->", "+", "\\", "é", "€", "😀", "\u{301}", "\u{200B}", "ß", "fn ", "def ", "if ",
-    "return ", "let ", "class ", "pass", "else", "for ", " in ", "while ", "import ",
+    "[", "]", "{", "}", "<", ">", "\"", "'", "`", "#", "//", "/*", "*/", ";", ":", ",", ".", "=",
+    "->", "+", "\\", "é", "€", "😀", "\u{301}", "\u{200B}", "ß", "fn ", "def ", "if ", "return ",
+    "let ", "class ", "pass", "else", "for ", " in ", "while ", "import ",
 ];
 
 fn below(rng: &mut Rng, n: usize) -> usize {
@@ -122,7 +122,10 @@ fn fuzz_the_prompt_builder() {
         assert!(prefix.is_char_boundary(prompt.prefix_dropped_bytes));
         assert!(suffix.is_char_boundary(suffix.len() - prompt.suffix_dropped_bytes));
         let healed = prompt.heal(&tokenizer);
-        assert!(prefix.as_bytes().ends_with(&healed), "{healed:?} ends {prefix:?}");
+        assert!(
+            prefix.as_bytes().ends_with(&healed),
+            "{healed:?} ends {prefix:?}"
+        );
     });
 }
 

@@ -1080,7 +1080,9 @@ fn a_new_run_does_not_replace_a_trained_model_without_being_asked() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("--resume") && err.contains("--overwrite") && err.contains("model.safetensors"),
+        err.contains("--resume")
+            && err.contains("--overwrite")
+            && err.contains("model.safetensors"),
         "{err}"
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -1090,7 +1092,11 @@ fn a_new_run_does_not_replace_a_trained_model_without_being_asked() {
         "the trained model is untouched"
     );
     let replaced = again(&["--overwrite"]);
-    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
     assert_eq!(logged_steps(out.path()), [1, 2, 3]);
 }
 
