@@ -3,7 +3,6 @@
 pub mod complete;
 pub mod eval;
 pub mod models;
-pub mod progress;
 pub mod score;
 pub mod train;
 pub mod trim;

@@ -29,6 +29,7 @@ pub mod complete;
 pub mod eval;
 pub mod files;
 pub mod model;
+pub mod progress;
 pub mod syntax;
 pub mod text;
 pub mod train;

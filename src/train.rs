@@ -640,6 +640,11 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let first_step = trainer.step;
     let mut last_held = Some(before.clone());
     let mut last_checkpoint = Instant::now();
+    let bar = match opts.progress {
+        true => crate::progress::bar("step", Some(trainer.settings.steps as u64)),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_position(trainer.step as u64);
     while trainer.step < trainer.settings.steps {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
@@ -681,27 +686,17 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             trainer.save_checkpoint(&ckpt_dir)?;
             last_checkpoint = Instant::now();
         }
-        if opts.progress {
-            let elapsed = loop_start.elapsed().as_secs_f64();
-            let eta =
-                elapsed / trainer.step.max(1) as f64 * (s.steps - trainer.step.min(s.steps)) as f64;
-            let held = last_held.as_ref().map_or(String::new(), |h| {
-                format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
-            });
-            eprint!(
-                "\rstep {}/{} loss {:.3}{held} {:.0} tok/s ETA {}m{:02}s   ",
-                trainer.step,
-                s.steps,
-                entry.loss,
-                entry.tokens_per_s,
-                (eta / 60.0) as u64,
-                (eta % 60.0) as u64
-            );
-        }
+        let held = last_held.as_ref().map_or(String::new(), |h| {
+            format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
+        });
+        bar.set_length(s.steps as u64);
+        bar.set_position(trainer.step as u64);
+        bar.set_message(format!(
+            "loss {:.3}{held} {:.0} tok/s",
+            entry.loss, entry.tokens_per_s
+        ));
     }
-    if opts.progress {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     let interrupted = trainer.step < trainer.settings.steps;
     trainer.save_checkpoint(&ckpt_dir)?;
     if interrupted {

@@ -131,13 +131,13 @@ fn run_model(
         eprintln!("{label}: bits per byte needs infill's own qwen2/llama decoder; skipped");
         None
     } else {
-        let bar = super::progress::bar(label, None);
+        let bar = crate::progress::bar(label, None);
         bar.set_message("scoring held-out files for bits per byte");
         let bits = eval::bits_per_byte(&mut model, held, score_bytes);
         bar.finish_and_clear();
         Some(bits?)
     };
-    let bar = super::progress::bar(label, Some(tasks.len() as u64));
+    let bar = crate::progress::bar(label, Some(tasks.len() as u64));
     bar.set_message("tasks");
     let outcomes = eval::run(&mut model, tasks, settings, exec, |done, _| {
         bar.set_position(done as u64);

@@ -36,7 +36,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
     if args.fim {
         return fim(args, &text, &mut model);
     }
-    let bar = super::progress::bar("scoring", None);
+    let bar = crate::progress::bar("scoring", None);
     bar.set_message(format!("tokenizing {} KB", text.len() / 1024));
     let scores = score::score_with_progress(
         &mut model,
@@ -45,7 +45,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         args.stride,
         args.top_k,
         |done, total| {
-            super::progress::set_total(&bar, total as u64);
+            crate::progress::set_total(&bar, total as u64);
             bar.set_message("tokens");
             bar.set_position(done as u64);
         },
@@ -115,7 +115,7 @@ fn fim(args: &ScoreArgs, text: &str, model: &mut crate::model::Model) -> anyhow:
             args.fim_context
         );
     }
-    let bar = super::progress::bar("scoring lines", Some(0));
+    let bar = crate::progress::bar("scoring lines", Some(0));
     let lines = crate::complete::score_lines_fim(model, text, args.fim_context, None, |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
