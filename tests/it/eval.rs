@@ -66,6 +66,32 @@ fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
             "{o}"
         );
     }
+    // Per kind, how often trimming turned an exact raw proposal into a miss, and the reverse,
+    // as the outcomes say.
+    let exact = |o: &serde_json::Value, which: &str| o[which]["exact"].as_bool().unwrap();
+    let outcomes = doc["model"].as_array().unwrap();
+    let lost = outcomes
+        .iter()
+        .filter(|o| exact(o, "raw_score") && !exact(o, "trimmed_score"))
+        .count();
+    let won = outcomes
+        .iter()
+        .filter(|o| !exact(o, "raw_score") && exact(o, "trimmed_score"))
+        .count();
+    let all = doc["report"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "all")
+        .unwrap();
+    assert_eq!(all["model"]["trim_lost_exact"], lost);
+    assert_eq!(all["model"]["trim_won_exact"], won);
+    assert!(
+        stdout.contains(&format!(
+            "trimming turned {lost} exact raw proposals into misses and {won} misses into exact matches"
+        )),
+        "{stdout}"
+    );
     // Held-out files only: every task comes from a file the split holds out.
     for t in doc["tasks"].as_array().unwrap() {
         let path = t["id"].as_str().unwrap().split(':').next().unwrap();
