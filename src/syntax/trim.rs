@@ -280,8 +280,14 @@ impl<'a> Trimmer<'a> {
         let text = reindent(proposal, self.indent);
         let mut end = text.len();
         let mut reason = Reason::Unchanged;
+        // Whole lines: a block that ends inside a line (`})`, `};`, `} else {`) ends with it.
+        let line_end = |at: usize| {
+            text.get(at..)
+                .and_then(|rest| rest.find('\n'))
+                .map_or(text.len(), |nl| at + nl)
+        };
         for (cut, why) in [
-            (self.block_end(&text), Reason::BlockEnd),
+            (self.block_end(&text).map(line_end), Reason::BlockEnd),
             (
                 self.suffix_repeat(text.get(..end).unwrap_or_default()),
                 Reason::SuffixRepeat,
