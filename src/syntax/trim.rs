@@ -390,7 +390,10 @@ impl<'a> Trimmer<'a> {
             }
         } else {
             if let Some(b) = self.block_end(&text) {
-                cut(b, Reason::BlockEnd, &mut end);
+                // Closers and separators right after the block's end go with it (`})`, `};`).
+                let rest = text.get(b..).unwrap_or_default();
+                let tail = rest.len() - rest.trim_start_matches([')', ']', '}', ';', ',']).len();
+                cut(b + tail, Reason::BlockEnd, &mut end);
             }
             if let Some(r) = self.suffix_repeat(text.get(..end).unwrap_or_default()) {
                 cut(r, Reason::SuffixRepeat, &mut end);
