@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use infill::model::Tokenizer;
 use infill::model::config::{Family, LlamaConfig};
-use infill::model::generate::Rng;
+use infill::rng::Rng;
 use infill::train::trainer::{Doc, TrainSettings, Trainer};
 
 fn main() -> anyhow::Result<()> {

@@ -5,7 +5,44 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::eval::tasks::Spread;
 use crate::model::FimOrder;
+use crate::train::Preset;
+
+/// Command-line names for choices the domain types make: the types themselves know nothing of
+/// clap.
+macro_rules! value_enum {
+    ($ty:ty { $($variant:ident => $name:literal: $help:literal,)* }) => {
+        impl ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$(Self::$variant),*]
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(match self {
+                    $(Self::$variant => clap::builder::PossibleValue::new($name).help($help),)*
+                })
+            }
+        }
+    };
+}
+
+value_enum!(FimOrder {
+    Psm => "psm": "prefix, suffix, middle",
+    Spm => "spm": "suffix, prefix, middle",
+});
+
+value_enum!(Preset {
+    Tiny => "tiny": "~0.1M parameters: tests and smoke runs",
+    Mini => "mini": "~3M parameters (vocabulary 4096): half the default's size",
+    Small => "small": "~7M parameters (vocabulary 4096): the default model's size",
+    Medium => "medium": "~14M parameters (vocabulary 4096): twice the default's size",
+});
+
+value_enum!(Spread {
+    Files => "files": "every file alike: the tasks follow the corpus's mix of languages",
+    Languages => "languages": "the languages in turn: about as many tasks per language",
+});
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,8 +182,8 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub from_scratch: bool,
     /// Model shape for --from-scratch.
-    #[arg(long, value_enum, default_value_t = crate::train::Preset::Small)]
-    pub preset: crate::train::Preset,
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
     /// With --from-scratch: use this tokenizer.json instead of training one (for example the
     /// default model's, to compare model sizes on one vocabulary).
     #[arg(long, value_name = "FILE", requires = "from_scratch")]
@@ -335,8 +372,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 500)]
     pub tasks: usize,
     /// How repository tasks are spread over the held-out files.
-    #[arg(long, value_enum, default_value_t = crate::eval::tasks::Spread::Files)]
-    pub spread: crate::eval::tasks::Spread,
+    #[arg(long, value_enum, default_value_t = Spread::Files)]
+    pub spread: Spread,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Share of files held out (must match training's).

@@ -1,6 +1,7 @@
 //! Subcommands: each validates its arguments into settings, then runs.
 
 pub mod complete;
+pub mod edit;
 pub mod eval;
 pub mod models;
 pub mod score;

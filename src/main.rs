@@ -8,7 +8,7 @@ use infill::cli::{Cli, Command, TokenizerCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
     let result = match &cli.command {
-        Command::Edit(args) => infill::tui::run(args),
+        Command::Edit(args) => infill::cmd::edit::run(args),
         Command::Complete(args) => infill::cmd::complete::run(args),
         Command::Trim(args) => infill::cmd::trim::run(args),
         Command::Train(args) => infill::cmd::train::run(args),

@@ -88,7 +88,7 @@ pub fn tune_process() {
 }
 
 /// Model shapes for `--from-scratch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// ~0.1M parameters: tests and smoke runs.
     Tiny,

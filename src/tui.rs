@@ -22,9 +22,8 @@ use ratatui::backend::Backend;
 pub use app::{App, DiskStamp, Event, FileInfo, RecoveryOffer};
 pub use config::Config;
 
-use crate::cli::EditArgs;
 use crate::syntax::Registry;
-use crate::worker::{Job, Worker, WorkerOptions};
+use crate::worker::{Job, Loader, Worker, WorkerOptions};
 
 /// Runs the editor loop until the app quits or the event source closes: draw, wait for an event or
 /// the debounce deadline, update, hand new requests to `submit` and copied text to `copy`. Generic
@@ -84,7 +83,7 @@ pub fn state_dir() -> Option<PathBuf> {
 /// person who looks in the folder.
 pub fn recovery_path(path: &Path) -> Option<PathBuf> {
     let absolute = std::path::absolute(path).ok()?;
-    let hash = crate::train::corpus::fnv1a(absolute.as_os_str().as_encoded_bytes());
+    let hash = crate::hash::fnv1a(absolute.as_os_str().as_encoded_bytes());
     let name = path.file_name()?.to_string_lossy().into_owned();
     Some(
         state_dir()?
@@ -213,21 +212,32 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// `infill edit FILE`.
-pub fn run(args: &EditArgs) -> anyhow::Result<()> {
-    let mut config = match (&args.config, Config::default_path()) {
-        (Some(p), _) => Config::load(p, true)?,
-        (None, Some(p)) => Config::load(&p, false)?,
-        (None, None) => Config::default(),
-    };
-    if let Some(ms) = args.debounce_ms {
-        config.debounce_ms = ms;
+/// What the editor is asked to do: the file, the settings, and how to load its model.
+pub struct EditOptions {
+    pub file: PathBuf,
+    pub config: Config,
+    /// Loads the model on the worker thread (the editor is drawn and usable while it loads).
+    pub model: Loader,
+}
+
+impl std::fmt::Debug for EditOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EditOptions")
+            .field("file", &self.file)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
-    if args.no_completions {
-        config.completions = false;
-    }
+}
+
+/// The editor on `options.file` until the person quits.
+pub fn run(options: EditOptions) -> anyhow::Result<()> {
+    let EditOptions {
+        file,
+        config,
+        model,
+    } = options;
     let completions = config.completions;
-    let mut app = open(&args.file, config)?;
+    let mut app = open(&file, config)?;
 
     let (tx, rx) = mpsc::channel::<Event>();
     let signals = tx.clone();
@@ -236,15 +246,10 @@ pub fn run(args: &EditArgs) -> anyhow::Result<()> {
         let _ = signals.send(Event::Terminate);
     });
     let replies = tx.clone();
-    let model_args = args.model.clone();
     let worker = if completions {
-        Some(Worker::spawn(
-            Box::new(move || crate::cmd::open_model(&model_args)),
-            WorkerOptions::default(),
-            move |r| {
-                let _ = replies.send(Event::Worker(r));
-            },
-        )?)
+        Some(Worker::spawn(model, WorkerOptions::default(), move |r| {
+            let _ = replies.send(Event::Worker(r));
+        })?)
     } else {
         None
     };

@@ -1,6 +1,6 @@
 //! Completion metrics, each a small pure function tested on known values.
 
-use crate::model::generate::Rng;
+use crate::rng::Rng;
 
 /// Levenshtein distance in characters (insert, delete, substitute all cost 1).
 pub fn levenshtein(a: &str, b: &str) -> usize {

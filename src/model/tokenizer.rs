@@ -26,17 +26,7 @@ pub enum TokenizerError {
 }
 
 /// Prefix-suffix-middle or suffix-prefix-middle order (Bavarian et al. 2022, section 3).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FimOrder {
     #[default]

@@ -242,7 +242,7 @@ pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusErro
                         corpus.skipped.push((rel, Skip::Licence(why)));
                         continue;
                     }
-                    if !seen.insert(fnv1a(text.as_bytes())) {
+                    if !seen.insert(crate::hash::fnv1a(text.as_bytes())) {
                         corpus.skipped.push((rel, Skip::Duplicate));
                         continue;
                     }
@@ -533,13 +533,6 @@ fn generated(text: &str) -> Option<String> {
         return Some("mostly numeric literals (a data table)".into());
     }
     None
-}
-
-/// FNV-1a, 64 bits: a stable hash (the same on every platform and version) for paths and contents.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use super::corpus::fnv1a;
+use crate::hash::fnv1a;
 
 /// Shortest distinctive line, in bytes after trimming.
 pub const MIN_LINE: usize = 16;

@@ -13,7 +13,7 @@ use std::io::Write;
 
 use super::fim::{self, FimSettings};
 use crate::model::Tokenizer;
-use crate::model::generate::Rng;
+use crate::rng::Rng;
 
 /// Why a bundle or a shard could not be made or read.
 #[derive(Debug, thiserror::Error)]

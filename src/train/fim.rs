@@ -14,9 +14,9 @@
 //! file of a few thousand tokens trained in 256-token windows puts its prefix, suffix and middle in
 //! different windows, and the model never sees the three together: it learns to ignore the prompt.
 
-use crate::model::generate::Rng;
 use crate::model::tokenizer::TokenizerError;
 use crate::model::{FimOrder, Tokenizer};
+use crate::rng::Rng;
 
 /// The kinds of hole a FIM example can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

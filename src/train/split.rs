@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::corpus::fnv1a;
+use crate::hash::fnv1a;
 
 /// Default share of files held out.
 pub const DEFAULT_HELD_OUT: f64 = 0.05;

@@ -17,8 +17,8 @@ use super::optim::{AdamW, AdamWParams, grad_norm};
 use super::schedule::learning_rate;
 use crate::model::Tokenizer;
 use crate::model::config::LlamaConfig;
-use crate::model::generate::Rng;
 use crate::model::llama::{Kernels, Llama};
+use crate::rng::Rng;
 
 /// Training hyper-parameters: defaults in one place, as nanoGPT keeps them.
 #[derive(Debug, Clone, Serialize, Deserialize)]

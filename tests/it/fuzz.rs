@@ -5,8 +5,8 @@
 //! The seed changes from run to run, so CI keeps exploring; a failure prints the seed, and
 //! `INFILL_FUZZ_SEED=<seed> cargo test --test it fuzz::` replays it.
 
-use infill::model::generate::Rng;
 use infill::model::{FimOrder, Tokenizer};
+use infill::rng::Rng;
 use infill::syntax::{Registry, Trimmer};
 use infill::text::{Document, Group, Pos};
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use infill::model::Tokenizer;
 use infill::model::config::ModelConfig;
-use infill::model::generate::Rng;
+use infill::rng::Rng;
 use infill::train::fim::{self, FimSettings};
 use infill::train::trainer::{Doc, TrainSettings, Trainer};
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{D, Tensor};
 
 use super::TokenScore;
+use crate::hash::fnv1a;
 use crate::model::Model;
 use crate::model::llama::KvCache;
 
@@ -45,13 +46,6 @@ impl ChunkSizes {
     }
 }
 
-fn hash(bytes: &[u8]) -> u64 {
-    // FNV-1a: stable across runs and platforms.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Byte ranges of the chunks of `text`; they tile it.
 pub fn chunk_bounds(text: &str, sizes: ChunkSizes) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -60,7 +54,7 @@ pub fn chunk_bounds(text: &str, sizes: ChunkSizes) -> Vec<(usize, usize)> {
     for line in text.split_inclusive('\n') {
         let size = at - start;
         // FNV's low bits follow the bytes' low bits; mix, then take the top bits.
-        let mixed = hash(line.as_bytes()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let mixed = fnv1a(line.as_bytes()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
         if size >= sizes.max_bytes || (size >= sizes.min_bytes && mixed % PATTERN == 0) {
             out.push((start, at));
             start = at;
@@ -254,13 +248,13 @@ impl ChunkScorer {
             let context = prev
                 .get(prev.len().saturating_sub(sizes.context_tokens)..)
                 .unwrap_or_default();
-            let context_hash = hash(
+            let context_hash = fnv1a(
                 &context
                     .iter()
                     .flat_map(|t| t.to_le_bytes())
                     .collect::<Vec<u8>>(),
             );
-            let key = (context_hash, hash(chunk.as_bytes()));
+            let key = (context_hash, fnv1a(chunk.as_bytes()));
             let scores = match self.cache.remove(&key) {
                 Some(s) => s,
                 None => {

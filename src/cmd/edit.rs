@@ -1,0 +1,24 @@
+//! `infill edit`: the settings file and the flags that override it, then the editor.
+
+use crate::cli::EditArgs;
+use crate::tui::{Config, EditOptions};
+
+pub fn run(args: &EditArgs) -> anyhow::Result<()> {
+    let mut config = match (&args.config, Config::default_path()) {
+        (Some(p), _) => Config::load(p, true)?,
+        (None, Some(p)) => Config::load(&p, false)?,
+        (None, None) => Config::default(),
+    };
+    if let Some(ms) = args.debounce_ms {
+        config.debounce_ms = ms;
+    }
+    if args.no_completions {
+        config.completions = false;
+    }
+    let model_args = args.model.clone();
+    crate::tui::run(EditOptions {
+        file: args.file.clone(),
+        config,
+        model: Box::new(move || super::open_model(&model_args)),
+    })
+}
