@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use wait_timeout::ChildExt;
 
 use crate::complete::{self, Settings};
 use crate::model::Model;
@@ -86,18 +87,12 @@ fn run_tests(task: &Task, prediction: &str, exec: &Exec) -> Option<bool> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status.success()),
-            Ok(None) if start.elapsed() < exec.timeout => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Some(false);
-            }
+    match child.wait_timeout(exec.timeout) {
+        Ok(Some(status)) => Some(status.success()),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Some(false)
         }
     }
 }
