@@ -467,15 +467,15 @@ impl App {
             " {name}{modified} │ {lang}{ending} │ Ln {}, Col {column}",
             self.cursor.line + 1
         );
+        let activity = match &self.model {
+            ModelState::Loading => "loading model…",
+            ModelState::Unavailable(_) => "no model",
+            ModelState::Ready(_) if self.is_thinking() => "thinking…",
+            ModelState::Ready(_) => "idle",
+        };
         let state = match &self.model {
-            ModelState::Loading => "loading model…".to_owned(),
-            ModelState::Unavailable(_) => "no model".to_owned(),
+            ModelState::Loading | ModelState::Unavailable(_) => activity.to_owned(),
             ModelState::Ready(name) => {
-                let activity = if self.is_thinking() {
-                    "thinking…"
-                } else {
-                    "idle"
-                };
                 let short = name
                     .rsplit(['/', '\\'])
                     .find(|s| !s.is_empty())
@@ -509,22 +509,45 @@ impl App {
                 format!("{short}{stats}{alternatives}{overlay} │ {activity}")
             }
         };
-        let right = format!("{state} ");
+        let mut right = format!("{state} ");
         let w = area.width as usize;
-        let fill = w.saturating_sub(display::width(&left, 1) + display::width(&right, 1));
-        let text = if display::width(&left, 1) + display::width(&right, 1) > w {
+        let fits = |l: &str, r: &str| display::width(l, 1) + display::width(r, 1) < w;
+        let mut left = left;
+        if !fits(&left, &right) {
             // Too narrow for the whole path: the file name is what matters.
             let short = self
                 .file
                 .path
                 .file_name()
                 .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
-            let left = left.replacen(&name, &short, 1);
-            let fill = w.saturating_sub(display::width(&left, 1) + display::width(&right, 1));
-            format!("{left}{}{right}", " ".repeat(fill))
-        } else {
-            format!("{left}{}{right}", " ".repeat(fill))
-        };
+            left = left.replacen(&name, &short, 1);
+        }
+        if !fits(&left, &right) {
+            // Still too narrow: what the model is doing, never run into the cursor's position.
+            right = format!(" │ {activity} ");
+        }
+        if !fits(&left, &right) {
+            // Then the file name and the cursor's position alone.
+            let short = self
+                .file
+                .path
+                .file_name()
+                .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
+            let position = format!(" │ Ln {}, Col {column}", self.cursor.line + 1);
+            let room = w.saturating_sub(
+                display::width(&position, 1) + display::width(&right, 1) + modified.len() + 2,
+            );
+            let chars: Vec<char> = short.chars().collect();
+            let name = if chars.len() > room {
+                let tail: String = chars[chars.len() - room.saturating_sub(1)..].iter().collect();
+                format!("…{tail}")
+            } else {
+                short
+            };
+            left = format!(" {name}{modified}{position}");
+        }
+        let fill = w.saturating_sub(display::width(&left, 1) + display::width(&right, 1));
+        let text = format!("{left}{}{right}", " ".repeat(fill));
         buf.set_stringn(area.x, y, &text, w, bar);
 
         let y = y + 1;

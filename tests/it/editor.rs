@@ -1024,3 +1024,16 @@ fn a_long_line_scrolls_sideways_with_the_cursor() {
     );
     assert_eq!(ed.term.get_cursor_position().unwrap(), (3, 0).into());
 }
+
+/// On a narrow terminal the status bar keeps the cursor's position and what the model is doing
+/// apart (they once ran together as `Col 5infill-default`), shortening the right side first.
+#[test]
+fn a_narrow_status_bar_keeps_its_parts_apart() {
+    let mut ed = Ed::new("a_file_with_a_long_name.py", "x = 1\n");
+    ed.term = Terminal::new(TestBackend::new(46, H)).unwrap();
+    ed.draw();
+    let buf = ed.term.backend().buffer();
+    let status: String = (0..46).map(|x| buf[(x, H - 2)].symbol()).collect();
+    assert!(status.contains("Ln 1, Col 1"), "{status:?}");
+    assert!(status.contains("Col 1 ") && status.contains("│ idle"), "{status:?}");
+}
