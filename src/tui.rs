@@ -280,11 +280,8 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
                 }
             },
             &mut |text| {
-                use std::io::Write;
-                if let Some(seq) = osc52(text) {
-                    let mut out = std::io::stdout();
-                    let _ = out.write_all(seq.as_bytes());
-                    let _ = out.flush();
+                if let Some(copy) = clipboard(text) {
+                    let _ = crossterm::execute!(std::io::stdout(), copy);
                 }
             },
         )
@@ -293,33 +290,14 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
     result
 }
 
-/// The OSC 52 sequence that puts `text` on the terminal's clipboard (works over SSH in terminals
-/// that allow it); `None` when it is too long for terminals to accept.
-pub fn osc52(text: &str) -> Option<String> {
-    const MAX_ENCODED: usize = 74_994;
-    let encoded = base64(text.as_bytes());
-    (encoded.len() <= MAX_ENCODED).then(|| format!("\x1b]52;c;{encoded}\x07"))
-}
+/// Base64 bytes terminals accept in one OSC 52 sequence (xterm's limit; others are as strict).
+const CLIPBOARD_MAX_ENCODED: usize = 74_994;
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk.first().copied().unwrap_or(0),
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// The command that puts `text` on the terminal's clipboard (OSC 52, which works over SSH in
+/// terminals that allow it); `None` when it is too long for terminals to accept.
+pub fn clipboard(text: &str) -> Option<crossterm::clipboard::CopyToClipboard<&str>> {
+    (text.len().div_ceil(3) * 4 <= CLIPBOARD_MAX_ENCODED)
+        .then(|| crossterm::clipboard::CopyToClipboard::to_clipboard_from(text))
 }
 
 #[cfg(test)]
@@ -327,13 +305,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn osc52_encodes_like_rfc_4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64("é\n".as_bytes()), "w6kK");
-        assert_eq!(osc52("hi").as_deref(), Some("\x1b]52;c;aGk=\x07"));
-        assert_eq!(osc52(&"x".repeat(100_000)), None);
+    fn the_clipboard_gets_base64_text_up_to_what_terminals_accept() {
+        use crossterm::Command;
+        let mut seq = String::new();
+        clipboard("é\n").unwrap().write_ansi(&mut seq).unwrap();
+        assert_eq!(seq, "\x1b]52;c;w6kK\x1b\\");
+        assert!(clipboard(&"x".repeat(56_244)).is_some());
+        assert!(clipboard(&"x".repeat(56_245)).is_none());
     }
 }
