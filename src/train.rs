@@ -32,26 +32,23 @@ use crate::model::{FimOrder, Tokenizer};
 use trainer::{Doc, HeldOut, LogEntry, TrainSettings, Trainer};
 
 /// Process settings that make training faster on CPUs; call first thing, before any thread exists.
+/// What each gained is in docs/benchmarks.md and docs/design.md.
 ///
 /// - Data parallel across cores: the trainer splits every micro-batch into one shard per thread of
 ///   rayon's pool and runs the shards side by side, and candle runs each op of a shard on the
 ///   thread that called it (`RAYON_NUM_THREADS=1` is what candle reads for its matrix products; the
 ///   pool is then built with every core, or the `RAYON_NUM_THREADS` the user gave). Splitting each
-///   op across the cores instead paid a barrier per op and left candle's elementwise ops on one
-///   core. Train bench at 4 sequences a step, two interleaved pairs: 1,817 -> 2,241 and 1,708 ->
-///   2,292 tokens/s.
-/// - candle's worker threads spin before parking; on a training step of many small ops the spinning
-///   thread takes a core from the ones computing (measured: 1220 -> 1355 tokens/s on 2 cores).
+///   op across the cores instead pays a barrier per op and leaves candle's elementwise ops on one
+///   core.
+/// - candle's worker threads spin before parking; on a step of many small ops the spinning thread
+///   takes a core from the ones computing.
 /// - glibc gives every large allocation its own mapping and returns it on free, so each of candle's
-///   per-op tensors costs page faults and zeroing; keeping freed memory in the heap for reuse
-///   measured 1317 -> 1458 tokens/s (mean of three interleaved runs of `cargo bench --bench train`).
-///   Memory stays at its peak for the rest of the run, which training reaches anyway. Threads other
-///   than the first get arenas whose heaps hold at most 64 MB, so a shard's logits (8 x 256
-///   positions x 8,192 tokens) were mapped afresh every step and the shards gained nothing at 16
-///   sequences a step (1,975 -> 1,981 tokens/s); with one arena for all threads, 2,438 and 2,661.
+///   per-op tensors would cost page faults and zeroing: freed memory stays in the heap for reuse
+///   (memory stays at its peak, which training reaches anyway), and all threads share one arena,
+///   since other threads' arenas map anything over 64 MB (a shard's logits) afresh.
 /// - candle's elementwise ops run on one thread (`CANDLE_NUM_THREADS=1`): splitting a few hundred
-///   kilobytes across two cores costs more in barriers than it saves (1,582 -> 1,705 and 1,575 ->
-///   1,686 tokens/s before the shards). The environment still wins when it says otherwise.
+///   kilobytes across two cores costs more in barriers than it saves. The environment still wins
+///   when it says otherwise.
 pub fn tune_process() {
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -739,8 +736,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
 /// Writes the model in Hugging Face layout: config.json, tokenizer.json, model.safetensors.
 ///
 /// A model trained from scratch declares the context it was trained at: rotary positions it never
-/// saw make it worse, not better (measured: 2.19 bits/byte reading a file in 512-token windows
-/// against 2.09 in 256-token ones, for a model trained on 256). A fine-tune keeps its model's.
+/// saw make it worse, not better. A fine-tune keeps its model's.
 pub fn write_model_dir(out: &Path, trainer: &Trainer, tokenizer_json: &str) -> anyhow::Result<()> {
     let mut config = trainer.config.clone();
     config.tie_word_embeddings = trainer.tied;
