@@ -302,6 +302,23 @@ impl<'a> Trimmer<'a> {
                 reason = why;
             }
         }
+        // A line that opens a block whose body is already the suffix's first line (indented
+        // deeper) ends the hole: what the proposal writes after it would be a second body.
+        let body = self.suffix.split('\n').next().unwrap_or_default();
+        let mut at = 0;
+        for line in text.get(..end).unwrap_or_default().split('\n') {
+            let opens = line.trim_end().ends_with([':', '{', '(', '['])
+                && !line.trim_start().starts_with(['#', '/']);
+            if opens && indent_width(body) > indent_width(line) {
+                let cut = at + line.len();
+                if cut < end {
+                    end = cut;
+                    reason = Reason::BlockEnd;
+                }
+                break;
+            }
+            at += line.len() + 1;
+        }
         // The parse decides whether the last line is whole, as it does for every cut.
         let whole = text.get(..end).unwrap_or_default();
         let mut cuts = vec![whole.len()];
