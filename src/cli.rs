@@ -215,8 +215,9 @@ pub struct TrainArgs {
     /// splits its sequences across the cores, so a batch of at least one per core uses them all.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
+    /// Micro-batches per optimizer step (default 1).
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
     /// Peak learning rate; the schedule decays to a tenth of it (default 3e-4 fine-tuning, 1e-3
     /// from scratch; with --resume, the run's own unless given: a lower one cools a long run down).
     #[arg(long)]
@@ -234,10 +235,12 @@ pub struct TrainArgs {
     /// own unless given). infill prompts a model trained by infill in SPM order.
     #[arg(long)]
     pub spm_rate: Option<f64>,
-    #[arg(long, default_value_t = 50)]
-    pub eval_every: usize,
-    #[arg(long, default_value_t = 100)]
-    pub checkpoint_every: usize,
+    /// Held-out evaluation every this many steps (default 50).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// A checkpoint every this many steps (default 100).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
     /// Also checkpoint whenever this many minutes passed since the last checkpoint.
     #[arg(long, default_value_t = 2.0, value_name = "MINUTES")]
     pub checkpoint_minutes: f64,

@@ -301,6 +301,7 @@ pub fn clipboard(text: &str) -> Option<crossterm::clipboard::CopyToClipboard<&st
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -308,8 +309,7 @@ mod tests {
     fn the_clipboard_gets_base64_text_up_to_what_terminals_accept() {
         use crossterm::Command;
         let mut seq = String::new();
-        let copy = clipboard("é\n").expect("short text fits");
-        copy.write_ansi(&mut seq).expect("writes to a String");
+        clipboard("é\n").unwrap().write_ansi(&mut seq).unwrap();
         assert_eq!(seq, "\x1b]52;c;w6kK\x1b\\");
         assert!(clipboard(&"x".repeat(56_244)).is_some());
         assert!(clipboard(&"x".repeat(56_245)).is_none());

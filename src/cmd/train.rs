@@ -59,7 +59,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             args.checkpoint_minutes
         );
     }
-    if args.seq_len.is_some_and(|n| n < 8) || args.batch_size == Some(0) || args.grad_accum == 0 {
+    if args.eval_every == Some(0) || args.checkpoint_every == Some(0) {
+        anyhow::bail!("--eval-every and --checkpoint-every must be at least 1");
+    }
+    if args.seq_len.is_some_and(|n| n < 8)
+        || args.batch_size == Some(0)
+        || args.grad_accum == Some(0)
+    {
         anyhow::bail!("--seq-len must be at least 8, --batch-size and --grad-accum at least 1");
     }
     let fine_tune = matches!(start, Start::FineTune(_));
@@ -71,25 +77,26 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             anyhow::bail!("{name} must be between 0 and 1 (got {rate})");
         }
     }
+    let defaults = TrainSettings::new_run(fine_tune);
+    let lr = args.lr.unwrap_or(defaults.max_lr);
     let settings = TrainSettings {
-        seq_len: args.seq_len.unwrap_or(256),
-        batch_size: args.batch_size.unwrap_or(4),
-        grad_accum: args.grad_accum,
+        seq_len: args.seq_len.unwrap_or(defaults.seq_len),
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        grad_accum: args.grad_accum.unwrap_or(defaults.grad_accum),
         // With --minutes this is only an upper bound until the first steps are timed.
         steps: args.steps.unwrap_or(if args.minutes.is_some() {
             train::UNBOUNDED_STEPS
         } else {
-            300
+            defaults.steps
         }),
-        max_lr: args.lr.unwrap_or(if fine_tune { 3e-4 } else { 1e-3 }),
-        min_lr: args.lr.unwrap_or(if fine_tune { 3e-4 } else { 1e-3 }) / 10.0,
-        warmup: 20,
-        eval_every: args.eval_every,
-        checkpoint_every: args.checkpoint_every,
+        max_lr: lr,
+        min_lr: lr / 10.0,
+        eval_every: args.eval_every.unwrap_or(defaults.eval_every),
+        checkpoint_every: args.checkpoint_every.unwrap_or(defaults.checkpoint_every),
         seed: args.seed,
-        fim_rate: args.fim_rate.unwrap_or(if fine_tune { 0.9 } else { 0.5 }),
-        spm_rate: args.spm_rate.unwrap_or(0.5),
-        ..TrainSettings::default()
+        fim_rate: args.fim_rate.unwrap_or(defaults.fim_rate),
+        spm_rate: args.spm_rate.unwrap_or(defaults.spm_rate),
+        ..defaults
     };
     let opts = TrainOptions {
         repos: args.repo.clone(),

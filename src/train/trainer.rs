@@ -46,25 +46,37 @@ pub struct TrainSettings {
     pub spm_rate: f64,
 }
 
-impl Default for TrainSettings {
-    fn default() -> Self {
+impl TrainSettings {
+    /// The defaults of a new run, in one place: a fine-tune starts from a trained model and moves
+    /// it gently (a lower peak learning rate) towards the editor's prompts (more FIM examples);
+    /// a run from scratch learns plain text first. A resumed run keeps its own settings; the
+    /// command line only overrides.
+    pub fn new_run(fine_tune: bool) -> Self {
+        let lr = if fine_tune { 3e-4 } else { 1e-3 };
         Self {
             seq_len: 256,
             batch_size: 4,
             grad_accum: 1,
-            steps: 1000,
-            max_lr: 1e-3,
-            min_lr: 1e-4,
+            steps: 300,
+            max_lr: lr,
+            min_lr: lr / 10.0,
             warmup: 20,
             weight_decay: 0.1,
             clip: 1.0,
-            eval_every: 100,
+            eval_every: 50,
             eval_windows: 32,
-            checkpoint_every: 200,
+            checkpoint_every: 100,
             seed: 0,
-            fim_rate: 0.9,
+            fim_rate: if fine_tune { 0.9 } else { 0.5 },
             spm_rate: 0.5,
         }
+    }
+}
+
+impl Default for TrainSettings {
+    /// A fine-tune's defaults.
+    fn default() -> Self {
+        Self::new_run(true)
     }
 }
 

@@ -539,7 +539,9 @@ impl App {
             );
             let chars: Vec<char> = short.chars().collect();
             let name = if chars.len() > room {
-                let tail: String = chars[chars.len() - room.saturating_sub(1)..].iter().collect();
+                let tail: String = chars[chars.len() - room.saturating_sub(1)..]
+                    .iter()
+                    .collect();
                 format!("…{tail}")
             } else {
                 short

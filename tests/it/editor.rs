@@ -1035,5 +1035,8 @@ fn a_narrow_status_bar_keeps_its_parts_apart() {
     let buf = ed.term.backend().buffer();
     let status: String = (0..46).map(|x| buf[(x, H - 2)].symbol()).collect();
     assert!(status.contains("Ln 1, Col 1"), "{status:?}");
-    assert!(status.contains("Col 1 ") && status.contains("│ idle"), "{status:?}");
+    assert!(
+        status.contains("Col 1 ") && status.contains("│ idle"),
+        "{status:?}"
+    );
 }
