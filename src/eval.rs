@@ -470,6 +470,9 @@ pub struct ModelFigures {
     pub trim_lost_exact: usize,
     /// Tasks whose trimmed proposal is an exact match and whose raw one was not.
     pub trim_won_exact: usize,
+    /// Tasks whose raw proposal had the right first line and whose trimmed one does not (a model
+    /// that seldom stops writes few exact raw proposals, but often the right first line).
+    pub trim_lost_first_line: usize,
 }
 
 /// Per task kind (and "all"): the model's figures, the baseline's, and trimmed edit similarity and
@@ -511,6 +514,10 @@ fn figures(tasks: &[&Task], outcomes: &[&Outcome]) -> ModelFigures {
         trim_won_exact: outcomes
             .iter()
             .filter(|o| !o.raw_score.exact && o.trimmed_score.exact)
+            .count(),
+        trim_lost_first_line: outcomes
+            .iter()
+            .filter(|o| o.raw_score.first_line && !o.trimmed_score.first_line)
             .count(),
     }
 }
@@ -648,8 +655,8 @@ pub fn render(reports: &[KindReport], markdown: bool) -> String {
             }
         }
         let trimming = format!(
-            "trimming turned {} exact raw proposals into misses and {} misses into exact matches",
-            r.model.trim_lost_exact, r.model.trim_won_exact
+            "trimming turned {} exact raw proposals into misses and {} misses into exact matches; it lost {} right first lines",
+            r.model.trim_lost_exact, r.model.trim_won_exact, r.model.trim_lost_first_line
         );
         out.push_str(&if markdown {
             format!("\n{trimming}\n")

@@ -78,6 +78,13 @@ fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
         .iter()
         .filter(|o| !exact(o, "raw_score") && exact(o, "trimmed_score"))
         .count();
+    let lost_line = outcomes
+        .iter()
+        .filter(|o| {
+            o["raw_score"]["first_line"].as_bool().unwrap()
+                && !o["trimmed_score"]["first_line"].as_bool().unwrap()
+        })
+        .count();
     let all = doc["report"]
         .as_array()
         .unwrap()
@@ -86,9 +93,10 @@ fn eval_on_a_repository_reports_every_kind_raw_trimmed_and_the_empty_floor() {
         .unwrap();
     assert_eq!(all["model"]["trim_lost_exact"], lost);
     assert_eq!(all["model"]["trim_won_exact"], won);
+    assert_eq!(all["model"]["trim_lost_first_line"], lost_line);
     assert!(
         stdout.contains(&format!(
-            "trimming turned {lost} exact raw proposals into misses and {won} misses into exact matches"
+            "trimming turned {lost} exact raw proposals into misses and {won} misses into exact matches; it lost {lost_line} right first lines"
         )),
         "{stdout}"
     );
