@@ -7,7 +7,9 @@
 //!    the cursor's line that opens nothing (a bracket, `:`, `=` or `,` may go on below), the proposal
 //!    ends at its first line break. Otherwise it may span lines but never past the end of the enclosing
 //!    block: the first closing bracket that the proposal did not open (brace languages), or the first
-//!    line indented less than the block (Python).
+//!    line indented less than the block (Python). At the start of a line of code (a whole-line
+//!    hole) a proposal that breaks the line is whole lines, each cut at a line end and the last
+//!    one ended by the hole's newline, so the line after stays a line of its own.
 //! 3. **Repeats**: a tail that repeats the first lines after the cursor is dropped, and so is
 //!    everything from the first line that repeats an earlier line of the proposal (a small model's
 //!    loop); closing brackets and quotes that the rest of the line already supplies go too.
@@ -17,8 +19,8 @@
 //!    re-parsed incrementally. No valid cut means an empty result: a proposal invalid on its own is
 //!    never shown. Without a grammar (unknown language) bracket balance stands in for the parse.
 //!
-//! Invariant (property-tested): the result is a prefix of the re-indented proposal. Nothing here
-//! panics on any input.
+//! Invariant (property-tested and fuzzed): the result, less a whole-line hole's newline, is a
+//! prefix of the re-indented proposal. Nothing here panics on any input.
 
 use serde::Serialize;
 use tree_sitter::{InputEdit, Parser, Point, Tree};

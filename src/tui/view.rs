@@ -473,8 +473,9 @@ impl App {
             ModelState::Ready(_) if self.is_thinking() => "thinking…",
             ModelState::Ready(_) => "idle",
         };
-        let state = match &self.model {
-            ModelState::Loading | ModelState::Unavailable(_) => activity.to_owned(),
+        // The model's name, then what it measured and shows; the activity always.
+        let (model, stats, shown) = match &self.model {
+            ModelState::Loading | ModelState::Unavailable(_) => Default::default(),
             ModelState::Ready(name) => {
                 let short = name
                     .rsplit(['/', '\\'])
@@ -506,13 +507,17 @@ impl App {
                     (true, false, None) => " │ overlay".to_owned(),
                     _ => String::new(),
                 };
-                format!("{short}{stats}{alternatives}{overlay} │ {activity}")
+                (short.to_owned(), stats, format!("{alternatives}{overlay}"))
             }
         };
-        let mut right = format!("{state} ");
         let w = area.width as usize;
+        // At least one blank between the sides.
         let fits = |l: &str, r: &str| display::width(l, 1) + display::width(r, 1) < w;
         let mut left = left;
+        let mut right = match model.is_empty() {
+            true => format!("{activity} "),
+            false => format!("{model}{stats}{shown} │ {activity} "),
+        };
         if !fits(&left, &right) {
             // Too narrow for the whole path: the file name is what matters.
             let short = self
@@ -522,8 +527,16 @@ impl App {
                 .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
             left = left.replacen(&name, &short, 1);
         }
+        // Still too narrow: the model's name goes first, then its timings, then the proposal's
+        // number and the overlay's state; what it is doing stays, and never runs into the
+        // cursor's position.
         if !fits(&left, &right) {
-            // Still too narrow: what the model is doing, never run into the cursor's position.
+            right = format!("{stats}{shown} │ {activity} ");
+        }
+        if !fits(&left, &right) {
+            right = format!("{shown} │ {activity} ");
+        }
+        if !fits(&left, &right) {
             right = format!(" │ {activity} ");
         }
         if !fits(&left, &right) {

@@ -355,7 +355,11 @@ fn alternatives_are_sampled_on_demand_and_cycle() {
     );
     ed.done(alt.id, "second");
     assert_eq!(ed.app.ghost_text(), "second");
-    assert!(ed.screen()[H as usize - 2].contains("2/2"));
+    assert!(
+        ed.screen()[H as usize - 2].contains("2/2"),
+        "{:?}",
+        ed.screen()[H as usize - 2]
+    );
     // Alt-p and Alt-n (and Alt-]): keys every terminal delivers, unlike Alt-[ (ESC [).
     ed.alt(KeyCode::Char('p'));
     assert_eq!(ed.app.ghost_text(), "first");
