@@ -54,6 +54,33 @@ value_enum!(Spread {
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// What goes to the log file ($XDG_STATE_HOME/infill/infill.log): what the model worker did
+    /// for each proposal at debug, loading and saving at info.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn level(self) -> Option<tracing::Level> {
+        match self {
+            Self::Off => None,
+            Self::Error => Some(tracing::Level::ERROR),
+            Self::Warn => Some(tracing::Level::WARN),
+            Self::Info => Some(tracing::Level::INFO),
+            Self::Debug => Some(tracing::Level::DEBUG),
+            Self::Trace => Some(tracing::Level::TRACE),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

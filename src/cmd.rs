@@ -29,7 +29,16 @@ pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
         dtype,
         ..LoadOptions::default()
     };
-    Ok(Model::open(&source, online, &opts)?)
+    let started = std::time::Instant::now();
+    let model = Model::open(&source, online, &opts)?;
+    tracing::info!(
+        "loaded {} ({}, context {}) in {:.0} ms",
+        model.name,
+        model.config.family().model_type(),
+        model.network.context_length(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(model)
 }
 
 /// Checks sampling arguments and turns them into pipeline settings.

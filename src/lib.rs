@@ -29,6 +29,7 @@ pub mod complete;
 pub mod eval;
 pub mod files;
 pub mod hash;
+pub mod logging;
 pub mod model;
 pub mod progress;
 pub mod rng;

@@ -7,6 +7,12 @@ use infill::cli::{Cli, Command, TokenizerCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
+    infill::logging::init(cli.log_level.level());
+    tracing::info!(
+        "infill {} {}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
     let result = match &cli.command {
         Command::Edit(args) => infill::cmd::edit::run(args),
         Command::Complete(args) => infill::cmd::complete::run(args),
@@ -26,7 +32,9 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("infill: {}", user_message(&err));
+            let message = user_message(&err);
+            tracing::error!("{message}");
+            eprintln!("infill: {message}");
             ExitCode::from(2)
         }
     }

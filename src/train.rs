@@ -680,7 +680,8 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         if trainer.step % s.checkpoint_every.max(1) == 0
             || last_checkpoint.elapsed() >= opts.checkpoint_interval
         {
-            trainer.save_checkpoint(&ckpt_dir)?;
+            let saved = trainer.save_checkpoint(&ckpt_dir)?;
+            tracing::info!("checkpoint {} (loss {:.3})", saved.display(), entry.loss);
             last_checkpoint = Instant::now();
         }
         let held = last_held.as_ref().map_or(String::new(), |h| {

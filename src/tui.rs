@@ -238,6 +238,7 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
     } = options;
     let completions = config.completions;
     let mut app = open(&file, config)?;
+    tracing::info!("editing {}", file.display());
 
     let (tx, rx) = mpsc::channel::<Event>();
     let signals = tx.clone();

@@ -203,6 +203,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
         Ok(m) => m,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            tracing::warn!("no model: {}", chain.join(": "));
             reply(Reply::Unavailable {
                 message: chain.join(": "),
             });
@@ -253,6 +254,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
         }));
         if let Err(panic) = outcome {
             let what = panic_text(&*panic);
+            tracing::error!("job {id}: the model worker panicked: {what}");
             let _ = model.network.reset();
             reply(Reply::Failed {
                 id,
@@ -361,6 +363,18 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
         Ok(c) => {
             let total_ms = started.elapsed().as_secs_f64() * 1e3;
             let tokens = c.generation.tokens.len();
+            let t = &c.generation.timings;
+            tracing::debug!(
+                "job {}: {} prompt tokens ({} reused, prefill {:.1} ms), {tokens} generated ({:?}, {:.1} tok/s), trimmed {:?} to {:?}, {total_ms:.1} ms",
+                request.id,
+                t.prompt_tokens,
+                t.reused_tokens,
+                t.prefill_ms,
+                c.generation.stop,
+                t.tokens_per_s,
+                c.trim_reason,
+                c.text
+            );
             reply(Reply::Done {
                 id: request.id,
                 proposal: Proposal {
@@ -374,10 +388,13 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
                 },
             });
         }
-        Err(e) => reply(Reply::Failed {
-            id: request.id,
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            tracing::warn!("job {}: {e}", request.id);
+            reply(Reply::Failed {
+                id: request.id,
+                message: e.to_string(),
+            });
+        }
     }
 }
 

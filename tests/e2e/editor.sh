@@ -70,6 +70,8 @@ wait_for "EXITED=0"
 on_disk=$(sed -n 6p "$work/a.py")
 [[ $on_disk == "$shown" ]] || fail "saved line 6 '$on_disk' differs from the screen '$shown'"
 echo "ok: typed 4 spaces, accepted ghost text, saved line 6: '$on_disk'"
+grep -q "saved $work/a.py" "$XDG_STATE_HOME/infill/infill.log" || fail "the save is not in the log file"
+echo "ok: the log file says what the editor did"
 tmux kill-session -t "$session"
 
 # 2. The probability overlay: F2 colours the text by rank (green is the top 10) in the background.
@@ -108,7 +110,7 @@ wait_for "saved"
 tmux send-keys -t "$session" C-q
 wait_for "EXITED=0"
 [[ $(cat "$work/b.py") == "unsaved x = 1" ]] || fail "recovered text not saved: $(cat "$work/b.py")"
-left=$(find "$XDG_STATE_HOME" -type f)
+left=$(find "$XDG_STATE_HOME/infill/recovery" -type f 2>/dev/null)
 [[ -z $left ]] || fail "recovery file left after saving: $left"
 echo "ok: SIGTERM kept the unsaved text and the next open restored it"
 tmux kill-session -t "$session"

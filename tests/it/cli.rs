@@ -390,7 +390,7 @@ proptest::proptest! {
         for (option, value) in ["--top-p", "--temperature"].iter().zip(&reals) {
             args.push(format!("{option}={value}"));
         }
-        let Ok(infill::cli::Cli { command: infill::cli::Command::Complete(c) }) =
+        let Ok(infill::cli::Cli { command: infill::cli::Command::Complete(c), .. }) =
             infill::cli::Cli::try_parse_from(&args)
         else {
             return Ok(());
@@ -419,7 +419,7 @@ proptest::proptest! {
         for (option, value) in counted.iter().zip(&counts) {
             args.push(format!("{option}={value}"));
         }
-        let Ok(infill::cli::Cli { command: infill::cli::Command::Score(s) }) =
+        let Ok(infill::cli::Cli { command: infill::cli::Command::Score(s), .. }) =
             infill::cli::Cli::try_parse_from(&args)
         else {
             return Ok(());
@@ -503,4 +503,65 @@ fn bad_model_files_and_score_arguments_are_said_once_in_one_line() {
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
         assert!(err.contains(flag), "{err}");
     }
+}
+
+/// What a command did goes to the log file in the state directory, never to the terminal; the
+/// level decides how much, and `off` writes nothing.
+#[test]
+fn commands_log_to_the_state_directory_not_the_terminal() {
+    let state = tempfile::tempdir().unwrap();
+    let src = source_file(b"def add(a, b):\n    return a + b\n");
+    let model = fixture("qwen2");
+    let run = |level: &str| {
+        crate::succeeded(
+            crate::infill_cmd()
+                .env("XDG_STATE_HOME", state.path())
+                .args(["complete", "--file", src.path().to_str().unwrap()])
+                .args(["--line", "2", "--column", "5", "--max-tokens", "2"])
+                .args(["--model", model.to_str().unwrap(), "--log-level", level]),
+        )
+    };
+    let out = run("off");
+    let log = state.path().join("infill/infill.log");
+    assert!(!log.exists());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("info");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("INFO") && text.contains("complete --file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("loaded ") && text.contains("(qwen2, context"),
+        "{text}"
+    );
+    // An error is logged as well as said.
+    let bad = crate::infill_cmd()
+        .env("XDG_STATE_HOME", state.path())
+        .args([
+            "complete",
+            "--file",
+            "/no/such.py",
+            "--line",
+            "1",
+            "--column",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("ERROR") && text.contains("/no/such.py: cannot read"),
+        "{text}"
+    );
 }

@@ -31,6 +31,7 @@ impl App {
     pub(super) fn write(&mut self) {
         match crate::files::write_atomic(&self.file.path, &self.doc.to_file_bytes()) {
             Ok(()) => {
+                tracing::info!("saved {}", self.file.path.display());
                 self.doc.mark_saved();
                 self.file.disk = DiskStamp::of(&self.file.path);
                 if let Some(r) = &self.file.recovery {
@@ -42,7 +43,10 @@ impl App {
                     self.file.path.display()
                 ));
             }
-            Err(e) => self.warn(format!("not saved: {e}")),
+            Err(e) => {
+                tracing::warn!("{}: not saved: {e:#}", self.file.path.display());
+                self.warn(format!("not saved: {e}"));
+            }
         }
     }
 
