@@ -168,7 +168,7 @@ fn keep_tail(
             Some(s) if s < text.len() => s,
             _ => ceil_char_boundary(text, cut),
         };
-        ids = tokenizer.encode(text.get(start..).unwrap_or_default())?;
+        ids = tokenizer.encode(crate::text::from(text, start))?;
         first_token += 1;
         if ids.len() > budget && line_start.is_none() {
             // Re-encoding a mid-line cut can still be long by a token or two: cut by tokens.
@@ -199,7 +199,7 @@ fn keep_head(
             Some(e) if e > 0 => e,
             _ => floor_char_boundary(text, cut),
         };
-        ids = tokenizer.encode_continuation(text.get(..end).unwrap_or_default())?;
+        ids = tokenizer.encode_continuation(crate::text::before(text, end))?;
         limit = limit.saturating_sub(1);
         if ids.len() > budget && line_end.is_none() {
             ids.truncate(budget);

@@ -98,6 +98,26 @@ pub fn split_around(text: &str, start: usize, end: usize) -> Option<(&str, &str,
     Some((text.get(..start)?, text.get(start..end)?, text.get(end..)?))
 }
 
+/// `text` before byte `end`, which the caller has found on a character boundary within it. A
+/// violation is a bug: loud in tests and debug builds, an empty string in a release (a proposal
+/// not shown, never a crash in the editor).
+pub fn before(text: &str, end: usize) -> &str {
+    debug_assert!(
+        text.is_char_boundary(end),
+        "byte {end} is not a character boundary of {text:?}"
+    );
+    text.get(..end).unwrap_or_default()
+}
+
+/// `text` from byte `start` on; the same contract as [`before`].
+pub fn from(text: &str, start: usize) -> &str {
+    debug_assert!(
+        text.is_char_boundary(start),
+        "byte {start} is not a character boundary of {text:?}"
+    );
+    text.get(start..).unwrap_or_default()
+}
+
 /// The end of `text`, at most `max_bytes` long, starting at a line start when one falls in range
 /// (else at a character boundary): the part of a long prefix nearest the cursor.
 pub fn tail_lines(text: &str, max_bytes: usize) -> &str {
@@ -108,7 +128,7 @@ pub fn tail_lines(text: &str, max_bytes: usize) -> &str {
     while !text.is_char_boundary(cut) {
         cut += 1;
     }
-    let rest = text.get(cut..).unwrap_or_default();
+    let rest = from(text, cut);
     match rest.find('\n') {
         Some(nl) if nl + 1 < rest.len() => rest.get(nl + 1..).unwrap_or(rest),
         _ => rest,
@@ -125,7 +145,7 @@ pub fn head_lines(text: &str, max_bytes: usize) -> &str {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    let head = text.get(..cut).unwrap_or_default();
+    let head = before(text, cut);
     match head.rfind('\n') {
         Some(nl) if nl > 0 => head.get(..=nl).unwrap_or(head),
         _ => head,

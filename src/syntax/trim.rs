@@ -26,6 +26,7 @@ use serde::Serialize;
 use tree_sitter::{InputEdit, Parser, Point, Tree};
 
 use super::language::Language;
+use crate::text::{before, from};
 
 /// Why the proposal was cut (the last rule that shortened it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -290,14 +291,8 @@ impl<'a> Trimmer<'a> {
         };
         for (cut, why) in [
             (self.block_end(&text).map(line_end), Reason::BlockEnd),
-            (
-                self.suffix_repeat(text.get(..end).unwrap_or_default()),
-                Reason::SuffixRepeat,
-            ),
-            (
-                repeated_line(text.get(..end).unwrap_or_default()),
-                Reason::Repetition,
-            ),
+            (self.suffix_repeat(before(&text, end)), Reason::SuffixRepeat),
+            (repeated_line(before(&text, end)), Reason::Repetition),
         ] {
             if let Some(c) = cut.filter(|&c| c < end) {
                 end = c;
@@ -308,7 +303,7 @@ impl<'a> Trimmer<'a> {
         // deeper) ends the hole: what the proposal writes after it would be a second body.
         let body = self.suffix.split('\n').next().unwrap_or_default();
         let mut at = 0;
-        for line in text.get(..end).unwrap_or_default().split('\n') {
+        for line in before(&text, end).split('\n') {
             let opens = line.trim_end().ends_with([':', '{', '(', '['])
                 && !line.trim_start().starts_with(['#', '/']);
             if opens && indent_width(body) > indent_width(line) {
@@ -322,11 +317,11 @@ impl<'a> Trimmer<'a> {
             at += line.len() + 1;
         }
         // The parse decides whether the last line is whole, as it does for every cut.
-        let whole = text.get(..end).unwrap_or_default();
+        let whole = before(&text, end);
         let mut cuts = vec![whole.len()];
         cuts.extend(whole.match_indices('\n').map(|(i, _)| i).rev());
         for (n, cut) in cuts.into_iter().take(MAX_CANDIDATES).enumerate() {
-            let lines = whole.get(..cut).unwrap_or_default().trim_end();
+            let lines = before(whole, cut).trim_end();
             if lines.trim().is_empty() {
                 continue;
             }
@@ -391,18 +386,18 @@ impl<'a> Trimmer<'a> {
                 let semi = if for_header {
                     None
                 } else {
-                    top_level_semicolon(text.get(..end).unwrap_or_default(), open).0
+                    top_level_semicolon(before(&text, end), open).0
                 };
                 if let Some(semi) = semi {
                     cut(semi, Reason::LineScope, &mut end);
                 }
             }
-            let closers = self.supplied_closers(text.get(..end).unwrap_or_default());
+            let closers = self.supplied_closers(before(&text, end));
             cut(closers.0, closers.1, &mut end);
             // With code to the right, a bracket the proposal did not open belongs to the suffix.
             if self.code_right {
                 cut(
-                    balanced_prefix(text.get(..end).unwrap_or_default(), true),
+                    balanced_prefix(before(&text, end), true),
                     Reason::SuffixClosers,
                     &mut end,
                 );
@@ -410,27 +405,27 @@ impl<'a> Trimmer<'a> {
         } else {
             if let Some(b) = self.block_end(&text) {
                 // Closers and separators right after the block's end go with it (`})`, `};`).
-                let rest = text.get(b..).unwrap_or_default();
+                let rest = from(&text, b);
                 let tail = rest.len() - rest.trim_start_matches([')', ']', '}', ';', ',']).len();
                 cut(b + tail, Reason::BlockEnd, &mut end);
             }
-            if let Some(r) = self.suffix_repeat(text.get(..end).unwrap_or_default()) {
+            if let Some(r) = self.suffix_repeat(before(&text, end)) {
                 cut(r, Reason::SuffixRepeat, &mut end);
             }
-            if let Some(r) = repeated_line(text.get(..end).unwrap_or_default()) {
+            if let Some(r) = repeated_line(before(&text, end)) {
                 cut(r, Reason::Repetition, &mut end);
             }
         }
         if reason != Reason::Unchanged {
             end = trim_end_len(&text, end);
         }
-        let candidate = text.get(..end).unwrap_or_default();
+        let candidate = before(&text, end);
         let kept = match self.parser.is_some() {
             true => self.longest_valid(candidate),
             false => Some(balanced_prefix(candidate, self.single_line)),
         };
         match kept {
-            Some(k) if !candidate.get(..k).unwrap_or_default().trim().is_empty() => {
+            Some(k) if !before(candidate, k).trim().is_empty() => {
                 if k < end {
                     // Cut back by the parse (or the bracket rule): drop trailing blanks too.
                     end = trim_end_len(candidate, k);
@@ -441,7 +436,7 @@ impl<'a> Trimmer<'a> {
                     };
                 }
                 Trimmed {
-                    text: candidate.get(..end).unwrap_or_default().to_string(),
+                    text: before(candidate, end).to_string(),
                     reason,
                 }
             }
@@ -538,7 +533,7 @@ impl<'a> Trimmer<'a> {
                 best = k;
             }
         }
-        let piece = rest.get(..best).unwrap_or_default();
+        let piece = before(rest, best);
         if best == 0 {
             return (text.len(), Reason::Unchanged);
         }
@@ -561,16 +556,12 @@ impl<'a> Trimmer<'a> {
             cuts.extend(candidate.match_indices('\n').map(|(i, _)| i).rev());
         }
         let first_line = candidate.find('\n').unwrap_or(candidate.len());
-        cuts.extend(
-            token_ends(candidate.get(..first_line).unwrap_or_default())
-                .into_iter()
-                .rev(),
-        );
+        cuts.extend(token_ends(before(candidate, first_line)).into_iter().rev());
         cuts.dedup();
         cuts.into_iter()
             .filter(|&c| candidate.get(..c).is_some_and(|t| !t.trim().is_empty()))
             .take(MAX_CANDIDATES)
-            .find(|&c| self.valid(candidate.get(..c).unwrap_or_default()))
+            .find(|&c| self.valid(before(candidate, c)))
     }
 
     fn valid(&mut self, middle: &str) -> bool {
@@ -579,11 +570,8 @@ impl<'a> Trimmer<'a> {
             return true;
         };
         let (ws, we) = self.window;
-        let prefix = self.prefix.get(ws..).unwrap_or_default();
-        let suffix = self
-            .suffix
-            .get(..we.saturating_sub(self.prefix.len()))
-            .unwrap_or_default();
+        let prefix = from(self.prefix, ws);
+        let suffix = before(self.suffix, we.saturating_sub(self.prefix.len()));
         let cursor = prefix.len();
         let text = [prefix, middle, suffix].concat();
         let start = point_after(Point::new(0, 0), prefix);
@@ -972,7 +960,7 @@ fn reindent(proposal: &str, style: Indent) -> String {
             out.push('\n');
         }
         let body = line.trim_start_matches([' ', '\t']);
-        let lead = line.get(..line.len() - body.len()).unwrap_or_default();
+        let lead = before(line, line.len() - body.len());
         if i == 0 || lead.is_empty() {
             out.push_str(line);
             continue;
