@@ -445,6 +445,246 @@ impl Survey {
 }
 
 /// Runs `infill train` end to end; returns the report written to `training.json`.
+/// What a run starts from: the model's shape, its tokenizer, the weights to start from (none: new
+/// ones, or the checkpoint's), how it began, and its settings.
+struct Beginning {
+    config: LlamaConfig,
+    tokenizer_json: String,
+    init: Option<HashMap<String, Tensor>>,
+    tied: bool,
+    origin: String,
+    settings: TrainSettings,
+}
+
+/// The beginning of a fine-tune (the model to start from), a run from scratch (a new tokenizer
+/// unless one is given) or a resumed run (the checkpoint's config, tokenizer and settings).
+fn begin(opts: &TrainOptions, ckpt_dir: &Path, train_docs: &[Doc]) -> anyhow::Result<Beginning> {
+    Ok(match &opts.start {
+        Start::FineTune(spec) => {
+            let (config, tokenizer, weights, name) = load_start(spec.as_deref())?;
+            let tied = !weights.contains_key("lm_head.weight");
+            Beginning {
+                config,
+                tokenizer_json: tokenizer.to_json()?,
+                init: Some(weights),
+                tied,
+                origin: name,
+                settings: opts.settings.clone(),
+            }
+        }
+        Start::FromScratch { preset, tokenizer } => {
+            let json = match tokenizer {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read the tokenizer", path.display()))?,
+                None => tokenizer::train(
+                    train_docs.iter().map(|d| d.text.as_str()),
+                    preset.vocab_size(),
+                )?,
+            };
+            let probe = Tokenizer::from_bytes(json.as_bytes(), usize::MAX).with_context(|| {
+                let path = tokenizer
+                    .as_deref()
+                    .unwrap_or(Path::new("the trained tokenizer"));
+                format!("{}: not a usable tokenizer.json", path.display())
+            })?;
+            let mut config = preset.config(probe.vocab_size(), opts.settings.seq_len.max(512));
+            config.eos_token_id = probe.fim().eos;
+            let name = format!("{FROM_SCRATCH} ({preset:?})");
+            Beginning {
+                config,
+                tokenizer_json: json,
+                init: None,
+                tied: true,
+                origin: name,
+                settings: opts.settings.clone(),
+            }
+        }
+        Start::Resume { .. } => {
+            let state: trainer::CheckpointState = {
+                let Ok(latest) = std::fs::read_to_string(ckpt_dir.join("latest")) else {
+                    anyhow::bail!(
+                        "{}: no checkpoint to resume from (the run stopped before its first one); start it again without --resume",
+                        opts.out.display()
+                    );
+                };
+                serde_json::from_slice(&std::fs::read(
+                    ckpt_dir.join(latest.trim()).join("state.json"),
+                )?)?
+            };
+            let ModelConfig::Llama(config) = ModelConfig::parse(&state.config.to_string())? else {
+                anyhow::bail!("the checkpoint's config is not a qwen2/llama model");
+            };
+            let json =
+                std::fs::read_to_string(ckpt_dir.join("tokenizer.json")).with_context(|| {
+                    format!(
+                        "{}: the checkpoint has no tokenizer.json",
+                        ckpt_dir.display()
+                    )
+                })?;
+            Beginning {
+                config,
+                tokenizer_json: json,
+                init: None,
+                tied: state.tied,
+                origin: "resumed".to_string(),
+                settings: state.settings,
+            }
+        }
+    })
+}
+
+/// Puts `trainer` where the checkpoint in `ckpt_dir` left its run, then applies what the resume
+/// changes (`Start::Resume`'s settings, `minutes` of more time).
+fn resume(
+    trainer: &mut Trainer,
+    tokenizer: &Tokenizer,
+    opts: &TrainOptions,
+    ckpt_dir: &Path,
+) -> anyhow::Result<()> {
+    let Start::Resume {
+        steps,
+        batch_size,
+        seq_len,
+        lr,
+        fim_rate,
+        spm_rate,
+    } = opts.start
+    else {
+        return Ok(());
+    };
+    trainer.load_checkpoint(ckpt_dir)?;
+    truncate_log(&opts.out.join("train.log"), trainer.step)?;
+    if trainer.origin.is_empty() {
+        trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
+    }
+    if let Some(b) = batch_size {
+        trainer.settings.batch_size = b;
+    }
+    let change = trainer::Reshape {
+        seq_len,
+        fim_rate,
+        spm_rate,
+    };
+    trainer.reshape(tokenizer, change)?;
+    if fim_rate.is_some() || spm_rate.is_some() {
+        eprintln!(
+            "from here on {:.0}% of documents are FIM examples, {:.0}% of those in SPM order",
+            trainer.settings.fim_rate * 100.0,
+            trainer.settings.spm_rate * 100.0
+        );
+    }
+    if let Some(lr) = lr {
+        trainer.settings.max_lr = lr;
+        trainer.settings.min_lr = lr / 10.0;
+    }
+    match (steps, opts.minutes) {
+        (Some(steps), _) => trainer.settings.steps = steps,
+        // Until the first timed steps plan the end, the run's own pace so far estimates it:
+        // keeping the old end would stop a finished run at once, and no end at all would
+        // start it at the peak learning rate.
+        (None, Some(minutes)) => {
+            let s = &trainer.settings;
+            let tokens_per_step = (s.batch_size * s.grad_accum * s.seq_len) as f64;
+            let per_token = trainer.earlier_seconds / trainer.tokens_seen.max(1) as f64;
+            let estimate = minutes * 60.0 / (per_token * tokens_per_step);
+            trainer.settings.steps = trainer.step
+                + match estimate.is_finite() {
+                    true => (estimate as usize).max(1),
+                    false => UNBOUNDED_STEPS,
+                };
+        }
+        (None, None) => {}
+    }
+    eprintln!(
+        "resuming at step {} of {}",
+        trainer.step, trainer.settings.steps
+    );
+    Ok(())
+}
+
+/// Trains until the schedule's end, the time budget or Ctrl-C: a line of `train.log` per step,
+/// held-out figures every `eval_every` steps, checkpoints by steps and by time. `before` is the
+/// held-out figure at the start.
+fn train_loop(
+    trainer: &mut Trainer,
+    tokenizer: &Tokenizer,
+    opts: &TrainOptions,
+    ckpt_dir: &Path,
+    before: &HeldOut,
+) -> anyhow::Result<()> {
+    let mut log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.out.join("train.log"))?;
+    let budget = opts
+        .minutes
+        .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+    let loop_start = Instant::now();
+    let packing_before = trainer.packing_seconds();
+    let first_step = trainer.step;
+    let mut last_held = Some(before.clone());
+    let mut last_checkpoint = Instant::now();
+    let bar = match opts.progress {
+        true => crate::progress::bar("step", Some(trainer.settings.steps as u64)),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_position(trainer.step as u64);
+    while trainer.step < trainer.settings.steps {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut entry = trainer.train_step(tokenizer)?;
+        if let Some(b) = budget {
+            // The budget decides where the schedule ends. Step time drifts (evaluations,
+            // checkpoints, other work on the machine), so the end is planned again every few
+            // steps from the average so far, and the learning rate still reaches its floor
+            // when the time is up.
+            let elapsed = loop_start.elapsed().as_secs_f64();
+            if let Some(end) = planned_end(
+                trainer.step,
+                trainer.step - first_step,
+                elapsed,
+                trainer.packing_seconds() - packing_before,
+                b.as_secs_f64(),
+            ) {
+                trainer.settings.steps = end;
+                if first_step == 0 {
+                    trainer.settings.warmup =
+                        trainer.settings.warmup.min(trainer.settings.steps / 10);
+                }
+            }
+        }
+        let s = &trainer.settings;
+        if trainer.step % s.eval_every.max(1) == 0 || trainer.step == s.steps {
+            let held = trainer.evaluate()?;
+            entry.held_out = Some(held.clone());
+            if let Some(last) = trainer.log.last_mut() {
+                last.held_out = Some(held.clone());
+            }
+            last_held = Some(held);
+        }
+        writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
+        if trainer.step % s.checkpoint_every.max(1) == 0
+            || last_checkpoint.elapsed() >= opts.checkpoint_interval
+        {
+            let saved = trainer.save_checkpoint(ckpt_dir)?;
+            tracing::info!("checkpoint {} (loss {:.3})", saved.display(), entry.loss);
+            last_checkpoint = Instant::now();
+        }
+        let held = last_held.as_ref().map_or(String::new(), |h| {
+            format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
+        });
+        bar.set_length(s.steps as u64);
+        bar.set_position(trainer.step as u64);
+        bar.set_message(format!(
+            "loss {:.3}{held} {:.0} tok/s",
+            entry.loss, entry.tokens_per_s
+        ));
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let started = Instant::now();
     claim_out(&opts.out, &opts.start, opts.overwrite)?;
@@ -485,71 +725,14 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let _ = std::fs::remove_file(probe);
     let ckpt_dir = opts.out.join("checkpoints");
 
-    let (config, tokenizer_json, init, tied, start_name, mut settings) = match &opts.start {
-        Start::FineTune(spec) => {
-            let (config, tokenizer, weights, name) = load_start(spec.as_deref())?;
-            let tied = !weights.contains_key("lm_head.weight");
-            (
-                config,
-                tokenizer.to_json()?,
-                Some(weights),
-                tied,
-                name,
-                opts.settings.clone(),
-            )
-        }
-        Start::FromScratch { preset, tokenizer } => {
-            let json = match tokenizer {
-                Some(path) => std::fs::read_to_string(path)
-                    .with_context(|| format!("{}: cannot read the tokenizer", path.display()))?,
-                None => tokenizer::train(
-                    train_docs.iter().map(|d| d.text.as_str()),
-                    preset.vocab_size(),
-                )?,
-            };
-            let probe = Tokenizer::from_bytes(json.as_bytes(), usize::MAX).with_context(|| {
-                let path = tokenizer
-                    .as_deref()
-                    .unwrap_or(Path::new("the trained tokenizer"));
-                format!("{}: not a usable tokenizer.json", path.display())
-            })?;
-            let mut config = preset.config(probe.vocab_size(), opts.settings.seq_len.max(512));
-            config.eos_token_id = probe.fim().eos;
-            let name = format!("{FROM_SCRATCH} ({preset:?})");
-            (config, json, None, true, name, opts.settings.clone())
-        }
-        Start::Resume { .. } => {
-            let state: trainer::CheckpointState = {
-                let Ok(latest) = std::fs::read_to_string(ckpt_dir.join("latest")) else {
-                    anyhow::bail!(
-                        "{}: no checkpoint to resume from (the run stopped before its first one); start it again without --resume",
-                        opts.out.display()
-                    );
-                };
-                serde_json::from_slice(&std::fs::read(
-                    ckpt_dir.join(latest.trim()).join("state.json"),
-                )?)?
-            };
-            let ModelConfig::Llama(config) = ModelConfig::parse(&state.config.to_string())? else {
-                anyhow::bail!("the checkpoint's config is not a qwen2/llama model");
-            };
-            let json =
-                std::fs::read_to_string(ckpt_dir.join("tokenizer.json")).with_context(|| {
-                    format!(
-                        "{}: the checkpoint has no tokenizer.json",
-                        ckpt_dir.display()
-                    )
-                })?;
-            (
-                config,
-                json,
-                None,
-                state.tied,
-                "resumed".to_string(),
-                state.settings,
-            )
-        }
-    };
+    let Beginning {
+        config,
+        tokenizer_json,
+        init,
+        tied,
+        origin,
+        mut settings,
+    } = begin(opts, &ckpt_dir, &train_docs)?;
     let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), config.vocab_size)?;
     // A window's inputs are `seq_len` tokens: positions 0..seq_len.
     if settings.seq_len > config.max_position_embeddings {
@@ -562,139 +745,16 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     let mut trainer = Trainer::new(
         &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
     )?;
-    trainer.origin = start_name;
+    trainer.origin = origin;
     trainer.session_start = started;
     std::fs::create_dir_all(&ckpt_dir)?;
-    if let Start::Resume {
-        steps,
-        batch_size,
-        seq_len,
-        lr,
-        fim_rate,
-        spm_rate,
-    } = opts.start
-    {
-        trainer.load_checkpoint(&ckpt_dir)?;
-        truncate_log(&opts.out.join("train.log"), trainer.step)?;
-        if trainer.origin.is_empty() {
-            trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
-        }
-        if let Some(b) = batch_size {
-            trainer.settings.batch_size = b;
-        }
-        let change = trainer::Reshape {
-            seq_len,
-            fim_rate,
-            spm_rate,
-        };
-        trainer.reshape(&tokenizer, change)?;
-        if fim_rate.is_some() || spm_rate.is_some() {
-            eprintln!(
-                "from here on {:.0}% of documents are FIM examples, {:.0}% of those in SPM order",
-                trainer.settings.fim_rate * 100.0,
-                trainer.settings.spm_rate * 100.0
-            );
-        }
-        if let Some(lr) = lr {
-            trainer.settings.max_lr = lr;
-            trainer.settings.min_lr = lr / 10.0;
-        }
-        match (steps, opts.minutes) {
-            (Some(steps), _) => trainer.settings.steps = steps,
-            // Until the first timed steps plan the end, the run's own pace so far estimates it:
-            // keeping the old end would stop a finished run at once, and no end at all would
-            // start it at the peak learning rate.
-            (None, Some(minutes)) => {
-                let s = &trainer.settings;
-                let tokens_per_step = (s.batch_size * s.grad_accum * s.seq_len) as f64;
-                let per_token = trainer.earlier_seconds / trainer.tokens_seen.max(1) as f64;
-                let estimate = minutes * 60.0 / (per_token * tokens_per_step);
-                trainer.settings.steps = trainer.step
-                    + match estimate.is_finite() {
-                        true => (estimate as usize).max(1),
-                        false => UNBOUNDED_STEPS,
-                    };
-            }
-            (None, None) => {}
-        }
-        eprintln!(
-            "resuming at step {} of {}",
-            trainer.step, trainer.settings.steps
-        );
+    if matches!(opts.start, Start::Resume { .. }) {
+        resume(&mut trainer, &tokenizer, opts, &ckpt_dir)?;
     } else {
         crate::files::write_atomic(&ckpt_dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     }
     let before = trainer.evaluate()?;
-    let mut log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(opts.out.join("train.log"))?;
-    let budget = opts
-        .minutes
-        .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
-    let loop_start = Instant::now();
-    let packing_before = trainer.packing_seconds();
-    let first_step = trainer.step;
-    let mut last_held = Some(before.clone());
-    let mut last_checkpoint = Instant::now();
-    let bar = match opts.progress {
-        true => crate::progress::bar("step", Some(trainer.settings.steps as u64)),
-        false => indicatif::ProgressBar::hidden(),
-    };
-    bar.set_position(trainer.step as u64);
-    while trainer.step < trainer.settings.steps {
-        if INTERRUPTED.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut entry = trainer.train_step(&tokenizer)?;
-        if let Some(b) = budget {
-            // The budget decides where the schedule ends. Step time drifts (evaluations,
-            // checkpoints, other work on the machine), so the end is planned again every few
-            // steps from the average so far, and the learning rate still reaches its floor
-            // when the time is up.
-            let elapsed = loop_start.elapsed().as_secs_f64();
-            if let Some(end) = planned_end(
-                trainer.step,
-                trainer.step - first_step,
-                elapsed,
-                trainer.packing_seconds() - packing_before,
-                b.as_secs_f64(),
-            ) {
-                trainer.settings.steps = end;
-                if first_step == 0 {
-                    trainer.settings.warmup =
-                        trainer.settings.warmup.min(trainer.settings.steps / 10);
-                }
-            }
-        }
-        let s = &trainer.settings;
-        if trainer.step % s.eval_every.max(1) == 0 || trainer.step == s.steps {
-            let held = trainer.evaluate()?;
-            entry.held_out = Some(held.clone());
-            if let Some(last) = trainer.log.last_mut() {
-                last.held_out = Some(held.clone());
-            }
-            last_held = Some(held);
-        }
-        writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
-        if trainer.step % s.checkpoint_every.max(1) == 0
-            || last_checkpoint.elapsed() >= opts.checkpoint_interval
-        {
-            let saved = trainer.save_checkpoint(&ckpt_dir)?;
-            tracing::info!("checkpoint {} (loss {:.3})", saved.display(), entry.loss);
-            last_checkpoint = Instant::now();
-        }
-        let held = last_held.as_ref().map_or(String::new(), |h| {
-            format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
-        });
-        bar.set_length(s.steps as u64);
-        bar.set_position(trainer.step as u64);
-        bar.set_message(format!(
-            "loss {:.3}{held} {:.0} tok/s",
-            entry.loss, entry.tokens_per_s
-        ));
-    }
-    bar.finish_and_clear();
+    train_loop(&mut trainer, &tokenizer, opts, &ckpt_dir, &before)?;
     let interrupted = trainer.step < trainer.settings.steps;
     trainer.save_checkpoint(&ckpt_dir)?;
     if interrupted {
