@@ -400,7 +400,8 @@ pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInf
 
 /// Checks a safetensors header (`bytes` holds at least the header) against the file's real length
 /// `total`: a file cut short by an interrupted download or damaged on disk fails here with the tensor
-/// it cannot hold.
+/// it cannot hold. Written here, not the `safetensors` crate's `read_metadata`: that one wants the
+/// whole file in memory, and this reads a header of a few kilobytes from a multi-gigabyte file.
 pub fn safetensors_header(
     path: &Path,
     bytes: &[u8],
