@@ -518,13 +518,13 @@ impl App {
             true => format!("{activity} "),
             false => format!("{model}{stats}{shown} │ {activity} "),
         };
+        // Too narrow for the whole path: the file name is what matters.
+        let short = self
+            .file
+            .path
+            .file_name()
+            .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
         if !fits(&left, &right) {
-            // Too narrow for the whole path: the file name is what matters.
-            let short = self
-                .file
-                .path
-                .file_name()
-                .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
             left = left.replacen(&name, &short, 1);
         }
         // Still too narrow: the model's name goes first, then its timings, then the proposal's
@@ -541,11 +541,6 @@ impl App {
         }
         if !fits(&left, &right) {
             // Then the file name and the cursor's position alone.
-            let short = self
-                .file
-                .path
-                .file_name()
-                .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
             let position = format!(" │ Ln {}, Col {column}", self.cursor.line + 1);
             let room = w.saturating_sub(
                 display::width(&position, 1) + display::width(&right, 1) + modified.len() + 2,
