@@ -3,7 +3,6 @@
 //! that resuming needs (weights, optimizer moments, step, data position), written atomically.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::backprop::GradStore;
@@ -12,13 +11,22 @@ use candle_nn::{VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::fim::{self, FimSettings};
 use super::optim::{AdamW, AdamWParams, grad_norm};
 use super::schedule::learning_rate;
 use crate::model::Tokenizer;
 use crate::model::config::LlamaConfig;
 use crate::model::llama::{Kernels, Llama};
 use crate::rng::Rng;
+
+mod checkpoint;
+mod data;
+mod held_out;
+
+pub use checkpoint::CheckpointState;
+pub use data::DataPosition;
+use data::{Data, PackKey, windows};
+use held_out::HeldOutSet;
+pub use held_out::{HeldOut, LanguageHeldOut};
 
 /// Training hyper-parameters: defaults in one place, as nanoGPT keeps them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,166 +94,6 @@ pub struct Doc {
     pub text: String,
     pub language: Option<String>,
 }
-
-/// Where the data stream stands (saved in checkpoints).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataPosition {
-    pub epoch: u64,
-    pub next: usize,
-    /// Windows in this epoch at the run's sequence length, so a resume that changes the length
-    /// knows how far through the epoch it is without packing it first (0 in older checkpoints).
-    #[serde(default)]
-    pub windows: usize,
-}
-
-/// Training windows, rebuilt per epoch with fresh FIM splits from the seed.
-///
-/// Packing an epoch tokenizes and parses the whole corpus (minutes for a large one), so it happens
-/// only when a batch is drawn and the windows at hand are not the ones the position needs: a
-/// resumed run packs once, for the epoch and length it continues with.
-struct Data {
-    docs: Vec<Doc>,
-    windows: Vec<Vec<u32>>,
-    order: Vec<usize>,
-    /// What `windows` were packed for; `None` until the first pack.
-    packed: Option<PackKey>,
-    /// Epochs packed so far by this process.
-    packs: usize,
-    /// Seconds spent packing them.
-    pack_seconds: f64,
-    pos: DataPosition,
-}
-
-/// Everything an epoch's windows depend on besides the documents.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct PackKey {
-    epoch: u64,
-    seq_len: usize,
-    seed: u64,
-    fim_rate: f64,
-    spm_rate: f64,
-}
-
-impl PackKey {
-    fn new(epoch: u64, s: &TrainSettings) -> Self {
-        Self {
-            epoch,
-            seq_len: s.seq_len,
-            seed: s.seed,
-            fim_rate: s.fim_rate,
-            spm_rate: s.spm_rate,
-        }
-    }
-}
-
-/// Windows of `seq_len + 1` tokens cut from `stream` (inputs and shifted targets).
-fn windows(stream: &[u32], seq_len: usize) -> Vec<Vec<u32>> {
-    if stream.len() < 2 {
-        return Vec::new();
-    }
-    let mut out: Vec<Vec<u32>> = stream.chunks(seq_len).map(|c| c.to_vec()).collect();
-    // Each window also needs the token after it as its last target.
-    for i in 0..out.len() {
-        let next = stream.get((i + 1) * seq_len).copied();
-        if let (Some(w), Some(n)) = (out.get_mut(i), next) {
-            w.push(n);
-        }
-    }
-    out.retain(|w| w.len() >= 2);
-    out
-}
-
-impl Data {
-    /// Packs the windows of the position's epoch unless they are already at hand; the position
-    /// within the epoch is kept.
-    fn ensure_packed(&mut self, tokenizer: &Tokenizer, s: &TrainSettings) -> anyhow::Result<()> {
-        let key = PackKey::new(self.pos.epoch, s);
-        if self.packed == Some(key) {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let mut rng = Rng::new(s.seed ^ key.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let fim = FimSettings {
-            fim_rate: s.fim_rate,
-            spm_rate: s.spm_rate,
-        };
-        let docs = self
-            .docs
-            .iter()
-            .map(|d| (d.text.as_str(), d.language.as_deref()));
-        let stream = fim::pack(tokenizer, docs, fim, s.seq_len, &mut rng)?;
-        self.windows = windows(&stream, s.seq_len);
-        self.order = (0..self.windows.len()).collect();
-        // Fisher-Yates with the same generator: the order is part of the seeded run.
-        for i in (1..self.order.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            self.order.swap(i, j);
-        }
-        self.packed = Some(key);
-        self.packs += 1;
-        self.pack_seconds += started.elapsed().as_secs_f64();
-        self.pos.windows = self.order.len();
-        Ok(())
-    }
-
-    fn next_batch(
-        &mut self,
-        tokenizer: &Tokenizer,
-        s: &TrainSettings,
-    ) -> anyhow::Result<Vec<Vec<u32>>> {
-        self.ensure_packed(tokenizer, s)?;
-        let mut batch = Vec::with_capacity(s.batch_size);
-        while batch.len() < s.batch_size {
-            // Checked before moving on: an empty epoch would otherwise pack the next one for nothing.
-            if self.order.is_empty() {
-                anyhow::bail!("the training files hold too few tokens to fill one sequence");
-            }
-            if self.pos.next >= self.order.len() {
-                self.pos = DataPosition {
-                    epoch: self.pos.epoch + 1,
-                    next: 0,
-                    windows: 0,
-                };
-                self.ensure_packed(tokenizer, s)?;
-                continue;
-            }
-            let w = self
-                .order
-                .get(self.pos.next)
-                .and_then(|&i| self.windows.get(i))
-                .cloned()
-                .unwrap_or_default();
-            batch.push(w);
-            self.pos.next += 1;
-        }
-        Ok(batch)
-    }
-}
-
-/// Held-out loss and bits per byte.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct HeldOut {
-    /// Mean cross-entropy per token (nats).
-    pub loss: f64,
-    pub bits_per_byte: f64,
-    pub tokens: usize,
-    /// The same by language (logs written before it was measured have none).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub by_language: Vec<LanguageHeldOut>,
-}
-
-/// Held-out bits per byte of one language's windows.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct LanguageHeldOut {
-    pub language: String,
-    pub bits_per_byte: f64,
-    pub tokens: usize,
-}
-
-/// Windows each language has in a held-out measurement at least (where it has that many): the
-/// evenly spaced sample follows the held-out set's mix, which may give a small language one
-/// window or none.
-const MIN_WINDOWS_PER_LANGUAGE: usize = 4;
 
 /// One line of the loss curve.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,128 +320,12 @@ impl Trainer {
         Ok((loss, b * t))
     }
 
-    /// Loss and bits per byte on the held-out windows: at most `eval_windows` of them, evenly
-    /// spaced over all of them, so the sample spans the held-out files rather than the openings of
-    /// the first few. By language, each language's windows in that sample, topped up with its own
-    /// evenly spaced windows to [`MIN_WINDOWS_PER_LANGUAGE`] (those count only for it). The sample
-    /// is the same at every call, so the figures of a run are comparable along it.
-    pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
-        let held = &self.held.windows;
-        let n = held.len().min(self.settings.eval_windows.max(1));
-        let sample: Vec<usize> = (0..n).map(|i| i * held.len() / n).collect();
-        let mut extra = Vec::new();
-        for language in 0..self.held.languages.len() {
-            let own: Vec<usize> = (0..held.len())
-                .filter(|&i| held[i].language == language)
-                .collect();
-            let sampled = sample.iter().filter(|&&i| held[i].language == language);
-            let want = MIN_WINDOWS_PER_LANGUAGE.min(own.len());
-            let missing = want.saturating_sub(sampled.count());
-            extra.extend(
-                (0..want)
-                    .map(|k| own[k * own.len() / want])
-                    .filter(|i| !sample.contains(i))
-                    .take(missing),
-            );
-        }
-        // One window per task: a held-out pass runs on every core (see `micro_batch_gradients`).
-        let scored = sample
-            .iter()
-            .chain(&extra)
-            .collect::<Vec<_>>()
-            .par_iter()
-            .map(|&&i| {
-                let w = &held[i];
-                let (loss, n) = self.batch_loss(std::slice::from_ref(&w.ids))?;
-                let nats = f64::from(loss.detach().to_scalar::<f32>()?) * n as f64;
-                Ok(Scored {
-                    nats,
-                    tokens: n,
-                    bytes: w.bytes,
-                    language: w.language,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let Some(mut out) = Scored::held_out(&scored[..sample.len()]) else {
-            return Ok(HeldOut::default());
-        };
-        for (index, language) in self.held.languages.iter().enumerate() {
-            let own: Vec<Scored> = scored
-                .iter()
-                .filter(|s| s.language == index)
-                .copied()
-                .collect();
-            if let Some(h) = Scored::held_out(&own) {
-                out.by_language.push(LanguageHeldOut {
-                    language: language.clone(),
-                    bits_per_byte: h.bits_per_byte,
-                    tokens: h.tokens,
-                });
-            }
-        }
-        Ok(out)
-    }
-
     /// The current weights by name (what `model.safetensors` holds).
     pub fn weights(&self) -> anyhow::Result<HashMap<String, Tensor>> {
         Ok(named_vars(&self.varmap)?
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().detach()))
             .collect())
-    }
-
-    /// Writes a checkpoint under `dir` and points `dir/latest` at it, atomically.
-    pub fn save_checkpoint(&self, dir: &Path) -> anyhow::Result<PathBuf> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create the checkpoint folder", dir.display()))?;
-        let name = format!("step-{:08}", self.step);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        candle_core::safetensors::save(&self.weights()?, tmp.join("model.safetensors"))?;
-        let mut moments = HashMap::new();
-        for (i, (name, _)) in self.opt.vars.iter().enumerate() {
-            if let (Some(m), Some(v)) = (self.opt.m.get(i), self.opt.v.get(i)) {
-                moments.insert(format!("m.{name}"), m.clone());
-                moments.insert(format!("v.{name}"), v.clone());
-            }
-        }
-        candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
-        let state = CheckpointState {
-            step: self.step,
-            adam_t: self.opt.t,
-            tokens_seen: self.tokens_seen,
-            data: self.data.pos,
-            settings: self.settings.clone(),
-            config: self.config.to_hf_json(),
-            tied: self.tied,
-            log: self.log.clone(),
-            origin: self.origin.clone(),
-            seconds: self.wall_seconds(),
-        };
-        std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
-        for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
-            std::fs::File::open(tmp.join(f))?.sync_all()?;
-        }
-        let final_dir = dir.join(&name);
-        let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp, &final_dir)?;
-        sync_dir(dir);
-        crate::files::write_atomic(&dir.join("latest"), name.as_bytes())?;
-        // Keep the two newest checkpoints.
-        let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-            })
-            .collect();
-        old.sort();
-        for p in old.iter().rev().skip(2) {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        Ok(final_dir)
     }
 
     /// Where the data stream stands: the epoch, and the next window in it.
@@ -609,47 +341,6 @@ impl Trainer {
     /// Seconds this process has spent packing epochs (tokenizing the corpus into windows).
     pub fn packing_seconds(&self) -> f64 {
         self.data.pack_seconds
-    }
-
-    /// Restores a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) into this trainer
-    /// (built with the same config and data).
-    pub fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let name = std::fs::read_to_string(dir.join("latest"))
-            .with_context(|| format!("{}: no checkpoint to resume from", dir.display()))?;
-        let ckpt = dir.join(name.trim());
-        let state: CheckpointState =
-            serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)
-                .with_context(|| format!("{}: damaged state.json", ckpt.display()))?;
-        let weights = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu)?;
-        let moments =
-            candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &Device::Cpu)?;
-        for (i, (name, var)) in self.opt.vars.iter().enumerate() {
-            let w = weights
-                .get(name)
-                .with_context(|| format!("checkpoint lacks {name}"))?;
-            var.set(w)?;
-            if let (Some(m), Some(v)) = (
-                moments.get(&format!("m.{name}")),
-                moments.get(&format!("v.{name}")),
-            ) {
-                if let Some(slot) = self.opt.m.get_mut(i) {
-                    *slot = m.clone();
-                }
-                if let Some(slot) = self.opt.v.get_mut(i) {
-                    *slot = v.clone();
-                }
-            }
-        }
-        self.opt.t = state.adam_t;
-        self.step = state.step;
-        self.tokens_seen = state.tokens_seen;
-        self.log = state.log;
-        self.origin = state.origin;
-        self.earlier_seconds = state.seconds;
-        self.settings = state.settings;
-        // The windows are packed for this position when the next batch is drawn.
-        self.data.pos = state.data;
-        Ok(())
     }
 
     /// Continue with windows made another way (`change`): longer or shorter sequences (at most
@@ -699,25 +390,6 @@ pub struct Reshape {
     pub spm_rate: Option<f64>,
 }
 
-/// What a checkpoint's `state.json` holds besides the tensors.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CheckpointState {
-    pub step: usize,
-    pub adam_t: usize,
-    pub tokens_seen: u64,
-    pub data: DataPosition,
-    pub settings: TrainSettings,
-    pub config: serde_json::Value,
-    pub tied: bool,
-    pub log: Vec<LogEntry>,
-    /// How the run began; empty in checkpoints written before it was recorded.
-    #[serde(default)]
-    pub origin: String,
-    /// Wall-clock seconds of the whole run up to this checkpoint (0 in older checkpoints).
-    #[serde(default)]
-    pub seconds: f64,
-}
-
 /// Positions a batch of windows trains on: each window cut to the shortest, less its last token.
 fn positions(windows: &[Vec<u32>]) -> usize {
     let t = windows.iter().map(|w| w.len().saturating_sub(1)).min();
@@ -757,115 +429,6 @@ fn sum_gradients(
         acc.insert(var, sum);
     }
     Ok(acc)
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Plain (non-FIM) windows of held-out documents, each with the bytes its targets cover.
-/// The held-out files, tokenized once and read left to right (no FIM), cut into windows of the
-/// run's length; a new length only cuts them again.
-struct HeldOutSet {
-    /// Each file's tokens (the lead, its text, end-of-text), the bytes each token stands for
-    /// (none for special tokens), for bits per byte, and its language (an index into `languages`).
-    docs: Vec<(Vec<u32>, Vec<usize>, usize)>,
-    /// The files' languages, in order of first appearance ("text" for files of none).
-    languages: Vec<String>,
-    seq_len: usize,
-    /// Windows as the training windows are cut.
-    windows: Vec<HeldWindow>,
-}
-
-struct HeldWindow {
-    ids: Vec<u32>,
-    /// The bytes its targets stand for.
-    bytes: usize,
-    language: usize,
-}
-
-/// One held-out window's score.
-#[derive(Debug, Clone, Copy)]
-struct Scored {
-    nats: f64,
-    tokens: usize,
-    bytes: usize,
-    language: usize,
-}
-
-impl Scored {
-    fn held_out(scored: &[Scored]) -> Option<HeldOut> {
-        let nats: f64 = scored.iter().map(|s| s.nats).sum();
-        let tokens: usize = scored.iter().map(|s| s.tokens).sum();
-        let bytes: usize = scored.iter().map(|s| s.bytes).sum();
-        (tokens > 0).then(|| HeldOut {
-            loss: nats / tokens as f64,
-            bits_per_byte: nats / std::f64::consts::LN_2 / bytes.max(1) as f64,
-            tokens,
-            by_language: Vec::new(),
-        })
-    }
-}
-
-impl HeldOutSet {
-    fn new(tokenizer: &Tokenizer, docs: &[Doc], seq_len: usize) -> anyhow::Result<Self> {
-        let mut tokens = Vec::with_capacity(docs.len());
-        let mut languages: Vec<String> = Vec::new();
-        for doc in docs {
-            let language = doc.language.as_deref().unwrap_or("text");
-            let index = match languages.iter().position(|l| l == language) {
-                Some(i) => i,
-                None => {
-                    languages.push(language.to_string());
-                    languages.len() - 1
-                }
-            };
-            let mut ids = tokenizer.fim().lead.clone();
-            ids.extend(tokenizer.encode(&doc.text)?);
-            ids.extend(tokenizer.fim().eos);
-            let bytes = ids
-                .iter()
-                .map(|&id| match tokenizer.is_special(id) {
-                    true => 0,
-                    false => tokenizer.token_bytes(id).len(),
-                })
-                .collect();
-            tokens.push((ids, bytes, index));
-        }
-        let mut set = Self {
-            docs: tokens,
-            languages,
-            seq_len: 0,
-            windows: Vec::new(),
-        };
-        set.cut(seq_len);
-        Ok(set)
-    }
-
-    fn cut(&mut self, seq_len: usize) {
-        if seq_len == self.seq_len {
-            return;
-        }
-        self.seq_len = seq_len;
-        self.windows = self
-            .docs
-            .iter()
-            .flat_map(|(ids, bytes, language)| {
-                // Window `i` starts at token `i * seq_len`; its targets are the tokens after the first.
-                windows(ids, seq_len).into_iter().enumerate().map(|(i, w)| {
-                    let first = i * seq_len + 1;
-                    let targets = bytes.get(first..first + w.len() - 1).unwrap_or(&[]);
-                    HeldWindow {
-                        bytes: targets.iter().sum(),
-                        ids: w,
-                        language: *language,
-                    }
-                })
-            })
-            .collect();
-    }
 }
 
 /// A standard normal draw (Box-Muller) from the seeded generator.
