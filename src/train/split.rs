@@ -34,7 +34,7 @@ pub fn unversioned(path: &str) -> String {
         c.char_indices()
             .filter(|&(i, ch)| (ch == '-' || ch == '_') && i > 0)
             .map(|(i, _)| i)
-            .find(|&i| is_version(c.get(i + 1..).unwrap_or_default()))
+            .find(|&i| is_version(crate::text::from(c, i + 1)))
             .and_then(|i| c.get(..i))
             .unwrap_or(c)
     });

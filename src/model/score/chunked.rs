@@ -243,7 +243,7 @@ impl ChunkScorer {
                 self.cache.extend(used);
                 return Ok(None);
             }
-            let chunk = text.get(a..b).unwrap_or_default();
+            let chunk = crate::text::from(crate::text::before(text, b), a);
             let (ids, offsets) = tok.encode_with_offsets(chunk)?;
             let context = prev
                 .get(prev.len().saturating_sub(sizes.context_tokens)..)
