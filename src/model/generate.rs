@@ -366,29 +366,29 @@ fn keep_healing(tokenizer: &Tokenizer, logits: &mut [f32], pending: &[u8]) -> bo
 /// Takes out of `logits` the tokens that start with a space or a tab, unless nothing else is
 /// left to choose.
 fn rule_out_blank_starts(tokenizer: &Tokenizer, logits: &mut [f32]) {
-    let blank_start =
-        |id: usize| matches!(tokenizer.token_bytes(id as u32).first(), Some(b' ' | b'\t'));
-    let other = logits
-        .iter()
-        .enumerate()
-        .any(|(id, l)| l.is_finite() && !blank_start(id));
-    if other {
-        for (id, logit) in logits.iter_mut().enumerate() {
-            if blank_start(id) {
-                *logit = f32::NEG_INFINITY;
-            }
-        }
-    }
+    rule_out_unless_alone(logits, |id| {
+        matches!(tokenizer.token_bytes(id).first(), Some(b' ' | b'\t'))
+    });
 }
 
 /// Takes the end tokens (`stops`) out of `logits` unless nothing else is left to choose.
 fn pass_over_ends(stops: &[u32], logits: &mut [f32]) {
+    rule_out_unless_alone(logits, |id| stops.contains(&id));
+}
+
+/// Makes the tokens for which `unwanted` holds impossible choices, unless no other token is
+/// possible.
+fn rule_out_unless_alone(logits: &mut [f32], unwanted: impl Fn(u32) -> bool) {
     let other = logits
         .iter()
         .enumerate()
-        .any(|(id, l)| l.is_finite() && !stops.contains(&(id as u32)));
+        .any(|(id, l)| l.is_finite() && !unwanted(id as u32));
     if other {
-        rule_out(logits, stops.iter().copied());
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if unwanted(id as u32) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
     }
 }
 
