@@ -216,20 +216,20 @@ fn claim_out(out: &Path, start: &Start, overwrite: bool) -> anyhow::Result<()> {
             found.join(", ")
         );
     }
-    for f in ["train.log", "training.json"] {
-        match std::fs::remove_file(out.join(f)) {
+    for old in ["train.log", "training.json", "checkpoints"] {
+        let path = out.join(old);
+        let removed = match path.is_dir() {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+        match removed {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e)
-                    .with_context(|| format!("{}: cannot replace it", out.join(f).display()));
+                return Err(e).with_context(|| format!("{}: cannot replace it", path.display()));
             }
             _ => {}
         }
     }
-    match std::fs::remove_dir_all(out.join("checkpoints")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)
-            .with_context(|| format!("{}: cannot replace it", out.join("checkpoints").display())),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// Keeps the lines of `train.log` up to `step`: a resumed run goes on from its checkpoint, and
