@@ -358,6 +358,22 @@ fn real() -> impl proptest::strategy::Strategy<Value = String> {
 
 use proptest::prelude::prop_oneof;
 
+/// Parses `args` as the command line and runs `complete` or `score` in process: false when it
+/// panics (arguments clap refuses, and errors the command reports, are fine).
+fn runs_without_panic(args: &[String]) -> bool {
+    use clap::Parser;
+    use infill::cli::{Cli, Command};
+    let Ok(cli) = Cli::try_parse_from(args) else {
+        return true;
+    };
+    std::panic::catch_unwind(|| match &cli.command {
+        Command::Complete(c) => infill::cmd::complete::run(c),
+        Command::Score(s) => infill::cmd::score::run(s),
+        _ => Ok(()),
+    })
+    .is_ok()
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..Default::default() })]
 
@@ -370,7 +386,6 @@ proptest::proptest! {
         counts in proptest::collection::vec(count(), 5),
         reals in proptest::collection::vec(real(), 2),
     ) {
-        use clap::Parser;
         let src = source_file(b"def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n");
         let model = fixture("qwen2");
         let mut args = vec![
@@ -390,13 +405,7 @@ proptest::proptest! {
         for (option, value) in ["--top-p", "--temperature"].iter().zip(&reals) {
             args.push(format!("{option}={value}"));
         }
-        let Ok(infill::cli::Cli { command: infill::cli::Command::Complete(c), .. }) =
-            infill::cli::Cli::try_parse_from(&args)
-        else {
-            return Ok(());
-        };
-        let result = std::panic::catch_unwind(|| infill::cmd::complete::run(&c));
-        proptest::prop_assert!(result.is_ok(), "{args:?} panicked");
+        proptest::prop_assert!(runs_without_panic(&args), "{args:?} panicked");
     }
 
     /// The same for `score`.
@@ -405,7 +414,6 @@ proptest::proptest! {
         counts in proptest::collection::vec(count(), 4),
         fim in proptest::bool::ANY,
     ) {
-        use clap::Parser;
         let src = source_file(b"def add(a, b):\n    return a + b\n");
         let model = fixture("qwen2");
         let mut args = vec![
@@ -419,13 +427,7 @@ proptest::proptest! {
         for (option, value) in counted.iter().zip(&counts) {
             args.push(format!("{option}={value}"));
         }
-        let Ok(infill::cli::Cli { command: infill::cli::Command::Score(s), .. }) =
-            infill::cli::Cli::try_parse_from(&args)
-        else {
-            return Ok(());
-        };
-        let result = std::panic::catch_unwind(|| infill::cmd::score::run(&s));
-        proptest::prop_assert!(result.is_ok(), "{args:?} panicked");
+        proptest::prop_assert!(runs_without_panic(&args), "{args:?} panicked");
     }
 }
 
