@@ -39,6 +39,8 @@ where
     B::Error: Send + Sync + 'static,
 {
     loop {
+        let size = terminal.size()?;
+        app.resize(size.width, size.height);
         terminal.draw(|f| app.draw(f))?;
         if app.should_quit() {
             return Ok(());

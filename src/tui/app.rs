@@ -1,27 +1,33 @@
 //! The editor's state and what every key does. Nothing here touches a terminal or a model: keys and
 //! worker replies come in as [`Event`]s, requests for the model go out through
-//! [`App::take_requests`], and [`App::draw`](super::view) paints a ratatui frame. That is what lets
-//! tests drive the whole editor with a `TestBackend` and fake replies.
+//! [`App::take_requests`], and the view (`super::view`) draws the state as a ratatui widget. That is
+//! what lets tests drive the whole editor with a `TestBackend` and fake replies.
+//!
+//! The state has four parts, each in its own file: the text being edited ([`Buffer`]), proposals
+//! and the requests for them ([`Completion`]; Tab and the other completion keys live there too),
+//! the probability overlay (`overlay`), and what part of the text is in view ([`Viewport`]). This
+//! file routes keys between them; `file` and `find` hold saving, recovery, search and go-to-line.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-mod edit;
+mod buffer;
+mod completion;
 mod file;
 mod find;
 pub mod overlay;
+pub mod viewport;
 
-use super::config::{Action, Config};
-use crate::complete::Settings;
-use crate::model::generate::{Limits, Sampling};
+use super::config::Config;
 use crate::syntax::Language;
-use crate::text::display;
 use crate::text::{Document, Group, Pos};
-use crate::worker::{Job, Proposal, Reply, Request};
+use crate::worker::{Job, Reply};
+pub(super) use buffer::Buffer;
+use buffer::Edit;
+pub(super) use completion::{Completion, Ghost, ModelState};
+pub(super) use viewport::Viewport;
 
 /// Everything the editor reacts to.
 #[derive(Debug, Clone)]
@@ -72,65 +78,6 @@ pub struct RecoveryOffer {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum ModelState {
-    Loading,
-    Ready(String),
-    Unavailable(String),
-}
-
-/// Proposals shown at the cursor, never part of the document until accepted.
-#[derive(Debug, Clone)]
-pub(super) struct Ghost {
-    /// The cursor position and document version it belongs to.
-    pub anchor: Pos,
-    pub version: u64,
-    /// The greedy proposal first, then alternatives sampled on demand.
-    pub proposals: Vec<String>,
-    /// Per proposal: (end byte, probability) of its tokens (empty while it streams).
-    pub confidence: Vec<Vec<(usize, f32)>>,
-    pub index: usize,
-    /// What the user typed (or accepted word by word) of the current proposal since it was shown.
-    pub typed: String,
-}
-
-impl Ghost {
-    /// (end byte in [`Self::shown`], probability) of the tokens still shown.
-    pub fn shown_confidence(&self) -> Vec<(usize, f32)> {
-        let typed = self.typed.len();
-        self.confidence
-            .get(self.index)
-            .map(|c| {
-                c.iter()
-                    .filter(|(end, _)| *end > typed)
-                    .map(|&(end, p)| (end - typed, p))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The part still to show.
-    pub fn shown(&self) -> &str {
-        self.proposals
-            .get(self.index)
-            .and_then(|p| p.strip_prefix(self.typed.as_str()))
-            .unwrap_or("")
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestKind {
-    Proposal,
-    Alternative,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    id: u64,
-    kind: RequestKind,
-    cancel: Arc<AtomicBool>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Mode {
     Normal,
     Find {
@@ -157,42 +104,25 @@ pub(super) struct Message {
     pub error: bool,
 }
 
-/// The editor.
+/// The editor: its parts, and what the person is doing (the mode, the message shown).
 pub struct App {
-    pub(super) doc: Document,
-    pub(super) cursor: Pos,
-    /// The other end of the selection, when there is one.
-    pub(super) anchor: Option<Pos>,
-    /// Screen column kept while moving up and down through shorter lines.
-    goal_col: Option<usize>,
-    pub(super) top: usize,
-    pub(super) left: usize,
-    /// Size of the text area at the last draw (rows, columns).
-    pub(super) view: (usize, usize),
+    pub(super) buffer: Buffer,
+    pub(super) completion: Completion,
+    pub(super) overlay: overlay::Overlay,
+    pub(super) viewport: Viewport,
     pub(super) file: FileInfo,
     pub(super) config: Config,
-    pub(super) ghost: Option<Ghost>,
-    in_flight: Option<InFlight>,
-    due: Option<Instant>,
-    next_id: u64,
     pub(super) mode: Mode,
     pub(super) message: Option<Message>,
-    clipboard: String,
+    /// Requests for the worker, taken by the event loop.
+    requests: Vec<Job>,
+    next_id: u64,
     /// Copied text for the terminal's clipboard (OSC 52), taken by the event loop.
     copied: Option<String>,
-    pub(super) model: ModelState,
-    pub(super) last: Option<Proposal>,
-    requests: Vec<Job>,
     /// A signal ended the editor (not the user's own quit).
     terminated: bool,
-    pub(super) overlay: overlay::Overlay,
     quit: bool,
-    pub(super) highlight: super::view::HighlightCache,
 }
-
-/// Bytes of text around the cursor sent with a request; the prompt builder cuts it to tokens.
-const PREFIX_BYTES: usize = 24 * 1024;
-const SUFFIX_BYTES: usize = 8 * 1024;
 
 impl App {
     pub fn new(
@@ -202,40 +132,31 @@ impl App {
         recovery: Option<RecoveryOffer>,
     ) -> Self {
         let mode = recovery.map_or(Mode::Normal, Mode::Recover);
-        Self {
-            doc: Document::from_text(text),
-            cursor: Pos::default(),
-            anchor: None,
-            goal_col: None,
-            top: 0,
-            left: 0,
-            view: (24, 80),
+        let mut app = Self {
+            buffer: Buffer::new(text),
+            completion: Completion::default(),
+            overlay: overlay::Overlay::default(),
+            viewport: Viewport::default(),
             file,
             config,
-            ghost: None,
-            in_flight: None,
-            due: None,
-            next_id: 1,
             mode,
             message: None,
-            clipboard: String::new(),
-            copied: None,
-            model: ModelState::Loading,
-            last: None,
             requests: Vec::new(),
+            next_id: 1,
+            copied: None,
             terminated: false,
-            overlay: overlay::Overlay::default(),
             quit: false,
-            highlight: super::view::HighlightCache::default(),
-        }
+        };
+        app.settle();
+        app
     }
 
     pub fn document(&self) -> &Document {
-        &self.doc
+        &self.buffer.doc
     }
 
     pub fn cursor(&self) -> Pos {
-        self.cursor
+        self.buffer.cursor
     }
 
     /// The ghost text shown at the cursor now (empty when none).
@@ -259,7 +180,7 @@ impl App {
 
     /// When [`Self::tick`] should run next (the debounce deadline, or the overlay's refresh).
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.due, self.overlay_deadline()) {
+        match (self.completion.due(), self.overlay_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -270,11 +191,6 @@ impl App {
         self.copied.take()
     }
 
-    fn copy(&mut self) {
-        self.clipboard = self.selection_or_line();
-        self.copied = Some(self.clipboard.clone());
-    }
-
     /// The status line's message, if any.
     pub fn message(&self) -> Option<&str> {
         self.message.as_ref().map(|m| m.text.as_str())
@@ -282,7 +198,7 @@ impl App {
 
     /// Whether a generation is running.
     pub fn is_thinking(&self) -> bool {
-        self.in_flight.is_some()
+        self.completion.is_thinking()
     }
 
     /// The recovery file to write if the editor must stop with unsaved changes.
@@ -290,12 +206,15 @@ impl App {
         self.file.recovery.as_deref()
     }
 
-    /// Fires the debounce deadline if it has passed.
+    /// The terminal's size, in cells; the view fits itself to it.
+    pub fn resize(&mut self, width: u16, height: u16) {
+        self.viewport.resize(width, height);
+        self.settle();
+    }
+
+    /// Fires the debounce deadline or the overlay's refresh if it has passed.
     pub fn tick(&mut self, now: Instant) {
-        if self.due.is_some_and(|d| d <= now) {
-            self.due = None;
-            self.request(RequestKind::Proposal);
-        }
+        self.completion_tick(now);
         self.overlay_tick(now);
     }
 
@@ -308,19 +227,32 @@ impl App {
                     self.insert(&text, Group::Single, now);
                 }
             }
-            Event::Worker(reply) => self.reply(reply),
+            Event::Worker(reply) => {
+                if let Some(other) = self.completion_reply(reply) {
+                    self.overlay_reply(other);
+                }
+            }
             Event::Terminate => {
                 self.quit = true;
                 self.terminated = true;
             }
         }
         self.overlay_after_event(now);
+        self.settle();
     }
 
-    pub(super) fn visible_ghost(&self) -> Option<&Ghost> {
-        self.ghost.as_ref().filter(|g| {
-            g.anchor == self.cursor && g.version == self.doc.version() && self.anchor.is_none()
-        })
+    /// The view follows the text and the cursor (drawing only reads).
+    fn settle(&mut self) {
+        let lang = self.file.language;
+        let b = &self.buffer;
+        self.viewport
+            .settle(&b.doc, b.cursor, self.config.tab_width, lang);
+    }
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
     fn say(&mut self, text: impl Into<String>) {
@@ -335,162 +267,6 @@ impl App {
             text: text.into(),
             error: true,
         });
-    }
-
-    // ----- the model -------------------------------------------------------------------------
-
-    fn completions_possible(&self) -> bool {
-        self.config.completions && !matches!(self.model, ModelState::Unavailable(_))
-    }
-
-    fn cancel_in_flight(&mut self) {
-        if let Some(f) = self.in_flight.take() {
-            f.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// The text changed or the cursor moved: old proposals and requests are void.
-    fn invalidate(&mut self) {
-        self.cancel_in_flight();
-        self.ghost = None;
-        self.due = None;
-    }
-
-    fn schedule(&mut self, now: Instant) {
-        if self.completions_possible() {
-            self.due = Some(now + Duration::from_millis(self.config.debounce_ms));
-        }
-    }
-
-    fn request(&mut self, kind: RequestKind) {
-        if !self.completions_possible() {
-            return;
-        }
-        self.cancel_in_flight();
-        self.overlay.yield_to_completion();
-        let id = self.next_id;
-        self.next_id += 1;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let sampling = match kind {
-            RequestKind::Proposal => Sampling::default(),
-            RequestKind::Alternative => Sampling {
-                temperature: 0.8,
-                top_k: 0,
-                top_p: 0.95,
-                seed: id,
-            },
-        };
-        let settings = Settings {
-            sampling,
-            limits: Limits {
-                max_tokens: self.config.max_tokens,
-                time_budget: Some(Duration::from_secs(10)),
-                top_alternatives: 0,
-                ..Limits::default()
-            },
-            context_tokens: Some(1024),
-            min_confidence: self.config.min_confidence,
-            ..Settings::default()
-        };
-        self.requests.push(Job::Complete(Request {
-            id,
-            prefix: self.doc.text_before(self.cursor, PREFIX_BYTES),
-            suffix: self.doc.text_after(self.cursor, SUFFIX_BYTES),
-            language: self.file.language,
-            settings,
-            cancel: Arc::clone(&cancel),
-        }));
-        self.in_flight = Some(InFlight { id, kind, cancel });
-        if kind == RequestKind::Proposal {
-            self.ghost = Some(Ghost {
-                anchor: self.cursor,
-                version: self.doc.version(),
-                proposals: vec![String::new()],
-                confidence: vec![Vec::new()],
-                index: 0,
-                typed: String::new(),
-            });
-        }
-    }
-
-    fn reply(&mut self, reply: Reply) {
-        match reply {
-            Reply::Ready { model } => self.model = ModelState::Ready(model),
-            Reply::Unavailable { message } => {
-                self.invalidate();
-                self.warn(format!("no completions: {message}"));
-                self.model = ModelState::Unavailable(message);
-            }
-            Reply::Partial { id, text } => {
-                if let Some(kind) = self.current(id)
-                    && kind == RequestKind::Proposal
-                    && let Some(g) = self.ghost.as_mut()
-                    && let Some(p) = g.proposals.get_mut(0)
-                {
-                    *p = text;
-                }
-            }
-            Reply::Done { id, mut proposal } => {
-                let Some(kind) = self.current(id) else {
-                    return;
-                };
-                self.in_flight = None;
-                // The text goes to the ghost; the figures stay for the status line.
-                let text = std::mem::take(&mut proposal.text);
-                let confidence = std::mem::take(&mut proposal.confidence);
-                self.last = Some(proposal);
-                let Some(g) = self.ghost.as_mut() else {
-                    return;
-                };
-                match kind {
-                    RequestKind::Proposal => {
-                        if let Some(p) = g.proposals.get_mut(0) {
-                            *p = text;
-                        }
-                        if let Some(c) = g.confidence.get_mut(0) {
-                            *c = confidence;
-                        }
-                        if g.shown().is_empty() {
-                            self.ghost = None;
-                        }
-                    }
-                    RequestKind::Alternative => {
-                        let fresh = !text.trim().is_empty()
-                            && text.starts_with(g.typed.as_str())
-                            && !g.proposals.contains(&text);
-                        if fresh {
-                            g.proposals.push(text);
-                            g.confidence.push(confidence);
-                            g.index = g.proposals.len() - 1;
-                        } else {
-                            self.say("no other proposal");
-                        }
-                    }
-                }
-            }
-            Reply::Scored { id, from, tokens } => self.overlay_scored(id, from, tokens),
-            Reply::ScoreDone {
-                id,
-                tokens_per_second,
-                ms,
-            } => self.overlay_done(id, tokens_per_second, ms),
-            Reply::Failed { id, message } => {
-                if self.overlay_failed(id) {
-                    self.warn(format!("overlay off: {message}"));
-                } else if self.current(id).is_some() {
-                    self.in_flight = None;
-                    self.warn(format!("completion failed: {message}"));
-                }
-            }
-        }
-    }
-
-    /// The kind of request `id`, if it is the one in flight.
-    fn current(&self, id: u64) -> Option<RequestKind> {
-        self.in_flight
-            .as_ref()
-            .filter(|f| f.id == id)
-            .map(|f| f.kind)
     }
 
     // ----- keys ------------------------------------------------------------------------------
@@ -523,31 +299,44 @@ impl App {
             }
         }
         self.message = None;
-        if self.visible_ghost().is_some() || self.in_flight.is_some() {
-            if let Some(action) = self.config.keymap.action(&k)
-                && self.completion_action(action, now)
-            {
-                return;
-            }
-        } else if self.config.keymap.action(&k) == Some(Action::Trigger) {
-            self.due = None;
-            self.request(RequestKind::Proposal);
+        if self.completion_key(self.config.keymap.action(&k), now) {
             return;
         }
         let shift = k.modifiers.contains(KeyModifiers::SHIFT);
         let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
         let alt = k.modifiers.contains(KeyModifiers::ALT);
+        let tab = self.config.tab_width;
         match k.code {
             KeyCode::Char(c) if ctrl && !alt => self.control(c.to_ascii_lowercase(), shift, now),
             // An Alt chord that is not bound is not text (AltGr characters come without Alt on
             // Unix terminals, and as Ctrl+Alt on Windows, which stays text).
             KeyCode::Char(_) if alt && !ctrl => {}
-            KeyCode::Char(c) => self.type_char(c, now),
-            KeyCode::Enter => self.enter(now),
-            KeyCode::Tab => self.tab(now),
-            KeyCode::BackTab => self.dedent(now),
-            KeyCode::Backspace => self.backspace(ctrl, now),
-            KeyCode::Delete => self.delete(ctrl, now),
+            KeyCode::Char(c) => {
+                let group = self.buffer.group_for(c);
+                let mut bytes = [0u8; 4];
+                self.insert(c.encode_utf8(&mut bytes), group, now);
+            }
+            KeyCode::Enter => {
+                let split_pairs = self.visible_ghost().is_none();
+                let edit = self.buffer.enter(tab, split_pairs);
+                self.apply(edit, now);
+            }
+            KeyCode::Tab => {
+                let edit = self.buffer.tab(tab);
+                self.apply(edit, now);
+            }
+            KeyCode::BackTab => {
+                let edit = self.buffer.dedent(tab);
+                self.apply(edit, now);
+            }
+            KeyCode::Backspace => {
+                let edit = self.buffer.backspace(ctrl);
+                self.apply(edit, now);
+            }
+            KeyCode::Delete => {
+                let edit = self.buffer.delete(ctrl);
+                self.apply(edit, now);
+            }
             KeyCode::F(1) => self.mode = Mode::Help,
             KeyCode::F(2) => self.toggle_overlay(now),
             KeyCode::F(3) => self.jump_to_surprise(!shift),
@@ -566,82 +355,36 @@ impl App {
             | KeyCode::Home
             | KeyCode::End
             | KeyCode::PageUp
-            | KeyCode::PageDown => self.motion(k.code, ctrl, shift),
+            | KeyCode::PageDown => {
+                let page = self.viewport.page();
+                self.buffer.motion(k.code, ctrl, shift, tab, page);
+                if matches!(k.code, KeyCode::PageUp | KeyCode::PageDown) {
+                    self.viewport.scroll_page(k.code == KeyCode::PageUp);
+                }
+                self.completion.invalidate();
+            }
             KeyCode::Esc => {
-                self.invalidate();
-                self.anchor = None;
+                self.completion.invalidate();
+                self.buffer.anchor = None;
             }
             _ => {}
         }
     }
 
-    /// Runs a completion key; false when it does not apply (the key then does its usual job).
-    fn completion_action(&mut self, action: Action, now: Instant) -> bool {
-        let shown = self.ghost_text().to_owned();
-        match action {
-            Action::Accept if !shown.is_empty() => self.accept(&shown, now),
-            Action::AcceptWord if !shown.is_empty() => {
-                let end = display::word_end(&shown, 0);
-                self.accept(shown.get(..end).unwrap_or(&shown), now);
-            }
-            Action::AcceptLine if !shown.is_empty() => {
-                let end = match shown.find('\n') {
-                    // A proposal that starts on a new line: take that next line.
-                    Some(0) => shown
-                        .get(1..)
-                        .and_then(|r| r.find('\n'))
-                        .map_or(shown.len(), |i| i + 1),
-                    Some(i) => i,
-                    None => shown.len(),
-                };
-                self.accept(shown.get(..end).unwrap_or(&shown), now);
-            }
-            Action::Dismiss => self.invalidate(),
-            Action::NextAlternative => self.cycle(true),
-            Action::PreviousAlternative => self.cycle(false),
-            Action::Trigger => {
-                self.due = None;
-                self.request(RequestKind::Proposal);
-            }
-            _ => return false,
-        }
-        true
-    }
-
-    /// Inserts part of the proposal; the rest stays shown (like typing it).
-    fn accept(&mut self, part: &str, now: Instant) {
-        let at = self.cursor;
-        self.doc.seal();
-        self.cursor = self.doc.replace(at, at, part, Group::Single, at);
-        self.doc.seal();
-        self.goal_col = None;
-        if let Some(g) = self.ghost.as_mut() {
-            g.typed.push_str(part);
-            g.anchor = self.cursor;
-            g.version = self.doc.version();
-            if g.shown().is_empty() && self.in_flight.is_none() {
-                self.ghost = None;
-                self.schedule(now);
-            }
-        }
-    }
-
-    fn cycle(&mut self, forward: bool) {
-        let Some(g) = self.ghost.as_mut() else {
-            return;
-        };
-        if self.in_flight.is_some() {
+    /// Inserts at the cursor (over the selection): the one path for typed and pasted text.
+    fn insert(&mut self, text: &str, group: Group, now: Instant) {
+        if self.type_through(text, group, now) {
             return;
         }
-        if forward {
-            if g.index + 1 < g.proposals.len() {
-                g.index += 1;
-            } else {
-                self.request(RequestKind::Alternative);
-                self.say("sampling another proposal…");
-            }
-        } else {
-            g.index = g.index.checked_sub(1).unwrap_or(g.proposals.len() - 1);
+        self.buffer.insert(text, group);
+        self.changed(now);
+    }
+
+    fn apply(&mut self, edit: Edit, now: Instant) {
+        match edit {
+            Edit::Changed => self.changed(now),
+            Edit::Unchanged => {}
+            Edit::Insert(text) => self.insert(&text, Group::Single, now),
         }
     }
 
@@ -649,46 +392,54 @@ impl App {
         match c {
             's' => self.save(),
             'q' => {
-                if self.doc.is_modified() {
+                if self.buffer.doc.is_modified() {
                     self.mode = Mode::ConfirmQuit;
                     self.warn("unsaved changes: Ctrl-Q again quits without saving, Ctrl-S saves");
                 } else {
                     self.quit = true;
                 }
             }
-            'z' if shift => self.redo(),
-            'z' => self.undo(),
-            'y' => self.redo(),
-            'c' => self.copy(),
+            'z' | 'y' => {
+                self.completion.invalidate();
+                let redo = c == 'y' || shift;
+                let done = if redo {
+                    self.buffer.redo()
+                } else {
+                    self.buffer.undo()
+                };
+                if !done {
+                    self.say(if redo {
+                        "nothing to redo"
+                    } else {
+                        "nothing to undo"
+                    });
+                }
+            }
+            'c' => self.copied = Some(self.buffer.copy()),
             'x' => {
-                self.copy();
-                let (a, b) = self.selection().unwrap_or_else(|| self.line_range());
-                self.replace_range(a, b, "", Group::Single, now);
+                self.copied = Some(self.buffer.cut());
+                self.changed(now);
             }
             'v' => {
-                let text = self.clipboard.clone();
+                let text = self.buffer.clipboard().to_owned();
                 self.insert(&text, Group::Single, now);
             }
             'a' => {
-                self.invalidate();
-                self.anchor = Some(Pos::default());
-                self.cursor = self.doc.end();
+                self.completion.invalidate();
+                self.buffer.select_all();
             }
             'f' => {
-                self.invalidate();
+                self.completion.invalidate();
                 self.mode = Mode::Find {
                     query: String::new(),
-                    origin: self.cursor,
+                    origin: self.buffer.cursor,
                 };
             }
             'g' => {
-                self.invalidate();
+                self.completion.invalidate();
                 self.mode = Mode::GoToLine(String::new());
             }
-            ' ' => {
-                self.due = None;
-                self.request(RequestKind::Proposal);
-            }
+            ' ' => self.ask_now(),
             _ => {}
         }
     }

@@ -7,80 +7,74 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Clear, Paragraph};
+use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 use super::app::overlay;
-use super::app::{App, Mode, ModelState};
+use super::app::viewport::MIN_SIZE;
+use super::app::{App, Mode, ModelState, Viewport};
 use super::config::Action;
 use crate::model::score::TokenScore;
-use crate::syntax::highlight::{HighlightKind, Highlighter};
+use crate::syntax::highlight::HighlightKind;
 use crate::text::display;
-
-/// Highlight spans of the lines around the view, recomputed when the text or the view moves.
-#[derive(Default)]
-pub struct HighlightCache {
-    key: Option<(u64, usize, usize)>,
-    first: usize,
-    /// Per line from `first`: (start byte, end byte, kind).
-    lines: Vec<Vec<(usize, usize, HighlightKind)>>,
-    highlighter: Highlighter,
-}
 
 /// Overlay marks of the visible lines (see `overlay_rows`).
 type Rows = Vec<Vec<(usize, usize, usize)>>;
 
-/// The most text parsed for highlighting per draw.
-const MAX_HIGHLIGHT_BYTES: usize = 256 * 1024;
-
-/// Lines above the view parsed for highlighting, so constructs that start above it colour right.
-const CONTEXT_LINES: usize = 200;
-
-impl HighlightCache {
-    fn spans(&self, line: usize) -> &[(usize, usize, HighlightKind)] {
-        line.checked_sub(self.first)
-            .and_then(|i| self.lines.get(i))
-            .map_or(&[], Vec::as_slice)
+impl Widget for &App {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+            return;
+        }
+        let scores = self.overlay_rows();
+        self.draw_text(buf, area, scores.as_ref());
+        self.draw_status(buf, area);
+        if let Some(token) = self.token_at_cursor() {
+            let y = self.screen_cursor(area).map_or(0, |p| p.y);
+            self.draw_inspector(buf, area, token, y);
+        }
+        if self.mode == Mode::Help {
+            self.draw_help(buf, area);
+        }
     }
 }
 
 impl App {
-    pub fn draw(&mut self, frame: &mut Frame) {
+    /// Draws the editor over the whole frame and puts the terminal's cursor on the cursor.
+    pub fn draw(&self, frame: &mut Frame) {
         let area = frame.area();
-        if area.height < 3 || area.width < 10 {
-            return;
+        frame.render_widget(self, area);
+        if let Some(p) = self.screen_cursor(area) {
+            frame.set_cursor_position(p);
         }
-        let rows = area.height as usize - 2;
-        let gutter = digits(self.doc.line_count()) + 2;
-        let width = (area.width as usize).saturating_sub(gutter).max(1);
-        self.view = (rows, width);
-        self.scroll_to_cursor();
-        self.update_highlight();
-        let scores = self.overlay_rows();
-        let cursor_xy = self.draw_text(frame.buffer_mut(), area, gutter, scores.as_ref());
-        self.draw_status(frame.buffer_mut(), area);
-        if let Some((x, y)) = cursor_xy {
-            frame.set_cursor_position(Position::new(x, y));
-        }
-        if let Some(token) = self.token_at_cursor() {
-            self.draw_inspector(frame, area, token, cursor_xy.map_or(0, |(_, y)| y));
-        }
-        if self.mode == Mode::Help {
-            self.draw_help(frame, area);
-        }
+    }
+
+    /// The cell of the cursor in `area`, when it is in view (a proposal shown at the cursor only
+    /// pushes the lines after it down).
+    pub fn screen_cursor(&self, area: Rect) -> Option<Position> {
+        let v = &self.viewport;
+        let c = self.buffer.cursor;
+        let row = c.line.checked_sub(v.top).filter(|&r| r < v.rows)?;
+        let col = display::column_of(self.buffer.doc.line(c.line), c.col, self.config.tab_width);
+        let x = col.checked_sub(v.left).filter(|&x| x < v.width)?;
+        Some(Position::new(
+            area.x + (v.gutter + x) as u16,
+            area.y + row as u16,
+        ))
     }
 
     /// Rank buckets of the scored tokens on the visible lines: per line from `top`, (start, end,
     /// bucket) in bytes of the line. `None` when the overlay is off.
-    fn overlay_rows(&self) -> Option<Vec<Vec<(usize, usize, usize)>>> {
+    fn overlay_rows(&self) -> Option<Rows> {
         if !self.overlay.on {
             return None;
         }
+        let (doc, top) = (&self.buffer.doc, self.viewport.top);
         let valid = self.overlay.valid();
-        let mut start = self.doc.byte_of(crate::text::Pos::new(self.top, 0));
-        let bottom = (self.top + self.view.0).min(self.doc.line_count());
-        let mut rows = Vec::with_capacity(bottom - self.top);
-        for i in self.top..bottom {
-            let end = start + self.doc.line(i).len();
+        let mut start = doc.byte_of(crate::text::Pos::new(top, 0));
+        let bottom = (top + self.viewport.rows).min(doc.line_count());
+        let mut rows = Vec::with_capacity(bottom - top);
+        for i in top..bottom {
+            let end = start + doc.line(i).len();
             let mut k = valid.partition_point(|s| s.end <= start);
             let mut row = Vec::new();
             while let Some(s) = valid.get(k).filter(|s| s.start < end) {
@@ -115,7 +109,7 @@ impl App {
         })
     }
 
-    fn draw_inspector(&self, frame: &mut Frame, area: Rect, t: &TokenScore, cursor_y: u16) {
+    fn draw_inspector(&self, buf: &mut Buffer, area: Rect, t: &TokenScore, cursor_y: u16) {
         let show = |text: &str| format!("{:?}", text);
         let mut lines = vec![
             format!(
@@ -145,88 +139,12 @@ impl App {
             area.y
         };
         let rect = Rect::new(area.x + area.width - w, y, w, h);
-        frame.render_widget(Clear, rect);
+        Clear.render(rect, buf);
         let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
         let title = format!(" token {} ", show(&t.text));
-        frame.render_widget(
-            Paragraph::new(text).block(Block::bordered().title(title)),
-            rect,
-        );
-    }
-
-    fn scroll_to_cursor(&mut self) {
-        let (rows, width) = self.view;
-        let c = self.cursor;
-        if c.line < self.top {
-            self.top = c.line;
-        } else if c.line >= self.top + rows {
-            self.top = c.line + 1 - rows;
-        }
-        self.top = self.top.min(self.doc.line_count().saturating_sub(1));
-        let col = display::column_of(self.doc.line(c.line), c.col, self.config.tab_width);
-        if col < self.left {
-            self.left = col;
-        } else if col >= self.left + width {
-            self.left = col + 1 - width;
-        }
-    }
-
-    fn update_highlight(&mut self) {
-        let Some(lang) = self.file.language else {
-            return;
-        };
-        let bottom = (self.top + self.view.0 + 1).min(self.doc.line_count());
-        // Start parsing at an unindented line above the view: the start of a top-level item.
-        let mut first = self.top.saturating_sub(CONTEXT_LINES);
-        while first > 0 && first + 4 * CONTEXT_LINES > self.top {
-            let l = self.doc.line(first);
-            if !l.is_empty() && !l.starts_with([' ', '\t']) {
-                break;
-            }
-            first -= 1;
-        }
-        let key = (self.doc.version(), first, bottom);
-        if self.highlight.key == Some(key) {
-            return;
-        }
-        let lines = self.doc.lines().get(first..bottom).unwrap_or_default();
-        // Minified or generated files with huge lines: parsing them on every key would stall the
-        // editor, so they go without colours.
-        let size: usize = lines.iter().map(|l| l.len() + 1).sum();
-        if size > MAX_HIGHLIGHT_BYTES {
-            self.highlight.key = Some(key);
-            self.highlight.lines.clear();
-            return;
-        }
-        let text = lines.join("\n");
-        let spans = self.highlight.highlighter.highlight(&text, lang);
-        let mut per_line: Vec<Vec<(usize, usize, HighlightKind)>> = vec![Vec::new(); lines.len()];
-        let mut start = 0;
-        let mut starts = Vec::with_capacity(lines.len());
-        for l in lines {
-            starts.push(start);
-            start += l.len() + 1;
-        }
-        for s in spans {
-            // A span may cross lines (block comments, strings): give each line its piece.
-            let first_line = starts.partition_point(|&b| b <= s.start).saturating_sub(1);
-            for (i, &ls) in starts.iter().enumerate().skip(first_line) {
-                let len = lines.get(i).map_or(0, String::len);
-                if ls >= s.end {
-                    break;
-                }
-                let a = s.start.max(ls) - ls;
-                let b = (s.end.min(ls + len)).saturating_sub(ls);
-                if a < b
-                    && let Some(v) = per_line.get_mut(i)
-                {
-                    v.push((a, b, s.kind));
-                }
-            }
-        }
-        self.highlight.key = Some(key);
-        self.highlight.first = first;
-        self.highlight.lines = per_line;
+        Paragraph::new(text)
+            .block(Block::bordered().title(title))
+            .render(rect, buf);
     }
 
     fn kind_style(&self, kind: HighlightKind) -> Style {
@@ -308,11 +226,11 @@ impl App {
         to: usize,
         scores: Option<&Rows>,
     ) -> Vec<(String, Style)> {
-        let text = self.doc.line(i);
+        let text = self.buffer.doc.line(i);
         let mut cuts = vec![from, to];
         let marks: Vec<(usize, usize, Style)> = match scores {
             Some(rows) => rows
-                .get(i - self.top)
+                .get(i - self.viewport.top)
                 .map(|r| {
                     r.iter()
                         .map(|&(a, b, k)| (a, b, self.bucket_style(k)))
@@ -320,7 +238,7 @@ impl App {
                 })
                 .unwrap_or_default(),
             None => self
-                .highlight
+                .viewport
                 .spans(i)
                 .iter()
                 .map(|&(a, b, k)| (a, b, self.kind_style(k)))
@@ -330,7 +248,7 @@ impl App {
         for &(a, b, _) in spans {
             cuts.extend([a, b]);
         }
-        let selection = self.selection().and_then(|(a, b)| {
+        let selection = self.buffer.selection().and_then(|(a, b)| {
             (a.line <= i && i <= b.line).then(|| {
                 let s = if a.line == i { a.col } else { 0 };
                 // A selected line break shows as one selected cell after the text.
@@ -362,7 +280,7 @@ impl App {
         if let Some((_, e)) = selection
             && e == text.len()
             && to == text.len()
-            && self.selection().is_some_and(|(_, b)| b.line > i)
+            && self.buffer.selection().is_some_and(|(_, b)| b.line > i)
         {
             out.push((
                 " ".to_owned(),
@@ -372,15 +290,17 @@ impl App {
         out
     }
 
-    /// Draws the text rows; returns where the terminal cursor goes.
-    fn draw_text(
-        &self,
-        buf: &mut Buffer,
-        area: Rect,
-        gutter: usize,
-        scores: Option<&Rows>,
-    ) -> Option<(u16, u16)> {
-        let (rows, width) = self.view;
+    /// Draws the text rows.
+    fn draw_text(&self, buf: &mut Buffer, area: Rect, scores: Option<&Rows>) {
+        let Viewport {
+            rows,
+            width,
+            gutter,
+            top,
+            left,
+            ..
+        } = self.viewport;
+        let (doc, cursor) = (&self.buffer.doc, self.buffer.cursor);
         let tab = self.config.tab_width;
         let ghost = self
             .visible_ghost()
@@ -393,24 +313,19 @@ impl App {
         };
         let x0 = area.x + gutter as u16;
         let mut row = 0usize;
-        let mut line = self.top;
-        let mut cursor_xy = None;
-        while row < rows && line < self.doc.line_count() {
+        let mut line = top;
+        while row < rows && line < doc.line_count() {
             let y = area.y + row as u16;
             let number = format!("{:>w$} ", line + 1, w = gutter - 1);
-            let style = if line == self.cursor.line {
+            let style = if line == cursor.line {
                 number_style.add_modifier(Modifier::BOLD)
             } else {
                 number_style
             };
             buf.set_stringn(area.x, y, &number, gutter, style);
-            let len = self.doc.line(line).len();
-            if line == self.cursor.line {
-                let c = self.cursor.col;
-                let col = display::column_of(self.doc.line(line), c, tab);
-                if col >= self.left && col < self.left + width {
-                    cursor_xy = Some((x0 + (col - self.left) as u16, y));
-                }
+            let len = doc.line(line).len();
+            if line == cursor.line {
+                let c = cursor.col;
                 if !ghost.is_empty() {
                     // before + ghost line 1; ghost lines 2..n-1; ghost line n + after.
                     let ghost_lines: Vec<&str> = ghost.split('\n').collect();
@@ -432,7 +347,7 @@ impl App {
                         if k == last {
                             segs.extend(self.pieces(line, c, len, scores));
                         }
-                        paint(buf, x0, y, width, self.left, &segs, tab);
+                        paint(buf, x0, y, width, left, &segs, tab);
                         row += 1;
                     }
                     line += 1;
@@ -444,37 +359,47 @@ impl App {
                 x0,
                 y,
                 width,
-                self.left,
+                left,
                 &self.pieces(line, 0, len, scores),
                 tab,
             );
             row += 1;
             line += 1;
         }
-        cursor_xy
     }
 
     fn draw_status(&self, buf: &mut Buffer, area: Rect) {
         let y = area.y + area.height - 2;
         let bar = Style::default().add_modifier(Modifier::REVERSED);
         let name = self.file.path.display().to_string();
-        let modified = if self.doc.is_modified() { " [+]" } else { "" };
+        let modified = if self.buffer.doc.is_modified() {
+            " [+]"
+        } else {
+            ""
+        };
         let lang = self.file.language.map_or("text", |l| l.name.as_str());
-        let line = self.doc.line(self.cursor.line);
-        let column = line.get(..self.cursor.col).map_or(0, |s| s.chars().count()) + 1;
-        let ending = if self.doc.uses_crlf() { " CRLF" } else { "" };
+        let line = self.buffer.doc.line(self.buffer.cursor.line);
+        let column = line
+            .get(..self.buffer.cursor.col)
+            .map_or(0, |s| s.chars().count())
+            + 1;
+        let ending = if self.buffer.doc.uses_crlf() {
+            " CRLF"
+        } else {
+            ""
+        };
         let left = format!(
             " {name}{modified} │ {lang}{ending} │ Ln {}, Col {column}",
-            self.cursor.line + 1
+            self.buffer.cursor.line + 1
         );
-        let activity = match &self.model {
+        let activity = match &self.completion.model {
             ModelState::Loading => "loading model…",
             ModelState::Unavailable(_) => "no model",
             ModelState::Ready(_) if self.is_thinking() => "thinking…",
             ModelState::Ready(_) => "idle",
         };
         // The model's name, then what it measured and shows; the activity always.
-        let (model, stats, shown) = match &self.model {
+        let (model, stats, shown) = match &self.completion.model {
             ModelState::Loading | ModelState::Unavailable(_) => Default::default(),
             ModelState::Ready(name) => {
                 let short = name
@@ -487,6 +412,7 @@ impl App {
                     .map(|g| format!(" │ {}/{}", g.index + 1, g.proposals.len()))
                     .unwrap_or_default();
                 let stats = self
+                    .completion
                     .last
                     .as_ref()
                     .map(|p| {
@@ -541,7 +467,7 @@ impl App {
         }
         if !fits(&left, &right) {
             // Then the file name and the cursor's position alone.
-            let position = format!(" │ Ln {}, Col {column}", self.cursor.line + 1);
+            let position = format!(" │ Ln {}, Col {column}", self.buffer.cursor.line + 1);
             let room = w.saturating_sub(
                 display::width(&position, 1) + display::width(&right, 1) + modified.len() + 2,
             );
@@ -565,7 +491,7 @@ impl App {
             (Mode::GoToLine(input), _) => (
                 format!(
                     "Go to line: {input}   [1-{} · Enter go · Esc cancel]",
-                    self.doc.line_count()
+                    self.buffer.doc.line_count()
                 ),
                 Style::default(),
             ),
@@ -627,7 +553,7 @@ impl App {
         buf.set_stringn(area.x, y, &text, w, style);
     }
 
-    fn draw_help(&self, frame: &mut Frame, area: Rect) {
+    fn draw_help(&self, buf: &mut Buffer, area: Rect) {
         let k = |a| self.config.keys_for(a);
         let lines = [
             "Completions".to_owned(),
@@ -674,12 +600,11 @@ impl App {
             w,
             h,
         );
-        frame.render_widget(Clear, rect);
+        Clear.render(rect, buf);
         let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
-        frame.render_widget(
-            Paragraph::new(text).block(Block::bordered().title(" infill help ")),
-            rect,
-        );
+        Paragraph::new(text)
+            .block(Block::bordered().title(" infill help "))
+            .render(rect, buf);
     }
 }
 
@@ -715,10 +640,6 @@ fn paint(
             buf.set_stringn(x, y, cell.glyph(), cell.width, *style);
         }
     }
-}
-
-fn digits(n: usize) -> usize {
-    n.max(1).ilog10() as usize + 1
 }
 
 fn human(d: std::time::Duration) -> String {

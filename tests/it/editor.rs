@@ -158,7 +158,9 @@ impl Ed {
     }
 
     fn draw(&mut self) {
-        let app = &mut self.app;
+        let area = self.term.size().unwrap();
+        self.app.resize(area.width, area.height);
+        let app = &self.app;
         self.term.draw(|f| app.draw(f)).unwrap();
     }
 

@@ -29,15 +29,15 @@ impl App {
     }
 
     pub(super) fn write(&mut self) {
-        match crate::files::write_atomic(&self.file.path, &self.doc.to_file_bytes()) {
+        match crate::files::write_atomic(&self.file.path, &self.buffer.doc.to_file_bytes()) {
             Ok(()) => {
                 tracing::info!("saved {}", self.file.path.display());
-                self.doc.mark_saved();
+                self.buffer.doc.mark_saved();
                 self.file.disk = DiskStamp::of(&self.file.path);
                 if let Some(r) = &self.file.recovery {
                     let _ = std::fs::remove_file(r);
                 }
-                let lines = self.doc.line_count();
+                let lines = self.buffer.doc.line_count();
                 self.say(format!(
                     "saved {} ({lines} lines)",
                     self.file.path.display()
@@ -56,16 +56,16 @@ impl App {
         };
         match k.code {
             KeyCode::Char('r') => {
-                let end = self.doc.end();
-                self.doc.replace(
+                let end = self.buffer.doc.end();
+                self.buffer.doc.replace(
                     Pos::default(),
                     end,
                     &offer.text,
                     Group::Single,
                     Pos::default(),
                 );
-                self.cursor = Pos::default();
-                self.invalidate();
+                self.buffer.cursor = Pos::default();
+                self.completion.invalidate();
                 self.say(format!(
                     "recovered unsaved text from {} (Ctrl-Z goes back to the file on disk)",
                     offer.path.display()

@@ -2,7 +2,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::{App, Mode};
+use super::{App, Buffer, Mode};
 use crate::text::Pos;
 
 impl App {
@@ -18,22 +18,25 @@ impl App {
                 self.message = None;
                 return;
             }
-            KeyCode::Enter | KeyCode::Down => self.search(&query, self.cursor, true, true),
-            KeyCode::Char('f') if ctrl => self.search(&query, self.cursor, true, true),
-            KeyCode::Up => self.search(&query, self.cursor, false, true),
+            KeyCode::Enter | KeyCode::Down => {
+                self.buffer.search(&query, self.buffer.cursor, true, true)
+            }
+            KeyCode::Char('f') if ctrl => {
+                self.buffer.search(&query, self.buffer.cursor, true, true)
+            }
+            KeyCode::Up => self.buffer.search(&query, self.buffer.cursor, false, true),
             KeyCode::Backspace => {
                 query.pop();
-                self.search(&query, origin, true, false)
+                self.buffer.search(&query, origin, true, false)
             }
             KeyCode::Char(c) if !ctrl => {
                 query.push(c);
-                self.search(&query, origin, true, false)
+                self.buffer.search(&query, origin, true, false)
             }
             _ => None,
         };
         if let Some((a, b)) = from {
-            self.anchor = Some(a);
-            self.cursor = b;
+            self.buffer.select(a, b);
             self.message = None;
         } else if !query.is_empty() && !matches!(k.code, KeyCode::Char('f')) {
             self.warn(format!("no match for {query:?}"));
@@ -41,15 +44,36 @@ impl App {
         self.mode = Mode::Find { query, origin };
     }
 
+    /// Ctrl-G: digits build the line number, Enter goes there (first non-blank), Esc cancels.
+    pub(super) fn go_to_line_key(&mut self, k: KeyEvent) {
+        let Mode::GoToLine(input) = &mut self.mode else {
+            return;
+        };
+        match k.code {
+            KeyCode::Char(c) if c.is_ascii_digit() && input.len() < 12 => input.push(c),
+            KeyCode::Backspace => {
+                input.pop();
+            }
+            KeyCode::Enter => {
+                let line = input
+                    .parse::<usize>()
+                    .unwrap_or(1)
+                    .clamp(1, self.buffer.doc.line_count());
+                let text = self.buffer.doc.line(line - 1);
+                let indent = text.len() - text.trim_start().len();
+                self.buffer.go_to(Pos::new(line - 1, indent));
+                self.mode = Mode::Normal;
+            }
+            KeyCode::Esc => self.mode = Mode::Normal,
+            _ => {}
+        }
+    }
+}
+
+impl Buffer {
     /// The next (or previous) match of `query` from `from`; `skip`: not the match at `from`.
     /// Lowercase queries ignore case.
-    pub(super) fn search(
-        &self,
-        query: &str,
-        from: Pos,
-        forward: bool,
-        skip: bool,
-    ) -> Option<(Pos, Pos)> {
+    pub fn search(&self, query: &str, from: Pos, forward: bool, skip: bool) -> Option<(Pos, Pos)> {
         if query.is_empty() {
             return None;
         }
@@ -104,31 +128,5 @@ impl App {
             }
         }
         None
-    }
-
-    /// Ctrl-G: digits build the line number, Enter goes there (first non-blank), Esc cancels.
-    pub(super) fn go_to_line_key(&mut self, k: KeyEvent) {
-        let Mode::GoToLine(input) = &mut self.mode else {
-            return;
-        };
-        match k.code {
-            KeyCode::Char(c) if c.is_ascii_digit() && input.len() < 12 => input.push(c),
-            KeyCode::Backspace => {
-                input.pop();
-            }
-            KeyCode::Enter => {
-                let line = input
-                    .parse::<usize>()
-                    .unwrap_or(1)
-                    .clamp(1, self.doc.line_count());
-                let text = self.doc.line(line - 1);
-                let indent = text.len() - text.trim_start().len();
-                self.cursor = Pos::new(line - 1, indent);
-                self.anchor = None;
-                self.mode = Mode::Normal;
-            }
-            KeyCode::Esc => self.mode = Mode::Normal,
-            _ => {}
-        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::App;
 use crate::model::score::TokenScore;
-use crate::worker::{Job, ScoreRequest};
+use crate::worker::{Job, Reply, ScoreRequest};
 
 /// Files above this many bytes are not scored (the status line says so).
 pub const MAX_OVERLAY_BYTES: usize = 512 * 1024;
@@ -78,7 +78,7 @@ impl App {
             self.say("overlay off");
             return;
         }
-        if self.doc.len_bytes() > MAX_OVERLAY_BYTES {
+        if self.buffer.doc.len_bytes() > MAX_OVERLAY_BYTES {
             self.overlay.on = false;
             return self.warn(format!(
                 "overlay: this file is larger than {} KB; infill scores files up to that size",
@@ -95,13 +95,13 @@ impl App {
 
     /// After every event: text that changed loses its scores, and a refresh is scheduled.
     pub(super) fn overlay_after_event(&mut self, now: Instant) {
-        let Some(changed) = self.doc.take_changed_from() else {
+        let Some(changed) = self.buffer.doc.take_changed_from() else {
             return;
         };
         if !self.overlay.on {
             return;
         }
-        let byte = self.doc.byte_of(changed);
+        let byte = self.buffer.doc.byte_of(changed);
         let o = &mut self.overlay;
         o.valid_until = o.valid_until.min(byte);
         o.cancel();
@@ -113,17 +113,16 @@ impl App {
         if !self.overlay.on || self.is_thinking() || self.overlay.due.is_none_or(|d| d > now) {
             return;
         }
-        if self.doc.len_bytes() > MAX_OVERLAY_BYTES {
+        if self.buffer.doc.len_bytes() > MAX_OVERLAY_BYTES {
             self.overlay.on = false;
             return self.warn("overlay off: the file grew past the size infill scores");
         }
         self.overlay.due = None;
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.new_id();
         let cancel = Arc::new(AtomicBool::new(false));
         self.requests.push(Job::Score(ScoreRequest {
             id,
-            text: self.doc.text(),
+            text: self.buffer.doc.text(),
             cancel: Arc::clone(&cancel),
         }));
         self.overlay.in_flight = Some((id, cancel));
@@ -136,7 +135,23 @@ impl App {
             .filter(|_| self.overlay.on && !self.is_thinking())
     }
 
-    pub(super) fn overlay_scored(&mut self, id: u64, from: usize, tokens: Vec<TokenScore>) {
+    /// The worker's replies about scoring.
+    pub(super) fn overlay_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Scored { id, from, tokens } => self.overlay_scored(id, from, tokens),
+            Reply::ScoreDone {
+                id,
+                tokens_per_second,
+                ms,
+            } => self.overlay_done(id, tokens_per_second, ms),
+            Reply::Failed { id, message } if self.overlay_failed(id) => {
+                self.warn(format!("overlay off: {message}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn overlay_scored(&mut self, id: u64, from: usize, tokens: Vec<TokenScore>) {
         let o = &mut self.overlay;
         if o.in_flight.as_ref().is_none_or(|(i, _)| *i != id) {
             return;
@@ -150,7 +165,7 @@ impl App {
     }
 
     /// A score request failed: the overlay turns off (true), or `id` was not a score request.
-    pub(super) fn overlay_failed(&mut self, id: u64) -> bool {
+    fn overlay_failed(&mut self, id: u64) -> bool {
         let o = &mut self.overlay;
         if o.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
             o.in_flight = None;
@@ -160,7 +175,7 @@ impl App {
         false
     }
 
-    pub(super) fn overlay_done(&mut self, id: u64, tokens_per_second: f64, ms: f64) {
+    fn overlay_done(&mut self, id: u64, tokens_per_second: f64, ms: f64) {
         let o = &mut self.overlay;
         if o.in_flight.as_ref().is_some_and(|(i, _)| *i == id) {
             o.in_flight = None;
@@ -174,7 +189,7 @@ impl App {
         if !self.overlay.on {
             return None;
         }
-        let byte = self.doc.byte_of(self.cursor);
+        let byte = self.buffer.doc.byte_of(self.buffer.cursor);
         let valid = self.overlay.valid();
         let i = valid.partition_point(|s| s.end <= byte);
         valid.get(i).filter(|s| s.start <= byte)
@@ -185,7 +200,7 @@ impl App {
         if !self.overlay.on {
             return self.say("F3 jumps between surprising tokens once the overlay is on (F2)");
         }
-        let byte = self.doc.byte_of(self.cursor);
+        let byte = self.buffer.doc.byte_of(self.buffer.cursor);
         let valid = self.overlay.valid();
         let found = if forward {
             valid.iter().find(|s| s.start > byte && bucket(s.rank) > 0)
@@ -197,9 +212,9 @@ impl App {
         };
         match found.map(|s| s.start) {
             Some(start) => {
-                self.invalidate();
-                self.anchor = None;
-                self.cursor = self.doc.pos_of_byte(start);
+                self.completion.invalidate();
+                let pos = self.buffer.doc.pos_of_byte(start);
+                self.buffer.go_to(pos);
             }
             None => self.say(if forward {
                 "no surprising token (outside the top 10) after the cursor"

@@ -1,0 +1,392 @@
+//! Proposals: when the editor asks the model, what comes back, and what the completion keys do with
+//! it. Tab on a shown proposal goes [`App::completion_action`] → [`App::accept`]; typing what the
+//! proposal shows keeps the rest of it ([`App::type_through`]); any other edit or move voids it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::App;
+use crate::complete::Settings;
+use crate::model::generate::{Limits, Sampling};
+use crate::text::{Group, Pos, display};
+use crate::tui::config::Action;
+use crate::worker::{Job, Proposal, Reply, Request};
+
+/// Bytes of text around the cursor sent with a request; the prompt builder cuts it to tokens.
+const PREFIX_BYTES: usize = 24 * 1024;
+const SUFFIX_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::tui) enum ModelState {
+    Loading,
+    Ready(String),
+    Unavailable(String),
+}
+
+/// Proposals shown at the cursor, never part of the document until accepted.
+#[derive(Debug, Clone)]
+pub(in crate::tui) struct Ghost {
+    /// The cursor position and document version it belongs to.
+    pub anchor: Pos,
+    pub version: u64,
+    /// The greedy proposal first, then alternatives sampled on demand.
+    pub proposals: Vec<String>,
+    /// Per proposal: (end byte, probability) of its tokens (empty while it streams).
+    pub confidence: Vec<Vec<(usize, f32)>>,
+    pub index: usize,
+    /// What the user typed (or accepted word by word) of the current proposal since it was shown.
+    pub typed: String,
+}
+
+impl Ghost {
+    /// (end byte in [`Self::shown`], probability) of the tokens still shown.
+    pub fn shown_confidence(&self) -> Vec<(usize, f32)> {
+        let typed = self.typed.len();
+        self.confidence
+            .get(self.index)
+            .map(|c| {
+                c.iter()
+                    .filter(|(end, _)| *end > typed)
+                    .map(|&(end, p)| (end - typed, p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The part still to show.
+    pub fn shown(&self) -> &str {
+        self.proposals
+            .get(self.index)
+            .and_then(|p| p.strip_prefix(self.typed.as_str()))
+            .unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestKind {
+    Proposal,
+    Alternative,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    kind: RequestKind,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The completion state: the model's state, the request in flight, the proposal shown.
+#[derive(Debug)]
+pub(in crate::tui) struct Completion {
+    pub model: ModelState,
+    pub ghost: Option<Ghost>,
+    in_flight: Option<InFlight>,
+    /// When to ask (the debounce after typing).
+    due: Option<Instant>,
+    /// The last finished proposal's figures, for the status line.
+    pub last: Option<Proposal>,
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Self {
+            model: ModelState::Loading,
+            ghost: None,
+            in_flight: None,
+            due: None,
+            last: None,
+        }
+    }
+}
+
+impl Completion {
+    pub fn is_thinking(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    fn cancel_in_flight(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            f.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The text changed or the cursor moved: old proposals and requests are void.
+    pub fn invalidate(&mut self) {
+        self.cancel_in_flight();
+        self.ghost = None;
+        self.due = None;
+    }
+
+    /// The kind of request `id`, if it is the one in flight.
+    fn current(&self, id: u64) -> Option<RequestKind> {
+        self.in_flight
+            .as_ref()
+            .filter(|f| f.id == id)
+            .map(|f| f.kind)
+    }
+}
+
+impl App {
+    /// The proposal shown now: made for this cursor and this text, and no selection.
+    pub(in crate::tui) fn visible_ghost(&self) -> Option<&Ghost> {
+        let b = &self.buffer;
+        self.completion
+            .ghost
+            .as_ref()
+            .filter(|g| g.anchor == b.cursor && g.version == b.doc.version() && b.anchor.is_none())
+    }
+
+    pub(super) fn completions_possible(&self) -> bool {
+        self.config.completions && !matches!(self.completion.model, ModelState::Unavailable(_))
+    }
+
+    /// The text changed: old proposals are void, and a new one is asked for after the debounce.
+    pub(super) fn changed(&mut self, now: Instant) {
+        self.completion.invalidate();
+        self.schedule(now);
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        if self.completions_possible() {
+            self.completion.due = Some(now + Duration::from_millis(self.config.debounce_ms));
+        }
+    }
+
+    /// Fires the debounce deadline if it has passed.
+    pub(super) fn completion_tick(&mut self, now: Instant) {
+        if self.completion.due.is_some_and(|d| d <= now) {
+            self.completion.due = None;
+            self.request(RequestKind::Proposal);
+        }
+    }
+
+    /// Ctrl-Space, or the trigger key: ask now.
+    pub(super) fn ask_now(&mut self) {
+        self.completion.due = None;
+        self.request(RequestKind::Proposal);
+    }
+
+    fn request(&mut self, kind: RequestKind) {
+        if !self.completions_possible() {
+            return;
+        }
+        self.completion.cancel_in_flight();
+        self.overlay.yield_to_completion();
+        let id = self.new_id();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let sampling = match kind {
+            RequestKind::Proposal => Sampling::default(),
+            RequestKind::Alternative => Sampling {
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 0.95,
+                seed: id,
+            },
+        };
+        let settings = Settings {
+            sampling,
+            limits: Limits {
+                max_tokens: self.config.max_tokens,
+                time_budget: Some(Duration::from_secs(10)),
+                top_alternatives: 0,
+                ..Limits::default()
+            },
+            context_tokens: Some(1024),
+            min_confidence: self.config.min_confidence,
+            ..Settings::default()
+        };
+        let (doc, cursor) = (&self.buffer.doc, self.buffer.cursor);
+        self.requests.push(Job::Complete(Request {
+            id,
+            prefix: doc.text_before(cursor, PREFIX_BYTES),
+            suffix: doc.text_after(cursor, SUFFIX_BYTES),
+            language: self.file.language,
+            settings,
+            cancel: Arc::clone(&cancel),
+        }));
+        self.completion.in_flight = Some(InFlight { id, kind, cancel });
+        if kind == RequestKind::Proposal {
+            self.completion.ghost = Some(Ghost {
+                anchor: cursor,
+                version: doc.version(),
+                proposals: vec![String::new()],
+                confidence: vec![Vec::new()],
+                index: 0,
+                typed: String::new(),
+            });
+        }
+    }
+
+    /// A reply about the model or a proposal; false when it is not one (the overlay's replies).
+    pub(super) fn completion_reply(&mut self, reply: Reply) -> Option<Reply> {
+        let c = &mut self.completion;
+        match reply {
+            Reply::Ready { model } => c.model = ModelState::Ready(model),
+            Reply::Unavailable { message } => {
+                c.invalidate();
+                self.warn(format!("no completions: {message}"));
+                self.completion.model = ModelState::Unavailable(message);
+            }
+            Reply::Partial { id, text } => {
+                if c.current(id) == Some(RequestKind::Proposal)
+                    && let Some(g) = c.ghost.as_mut()
+                    && let Some(p) = g.proposals.get_mut(0)
+                {
+                    *p = text;
+                }
+            }
+            Reply::Done { id, proposal } => self.done(id, proposal),
+            Reply::Failed { id, ref message } if c.current(id).is_some() => {
+                c.in_flight = None;
+                self.warn(format!("completion failed: {message}"));
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    fn done(&mut self, id: u64, mut proposal: Proposal) {
+        let c = &mut self.completion;
+        let Some(kind) = c.current(id) else {
+            return;
+        };
+        c.in_flight = None;
+        // The text goes to the ghost; the figures stay for the status line.
+        let text = std::mem::take(&mut proposal.text);
+        let confidence = std::mem::take(&mut proposal.confidence);
+        c.last = Some(proposal);
+        let Some(g) = c.ghost.as_mut() else {
+            return;
+        };
+        match kind {
+            RequestKind::Proposal => {
+                if let Some(p) = g.proposals.get_mut(0) {
+                    *p = text;
+                }
+                if let Some(c) = g.confidence.get_mut(0) {
+                    *c = confidence;
+                }
+                if g.shown().is_empty() {
+                    c.ghost = None;
+                }
+            }
+            RequestKind::Alternative => {
+                let fresh = !text.trim().is_empty()
+                    && text.starts_with(g.typed.as_str())
+                    && !g.proposals.contains(&text);
+                if fresh {
+                    g.proposals.push(text);
+                    g.confidence.push(confidence);
+                    g.index = g.proposals.len() - 1;
+                } else {
+                    self.say("no other proposal");
+                }
+            }
+        }
+    }
+
+    /// A key in normal mode while a proposal is shown or coming: true when it was a completion key
+    /// that applied (otherwise the key does its usual job).
+    pub(super) fn completion_key(&mut self, action: Option<Action>, now: Instant) -> bool {
+        if self.visible_ghost().is_some() || self.completion.is_thinking() {
+            return action.is_some_and(|a| self.completion_action(a, now));
+        }
+        if action == Some(Action::Trigger) {
+            self.ask_now();
+            return true;
+        }
+        false
+    }
+
+    /// Runs a completion key; false when it does not apply.
+    fn completion_action(&mut self, action: Action, now: Instant) -> bool {
+        let shown = self.ghost_text().to_owned();
+        match action {
+            Action::Accept if !shown.is_empty() => self.accept(&shown, now),
+            Action::AcceptWord if !shown.is_empty() => {
+                let end = display::word_end(&shown, 0);
+                self.accept(shown.get(..end).unwrap_or(&shown), now);
+            }
+            Action::AcceptLine if !shown.is_empty() => {
+                let end = match shown.find('\n') {
+                    // A proposal that starts on a new line: take that next line.
+                    Some(0) => shown
+                        .get(1..)
+                        .and_then(|r| r.find('\n'))
+                        .map_or(shown.len(), |i| i + 1),
+                    Some(i) => i,
+                    None => shown.len(),
+                };
+                self.accept(shown.get(..end).unwrap_or(&shown), now);
+            }
+            Action::Dismiss => self.completion.invalidate(),
+            Action::NextAlternative => self.cycle(true),
+            Action::PreviousAlternative => self.cycle(false),
+            Action::Trigger => self.ask_now(),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Inserts part of the proposal as one undo step; the rest stays shown (like typing it).
+    fn accept(&mut self, part: &str, now: Instant) {
+        self.buffer.doc.seal();
+        self.buffer.insert_at_cursor(part, Group::Single);
+        self.buffer.doc.seal();
+        self.took(part, now);
+    }
+
+    /// Typed text that matches the start of the proposal keeps the rest of it, with no new
+    /// request; false when it does not match (the app then inserts it as an ordinary edit).
+    pub(super) fn type_through(&mut self, text: &str, group: Group, now: Instant) -> bool {
+        let matches = self
+            .visible_ghost()
+            .is_some_and(|g| !text.is_empty() && g.shown().starts_with(text));
+        if matches {
+            self.buffer.insert_at_cursor(text, group);
+            self.took(text, now);
+        }
+        matches
+    }
+
+    /// `part` of the proposal is now text: the ghost follows the cursor; once all of it is taken,
+    /// the next proposal is asked for.
+    fn took(&mut self, part: &str, now: Instant) {
+        let (cursor, version) = (self.buffer.cursor, self.buffer.doc.version());
+        let thinking = self.completion.is_thinking();
+        let Some(g) = self.completion.ghost.as_mut() else {
+            return;
+        };
+        g.typed.push_str(part);
+        g.anchor = cursor;
+        g.version = version;
+        if g.shown().is_empty() && !thinking {
+            self.completion.ghost = None;
+            self.schedule(now);
+        }
+    }
+
+    fn cycle(&mut self, forward: bool) {
+        if self.completion.is_thinking() {
+            return;
+        }
+        let Some(g) = self.completion.ghost.as_mut() else {
+            return;
+        };
+        if forward {
+            if g.index + 1 < g.proposals.len() {
+                g.index += 1;
+            } else {
+                self.request(RequestKind::Alternative);
+                self.say("sampling another proposal…");
+            }
+        } else {
+            g.index = g.index.checked_sub(1).unwrap_or(g.proposals.len() - 1);
+        }
+    }
+}
