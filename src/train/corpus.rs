@@ -751,7 +751,7 @@ mod tests {
         write(
             r,
             "odd/Cargo.toml",
-            b"[package]\nname = \"odd\"\nlicense = \"Artistic-1.0-Perl OR GPL-1.0-or-later\"\n",
+            b"[package]\nname = \"odd\"\nlicense = \"SEE LICENSE IN TERMS.txt\"\n",
         );
         write(r, "odd/src/lib.rs", b"pub fn g() -> u8 { 2 }\n");
         let all = collect(&[r.to_path_buf()], Options::default()).unwrap();
@@ -778,7 +778,7 @@ mod tests {
         assert_eq!(
             why("odd/src/lib.rs").as_deref(),
             Some(
-                "not permissively licensed: Artistic-1.0-Perl OR GPL-1.0-or-later, a licence infill cannot read"
+                "not permissively licensed: SEE LICENSE IN TERMS.txt, a licence infill cannot read"
             ),
             "a declaration infill cannot read is named, not reported as missing"
         );

@@ -72,73 +72,20 @@ const PERMISSIVE: &[&str] = &[
     "cdla-permissive-2.0",
 ];
 
-/// Whether an SPDX expression allows a permissive reading; `None` when a term is not an
-/// identifier this module knows (then free-text rules apply).
+/// Whether an SPDX expression allows a permissive reading: `A OR B` when either is permissive,
+/// `A AND B` when both are, `A WITH exception` as `A` (an exception only grants more). Parsed
+/// by the `spdx` crate, leniently (`MIT/Apache-2.0`, imprecise names such as `Apache 2.0`), so
+/// that every identifier of the SPDX list is known: one not on [`PERMISSIVE`] (a copyleft or
+/// source-available licence, a `LicenseRef-`) is not permissive. `None` when the text is not an
+/// expression of known identifiers (then free-text rules apply).
 fn spdx(expression: &str) -> Option<bool> {
-    let spaced = expression
-        .replace('(', " ( ")
-        .replace(')', " ) ")
-        .replace('/', " OR ");
-    let tokens: Vec<&str> = spaced.split_whitespace().collect();
-    let mut at = 0;
-    let value = or_expr(&tokens, &mut at)?;
-    (at == tokens.len()).then_some(value)
-}
-
-fn or_expr(t: &[&str], at: &mut usize) -> Option<bool> {
-    let mut value = and_expr(t, at)?;
-    while t.get(*at).is_some_and(|w| w.eq_ignore_ascii_case("or")) {
-        *at += 1;
-        value |= and_expr(t, at)?;
-    }
-    Some(value)
-}
-
-fn and_expr(t: &[&str], at: &mut usize) -> Option<bool> {
-    let mut value = term(t, at)?;
-    while t.get(*at).is_some_and(|w| w.eq_ignore_ascii_case("and")) {
-        *at += 1;
-        value &= term(t, at)?;
-    }
-    Some(value)
-}
-
-fn term(t: &[&str], at: &mut usize) -> Option<bool> {
-    let word = *t.get(*at)?;
-    *at += 1;
-    let value = if word == "(" {
-        let v = or_expr(t, at)?;
-        (t.get(*at) == Some(&")")).then_some(())?;
-        *at += 1;
-        v
-    } else {
-        let id = word.to_ascii_lowercase();
-        let id = id.strip_suffix('+').unwrap_or(&id);
-        if PERMISSIVE.contains(&id) {
-            true
-        } else if [
-            "gpl",
-            "lgpl",
-            "agpl",
-            "mpl",
-            "epl",
-            "cddl",
-            "eupl",
-            "osl",
-            "licenseref",
-        ]
-        .iter()
-        .any(|p| id.starts_with(p))
-        {
-            false
-        } else {
-            return None;
+    let parsed = spdx::Expression::parse_mode(expression.trim(), spdx::ParseMode::LAX).ok()?;
+    Some(parsed.evaluate(|req| match &req.license {
+        spdx::LicenseItem::Spdx { id, .. } => {
+            PERMISSIVE.iter().any(|p| p.eq_ignore_ascii_case(id.name))
         }
-    };
-    if t.get(*at).is_some_and(|w| w.eq_ignore_ascii_case("with")) {
-        *at += 2;
-    }
-    Some(value)
+        spdx::LicenseItem::Other { .. } => false,
+    }))
 }
 
 /// Free text (`License: BSD`, a classifier, a licence file's opening): copyleft and proprietary
@@ -407,6 +354,10 @@ mod tests {
             "LicenseRef-NVIDIA-Proprietary",
             "public domain, Python, 2-Clause BSD, GPL 3 (see COPYING.txt)",
             "GNU Lesser General Public License v2.1",
+            // Known identifiers that are not on the permissive list.
+            "Artistic-1.0-Perl OR GPL-1.0-or-later",
+            "BUSL-1.1",
+            "CC-BY-NC-4.0",
         ] {
             assert_eq!(permissive(no), Some(false), "{no}");
         }

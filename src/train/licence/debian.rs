@@ -165,20 +165,28 @@ fn short_name(name: &str) -> Option<bool> {
     spdx(&mapped.join(" "))
 }
 
-/// The SPDX identifier standing for a Debian name's family, where it is permissive.
+/// The SPDX identifier standing for a Debian name's family (the licence's own version matters
+/// not for the verdict).
 fn family(name: &str) -> Option<&'static str> {
     let name = name.trim_matches(|c| c == '(' || c == ')');
     Some(match name {
-        "expat" | "mit/x11" | "x11" => "mit",
-        n if n.starts_with("mit") => "mit",
-        n if n.starts_with("apache-2") || n.starts_with("apache2") => "apache-2.0",
-        n if n.starts_with("bsd") => "bsd-3-clause",
-        n if n.contains("public-domain") || n == "pd" => "cc0-1.0",
-        "python" | "psf" | "psf-2" => "psf-2.0",
-        "zlib" | "zlib/libpng" | "libpng" => "zlib",
-        "isc" => "isc",
-        "icu" | "unicode" => "unicode-3.0",
-        "boost" | "bsl" => "bsl-1.0",
+        "expat" | "mit/x11" | "x11" => "MIT",
+        n if n.starts_with("mit") => "MIT",
+        n if n.starts_with("apache-2") || n.starts_with("apache2") => "Apache-2.0",
+        n if n.starts_with("bsd") => "BSD-3-Clause",
+        n if n.contains("public-domain") || n == "pd" => "CC0-1.0",
+        "python" | "psf" | "psf-2" => "PSF-2.0",
+        "zlib" | "zlib/libpng" | "libpng" => "Zlib",
+        "isc" => "ISC",
+        "icu" | "unicode" => "Unicode-3.0",
+        "boost" | "bsl" => "BSL-1.0",
+        n if n.starts_with("gpl") => "GPL-2.0-or-later",
+        n if n.starts_with("lgpl") => "LGPL-2.1-or-later",
+        n if n.starts_with("agpl") => "AGPL-3.0-or-later",
+        n if n.starts_with("mpl") => "MPL-2.0",
+        n if n.starts_with("epl") => "EPL-2.0",
+        n if n.starts_with("cddl") => "CDDL-1.0",
+        n if n.starts_with("eupl") => "EUPL-1.2",
         _ => return None,
     })
 }
