@@ -454,6 +454,8 @@ struct Beginning {
     tied: bool,
     origin: String,
     settings: TrainSettings,
+    /// The checkpoint a resumed run continues from.
+    checkpoint: Option<trainer::Checkpoint>,
 }
 
 /// The beginning of a fine-tune (the model to start from), a run from scratch (a new tokenizer
@@ -470,6 +472,7 @@ fn begin(opts: &TrainOptions, ckpt_dir: &Path, train_docs: &[Doc]) -> anyhow::Re
                 tied,
                 origin: name,
                 settings: opts.settings.clone(),
+                checkpoint: None,
             }
         }
         Start::FromScratch { preset, tokenizer } => {
@@ -497,20 +500,17 @@ fn begin(opts: &TrainOptions, ckpt_dir: &Path, train_docs: &[Doc]) -> anyhow::Re
                 tied: true,
                 origin: name,
                 settings: opts.settings.clone(),
+                checkpoint: None,
             }
         }
         Start::Resume { .. } => {
-            let state: trainer::CheckpointState = {
-                let Ok(latest) = std::fs::read_to_string(ckpt_dir.join("latest")) else {
-                    anyhow::bail!(
-                        "{}: no checkpoint to resume from (the run stopped before its first one); start it again without --resume",
-                        opts.out.display()
-                    );
-                };
-                serde_json::from_slice(&std::fs::read(
-                    ckpt_dir.join(latest.trim()).join("state.json"),
-                )?)?
+            let Some(checkpoint) = trainer::Checkpoint::latest(ckpt_dir)? else {
+                anyhow::bail!(
+                    "{}: no checkpoint to resume from (the run stopped before its first one); start it again without --resume",
+                    opts.out.display()
+                );
             };
+            let state = &checkpoint.state;
             let ModelConfig::Llama(config) = ModelConfig::parse(&state.config.to_string())? else {
                 anyhow::bail!("the checkpoint's config is not a qwen2/llama model");
             };
@@ -527,7 +527,8 @@ fn begin(opts: &TrainOptions, ckpt_dir: &Path, train_docs: &[Doc]) -> anyhow::Re
                 init: None,
                 tied: state.tied,
                 origin: "resumed".to_string(),
-                settings: state.settings,
+                settings: state.settings.clone(),
+                checkpoint: Some(checkpoint),
             }
         }
     })
@@ -539,7 +540,7 @@ fn resume(
     trainer: &mut Trainer,
     tokenizer: &Tokenizer,
     opts: &TrainOptions,
-    ckpt_dir: &Path,
+    checkpoint: trainer::Checkpoint,
 ) -> anyhow::Result<()> {
     let Start::Resume {
         steps,
@@ -552,7 +553,7 @@ fn resume(
     else {
         return Ok(());
     };
-    trainer.load_checkpoint(ckpt_dir)?;
+    trainer.restore(checkpoint)?;
     truncate_log(&opts.out.join("train.log"), trainer.step)?;
     if trainer.origin.is_empty() {
         trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
@@ -732,6 +733,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         tied,
         origin,
         mut settings,
+        checkpoint,
     } = begin(opts, &ckpt_dir, &train_docs)?;
     let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), config.vocab_size)?;
     // A window's inputs are `seq_len` tokens: positions 0..seq_len.
@@ -748,8 +750,8 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
     trainer.origin = origin;
     trainer.session_start = started;
     std::fs::create_dir_all(&ckpt_dir)?;
-    if matches!(opts.start, Start::Resume { .. }) {
-        resume(&mut trainer, &tokenizer, opts, &ckpt_dir)?;
+    if let Some(checkpoint) = checkpoint {
+        resume(&mut trainer, &tokenizer, opts, checkpoint)?;
     } else {
         crate::files::write_atomic(&ckpt_dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     }

@@ -22,7 +22,7 @@ mod checkpoint;
 mod data;
 mod held_out;
 
-pub use checkpoint::CheckpointState;
+pub use checkpoint::{Checkpoint, CheckpointState};
 pub use data::DataPosition;
 use data::{Data, PackKey, windows};
 use held_out::HeldOutSet;

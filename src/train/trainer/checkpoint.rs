@@ -66,15 +66,17 @@ impl Trainer {
         Ok(final_dir)
     }
 
+    /// Restores the latest checkpoint under `dir` (see [`Checkpoint::latest`]).
+    pub fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let checkpoint = Checkpoint::latest(dir)?
+            .with_context(|| format!("{}: no checkpoint to resume from", dir.display()))?;
+        self.restore(checkpoint)
+    }
+
     /// Restores a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) into this trainer
     /// (built with the same config and data).
-    pub fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let name = std::fs::read_to_string(dir.join("latest"))
-            .with_context(|| format!("{}: no checkpoint to resume from", dir.display()))?;
-        let ckpt = dir.join(name.trim());
-        let state: CheckpointState =
-            serde_json::from_slice(&std::fs::read(ckpt.join("state.json"))?)
-                .with_context(|| format!("{}: damaged state.json", ckpt.display()))?;
+    pub fn restore(&mut self, checkpoint: Checkpoint) -> anyhow::Result<()> {
+        let Checkpoint { dir: ckpt, state } = checkpoint;
         let weights = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu)?;
         let moments =
             candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &Device::Cpu)?;
@@ -105,6 +107,28 @@ impl Trainer {
         // The windows are packed for this position when the next batch is drawn.
         self.data.pos = state.data;
         Ok(())
+    }
+}
+
+/// A checkpoint on disk: its folder and its state, read once.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub state: CheckpointState,
+}
+
+impl Checkpoint {
+    /// The checkpoint `dir/latest` points at; `None` when there is none yet.
+    pub fn latest(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let Ok(name) = std::fs::read_to_string(dir.join("latest")) else {
+            return Ok(None);
+        };
+        let ckpt = dir.join(name.trim());
+        let bytes = std::fs::read(ckpt.join("state.json"))
+            .with_context(|| format!("{}: the checkpoint has no state.json", ckpt.display()))?;
+        let state = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: damaged state.json", ckpt.display()))?;
+        Ok(Some(Self { dir: ckpt, state }))
     }
 }
 
