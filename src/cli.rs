@@ -297,8 +297,9 @@ pub struct ModelArgs {
     /// Without it the default model built into infill is used.
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: Option<String>,
-    /// Precision of the weights in memory. auto: bf16 when the checkpoint stores bf16 weights
-    /// (lossless, about twice as fast to decode on CPU), f32 otherwise.
+    /// Precision of the weights in memory. auto: bf16 when a Qwen2/Llama-family checkpoint stores
+    /// bf16 weights (lossless, about twice as fast to decode on CPU), f32 otherwise. StarCoder2
+    /// and GPT-BigCode run in f32 only.
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub dtype: Precision,
 }

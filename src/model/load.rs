@@ -65,6 +65,11 @@ pub enum LoadError {
     #[error("{id}: {why}")]
     Hub { id: String, why: String },
     #[error(
+        "{family} models compute in f32 on the CPU (candle's {dtype} path for them is missing or \
+         inaccurate); leave out --dtype or pass --dtype f32"
+    )]
+    Precision { family: &'static str, dtype: String },
+    #[error(
         "no default model is built into this binary yet; pass --model with a model directory or a \
          Hugging Face repo id (e.g. --model Qwen/Qwen2.5-Coder-0.5B)"
     )]
@@ -555,6 +560,23 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
         } else {
             DType::F32
         });
+    // Candle's StarCoder2 and GPT-BigCode compute in the weights' dtype: GPT-BigCode cannot
+    // upcast bf16 or f16, and StarCoder2's bf16 logits are off by up to 0.9 nats where
+    // transformers' are off by 0.03. Refuse rather than run them wrong.
+    let family = match &config {
+        ModelConfig::Starcoder2 { .. } => Some("StarCoder2"),
+        ModelConfig::GptBigCode(_) => Some("GPT-BigCode"),
+        ModelConfig::Llama(_) => None,
+    };
+    if let Some(family) = family
+        && dtype != DType::F32
+        && opts.device.is_cpu()
+    {
+        return Err(LoadError::Precision {
+            family,
+            dtype: format!("{dtype:?}").to_lowercase(),
+        });
+    }
     let llama_bf16 =
         matches!(config, ModelConfig::Llama(_)) && dtype == DType::BF16 && opts.device.is_cpu();
     let vb_dtype = if llama_bf16 { DType::F32 } else { dtype };

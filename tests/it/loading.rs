@@ -267,6 +267,30 @@ fn unknown_families_and_broken_configs_are_clear_errors() {
     ));
 }
 
+/// StarCoder2 and GPT-BigCode are refused in half precision with a line that says what to pass,
+/// rather than failing inside candle (GPT-BigCode) or running off by most of a nat (StarCoder2).
+#[test]
+fn half_precision_is_refused_for_the_families_that_compute_in_f32() {
+    for (family, name) in [("starcoder2", "StarCoder2"), ("gpt_bigcode", "GPT-BigCode")] {
+        for dtype in [DType::BF16, DType::F16] {
+            let files = load::locate_dir(&fixture(family)).unwrap();
+            let opts = LoadOptions {
+                dtype: Some(dtype),
+                ..LoadOptions::default()
+            };
+            let err = load::load(&files, &opts).err().expect("refused");
+            assert!(matches!(err, LoadError::Precision { .. }), "{err}");
+            let line = err.to_string();
+            assert!(
+                line.starts_with(name) && line.contains("--dtype f32") && !line.contains('\n'),
+                "{line}"
+            );
+        }
+        let files = load::locate_dir(&fixture(family)).unwrap();
+        assert!(load::load(&files, &LoadOptions::default()).is_ok());
+    }
+}
+
 /// The built-in default loads offline and proposes something, or, in a build without one, the
 /// error says to pass --model.
 #[test]
