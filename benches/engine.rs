@@ -101,11 +101,11 @@ fn bench(name: &str, dtype: DType) -> candle_core::Result<()> {
             .collect::<HashMap<_, _>>()
     };
     let params: usize = weights.values().map(|t| t.elem_count()).sum();
-    let vb = VarBuilder::from_tensors(weights, var_dtype, &Device::Cpu);
-    let mut model = Llama::new(&cfg, vb, true, Kernels::Fused)?;
-    if dtype == DType::BF16 {
-        model.use_bf16_kernels()?;
-    }
+    let model = if dtype == DType::BF16 {
+        Llama::new_bf16(&cfg, VarBuilder::from_tensors(weights, DType::BF16, &Device::Cpu), true)?
+    } else {
+        Llama::new(&cfg, VarBuilder::from_tensors(weights, var_dtype, &Device::Cpu), true, Kernels::Fused)?
+    };
     let mut net = Network::llama(model);
     // Warm up (allocators, thread pool).
     net.logits_after(&ids(16, cfg.vocab_size, 9))?;

@@ -38,17 +38,34 @@ impl Proj {
             Self::Bf16(l) => l.forward(xs),
         }
     }
-
-    fn narrow_to_bf16(&mut self) -> Result<()> {
-        if let Self::Candle(l) = self {
-            *self = Self::Bf16(Bf16Linear::new(l.weight(), l.bias())?);
-        }
-        Ok(())
-    }
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
-    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(Proj::Candle)
+/// How the projections are stored: as the var builder loads them (candle's matmul; training and
+/// f32 inference), or in bf16 for our CPU kernel, read from the checkpoint in that precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Projections {
+    AsLoaded,
+    Bf16,
+}
+
+fn linear(
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    vb: VarBuilder,
+    projections: Projections,
+) -> Result<Proj> {
+    match projections {
+        Projections::AsLoaded => candle_nn::linear_b(in_dim, out_dim, bias, vb).map(Proj::Candle),
+        Projections::Bf16 => {
+            let init = candle_nn::Init::Const(0.0);
+            let weight = vb.get_with_hints_dtype((out_dim, in_dim), "weight", init, DType::BF16)?;
+            let bias = bias
+                .then(|| vb.get_with_hints_dtype(out_dim, "bias", init, DType::F32))
+                .transpose()?;
+            Bf16Linear::new(&weight, bias.as_ref()).map(Proj::Bf16)
+        }
+    }
 }
 
 /// Which implementation of norm, softmax and RoPE a forward pass uses.
@@ -220,7 +237,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, vb: VarBuilder, p: Projections) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Ok(Self {
             q_proj: linear(
@@ -228,20 +245,29 @@ impl Attention {
                 cfg.num_attention_heads * d,
                 cfg.qkv_bias,
                 vb.pp("q_proj"),
+                p,
             )?,
             k_proj: linear(
                 h,
                 cfg.num_key_value_heads * d,
                 cfg.qkv_bias,
                 vb.pp("k_proj"),
+                p,
             )?,
             v_proj: linear(
                 h,
                 cfg.num_key_value_heads * d,
                 cfg.qkv_bias,
                 vb.pp("v_proj"),
+                p,
             )?,
-            o_proj: linear(cfg.num_attention_heads * d, h, cfg.o_bias, vb.pp("o_proj"))?,
+            o_proj: linear(
+                cfg.num_attention_heads * d,
+                h,
+                cfg.o_bias,
+                vb.pp("o_proj"),
+                p,
+            )?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: d,
@@ -312,12 +338,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, vb: VarBuilder, p: Projections) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: linear(h, i, bias, vb.pp("gate_proj"))?,
-            up_proj: linear(h, i, bias, vb.pp("up_proj"))?,
-            down_proj: linear(i, h, bias, vb.pp("down_proj"))?,
+            gate_proj: linear(h, i, bias, vb.pp("gate_proj"), p)?,
+            up_proj: linear(h, i, bias, vb.pp("up_proj"), p)?,
+            down_proj: linear(i, h, bias, vb.pp("down_proj"), p)?,
         })
     }
 
@@ -379,11 +405,35 @@ impl Llama {
     /// Builds the model from `vb` (a checkpoint or a `VarMap`). `tie` reuses the embedding matrix as
     /// the head; the loader decides it from the checkpoint (is `lm_head.weight` present?).
     pub fn new(config: &LlamaConfig, vb: VarBuilder, tie: bool, kernels: Kernels) -> Result<Self> {
+        Self::build(config, vb, tie, kernels, Projections::AsLoaded)
+    }
+
+    /// An inference model whose projections and head are bf16 for our CPU kernel (about half the
+    /// memory traffic per token), read from the checkpoint straight into bf16: the weights are
+    /// never all held in f32, so memory peaks near the bf16 size. The embedding matrix stays in
+    /// the checkpoint's precision (rows are widened as they are looked up); norms are f32.
+    pub fn new_bf16(config: &LlamaConfig, vb: VarBuilder, tie: bool) -> Result<Self> {
+        Self::build(config, vb, tie, Kernels::Fused, Projections::Bf16)
+    }
+
+    fn build(
+        config: &LlamaConfig,
+        vb: VarBuilder,
+        tie: bool,
+        kernels: Kernels,
+        p: Projections,
+    ) -> Result<Self> {
+        // Everything but the bf16 projections and the embeddings computes in the builder's dtype
+        // (f32 whenever the projections are bf16).
+        let (vb, vb_embed) = match p {
+            Projections::AsLoaded => (vb.clone(), vb),
+            Projections::Bf16 => (vb.clone().set_dtype(DType::F32), vb),
+        };
         let vb_m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(
             config.vocab_size,
             config.hidden_size,
-            vb_m.pp("embed_tokens"),
+            vb_embed.pp("model").pp("embed_tokens"),
         )?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -394,26 +444,29 @@ impl Llama {
                         config.rms_norm_eps,
                         vb_l.pp("input_layernorm"),
                     )?,
-                    self_attn: Attention::new(config, vb_l.pp("self_attn"))?,
+                    self_attn: Attention::new(config, vb_l.pp("self_attn"), p)?,
                     post_attention_layernorm: RmsNorm::new(
                         config.hidden_size,
                         config.rms_norm_eps,
                         vb_l.pp("post_attention_layernorm"),
                     )?,
-                    mlp: Mlp::new(config, vb_l.pp("mlp"))?,
+                    mlp: Mlp::new(config, vb_l.pp("mlp"), p)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(config.hidden_size, config.rms_norm_eps, vb_m.pp("norm"))?;
-        let lm_head = if tie {
-            Proj::Candle(Linear::new(embed_tokens.embeddings().clone(), None))
-        } else {
-            linear(
+        let lm_head = match (tie, p) {
+            (true, Projections::AsLoaded) => {
+                Proj::Candle(Linear::new(embed_tokens.embeddings().clone(), None))
+            }
+            (true, Projections::Bf16) => Proj::Bf16(Bf16Linear::new(embed_tokens.embeddings(), None)?),
+            (false, _) => linear(
                 config.hidden_size,
                 config.vocab_size,
                 false,
-                vb.pp("lm_head"),
-            )?
+                vb_embed.pp("lm_head"),
+                p,
+            )?,
         };
         let rope = Rope::new(config, vb.dtype(), vb.device())?;
         Ok(Self {
@@ -428,32 +481,6 @@ impl Llama {
         })
     }
 
-    /// Switches every projection and the head to bf16 weights with our CPU kernel: about half the
-    /// memory traffic per token. Inference only (no gradients); embeddings and norms stay as loaded.
-    pub fn use_bf16_kernels(&mut self) -> Result<()> {
-        if self.kernels == Kernels::Differentiable {
-            candle_core::bail!(
-                "bf16 kernels are for inference; training needs differentiable kernels"
-            );
-        }
-        for layer in &mut self.layers {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for p in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
-                p.narrow_to_bf16()?;
-            }
-        }
-        self.lm_head.narrow_to_bf16()
-    }
-
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }
@@ -466,8 +493,9 @@ impl Llama {
         self.embed_tokens.embeddings().device()
     }
 
+    /// The precision activations are computed in.
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.embeddings().dtype()
+        self.rope.cos.dtype()
     }
 
     /// A cache sized for this model.
@@ -510,7 +538,8 @@ impl Llama {
             cache,
             kernels: self.kernels,
         };
-        let mut xs = self.embed_tokens.forward(ids)?;
+        // Embeddings kept in bf16 are widened row by row, as they are looked up.
+        let mut xs = self.embed_tokens.forward(ids)?.to_dtype(self.dtype())?;
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, &mut ctx, i)?;
         }

@@ -548,8 +548,8 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
         }
     }
     let first = files.weights.first().map(Blob::label).unwrap_or_default();
-    // Our decoder reads f32 and narrows its projections to bf16 itself (candle's CPU matmul has no
-    // bf16 kernel); the other families take the requested dtype as is.
+    // In bf16 our decoder reads its projections straight into its own bf16 kernel (candle's CPU
+    // matmul has none) and computes in f32; the other families compute in f32 only.
     let stored_bf16 = owner
         .get("model.layers.0.mlp.up_proj.weight")
         .is_some_and(|(_, t)| t.dtype == "BF16");
@@ -579,8 +579,7 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
     }
     let llama_bf16 =
         matches!(config, ModelConfig::Llama(_)) && dtype == DType::BF16 && opts.device.is_cpu();
-    let vb_dtype = if llama_bf16 { DType::F32 } else { dtype };
-    let vb = var_builder(files, vb_dtype, &opts.device)?;
+    let vb = var_builder(files, dtype, &opts.device)?;
     let candle = |e: candle_core::Error| LoadError::Weights {
         path: first.clone(),
         why: e.to_string(),
@@ -589,11 +588,12 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
         ModelConfig::Llama(c) => {
             check_llama_tensors(c, &owner, &first)?;
             let tie = !owner.contains_key("lm_head.weight");
-            let mut model = Llama::new(c, vb, tie, Kernels::Fused).map_err(candle)?;
-            if llama_bf16 {
-                model.use_bf16_kernels().map_err(candle)?;
-            }
-            Network::llama(model)
+            let model = if llama_bf16 {
+                Llama::new_bf16(c, vb, tie)
+            } else {
+                Llama::new(c, vb, tie, Kernels::Fused)
+            };
+            Network::llama(model.map_err(candle)?)
         }
         ModelConfig::Starcoder2 {
             raw,
