@@ -13,7 +13,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use infill::model::Network;
 use infill::model::config::{Family, LlamaConfig};
-use infill::model::llama::{Kernels, Llama};
+use infill::model::llama::{InPlace, Kernels, Llama};
 
 fn shape(name: &str) -> LlamaConfig {
     let base = LlamaConfig {
@@ -102,9 +102,19 @@ fn bench(name: &str, dtype: DType) -> candle_core::Result<()> {
     };
     let params: usize = weights.values().map(|t| t.elem_count()).sum();
     let model = if dtype == DType::BF16 {
-        Llama::new_bf16(&cfg, VarBuilder::from_tensors(weights, DType::BF16, &Device::Cpu), true)?
+        Llama::new_bf16(
+            &cfg,
+            VarBuilder::from_tensors(weights, DType::BF16, &Device::Cpu),
+            true,
+            &InPlace::default(),
+        )?
     } else {
-        Llama::new(&cfg, VarBuilder::from_tensors(weights, var_dtype, &Device::Cpu), true, Kernels::Fused)?
+        Llama::new(
+            &cfg,
+            VarBuilder::from_tensors(weights, var_dtype, &Device::Cpu),
+            true,
+            Kernels::Fused,
+        )?
     };
     let mut net = Network::llama(model);
     // Warm up (allocators, thread pool).

@@ -11,6 +11,9 @@
 //! x86-64 with AVX2 and FMA (checked at run time) the same code is compiled with those features
 //! enabled; elsewhere it runs as portable Rust.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
@@ -22,10 +25,57 @@ const ROWS_PER_TASK: usize = 16;
 /// uses the FMA units far better.
 const GEMM_ROWS: usize = 8;
 
+/// Bytes that outlive the weights pointing into them: a mapped checkpoint file, or the binary's own.
+pub enum Backing {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Mapped(m) => m,
+            Self::Static(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backing({} bytes)", self.bytes().len())
+    }
+}
+
+/// The bf16 bits of a weight matrix: owned, or read in place from a checkpoint (no copy: the
+/// pages are the file's, shared with the page cache and never duplicated in memory).
+#[derive(Debug, Clone)]
+enum Bits {
+    Owned(Arc<[u16]>),
+    InPlace {
+        backing: Arc<Backing>,
+        range: Range<usize>,
+    },
+}
+
+impl Bits {
+    fn get(&self) -> &[u16] {
+        match self {
+            Self::Owned(v) => v,
+            // The range was checked to cast when this was made (`Bf16Linear::in_place`), and the
+            // backing bytes never change.
+            Self::InPlace { backing, range } => backing
+                .bytes()
+                .get(range.clone())
+                .and_then(|b| bytemuck::try_cast_slice(b).ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// `y = x W^T + b` with `W` held as bf16.
 #[derive(Debug, Clone)]
 pub struct Bf16Linear {
-    weight: Vec<u16>,
+    weight: Bits,
     bias: Option<Vec<f32>>,
     in_dim: usize,
     out_dim: usize,
@@ -49,11 +99,58 @@ impl Bf16Linear {
             .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
             .transpose()?;
         Ok(Self {
-            weight: to_bf16_bits(weight)?,
+            weight: Bits::Owned(to_bf16_bits(weight)?.into()),
             bias,
             in_dim,
             out_dim,
         })
+    }
+
+    /// A layer whose `(out_dim, in_dim)` little-endian bf16 weights are `backing[range]`, read in
+    /// place; `None` when they cannot be (a length that does not match, bytes not aligned for
+    /// `u16`, a big-endian machine), and the caller copies them instead.
+    pub fn in_place(
+        backing: &Arc<Backing>,
+        range: Range<usize>,
+        (out_dim, in_dim): (usize, usize),
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Self>> {
+        let fits = cfg!(target_endian = "little")
+            && backing
+                .bytes()
+                .get(range.clone())
+                .and_then(|b| bytemuck::try_cast_slice::<u8, u16>(b).ok())
+                .is_some_and(|w| w.len() == out_dim * in_dim);
+        if !fits {
+            return Ok(None);
+        }
+        let bias = bias
+            .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .transpose()?;
+        Ok(Some(Self {
+            weight: Bits::InPlace {
+                backing: Arc::clone(backing),
+                range,
+            },
+            bias,
+            in_dim,
+            out_dim,
+        }))
+    }
+
+    /// Rows `ids` of the weight matrix widened to f32, `(ids.len(), in_dim)`: the lookup of an
+    /// embedding table that shares its storage with the tied head.
+    pub fn rows(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        let w = self.weight.get();
+        let mut out = Vec::with_capacity(ids.len() * self.in_dim);
+        for &id in ids {
+            let start = id as usize * self.in_dim;
+            let Some(row) = w.get(start..start + self.in_dim) else {
+                candle_core::bail!("token id {id} is outside the {} rows", self.out_dim);
+            };
+            out.extend(row.iter().map(|&b| widen(b)));
+        }
+        Tensor::from_vec(out, (ids.len(), self.in_dim), device)
     }
 
     /// `x` of shape `(..., in)` in any float dtype; returns `(..., out)` in f32.
@@ -77,7 +174,7 @@ impl Bf16Linear {
             .for_each(|(task, chunk)| {
                 let first = task * ROWS_PER_TASK;
                 let n = chunk.len() / rows.max(1);
-                let w = &self.weight[first * self.in_dim..(first + n) * self.in_dim];
+                let w = &self.weight.get()[first * self.in_dim..(first + n) * self.in_dim];
                 compute(w, &xs, chunk, self.in_dim, rows);
             });
         // out_t is (out, rows); the caller wants (rows, out).
@@ -105,9 +202,10 @@ impl Bf16Linear {
 
 impl Bf16Linear {
     fn forward_gemm(&self, x: &Tensor) -> Result<Tensor> {
-        let mut w = vec![0f32; self.weight.len()];
+        let bits = self.weight.get();
+        let mut w = vec![0f32; bits.len()];
         w.par_chunks_mut(1 << 16)
-            .zip(self.weight.par_chunks(1 << 16))
+            .zip(bits.par_chunks(1 << 16))
             .for_each(|(dst, src)| {
                 dst.iter_mut().zip(src).for_each(|(d, &s)| *d = widen(s));
             });
@@ -212,6 +310,67 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Weights read in place from a checkpoint's bytes compute exactly what copied ones do, for
+    /// decoding and prefill and as embedding rows; bytes that cannot be read as `u16` in place
+    /// (odd offset, wrong length) are refused so the caller copies them.
+    #[test]
+    fn weights_read_in_place_equal_copied_ones() {
+        let dev = Device::Cpu;
+        let (out_dim, in_dim) = (24, 40);
+        let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+        let bits = to_bf16_bits(&w).unwrap();
+        // A header-like prefix of 8 bytes, then the matrix, then one stray byte.
+        let mut file = vec![7u8; 8];
+        file.extend(bits.iter().flat_map(|b| b.to_le_bytes()));
+        file.push(0);
+        let file: &'static [u8] = Box::leak(file.into_boxed_slice());
+        let backing = Arc::new(Backing::Static(file));
+        let copied = Bf16Linear::new(&w, None).unwrap();
+        let len = 2 * out_dim * in_dim;
+        let mapped = Bf16Linear::in_place(&backing, 8..8 + len, (out_dim, in_dim), None)
+            .unwrap()
+            .expect("an aligned range of the right length is read in place");
+        for rows in [1, 2, 9] {
+            let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &dev).unwrap();
+            let a: Vec<f32> = copied
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let b: Vec<f32> = mapped
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(a, b, "{rows} rows");
+        }
+        let ids = [3u32, 0, 23];
+        let rows = |l: &Bf16Linear| -> Vec<f32> {
+            l.rows(&ids, &dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(rows(&copied), rows(&mapped));
+        assert!(mapped.rows(&[24], &dev).is_err(), "a row past the table");
+        let refused = |range: Range<usize>| {
+            Bf16Linear::in_place(&backing, range, (out_dim, in_dim), None)
+                .unwrap()
+                .is_none()
+        };
+        if file.as_ptr() as usize % 2 == 0 {
+            assert!(refused(9..9 + len), "odd offset");
+        }
+        assert!(refused(8..8 + len - 2), "short");
+        assert!(refused(8..file.len() + 2), "past the end");
+    }
+
     #[test]
     fn matches_an_f32_matmul_on_bf16_rounded_weights() {
         let dev = Device::Cpu;
@@ -236,12 +395,12 @@ mod tests {
             let portable = {
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let mut out = vec![0f32; out_dim * rows];
-                compute_portable(&lin.weight, &xs, &mut out, in_dim, rows);
+                compute_portable(lin.weight.get(), &xs, &mut out, in_dim, rows);
                 out
             };
             let mut fast = vec![0f32; out_dim * rows];
             let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-            compute(&lin.weight, &xs, &mut fast, in_dim, rows);
+            compute(lin.weight.get(), &xs, &mut fast, in_dim, rows);
             for (a, b) in portable.iter().zip(&fast) {
                 assert!((a - b).abs() < 1e-3);
             }

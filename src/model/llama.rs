@@ -13,7 +13,11 @@
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
-use super::bf16_linear::Bf16Linear;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::bf16_linear::{Backing, Bf16Linear};
 use super::config::LlamaConfig;
 
 /// A projection: candle's `Linear` (f32/f16, differentiable) or our bf16 inference kernel.
@@ -41,11 +45,12 @@ impl Proj {
 }
 
 /// How the projections are stored: as the var builder loads them (candle's matmul; training and
-/// f32 inference), or in bf16 for our CPU kernel, read from the checkpoint in that precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Projections {
+/// f32 inference), or in bf16 for our CPU kernel: read in place from the checkpoint where
+/// [`InPlace`] has them, else read from the var builder into bf16.
+#[derive(Debug, Clone, Copy)]
+enum Projections<'a> {
     AsLoaded,
-    Bf16,
+    Bf16(&'a InPlace),
 }
 
 fn linear(
@@ -57,13 +62,57 @@ fn linear(
 ) -> Result<Proj> {
     match projections {
         Projections::AsLoaded => candle_nn::linear_b(in_dim, out_dim, bias, vb).map(Proj::Candle),
-        Projections::Bf16 => {
-            let init = candle_nn::Init::Const(0.0);
-            let weight = vb.get_with_hints_dtype((out_dim, in_dim), "weight", init, DType::BF16)?;
+        Projections::Bf16(in_place) => {
             let bias = bias
-                .then(|| vb.get_with_hints_dtype(out_dim, "bias", init, DType::F32))
+                .then(|| vb.get_with_hints_dtype(out_dim, "bias", ZERO, DType::F32))
                 .transpose()?;
-            Bf16Linear::new(&weight, bias.as_ref()).map(Proj::Bf16)
+            bf16_matrix(&vb, (out_dim, in_dim), bias.as_ref(), in_place).map(Proj::Bf16)
+        }
+    }
+}
+
+const ZERO: candle_nn::Init = candle_nn::Init::Const(0.0);
+
+/// The matrix `vb`'s `weight` as a bf16 layer: in place when the checkpoint has it so, else copied.
+fn bf16_matrix(
+    vb: &VarBuilder,
+    shape: (usize, usize),
+    bias: Option<&Tensor>,
+    in_place: &InPlace,
+) -> Result<Bf16Linear> {
+    let name = format!("{}.weight", vb.prefix());
+    if let Some((backing, range)) = in_place.tensors.get(&name)
+        && let Some(layer) = Bf16Linear::in_place(backing, range.clone(), shape, bias)?
+    {
+        return Ok(layer);
+    }
+    let weight = vb.get_with_hints_dtype(shape, "weight", ZERO, DType::BF16)?;
+    Bf16Linear::new(&weight, bias)
+}
+
+/// The checkpoint's bf16 tensors that can be read where they lie, by name: a mapped file's bytes
+/// or the binary's own. Empty: every weight is copied.
+#[derive(Debug, Default)]
+pub struct InPlace {
+    pub tensors: HashMap<String, (Arc<Backing>, Range<usize>)>,
+}
+
+/// The token embeddings: candle's table, or the rows of a bf16 matrix (shared with a tied head).
+#[derive(Debug, Clone)]
+enum Embed {
+    Table(Embedding),
+    Bf16(Bf16Linear),
+}
+
+impl Embed {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Table(e) => e.forward(ids),
+            Self::Bf16(m) => {
+                let (b, t) = ids.dims2()?;
+                let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                m.rows(&flat, ids.device())?.reshape((b, t, ()))
+            }
         }
     }
 }
@@ -391,7 +440,7 @@ struct StepContext<'a> {
 /// The decoder with its language-model head.
 #[derive(Debug, Clone)]
 pub struct Llama {
-    embed_tokens: Embedding,
+    embed_tokens: Embed,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Proj,
@@ -412,8 +461,13 @@ impl Llama {
     /// memory traffic per token), read from the checkpoint straight into bf16: the weights are
     /// never all held in f32, so memory peaks near the bf16 size. The embedding matrix stays in
     /// the checkpoint's precision (rows are widened as they are looked up); norms are f32.
-    pub fn new_bf16(config: &LlamaConfig, vb: VarBuilder, tie: bool) -> Result<Self> {
-        Self::build(config, vb, tie, Kernels::Fused, Projections::Bf16)
+    pub fn new_bf16(
+        config: &LlamaConfig,
+        vb: VarBuilder,
+        tie: bool,
+        in_place: &InPlace,
+    ) -> Result<Self> {
+        Self::build(config, vb, tie, Kernels::Fused, Projections::Bf16(in_place))
     }
 
     fn build(
@@ -423,18 +477,24 @@ impl Llama {
         kernels: Kernels,
         p: Projections,
     ) -> Result<Self> {
-        // Everything but the bf16 projections and the embeddings computes in the builder's dtype
-        // (f32 whenever the projections are bf16).
-        let (vb, vb_embed) = match p {
-            Projections::AsLoaded => (vb.clone(), vb),
-            Projections::Bf16 => (vb.clone().set_dtype(DType::F32), vb),
+        // In bf16, everything but the projections, the embeddings and the head is f32.
+        let vb = match p {
+            Projections::AsLoaded => vb,
+            Projections::Bf16(_) => vb.set_dtype(DType::F32),
         };
         let vb_m = vb.pp("model");
-        let embed_tokens = candle_nn::embedding(
-            config.vocab_size,
-            config.hidden_size,
-            vb_embed.pp("model").pp("embed_tokens"),
-        )?;
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let embed_tokens = match p {
+            Projections::AsLoaded => {
+                Embed::Table(candle_nn::embedding(v, h, vb_m.pp("embed_tokens"))?)
+            }
+            Projections::Bf16(in_place) => Embed::Bf16(bf16_matrix(
+                &vb_m.pp("embed_tokens"),
+                (v, h),
+                None,
+                in_place,
+            )?),
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let vb_l = vb_m.pp("layers").pp(i);
@@ -455,18 +515,11 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(config.hidden_size, config.rms_norm_eps, vb_m.pp("norm"))?;
-        let lm_head = match (tie, p) {
-            (true, Projections::AsLoaded) => {
-                Proj::Candle(Linear::new(embed_tokens.embeddings().clone(), None))
-            }
-            (true, Projections::Bf16) => Proj::Bf16(Bf16Linear::new(embed_tokens.embeddings(), None)?),
-            (false, _) => linear(
-                config.hidden_size,
-                config.vocab_size,
-                false,
-                vb_embed.pp("lm_head"),
-                p,
-            )?,
+        let lm_head = match (tie, &embed_tokens) {
+            (true, Embed::Table(e)) => Proj::Candle(Linear::new(e.embeddings().clone(), None)),
+            // The same bits: a tied head costs no memory.
+            (true, Embed::Bf16(m)) => Proj::Bf16(m.clone()),
+            (false, _) => linear(h, v, false, vb.pp("lm_head"), p)?,
         };
         let rope = Rope::new(config, vb.dtype(), vb.device())?;
         Ok(Self {
@@ -490,7 +543,7 @@ impl Llama {
     }
 
     pub fn device(&self) -> &Device {
-        self.embed_tokens.embeddings().device()
+        self.rope.cos.device()
     }
 
     /// The precision activations are computed in.

@@ -6,14 +6,16 @@
 //! checked before any weight is mapped, so a truncated download is reported as such and never reaches
 //! candle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use super::bf16_linear::Backing;
 use super::config::{ConfigError, LlamaConfig, ModelConfig};
-use super::llama::{Kernels, Llama};
+use super::llama::{InPlace, Kernels, Llama};
 use super::network::Network;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use super::{Model, embedded};
@@ -379,6 +381,8 @@ fn shard_names(index: &Path) -> Result<Vec<String>, LoadError> {
 pub struct TensorInfo {
     pub dtype: String,
     pub shape: Vec<usize>,
+    /// Where its data lies in the file, in bytes from the start.
+    pub bytes: std::ops::Range<u64>,
 }
 
 /// Reads only the header of a safetensors file (not its data) and checks it against the file's length.
@@ -491,7 +495,15 @@ pub fn safetensors_header(
                 total
             )));
         }
-        out.insert(name, TensorInfo { dtype, shape });
+        let bytes = data_start + begin..data_start + end;
+        out.insert(
+            name,
+            TensorInfo {
+                dtype,
+                shape,
+                bytes,
+            },
+        );
     }
     Ok(out)
 }
@@ -537,7 +549,9 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
 
     // Check every header before mapping anything; remember which file holds which tensor.
     let mut owner: BTreeMap<String, (PathBuf, TensorInfo)> = BTreeMap::new();
+    let mut blob_of: HashMap<PathBuf, &Blob> = HashMap::new();
     for blob in &files.weights {
+        blob_of.insert(blob.label(), blob);
         let path = blob.label();
         let header = match blob {
             Blob::File(p) => read_safetensors_header(p)?,
@@ -589,7 +603,8 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
             check_llama_tensors(c, &owner, &first)?;
             let tie = !owner.contains_key("lm_head.weight");
             let model = if llama_bf16 {
-                Llama::new_bf16(c, vb, tie)
+                let in_place = in_place_bf16(&owner, &blob_of)?;
+                Llama::new_bf16(c, vb, tie, &in_place)
             } else {
                 Llama::new(c, vb, tie, Kernels::Fused)
             };
@@ -615,6 +630,50 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
         tokenizer,
         config,
     })
+}
+
+/// The checkpoint's 2-D bf16 tensors, to be read where they lie: each file mapped once (or the
+/// binary's own bytes), so the weights are never copied and memory holds them once.
+fn in_place_bf16(
+    owner: &BTreeMap<String, (PathBuf, TensorInfo)>,
+    blobs: &HashMap<PathBuf, &Blob>,
+) -> Result<InPlace, LoadError> {
+    let mut backings: HashMap<&Path, Arc<Backing>> = HashMap::new();
+    let mut in_place = InPlace::default();
+    for (name, (path, info)) in owner {
+        if info.dtype != "BF16" || info.shape.len() != 2 {
+            continue;
+        }
+        let backing = match backings.get(path.as_path()) {
+            Some(b) => Arc::clone(b),
+            None => {
+                let backing = match blobs.get(path) {
+                    Some(Blob::Static { bytes, .. }) => Backing::Static(bytes),
+                    _ => {
+                        let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        // SAFETY: mapped read-only, as candle maps the same files; modifying them
+                        // while infill runs is undefined behaviour, the contract of every mmap
+                        // loader (candle's, transformers', llama.cpp's).
+                        #[allow(unsafe_code)]
+                        let map = unsafe { memmap2::Mmap::map(&file) };
+                        Backing::Mapped(map.map_err(|source| LoadError::Io {
+                            path: path.clone(),
+                            source,
+                        })?)
+                    }
+                };
+                let backing = Arc::new(backing);
+                backings.insert(path.as_path(), Arc::clone(&backing));
+                backing
+            }
+        };
+        let range = info.bytes.start as usize..info.bytes.end as usize;
+        in_place.tensors.insert(name.clone(), (backing, range));
+    }
+    Ok(in_place)
 }
 
 fn var_builder(

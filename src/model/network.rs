@@ -15,7 +15,7 @@ use super::llama::{KvCache, Llama};
 
 enum Inner {
     Llama {
-        model: Llama,
+        model: Box<Llama>,
         cache: KvCache,
     },
     Starcoder2(Box<starcoder2::Model>),
@@ -76,7 +76,10 @@ impl Network {
         let context_length = model.config().max_position_embeddings;
         let device = model.device().clone();
         Self {
-            inner: Inner::Llama { model, cache },
+            inner: Inner::Llama {
+                model: Box::new(model),
+                cache,
+            },
             cached: Vec::new(),
             context_length,
             device,
@@ -131,7 +134,7 @@ impl Network {
     /// Our own decoder, when this network is one (scoring and training need all-position logits).
     pub fn as_llama(&self) -> Option<&Llama> {
         match &self.inner {
-            Inner::Llama { model, .. } => Some(model),
+            Inner::Llama { model, .. } => Some(model.as_ref()),
             _ => None,
         }
     }
