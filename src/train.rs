@@ -297,7 +297,7 @@ fn planned_end(step: usize, done: usize, elapsed: f64, packing: f64, budget: f64
     if elapsed >= budget {
         return Some(step);
     }
-    if done < 3 || (done > 3 && done % REPLAN_EVERY != 0) {
+    if done < 3 || (done > 3 && !done.is_multiple_of(REPLAN_EVERY)) {
         return None;
     }
     let per_step = (elapsed - packing).max(1e-3) / done as f64;
@@ -656,7 +656,7 @@ fn train_loop(
             }
         }
         let s = &trainer.settings;
-        if trainer.step % s.eval_every.max(1) == 0 || trainer.step == s.steps {
+        if trainer.step.is_multiple_of(s.eval_every.max(1)) || trainer.step == s.steps {
             let held = trainer.evaluate()?;
             entry.held_out = Some(held.clone());
             if let Some(last) = trainer.log.last_mut() {
@@ -665,7 +665,7 @@ fn train_loop(
             last_held = Some(held);
         }
         writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
-        if trainer.step % s.checkpoint_every.max(1) == 0
+        if trainer.step.is_multiple_of(s.checkpoint_every.max(1))
             || last_checkpoint.elapsed() >= opts.checkpoint_interval
         {
             let saved = trainer.save_checkpoint(ckpt_dir)?;

@@ -60,10 +60,10 @@ fn list() -> anyhow::Result<()> {
             Ok(text) => crate::outln!("{}: {text}", path.display())?,
             Err(e) => crate::outln!("{}: not a model ({e:#})", path.display())?,
         }
-        if let Ok(text) = std::fs::read_to_string(path.join("training.json")) {
-            if let Ok(report) = serde_json::from_str::<Value>(&text) {
-                crate::outln!("  {}", training_summary(&report))?;
-            }
+        if let Ok(text) = std::fs::read_to_string(path.join("training.json"))
+            && let Ok(report) = serde_json::from_str::<Value>(&text)
+        {
+            crate::outln!("  {}", training_summary(&report))?;
         }
     }
     Ok(())

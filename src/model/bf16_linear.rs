@@ -364,7 +364,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         };
-        if file.as_ptr() as usize % 2 == 0 {
+        if (file.as_ptr() as usize).is_multiple_of(2) {
             assert!(refused(9..9 + len), "odd offset");
         }
         assert!(refused(8..8 + len - 2), "short");

@@ -250,15 +250,15 @@ impl LlamaConfig {
                 why: format!("{head_dim} is odd; RoPE needs pairs"),
             });
         }
-        if let Some(hidden_act) = f.0.get("hidden_act").and_then(Value::as_str) {
-            if hidden_act != "silu" {
-                return Err(ConfigError::Invalid {
-                    field: "hidden_act",
-                    why: format!(
-                        "\"{hidden_act}\" is not supported; the Llama/Qwen2 decoder uses \"silu\""
-                    ),
-                });
-            }
+        if let Some(hidden_act) = f.0.get("hidden_act").and_then(Value::as_str)
+            && hidden_act != "silu"
+        {
+            return Err(ConfigError::Invalid {
+                field: "hidden_act",
+                why: format!(
+                    "\"{hidden_act}\" is not supported; the Llama/Qwen2 decoder uses \"silu\""
+                ),
+            });
         }
         for field in ["rope_scaling", "rope_parameters"] {
             let Some(scaling) = f.0.get(field).filter(|s| !s.is_null()) else {

@@ -566,13 +566,13 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        if let Some(c) = cache.as_deref() {
-            if c.len() != offset {
-                candle_core::bail!(
-                    "KV cache holds {} positions but the forward starts at {offset}",
-                    c.len()
-                );
-            }
+        if let Some(c) = cache.as_deref()
+            && c.len() != offset
+        {
+            candle_core::bail!(
+                "KV cache holds {} positions but the forward starts at {offset}",
+                c.len()
+            );
         }
         if offset + t > self.config.max_position_embeddings {
             candle_core::bail!(

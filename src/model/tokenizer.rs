@@ -382,10 +382,10 @@ fn piece_bytes(piece: &str, encoding: PieceEncoding) -> Vec<u8> {
                 .unwrap_or_else(|| piece.as_bytes().to_vec())
         }
         PieceEncoding::SentencePiece => {
-            if let Some(hex) = piece.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
-                if let Ok(b) = u8::from_str_radix(hex, 16) {
-                    return vec![b];
-                }
+            if let Some(hex) = piece.strip_prefix("<0x").and_then(|r| r.strip_suffix('>'))
+                && let Ok(b) = u8::from_str_radix(hex, 16)
+            {
+                return vec![b];
             }
             piece.replace('▁', " ").into_bytes()
         }

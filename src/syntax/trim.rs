@@ -897,12 +897,11 @@ fn token_ends(line: &str) -> Vec<usize> {
     let mut out = Vec::new();
     let mut prev: Option<(Class, char)> = None;
     for (i, c) in line.char_indices() {
-        if let Some((p, pc)) = &prev {
-            if *p != Class::Space
-                && (class(c) != *p || *p == Class::Punct && "([{)]};,".contains(*pc))
-            {
-                out.push(i);
-            }
+        if let Some((p, pc)) = &prev
+            && *p != Class::Space
+            && (class(c) != *p || *p == Class::Punct && "([{)]};,".contains(*pc))
+        {
+            out.push(i);
         }
         prev = Some((class(c), c));
     }

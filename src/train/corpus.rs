@@ -202,10 +202,10 @@ pub fn collect(roots: &[PathBuf], options: Options) -> Result<Corpus, CorpusErro
                 if e.depth() == 0 || !dir || !is_hidden(e.file_name()) {
                     return true;
                 }
-                if e.file_name() != ".git" {
-                    if let Ok(mut dirs) = noted.lock() {
-                        dirs.push(e.path().to_path_buf());
-                    }
+                if e.file_name() != ".git"
+                    && let Ok(mut dirs) = noted.lock()
+                {
+                    dirs.push(e.path().to_path_buf());
                 }
                 false
             })

@@ -105,15 +105,16 @@ impl Split {
 pub fn split(paths: &[&str], fraction: f64) -> Split {
     let (mut held, mut train): (Vec<usize>, Vec<usize>) =
         (0..paths.len()).partition(|&i| is_held_out(paths[i], fraction));
-    if held.is_empty() {
-        if let Some(pos) = (0..train.len()).min_by_key(|&k| bucket(paths[train[k]])) {
-            held.push(train.remove(pos));
-        }
+    if held.is_empty()
+        && let Some(pos) = (0..train.len()).min_by_key(|&k| bucket(paths[train[k]]))
+    {
+        held.push(train.remove(pos));
     }
-    if train.is_empty() && held.len() > 1 {
-        if let Some(pos) = (0..held.len()).max_by_key(|&k| bucket(paths[held[k]])) {
-            train.push(held.remove(pos));
-        }
+    if train.is_empty()
+        && held.len() > 1
+        && let Some(pos) = (0..held.len()).max_by_key(|&k| bucket(paths[held[k]]))
+    {
+        train.push(held.remove(pos));
     }
     let trained: HashSet<String> = train.iter().map(|&i| unversioned(paths[i])).collect();
     let (shadowed, clean): (Vec<usize>, Vec<usize>) = held

@@ -54,10 +54,10 @@ fn parse_corpus(text: &str) -> Vec<Case> {
         }
     }
     // The file's own final newline is not part of the last section.
-    if let Some((_, lines)) = sections.last_mut() {
-        if lines.last() == Some(&"") {
-            lines.pop();
-        }
+    if let Some((_, lines)) = sections.last_mut()
+        && lines.last() == Some(&"")
+    {
+        lines.pop();
     }
     flush(&mut sections, &mut cases);
     cases

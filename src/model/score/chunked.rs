@@ -55,7 +55,7 @@ pub fn chunk_bounds(text: &str, sizes: ChunkSizes) -> Vec<(usize, usize)> {
         let size = at - start;
         // FNV's low bits follow the bytes' low bits; mix, then take the top bits.
         let mixed = fnv1a(line.as_bytes()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        if size >= sizes.max_bytes || (size >= sizes.min_bytes && mixed % PATTERN == 0) {
+        if size >= sizes.max_bytes || (size >= sizes.min_bytes && mixed.is_multiple_of(PATTERN)) {
             out.push((start, at));
             start = at;
         }
