@@ -407,7 +407,9 @@ impl App {
                 } else {
                     self.buffer.undo()
                 };
-                if !done {
+                if done {
+                    self.show_remembered();
+                } else {
                     self.say(if redo {
                         "nothing to redo"
                     } else {

@@ -288,6 +288,41 @@ fn typing_what_the_ghost_shows_keeps_the_rest_without_asking_again() {
     assert_eq!(ed.text(), "retx");
 }
 
+/// A proposal is remembered for the text around the cursor: deleting a character and typing it
+/// again, or undoing back, shows it at once without asking the model.
+#[test]
+fn typing_back_over_a_deleted_character_shows_the_earlier_proposal_at_once() {
+    let mut ed = Ed::new("a.py", "def f(a, b):\n    ");
+    ed.ctrl('g')
+        .typed("2")
+        .press(KeyCode::Enter)
+        .press(KeyCode::End);
+    ed.typed("r").propose("eturn a + b");
+    let asked = ed.requests.len();
+    ed.press(KeyCode::Backspace);
+    assert_eq!(ed.app.ghost_text(), "");
+    ed.typed("r");
+    assert_eq!(ed.app.ghost_text(), "eturn a + b", "shown at once");
+    assert!(ed.screen().concat().contains("return a + b"));
+    ed.idle();
+    assert_eq!(
+        ed.requests.len(),
+        asked,
+        "no request for a remembered proposal"
+    );
+    // Tab accepts it like any other.
+    ed.press(KeyCode::Tab);
+    assert_eq!(ed.text(), "def f(a, b):\n    return a + b");
+    // Undoing the accept goes back to where it was shown, and so does the proposal.
+    ed.ctrl('z');
+    assert_eq!(ed.text(), "def f(a, b):\n    r");
+    assert_eq!(ed.app.ghost_text(), "eturn a + b");
+    // Other text is not matched by it: typing something else asks the model.
+    ed.press(KeyCode::Backspace).typed("x").idle();
+    assert_eq!(ed.app.ghost_text(), "");
+    assert_eq!(ed.requests.len(), asked + 1);
+}
+
 #[test]
 fn a_keystroke_cancels_the_generation_and_its_late_reply_is_dropped() {
     let mut ed = Ed::new("a.py", "");

@@ -74,6 +74,41 @@ struct InFlight {
     id: u64,
     kind: RequestKind,
     cancel: Arc<AtomicBool>,
+    /// The text around the cursor it was asked for (see [`context_key`]).
+    key: u64,
+}
+
+/// Proposals remembered per text around the cursor: typing a character, deleting it and typing it
+/// again (or undoing back to where a proposal was shown) shows that proposal at once, with no
+/// request. Greedy generation on the same prompt gives the same proposal, so nothing is stale.
+#[derive(Debug, Default)]
+struct Recent {
+    /// Newest last: (context key, proposal, its token confidences).
+    entries: std::collections::VecDeque<(u64, String, Vec<(usize, f32)>)>,
+}
+
+/// Proposals remembered.
+const RECENT: usize = 64;
+
+impl Recent {
+    fn get(&self, key: u64) -> Option<&(u64, String, Vec<(usize, f32)>)> {
+        self.entries.iter().rev().find(|e| e.0 == key)
+    }
+
+    fn insert(&mut self, key: u64, text: String, confidence: Vec<(usize, f32)>) {
+        self.entries.retain(|e| e.0 != key);
+        if self.entries.len() == RECENT {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((key, text, confidence));
+    }
+}
+
+/// The prompt text a request is made of, hashed: equal keys, equal requests.
+fn context_key(prefix: &str, suffix: &str) -> u64 {
+    let p = crate::hash::fnv1a(prefix.as_bytes());
+    let s = crate::hash::fnv1a(suffix.as_bytes());
+    p ^ s.rotate_left(29) ^ (prefix.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The completion state: the model's state, the request in flight, the proposal shown.
@@ -86,6 +121,7 @@ pub(in crate::tui) struct Completion {
     due: Option<Instant>,
     /// The last finished proposal's figures, for the status line.
     pub last: Option<Proposal>,
+    recent: Recent,
 }
 
 impl Default for Completion {
@@ -96,6 +132,7 @@ impl Default for Completion {
             in_flight: None,
             due: None,
             last: None,
+            recent: Recent::default(),
         }
     }
 }
@@ -145,10 +182,43 @@ impl App {
         self.config.completions && !matches!(self.completion.model, ModelState::Unavailable(_))
     }
 
-    /// The text changed: old proposals are void, and a new one is asked for after the debounce.
+    /// The text changed: old proposals are void, and a new one is asked for after the debounce,
+    /// unless one made for this very text is remembered (then it shows at once).
     pub(super) fn changed(&mut self, now: Instant) {
         self.completion.invalidate();
-        self.schedule(now);
+        if !self.show_remembered() {
+            self.schedule(now);
+        }
+    }
+
+    /// Shows the proposal remembered for the text around the cursor, if there is one.
+    pub(super) fn show_remembered(&mut self) -> bool {
+        if !self.completions_possible() || self.completion.recent.entries.is_empty() {
+            return false;
+        }
+        let (prefix, suffix) = self.context();
+        let Some((_, text, confidence)) = self.completion.recent.get(context_key(&prefix, &suffix))
+        else {
+            return false;
+        };
+        self.completion.ghost = Some(Ghost {
+            anchor: self.buffer.cursor,
+            version: self.buffer.doc.version(),
+            proposals: vec![text.clone()],
+            confidence: vec![confidence.clone()],
+            index: 0,
+            typed: String::new(),
+        });
+        true
+    }
+
+    /// The text before and after the cursor that a request sends.
+    fn context(&self) -> (String, String) {
+        let (doc, cursor) = (&self.buffer.doc, self.buffer.cursor);
+        (
+            doc.text_before(cursor, PREFIX_BYTES),
+            doc.text_after(cursor, SUFFIX_BYTES),
+        )
     }
 
     fn schedule(&mut self, now: Instant) {
@@ -200,16 +270,23 @@ impl App {
             min_confidence: self.config.min_confidence,
             ..Settings::default()
         };
-        let (doc, cursor) = (&self.buffer.doc, self.buffer.cursor);
+        let (prefix, suffix) = self.context();
+        let key = context_key(&prefix, &suffix);
         self.requests.push(Job::Complete(Request {
             id,
-            prefix: doc.text_before(cursor, PREFIX_BYTES),
-            suffix: doc.text_after(cursor, SUFFIX_BYTES),
+            prefix,
+            suffix,
             language: self.file.language,
             settings,
             cancel: Arc::clone(&cancel),
         }));
-        self.completion.in_flight = Some(InFlight { id, kind, cancel });
+        self.completion.in_flight = Some(InFlight {
+            id,
+            kind,
+            cancel,
+            key,
+        });
+        let (doc, cursor) = (&self.buffer.doc, self.buffer.cursor);
         if kind == RequestKind::Proposal {
             self.completion.ghost = Some(Ghost {
                 anchor: cursor,
@@ -255,10 +332,13 @@ impl App {
         let Some(kind) = c.current(id) else {
             return;
         };
-        c.in_flight = None;
+        let key = c.in_flight.take().map_or(0, |f| f.key);
         // The text goes to the ghost; the figures stay for the status line.
         let text = std::mem::take(&mut proposal.text);
         let confidence = std::mem::take(&mut proposal.confidence);
+        if kind == RequestKind::Proposal && !text.is_empty() {
+            c.recent.insert(key, text.clone(), confidence.clone());
+        }
         c.last = Some(proposal);
         let Some(g) = c.ghost.as_mut() else {
             return;
