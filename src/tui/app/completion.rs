@@ -83,24 +83,36 @@ struct InFlight {
 /// request. Greedy generation on the same prompt gives the same proposal, so nothing is stale.
 #[derive(Debug, Default)]
 struct Recent {
-    /// Newest last: (context key, proposal, its token confidences).
-    entries: std::collections::VecDeque<(u64, String, Vec<(usize, f32)>)>,
+    /// Newest last.
+    entries: std::collections::VecDeque<Remembered>,
+}
+
+/// A proposal and its token confidences, for the text around the cursor with this key.
+#[derive(Debug)]
+struct Remembered {
+    key: u64,
+    text: String,
+    confidence: Vec<(usize, f32)>,
 }
 
 /// Proposals remembered.
 const RECENT: usize = 64;
 
 impl Recent {
-    fn get(&self, key: u64) -> Option<&(u64, String, Vec<(usize, f32)>)> {
-        self.entries.iter().rev().find(|e| e.0 == key)
+    fn get(&self, key: u64) -> Option<&Remembered> {
+        self.entries.iter().rev().find(|e| e.key == key)
     }
 
     fn insert(&mut self, key: u64, text: String, confidence: Vec<(usize, f32)>) {
-        self.entries.retain(|e| e.0 != key);
+        self.entries.retain(|e| e.key != key);
         if self.entries.len() == RECENT {
             self.entries.pop_front();
         }
-        self.entries.push_back((key, text, confidence));
+        self.entries.push_back(Remembered {
+            key,
+            text,
+            confidence,
+        });
     }
 }
 
@@ -197,15 +209,14 @@ impl App {
             return false;
         }
         let (prefix, suffix) = self.context();
-        let Some((_, text, confidence)) = self.completion.recent.get(context_key(&prefix, &suffix))
-        else {
+        let Some(r) = self.completion.recent.get(context_key(&prefix, &suffix)) else {
             return false;
         };
         self.completion.ghost = Some(Ghost {
             anchor: self.buffer.cursor,
             version: self.buffer.doc.version(),
-            proposals: vec![text.clone()],
-            confidence: vec![confidence.clone()],
+            proposals: vec![r.text.clone()],
+            confidence: vec![r.confidence.clone()],
             index: 0,
             typed: String::new(),
         });
