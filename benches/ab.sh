@@ -6,7 +6,8 @@
 #
 # e.g. a build of main against a build with a change, on a random checkpoint of a real model's
 # shape (benches/random_checkpoint.py). The prompt is this repository's own src/text.rs around
-# line 40, so every binary sees the same one.
+# line 40, cut to a window of INFILL_AB_CONTEXT tokens (1024 unless set), so every binary sees
+# the same one.
 set -euo pipefail
 model=$1 rounds=$2
 shift 2
@@ -15,7 +16,7 @@ for r in $(seq "$rounds"); do
     for bin in "$@"; do
         err=$(mktemp)
         out=$(/usr/bin/time -f "%M" "$bin" complete --model "$model" --file "$file" --line 40 \
-            --column 5 --max-tokens 32 --json 2>"$err")
+            --column 5 --max-tokens 32 --context "${INFILL_AB_CONTEXT:-1024}" --json 2>"$err")
         rss=$(tail -1 "$err")
         rm -f "$err"
         echo "$out" | python3 -c "
