@@ -1,7 +1,7 @@
 //! The language registry, read from `grammars/languages.toml` (compiled in) with serde.
 //!
 //! Configuration is data, as in helix's `languages.toml`: adding a language is an entry there, a
-//! grammar crate in Cargo.toml, one arm in [`grammar`], and its queries in `grammars/<name>/`.
+//! grammar crate in Cargo.toml, one arm in `grammar`, and its queries in `grammars/<name>/`.
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -7,7 +7,7 @@
 //! or digit: not `}` or `return None`. A file with fewer than [`MIN_LINES`] distinctive lines is
 //! never called a near-duplicate (exact duplicates are caught by hash before this). Candidates
 //! come from an index of lines to the kept files that hold them; a line held by more than
-//! [`COMMON`] files (a licence header, `use std::collections::HashMap;`) finds no candidates, as it
+//! `COMMON` files (a licence header, `use std::collections::HashMap;`) finds no candidates, as it
 //! says nothing about which file was copied.
 
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 //!   well-known wording.
 //!
 //! - for a file a Debian package installed (`/usr/include`), the package's `copyright` file (see
-//!   [`debian`]).
+//!   `debian`).
 //!
 //! SPDX expressions are evaluated: `A OR B` is permissive when either is, `A AND B` when both are,
 //! and `A WITH exception` as `A`; the old Cargo spelling `MIT/Apache-2.0` means OR. A file with no

@@ -3,9 +3,9 @@
 //! [`App::take_requests`], and the view (`super::view`) draws the state as a ratatui widget. That is
 //! what lets tests drive the whole editor with a `TestBackend` and fake replies.
 //!
-//! The state has four parts, each in its own file: the text being edited ([`Buffer`]), proposals
-//! and the requests for them ([`Completion`]; Tab and the other completion keys live there too),
-//! the probability overlay (`overlay`), and what part of the text is in view ([`Viewport`]). This
+//! The state has four parts, each in its own file: the text being edited (`Buffer`), proposals
+//! and the requests for them (`Completion`; Tab and the other completion keys live there too),
+//! the probability overlay (`overlay`), and what part of the text is in view (`Viewport`). This
 //! file routes keys between them; `file` and `find` hold saving, recovery, search and go-to-line.
 
 use std::path::{Path, PathBuf};

@@ -36,7 +36,7 @@ impl Trainer {
     /// Loss and bits per byte on the held-out windows: at most `eval_windows` of them, evenly
     /// spaced over all of them, so the sample spans the held-out files rather than the openings of
     /// the first few. By language, each language's windows in that sample, topped up with its own
-    /// evenly spaced windows to [`MIN_WINDOWS_PER_LANGUAGE`] (those count only for it). The sample
+    /// evenly spaced windows to `MIN_WINDOWS_PER_LANGUAGE` (those count only for it). The sample
     /// is the same at every call, so the figures of a run are comparable along it.
     pub fn evaluate(&self) -> anyhow::Result<HeldOut> {
         let held = &self.held.windows;
