@@ -1,6 +1,6 @@
 //! Training throughput: tokens per second of full optimizer steps (forward, backward, clip, AdamW)
-//! on the configuration the training issue measured: a 6.8M-parameter Qwen2 (hidden 256, 6 layers,
-//! 8 heads, intermediate 688, vocabulary 8192, tied), 4 sequences of 256 tokens per step.
+//! on one fixed configuration, the PyTorch comparison's too: a 6.8M-parameter Qwen2 (hidden 256,
+//! 6 layers, 8 heads, intermediate 688, vocabulary 8192, tied), 4 sequences of 256 tokens per step.
 //!
 //! `cargo bench --bench train`; `INFILL_BENCH_TORCH=1 cargo bench --bench train` alternates it with
 //! `benches/train_torch.py` (PyTorch on the same configuration) three times and prints the ratio.
