@@ -330,33 +330,14 @@ mod tests {
         let mapped = Bf16Linear::in_place(&backing, 8..8 + len, (out_dim, in_dim), None)
             .unwrap()
             .expect("an aligned range of the right length is read in place");
+        let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         for rows in [1, 2, 9] {
             let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &dev).unwrap();
-            let a: Vec<f32> = copied
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let b: Vec<f32> = mapped
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(a, b, "{rows} rows");
+            let (a, b) = (copied.forward(&x).unwrap(), mapped.forward(&x).unwrap());
+            assert_eq!(values(a), values(b), "{rows} rows");
         }
         let ids = [3u32, 0, 23];
-        let rows = |l: &Bf16Linear| -> Vec<f32> {
-            l.rows(&ids, &dev)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
+        let rows = |l: &Bf16Linear| values(l.rows(&ids, &dev).unwrap());
         assert_eq!(rows(&copied), rows(&mapped));
         assert!(mapped.rows(&[24], &dev).is_err(), "a row past the table");
         let refused = |range: Range<usize>| {

@@ -316,25 +316,20 @@ impl App {
                 let mut bytes = [0u8; 4];
                 self.insert(c.encode_utf8(&mut bytes), group, now);
             }
-            KeyCode::Enter => {
+            KeyCode::Enter
+            | KeyCode::Tab
+            | KeyCode::BackTab
+            | KeyCode::Backspace
+            | KeyCode::Delete => {
+                // Between a pair, Enter types through a shown proposal instead of splitting it.
                 let split_pairs = self.visible_ghost().is_none();
-                let edit = self.buffer.enter(tab, split_pairs);
-                self.apply(edit, now);
-            }
-            KeyCode::Tab => {
-                let edit = self.buffer.tab(tab);
-                self.apply(edit, now);
-            }
-            KeyCode::BackTab => {
-                let edit = self.buffer.dedent(tab);
-                self.apply(edit, now);
-            }
-            KeyCode::Backspace => {
-                let edit = self.buffer.backspace(ctrl);
-                self.apply(edit, now);
-            }
-            KeyCode::Delete => {
-                let edit = self.buffer.delete(ctrl);
+                let edit = match k.code {
+                    KeyCode::Enter => self.buffer.enter(tab, split_pairs),
+                    KeyCode::Tab => self.buffer.tab(tab),
+                    KeyCode::BackTab => self.buffer.dedent(tab),
+                    KeyCode::Backspace => self.buffer.backspace(ctrl),
+                    _ => self.buffer.delete(ctrl),
+                };
                 self.apply(edit, now);
             }
             KeyCode::F(1) => self.mode = Mode::Help,

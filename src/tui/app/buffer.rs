@@ -268,9 +268,7 @@ impl Buffer {
 
     /// Backspace (Ctrl: a word): the selection, or what is before the cursor.
     pub fn backspace(&mut self, word: bool) -> Edit {
-        if let Some((a, b)) = self.selection() {
-            self.doc.seal();
-            self.replace(a, b, "", Group::Single);
+        if self.delete_selection() {
             return Edit::Changed;
         }
         let c = self.cursor;
@@ -294,9 +292,7 @@ impl Buffer {
 
     /// Delete (Ctrl: a word): the selection, or what is after the cursor.
     pub fn delete(&mut self, word: bool) -> Edit {
-        if let Some((a, b)) = self.selection() {
-            self.doc.seal();
-            self.replace(a, b, "", Group::Single);
+        if self.delete_selection() {
             return Edit::Changed;
         }
         let c = self.cursor;
@@ -316,6 +312,16 @@ impl Buffer {
         self.doc.seal();
         self.replace(c, end, "", Group::Single);
         Edit::Changed
+    }
+
+    /// Removes the selection as one undo step; false when there is none.
+    fn delete_selection(&mut self) -> bool {
+        let Some((a, b)) = self.selection() else {
+            return false;
+        };
+        self.doc.seal();
+        self.replace(a, b, "", Group::Single);
+        true
     }
 
     /// Undo; false when there is nothing to undo.
