@@ -88,14 +88,14 @@ fn draw_latency(name: &str, text: &str, path: &str, line: usize) {
             now,
         );
     }
-    let _ = term.draw(|f| app.draw(f));
+    frame(&mut term, &mut app);
     let mut times = Vec::new();
     for round in 0..4 {
         for c in SESSION.chars() {
             let t = Instant::now();
             app.handle(key(c), now);
             let _ = app.take_requests();
-            let _ = term.draw(|f| app.draw(f));
+            frame(&mut term, &mut app);
             if round > 0 {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -165,7 +165,7 @@ fn ghost_latency(model: Model, reuse: bool) -> (Vec<f64>, Vec<f64>) {
             };
             app.handle(Event::Worker(reply), Instant::now());
             if !seen && !app.ghost_text().is_empty() {
-                let _ = term.draw(|f| app.draw(f));
+                frame(&mut term, &mut app);
                 visible.push(t.elapsed().as_secs_f64() * 1e3);
                 seen = true;
             }
@@ -393,7 +393,7 @@ fn draw_section() {
     let t = Instant::now();
     let mut app = app_for(&huge, Path::new("huge.py"));
     let Ok(mut term) = Terminal::new(TestBackend::new(120, 40));
-    let _ = term.draw(|f| app.draw(f));
+    frame(&mut term, &mut app);
     println!(
         "\nopen and first draw of a {} MB file: {:.0} ms",
         huge.len() >> 20,
@@ -413,7 +413,7 @@ fn draw_section() {
     for c in "\nx = 1\n".chars() {
         let t = Instant::now();
         app.handle(key(c), now);
-        let _ = term.draw(|f| app.draw(f));
+        frame(&mut term, &mut app);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let max = times.iter().copied().fold(0.0, f64::max);
@@ -517,4 +517,11 @@ fn ghost_section() {
             );
         }
     }
+}
+
+/// One frame, as the editor's loop draws it: the view readied for the terminal's size, then drawn.
+fn frame(term: &mut Terminal<TestBackend>, app: &mut App) {
+    let Ok(size) = term.size();
+    app.layout(size.width, size.height);
+    let _ = term.draw(|f| app.draw(f));
 }

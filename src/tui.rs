@@ -40,7 +40,7 @@ where
 {
     loop {
         let size = terminal.size()?;
-        app.resize(size.width, size.height);
+        app.layout(size.width, size.height);
         terminal.draw(|f| app.draw(f))?;
         if app.should_quit() {
             return Ok(());

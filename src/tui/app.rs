@@ -132,7 +132,7 @@ impl App {
         recovery: Option<RecoveryOffer>,
     ) -> Self {
         let mode = recovery.map_or(Mode::Normal, Mode::Recover);
-        let mut app = Self {
+        Self {
             buffer: Buffer::new(text),
             completion: Completion::default(),
             overlay: overlay::Overlay::default(),
@@ -146,9 +146,7 @@ impl App {
             copied: None,
             terminated: false,
             quit: false,
-        };
-        app.settle();
-        app
+        }
     }
 
     pub fn document(&self) -> &Document {
@@ -206,10 +204,15 @@ impl App {
         self.file.recovery.as_deref()
     }
 
-    /// The terminal's size, in cells; the view fits itself to it.
-    pub fn resize(&mut self, width: u16, height: u16) {
+    /// Readies the view for a frame of `width` x `height` cells: its size, the scroll that shows
+    /// the cursor, and the syntax colours of what is in view. Call it before every draw: once per
+    /// batch of events, so a burst of keys is highlighted once, not once per key.
+    pub fn layout(&mut self, width: u16, height: u16) {
         self.viewport.resize(width, height);
-        self.settle();
+        let lang = self.file.language;
+        let b = &self.buffer;
+        self.viewport
+            .settle(&b.doc, b.cursor, self.config.tab_width, lang);
     }
 
     /// Fires the debounce deadline or the overlay's refresh if it has passed.
@@ -238,15 +241,6 @@ impl App {
             }
         }
         self.overlay_after_event(now);
-        self.settle();
-    }
-
-    /// The view follows the text and the cursor (drawing only reads).
-    fn settle(&mut self) {
-        let lang = self.file.language;
-        let b = &self.buffer;
-        self.viewport
-            .settle(&b.doc, b.cursor, self.config.tab_width, lang);
     }
 
     fn new_id(&mut self) -> u64 {

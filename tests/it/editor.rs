@@ -159,7 +159,7 @@ impl Ed {
 
     fn draw(&mut self) {
         let area = self.term.size().unwrap();
-        self.app.resize(area.width, area.height);
+        self.app.layout(area.width, area.height);
         let app = &self.app;
         self.term.draw(|f| app.draw(f)).unwrap();
     }

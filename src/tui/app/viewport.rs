@@ -1,6 +1,6 @@
 //! What part of the text the screen shows: its size, the scroll position that keeps the cursor in
-//! view, and the syntax colours of the lines around it. Updated after every event, so that drawing
-//! only reads.
+//! view, and the syntax colours of the lines around it. Updated before each frame
+//! (`App::layout`), so that drawing only reads.
 
 use crate::syntax::Language;
 use crate::syntax::highlight::{HighlightKind, Highlighter};
@@ -82,7 +82,7 @@ impl Viewport {
         };
     }
 
-    /// Fits the view to the text and the cursor after an event: the gutter for the number of
+    /// Fits the view to the text and the cursor before a frame: the gutter for the number of
     /// lines, the scroll that shows the cursor, and the colours of the lines in view.
     pub fn settle(&mut self, doc: &Document, cursor: Pos, tab: usize, lang: Option<&Language>) {
         if let Some((w, h)) = self.screen
