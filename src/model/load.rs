@@ -551,8 +551,8 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
     let mut owner: BTreeMap<String, (PathBuf, TensorInfo)> = BTreeMap::new();
     let mut blob_of: HashMap<PathBuf, &Blob> = HashMap::new();
     for blob in &files.weights {
-        blob_of.insert(blob.label(), blob);
         let path = blob.label();
+        blob_of.insert(path.clone(), blob);
         let header = match blob {
             Blob::File(p) => read_safetensors_header(p)?,
             Blob::Static { bytes, .. } => safetensors_header(&path, bytes, bytes.len() as u64)?,
