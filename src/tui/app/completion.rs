@@ -40,6 +40,18 @@ pub(in crate::tui) struct Ghost {
 }
 
 impl Ghost {
+    /// One proposal (empty while it streams in) at the buffer's cursor and version.
+    fn at(buffer: &super::Buffer, text: String, confidence: Vec<(usize, f32)>) -> Self {
+        Self {
+            anchor: buffer.cursor,
+            version: buffer.doc.version(),
+            proposals: vec![text],
+            confidence: vec![confidence],
+            index: 0,
+            typed: String::new(),
+        }
+    }
+
     /// (end byte in [`Self::shown`], probability) of the tokens still shown.
     pub fn shown_confidence(&self) -> Vec<(usize, f32)> {
         let typed = self.typed.len();
@@ -212,14 +224,8 @@ impl App {
         let Some(r) = self.completion.recent.get(context_key(&prefix, &suffix)) else {
             return false;
         };
-        self.completion.ghost = Some(Ghost {
-            anchor: self.buffer.cursor,
-            version: self.buffer.doc.version(),
-            proposals: vec![r.text.clone()],
-            confidence: vec![r.confidence.clone()],
-            index: 0,
-            typed: String::new(),
-        });
+        let (text, confidence) = (r.text.clone(), r.confidence.clone());
+        self.completion.ghost = Some(Ghost::at(&self.buffer, text, confidence));
         true
     }
 
@@ -297,16 +303,8 @@ impl App {
             cancel,
             key,
         });
-        let (doc, cursor) = (&self.buffer.doc, self.buffer.cursor);
         if kind == RequestKind::Proposal {
-            self.completion.ghost = Some(Ghost {
-                anchor: cursor,
-                version: doc.version(),
-                proposals: vec![String::new()],
-                confidence: vec![Vec::new()],
-                index: 0,
-                typed: String::new(),
-            });
+            self.completion.ghost = Some(Ghost::at(&self.buffer, String::new(), Vec::new()));
         }
     }
 
