@@ -9,6 +9,7 @@ pub mod bf16_linear;
 pub mod config;
 pub mod embedded;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod load;
 pub mod network;
@@ -48,7 +49,13 @@ pub struct Model {
 impl Model {
     /// Locates and loads `source` (`online` allows hub downloads).
     pub fn open(source: &ModelSource, online: bool, opts: &LoadOptions) -> Result<Self, LoadError> {
-        let files = load::locate(source, online)?;
-        load::load(&files, opts)
+        match source {
+            ModelSource::Gguf(path) => gguf::load(path, opts),
+            ModelSource::HubGguf { id, file } => {
+                let cache = hf_hub::Cache::from_env();
+                gguf::load(&load::locate_hub_file(id, file, &cache, online)?, opts)
+            }
+            _ => load::load(&load::locate(source, online)?, opts),
+        }
     }
 }

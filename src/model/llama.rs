@@ -10,6 +10,7 @@
 //! from primitive ops that do. Training must use the latter or the norms and embeddings silently get
 //! no gradient (tested below).
 
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -20,11 +21,13 @@ use std::sync::Arc;
 use super::bf16_linear::{Backing, Bf16Linear};
 use super::config::LlamaConfig;
 
-/// A projection: candle's `Linear` (f32/f16, differentiable) or our bf16 inference kernel.
+/// A projection: candle's `Linear` (f32/f16, differentiable), our bf16 inference kernel, or a
+/// GGUF matrix in its stored type on candle's quantized kernels.
 #[derive(Debug, Clone)]
 enum Proj {
     Candle(Linear),
     Bf16(Bf16Linear),
+    Quant(QMatMul, Option<Tensor>),
 }
 
 impl Proj {
@@ -40,6 +43,13 @@ impl Proj {
             }
             Self::Candle(l) => l.forward(xs),
             Self::Bf16(l) => l.forward(xs),
+            Self::Quant(m, bias) => {
+                let product = m.forward(xs)?;
+                match bias {
+                    Some(bias) => product.broadcast_add(bias),
+                    None => Ok(product),
+                }
+            }
         }
     }
 }
@@ -51,6 +61,7 @@ impl Proj {
 enum Projections<'a> {
     AsLoaded,
     Bf16(&'a InPlace),
+    Quantized(&'a Quantized),
 }
 
 fn linear(
@@ -67,6 +78,11 @@ fn linear(
                 .then(|| vb.get_with_hints_dtype(out_dim, "bias", ZERO, DType::F32))
                 .transpose()?;
             bf16_matrix(&vb, (out_dim, in_dim), bias.as_ref(), in_place).map(Proj::Bf16)
+        }
+        Projections::Quantized(q) => {
+            let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
+            let weight = q.matrix(&vb, (out_dim, in_dim))?;
+            Ok(Proj::Quant(QMatMul::from_arc(weight)?, bias))
         }
     }
 }
@@ -97,11 +113,36 @@ pub struct InPlace {
     pub tensors: HashMap<String, (Arc<Backing>, Range<usize>)>,
 }
 
-/// The token embeddings: candle's table, or the rows of a bf16 matrix (shared with a tied head).
+/// A GGUF file's matrices in their stored types, by transformers name (`model.layers.0.mlp.up_proj.weight`).
+#[derive(Debug, Default)]
+pub struct Quantized {
+    pub tensors: HashMap<String, Arc<QTensor>>,
+}
+
+impl Quantized {
+    /// `vb`'s `weight`, checked against the shape the config implies.
+    fn matrix(&self, vb: &VarBuilder, shape: (usize, usize)) -> Result<Arc<QTensor>> {
+        let name = format!("{}.weight", vb.prefix());
+        let Some(t) = self.tensors.get(&name) else {
+            candle_core::bail!("no tensor \"{name}\"")
+        };
+        if t.shape().dims() != [shape.0, shape.1] {
+            candle_core::bail!(
+                "tensor \"{name}\" has shape {:?}, expected {shape:?}",
+                t.shape()
+            )
+        }
+        Ok(Arc::clone(t))
+    }
+}
+
+/// The token embeddings: candle's table, the rows of a bf16 matrix (shared with a tied head), or
+/// rows of a GGUF matrix dequantized as they are looked up.
 #[derive(Debug, Clone)]
 enum Embed {
     Table(Embedding),
     Bf16(Bf16Linear),
+    Quant(QMatMul),
 }
 
 impl Embed {
@@ -113,6 +154,7 @@ impl Embed {
                 let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
                 m.rows(&flat, ids.device())?.reshape((b, t, ()))
             }
+            Self::Quant(m) => m.embedding(ids),
         }
     }
 }
@@ -470,6 +512,23 @@ impl Llama {
         Self::build(config, vb, tie, Kernels::Fused, Projections::Bf16(in_place))
     }
 
+    /// An inference model over a GGUF file's matrices in their stored types (`quantized`); `vb`
+    /// holds the norms and biases in f32. Ties the head when the file has no `lm_head.weight`.
+    pub fn new_quantized(
+        config: &LlamaConfig,
+        vb: VarBuilder,
+        quantized: &Quantized,
+    ) -> Result<Self> {
+        let tie = !quantized.tensors.contains_key("lm_head.weight");
+        Self::build(
+            config,
+            vb,
+            tie,
+            Kernels::Fused,
+            Projections::Quantized(quantized),
+        )
+    }
+
     fn build(
         config: &LlamaConfig,
         vb: VarBuilder,
@@ -479,7 +538,7 @@ impl Llama {
     ) -> Result<Self> {
         // In bf16, everything but the projections, the embeddings and the head is f32.
         let vb = match p {
-            Projections::AsLoaded => vb,
+            Projections::AsLoaded | Projections::Quantized(_) => vb,
             Projections::Bf16(_) => vb.set_dtype(DType::F32),
         };
         let vb_m = vb.pp("model");
@@ -494,6 +553,10 @@ impl Llama {
                 None,
                 in_place,
             )?),
+            Projections::Quantized(q) => {
+                let table = q.matrix(&vb_m.pp("embed_tokens"), (v, h))?;
+                Embed::Quant(QMatMul::from_arc(table)?)
+            }
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -519,6 +582,7 @@ impl Llama {
             (true, Embed::Table(e)) => Proj::Candle(Linear::new(e.embeddings().clone(), None)),
             // The same bits: a tied head costs no memory.
             (true, Embed::Bf16(m)) => Proj::Bf16(m.clone()),
+            (true, Embed::Quant(m)) => Proj::Quant(m.clone(), None),
             (false, _) => linear(h, v, false, vb.pp("lm_head"), p)?,
         };
         let rope = Rope::new(config, vb.dtype(), vb.device())?;

@@ -24,7 +24,8 @@ use super::{Model, embedded};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "{0}: no such directory, and not a Hugging Face repo id (like Qwen/Qwen2.5-Coder-0.5B)"
+        "{0}: no such directory or GGUF file, and not a Hugging Face repo id (like \
+         Qwen/Qwen2.5-Coder-0.5B, or Qwen/Qwen2.5-Coder-0.5B-GGUF:qwen2.5-coder-0.5b-q8_0.gguf)"
     )]
     NotFound(String),
     #[error("{}: {source}", path.display())]
@@ -64,6 +65,13 @@ pub enum LoadError {
     },
     #[error("{}: {why}", path.display())]
     Weights { path: PathBuf, why: String },
+    #[error("{}: {why}", path.display())]
+    Gguf { path: PathBuf, why: String },
+    #[error(
+        "{0} is a GGUF file; this needs a model directory in Hugging Face layout (config.json, \
+         tokenizer.json, *.safetensors)"
+    )]
+    NeedsDirectory(String),
     #[error("{id}: {why}")]
     Hub { id: String, why: String },
     #[error(
@@ -84,11 +92,18 @@ pub enum ModelSource {
     Embedded,
     Dir(PathBuf),
     Hub(String),
+    /// A GGUF file on disk.
+    Gguf(PathBuf),
+    /// A GGUF file of a hub repository: `org/name:file.gguf`.
+    HubGguf {
+        id: String,
+        file: String,
+    },
 }
 
 impl ModelSource {
-    /// Reads `--model`: nothing is the embedded default, an existing path a directory, `org/name` a
-    /// hub id.
+    /// Reads `--model`: nothing is the embedded default, an existing path a directory or a GGUF
+    /// file, `org/name` a hub id and `org/name:file.gguf` a GGUF file of a hub repository.
     pub fn parse(spec: Option<&str>) -> Result<Self, LoadError> {
         let Some(spec) = spec else {
             return Ok(Self::Embedded);
@@ -96,6 +111,29 @@ impl ModelSource {
         let path = Path::new(spec);
         if path.is_dir() {
             return Ok(Self::Dir(path.to_path_buf()));
+        }
+        if path.is_file() {
+            return if super::gguf::is_gguf(path) {
+                Ok(Self::Gguf(path.to_path_buf()))
+            } else {
+                Err(LoadError::Gguf {
+                    path: path.to_path_buf(),
+                    why: "is a file but not a GGUF file; --model takes a model directory, a \
+                          .gguf file or a Hugging Face repo id"
+                        .into(),
+                })
+            };
+        }
+        if let Some((id, file)) = spec.split_once(':')
+            && file.ends_with(".gguf")
+            && !file.contains("..")
+            && !file.starts_with('/')
+            && let Self::Hub(id) = Self::parse(Some(id))?
+        {
+            return Ok(Self::HubGguf {
+                id,
+                file: file.to_string(),
+            });
         }
         let parts: Vec<&str> = spec.split('/').collect();
         let valid = |s: &str| {
@@ -164,7 +202,40 @@ pub fn locate(source: &ModelSource, online: bool) -> Result<ModelFiles, LoadErro
         ModelSource::Embedded => embedded::files().ok_or(LoadError::NoDefaultModel),
         ModelSource::Dir(dir) => locate_dir(dir),
         ModelSource::Hub(id) => locate_hub(id, &hf_hub::Cache::from_env(), online),
+        ModelSource::Gguf(path) => Err(LoadError::NeedsDirectory(path.display().to_string())),
+        ModelSource::HubGguf { id, file } => Err(LoadError::NeedsDirectory(format!("{id}:{file}"))),
     }
+}
+
+/// One file of a hub repository (a GGUF file): from the local hf-hub cache first, downloaded
+/// (with progress) otherwise.
+pub fn locate_hub_file(
+    id: &str,
+    file: &str,
+    cache: &hf_hub::Cache,
+    online: bool,
+) -> Result<PathBuf, LoadError> {
+    let hub_err = |why: String| LoadError::Hub {
+        id: id.to_string(),
+        why,
+    };
+    if let Some(path) = cache.model(id.to_string()).get(file) {
+        return Ok(path);
+    }
+    if !online {
+        return Err(hub_err(format!(
+            "{file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set; download it \
+             once online (or pass --model path/to/{file})",
+            cache.path().display()
+        )));
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| hub_err(format!("cannot reach the Hugging Face hub ({e})")))?;
+    api.model(id.to_string())
+        .get(file)
+        .map_err(|e| hub_err(format!("downloading {file} failed ({e})")))
 }
 
 /// The files of a model directory in Hugging Face layout.

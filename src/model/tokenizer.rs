@@ -157,6 +157,16 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Reads a `tokenizer.json`. `vocab_size` is the model's (its embedding rows), checked against it.
     pub fn from_bytes(json: &[u8], vocab_size: usize) -> Result<Self, TokenizerError> {
+        Self::from_bytes_with_fim(json, vocab_size, None)
+    }
+
+    /// [`from_bytes`](Self::from_bytes), with the prefix, suffix and middle token ids taken from
+    /// `fim` where the model names them (a GGUF file's metadata) rather than from the vocabulary.
+    pub fn from_bytes_with_fim(
+        json: &[u8],
+        vocab_size: usize,
+        fim_ids: Option<[u32; 3]>,
+    ) -> Result<Self, TokenizerError> {
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
         let size = inner.get_vocab_size(true);
@@ -168,7 +178,14 @@ impl Tokenizer {
                 config: vocab_size,
             });
         }
-        let fim = detect_template(&inner, &vocab).ok_or(TokenizerError::NoFimTokens)?;
+        let mut fim = detect_template(&inner, &vocab).ok_or(TokenizerError::NoFimTokens)?;
+        if let Some([prefix, suffix, middle]) = fim_ids
+            && [prefix, suffix, middle]
+                .iter()
+                .all(|&id| (id as usize) < max_id)
+        {
+            (fim.prefix, fim.suffix, fim.middle) = (prefix, suffix, middle);
+        }
         let encoding = piece_encoding(inner.get_decoder());
         let added = inner.get_added_vocabulary().get_added_tokens_decoder();
         let mut bytes = vec![Vec::new(); max_id];

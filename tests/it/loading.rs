@@ -67,7 +67,7 @@ fn sharded_weights_with_an_index_load_like_one_file() {
 }
 
 /// Lays out `files` the way hf-hub caches a download: blobs behind snapshot paths and a ref.
-fn hub_cache(root: &Path, repo: &str, files: &[(&str, &Path)]) {
+pub fn hub_cache(root: &Path, repo: &str, files: &[(&str, &Path)]) {
     let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
     let commit = "0123456789abcdef0123456789abcdef01234567";
     std::fs::create_dir_all(repo_dir.join("refs")).unwrap();

@@ -7,6 +7,7 @@ mod editor;
 mod engine;
 mod eval;
 mod fuzz;
+mod gguf;
 mod loading;
 mod score;
 mod train;

@@ -1,0 +1,775 @@
+//! GGUF files, the format of llama.cpp, ollama and LM Studio: one file holding the weights (in any
+//! of llama.cpp's types, quantized or not), the hyperparameters and the tokenizer.
+//!
+//! A file is read in the layout llama.cpp's `convert_hf_to_gguf.py` writes: its tensor names, its
+//! metadata keys, and for the `llama` architecture Q and K rows permuted into GGML's interleaved RoPE
+//! order, which we permute back so the model is the same decoder as a Hugging Face directory's.
+//! Quantized matrices stay quantized in memory and run on candle's quantized kernels (AVX2 /
+//! AVX-512 VNNI where the processor has them, chosen at run time); F32, F16 and BF16 matrices are
+//! widened to f32. Norms and biases are f32 in every file. The tokenizer is rebuilt from the
+//! metadata as the `tokenizer.json` the model's family publishes, so everything downstream (FIM
+//! template, exact token bytes, trimming) is the same code for both formats.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde_json::{Value as Json, json};
+
+use super::config::{Family, LlamaConfig, ModelConfig};
+use super::llama::{Llama, Quantized};
+use super::load::{LoadError, LoadOptions};
+use super::tokenizer::Tokenizer;
+use super::{Model, Network};
+
+/// The architectures (`general.architecture`) infill runs from a GGUF file.
+pub const SUPPORTED_ARCHITECTURES: &str = "qwen2, llama";
+
+/// Whether `path` is a GGUF file, by its magic bytes.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// An open GGUF file: its metadata and tensor directory, the data read on demand.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let file = File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| gguf_error(path, &e.to_string()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
+    }
+
+    fn err(&self, why: impl Into<String>) -> LoadError {
+        gguf_error(&self.path, &why.into())
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn string(&self, key: &str) -> Result<&str, LoadError> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(self.err(format!("metadata \"{key}\" is not a string"))),
+            None => Err(self.err(format!("metadata \"{key}\" is missing"))),
+        }
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>, LoadError> {
+        let v = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::U8(v)) => u64::from(*v),
+            Some(Value::U16(v)) => u64::from(*v),
+            Some(Value::U32(v)) => u64::from(*v),
+            Some(Value::U64(v)) => *v,
+            Some(Value::I8(v)) if *v >= 0 => *v as u64,
+            Some(Value::I16(v)) if *v >= 0 => *v as u64,
+            Some(Value::I32(v)) if *v >= 0 => *v as u64,
+            Some(Value::I64(v)) if *v >= 0 => *v as u64,
+            Some(_) => {
+                return Err(self.err(format!("metadata \"{key}\" is not a non-negative integer")));
+            }
+        };
+        Ok(Some(v))
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>, LoadError> {
+        self.opt_u64(key).map(|v| v.map(|v| v as usize))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize, LoadError> {
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(format!("metadata \"{key}\" is missing")))
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>, LoadError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(f64::from(*v))),
+            Some(Value::F64(v)) => Ok(Some(*v)),
+            Some(_) => Err(self.err(format!("metadata \"{key}\" is not a number"))),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, LoadError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(v)) => Ok(Some(*v)),
+            Some(_) => Err(self.err(format!("metadata \"{key}\" is not a boolean"))),
+        }
+    }
+
+    fn opt_token(&self, key: &str) -> Result<Option<u32>, LoadError> {
+        self.opt_u64(key).map(|v| v.map(|v| v as u32))
+    }
+
+    fn array(&self, key: &str) -> Result<&[Value], LoadError> {
+        match self.get(key) {
+            Some(Value::Array(a)) => Ok(a),
+            Some(_) => Err(self.err(format!("metadata \"{key}\" is not an array"))),
+            None => Err(self.err(format!("metadata \"{key}\" is missing"))),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<&str>, LoadError> {
+        self.array(key)?
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.as_str()),
+                _ => Err(self.err(format!("metadata \"{key}\" holds a non-string"))),
+            })
+            .collect()
+    }
+
+    fn numbers(&self, key: &str) -> Result<Vec<f64>, LoadError> {
+        self.array(key)?
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(f64::from(*x)),
+                Value::F64(x) => Ok(*x),
+                Value::I32(x) => Ok(f64::from(*x)),
+                Value::U32(x) => Ok(f64::from(*x)),
+                Value::I8(x) => Ok(f64::from(*x)),
+                Value::U8(x) => Ok(f64::from(*x)),
+                _ => Err(self.err(format!("metadata \"{key}\" holds a non-number"))),
+            })
+            .collect()
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<&str, LoadError> {
+        self.string("general.architecture")
+    }
+
+    /// The shape of a tensor as (rows, columns, ...), if the file has it.
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.content.tensor_infos.get(name).map(|t| t.shape.dims())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn tensor(&mut self, name: &str) -> Result<QTensor, LoadError> {
+        if !self.has(name) {
+            return Err(self.err(format!("no tensor \"{name}\"; is the file complete?")));
+        }
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| gguf_error(&self.path, &format!("tensor \"{name}\": {e}")))
+    }
+
+    /// The decoder's configuration from `<arch>.*` metadata.
+    pub fn llama_config(&self) -> Result<LlamaConfig, LoadError> {
+        let arch = self.architecture()?;
+        let family = match arch {
+            "qwen2" => Family::Qwen2,
+            "llama" => Family::Llama,
+            other => {
+                return Err(self.err(format!(
+                    "architecture \"{other}\" is not supported from GGUF (supported: \
+                     {SUPPORTED_ARCHITECTURES})"
+                )));
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        if let Some(Value::String(kind)) = self.get(&key("rope.scaling.type"))
+            && kind != "none"
+        {
+            return Err(self.err(format!(
+                "RoPE scaling \"{kind}\" is not supported (only plain RoPE with a frequency base)"
+            )));
+        }
+        let hidden_size = self.usize(&key("embedding_length"))?;
+        let num_attention_heads = self.usize(&key("attention.head_count"))?;
+        let num_key_value_heads = self
+            .opt_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(num_attention_heads);
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || num_attention_heads % num_key_value_heads != 0
+        {
+            return Err(self.err(format!(
+                "{num_attention_heads} attention heads do not group into {num_key_value_heads} \
+                 key/value heads"
+            )));
+        }
+        let head_dim = match self.opt_usize(&key("attention.key_length"))? {
+            Some(d) => d,
+            None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+            None => return Err(self.err("the head size is neither given nor implied")),
+        };
+        if head_dim % 2 != 0 {
+            return Err(self.err(format!("head size {head_dim} is odd; RoPE needs pairs")));
+        }
+        let embed_rows = self
+            .shape("token_embd.weight")
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| self.err("no tensor \"token_embd.weight\"; is the file complete?"))?;
+        let vocab_size = self.opt_usize(&key("vocab_size"))?.unwrap_or(embed_rows);
+        let has_bias = |t: &str| self.has(&format!("blk.0.{t}.bias"));
+        Ok(LlamaConfig {
+            family,
+            vocab_size,
+            hidden_size,
+            intermediate_size: self.usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.usize(&key("block_count"))?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: self.usize(&key("context_length"))?,
+            rms_norm_eps: self
+                .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-6),
+            rope_theta: self.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            qkv_bias: has_bias("attn_q"),
+            o_bias: has_bias("attn_output"),
+            mlp_bias: has_bias("ffn_up"),
+            tie_word_embeddings: !self.has("output.weight"),
+            bos_token_id: self.opt_token("tokenizer.ggml.bos_token_id")?,
+            eos_token_id: self.opt_token("tokenizer.ggml.eos_token_id")?,
+            fim_order: None,
+        })
+    }
+
+    /// The `tokenizer.json` the metadata describes, as the model family publishes it.
+    pub fn tokenizer_json(&self) -> Result<Json, LoadError> {
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i64> = match self.get("tokenizer.ggml.token_type") {
+            Some(_) => self
+                .numbers("tokenizer.ggml.token_type")?
+                .into_iter()
+                .map(|t| t as i64)
+                .collect(),
+            None => vec![TOKEN_NORMAL; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(self.err(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let model = self.string("tokenizer.ggml.model")?;
+        let add_bos = self.opt_bool("tokenizer.ggml.add_bos_token")?;
+        let bos = self.opt_token("tokenizer.ggml.bos_token_id")?;
+        match model {
+            "gpt2" => {
+                let merges = self.strings("tokenizer.ggml.merges")?;
+                let pre = match self.get("tokenizer.ggml.pre") {
+                    Some(Value::String(p)) => p.as_str(),
+                    _ => "default",
+                };
+                let (normalizer, pre_tokenizer) =
+                    byte_level_pre_tokenizer(pre).ok_or_else(|| {
+                        self.err(format!(
+                            "pre-tokenizer \"{pre}\" is not supported (supported: {SUPPORTED_PRE})"
+                        ))
+                    })?;
+                let bos = bos.filter(|_| add_bos == Some(true));
+                Ok(byte_level_json(
+                    &tokens,
+                    &types,
+                    &merges,
+                    normalizer,
+                    pre_tokenizer,
+                    bos,
+                ))
+            }
+            "llama" => {
+                let scores = self.numbers("tokenizer.ggml.scores")?;
+                if scores.len() != tokens.len() {
+                    return Err(self.err(format!(
+                        "{} token scores for {} tokens",
+                        scores.len(),
+                        tokens.len()
+                    )));
+                }
+                let prefix_space = self
+                    .opt_bool("tokenizer.ggml.add_space_prefix")?
+                    .unwrap_or(true);
+                let bos = bos.filter(|_| add_bos != Some(false));
+                Ok(sentencepiece_json(
+                    &tokens,
+                    &types,
+                    &scores,
+                    prefix_space,
+                    bos,
+                ))
+            }
+            other => Err(self.err(format!(
+                "tokenizer model \"{other}\" is not supported (supported: gpt2 byte-level BPE, \
+                 llama SentencePiece)"
+            ))),
+        }
+    }
+
+    /// The prefix, suffix and middle ids the metadata names, if it names all three.
+    fn fim_ids(&self) -> Result<Option<[u32; 3]>, LoadError> {
+        let pick = |a: &str, b: &str| -> Result<Option<u32>, LoadError> {
+            Ok(self
+                .opt_token(&format!("tokenizer.ggml.{a}"))?
+                .or(self.opt_token(&format!("tokenizer.ggml.{b}"))?))
+        };
+        Ok(
+            match (
+                pick("fim_pre_token_id", "prefix_token_id")?,
+                pick("fim_suf_token_id", "suffix_token_id")?,
+                pick("fim_mid_token_id", "middle_token_id")?,
+            ) {
+                (Some(p), Some(s), Some(m)) => Some([p, s, m]),
+                _ => None,
+            },
+        )
+    }
+
+    /// The tokenizer, checked against the model's `vocab_size`.
+    pub fn tokenizer(&self, vocab_size: usize) -> Result<Tokenizer, LoadError> {
+        let json = self.tokenizer_json()?;
+        let bytes = serde_json::to_vec(&json).map_err(|e| self.err(e.to_string()))?;
+        Tokenizer::from_bytes_with_fim(&bytes, vocab_size, self.fim_ids()?).map_err(|source| {
+            LoadError::Tokenizer {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Reads every tensor of the decoder under its transformers name: matrices as they are
+    /// stored (Q and K rows of `llama` files put back in transformers' order), 1-D tensors as
+    /// f32 for a var builder.
+    fn decoder_tensors(
+        &mut self,
+        c: &LlamaConfig,
+    ) -> Result<(Quantized, HashMap<String, Tensor>), LoadError> {
+        let permute = self.architecture()? == "llama";
+        let mut names = vec![
+            (
+                "token_embd.weight".to_string(),
+                "model.embed_tokens.weight".to_string(),
+            ),
+            ("output_norm.weight".into(), "model.norm.weight".into()),
+        ];
+        if !c.tie_word_embeddings {
+            names.push(("output.weight".into(), "lm_head.weight".into()));
+        }
+        for layer in 0..c.num_hidden_layers {
+            for (gguf, hf) in LAYER_NAMES {
+                for kind in ["weight", "bias"] {
+                    let name = format!("blk.{layer}.{gguf}.{kind}");
+                    if kind == "weight" || self.has(&name) {
+                        names.push((name, format!("model.layers.{layer}.{hf}.{kind}")));
+                    }
+                }
+            }
+        }
+        let mut quantized = Quantized::default();
+        let mut small = HashMap::new();
+        for (gguf, hf) in names {
+            let mut t = self.tensor(&gguf)?;
+            let heads = if hf.contains(".q_proj.") {
+                Some(c.num_attention_heads)
+            } else if hf.contains(".k_proj.") {
+                Some(c.num_key_value_heads)
+            } else {
+                None
+            };
+            if let (true, Some(heads)) = (permute, heads) {
+                t = unpermute_rows(&t, heads, c.head_dim).map_err(|e| self.err(e.to_string()))?;
+            }
+            if t.rank() == 1 {
+                let f = t
+                    .dequantize(&Device::Cpu)
+                    .map_err(|e| self.err(e.to_string()))?;
+                small.insert(hf, f);
+            } else {
+                quantized.tensors.insert(hf, Arc::new(t));
+            }
+        }
+        Ok((quantized, small))
+    }
+}
+
+/// Loads a GGUF file into a ready model.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
+    let mut file = GgufFile::open(path)?;
+    let config = file.llama_config()?;
+    let tokenizer = file.tokenizer(config.vocab_size)?;
+    if let Some(dtype) = opts.dtype
+        && dtype != DType::F32
+    {
+        return Err(file.err(format!(
+            "--dtype {} does not apply to a GGUF file: its weights run in the type they are \
+             stored in; leave out --dtype",
+            format!("{dtype:?}").to_lowercase()
+        )));
+    }
+    check_shapes(&file, &config)?;
+    let (quantized, small) = file.decoder_tensors(&config)?;
+    let vb = VarBuilder::from_tensors(small, DType::F32, &opts.device);
+    let model =
+        Llama::new_quantized(&config, vb, &quantized).map_err(|e| file.err(e.to_string()))?;
+    let name = path.display().to_string();
+    Ok(Model {
+        name,
+        network: Network::llama(model),
+        tokenizer,
+        config: ModelConfig::Llama(config),
+    })
+}
+
+/// Every matrix has the shape the metadata implies, so a mismatch is named, not a matmul error.
+fn check_shapes(file: &GgufFile, c: &LlamaConfig) -> Result<(), LoadError> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    let mut want = vec![("token_embd.weight".to_string(), vec![c.vocab_size, h])];
+    if !c.tie_word_embeddings {
+        want.push(("output.weight".into(), vec![c.vocab_size, h]));
+    }
+    for l in 0..c.num_hidden_layers {
+        for (t, shape) in [
+            ("attn_q", [q, h]),
+            ("attn_k", [kv, h]),
+            ("attn_v", [kv, h]),
+            ("attn_output", [h, q]),
+            ("ffn_gate", [i, h]),
+            ("ffn_up", [i, h]),
+            ("ffn_down", [h, i]),
+        ] {
+            want.push((format!("blk.{l}.{t}.weight"), shape.to_vec()));
+        }
+    }
+    for (name, expected) in want {
+        match file.shape(&name) {
+            None => return Err(file.err(format!("no tensor \"{name}\"; is the file complete?"))),
+            Some(got) if got != expected.as_slice() => {
+                return Err(file.err(format!(
+                    "tensor \"{name}\" has shape {got:?} but the metadata implies {expected:?}"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// llama.cpp's tensor names within a block, with the transformers names they stand for.
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Undoes the converter's Q/K permutation: within each head, GGUF row `2i + j` is transformers'
+/// row `j * head_dim / 2 + i`. Rows are whole blocks in every type, so quantized rows move as bytes.
+fn unpermute_rows(t: &QTensor, heads: usize, head_dim: usize) -> candle_core::Result<QTensor> {
+    let dims = t.shape().dims().to_vec();
+    let rows = dims[0];
+    if rows != heads * head_dim {
+        candle_core::bail!("{rows} rows are not {heads} heads of {head_dim}");
+    }
+    let data = t.data()?;
+    let row_bytes = data.len() / rows;
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = h * head_dim + 2 * i + j;
+                out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, t.dtype())?;
+    QTensor::new(storage, dims)
+}
+
+/// A one-line reason from candle's GGUF reader (without the backtrace candle appends when
+/// `RUST_BACKTRACE` is set), with the weight type named where it is one we cannot run.
+fn gguf_error(path: &Path, why: &str) -> LoadError {
+    let why = why.lines().next().unwrap_or_default();
+    let why = match why
+        .rsplit_once("unknown dtype for tensor ")
+        .and_then(|(_, id)| id.trim().parse::<u32>().ok())
+    {
+        Some(id) => format!(
+            "weight type {} is not supported (infill reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, \
+             Q5_1, Q8_0 and Q2_K to Q6_K); use a Q4_K_M, Q5_K_M, Q6_K or Q8_0 file",
+            ggml_type_name(id)
+        ),
+        None if why.contains("failed to fill whole buffer")
+            || why.contains("remaining")
+            || why.contains("exceeds") =>
+        {
+            format!("{why}; the file is damaged or incomplete, download it again")
+        }
+        None if why.contains("magic") => {
+            "is not a GGUF file (no GGUF magic at its start)".to_string()
+        }
+        None => why.to_string(),
+    };
+    LoadError::Gguf {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+/// GGML's names for its type ids (ggml.h), for messages.
+fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return format!("{id}"),
+    };
+    name.to_string()
+}
+
+// Token types of `tokenizer.ggml.token_type` (llama.cpp's llama_token_type); UNUSED (5) and
+// BYTE (6) pieces are plain vocabulary entries.
+const TOKEN_NORMAL: i64 = 1;
+const TOKEN_UNKNOWN: i64 = 2;
+const TOKEN_CONTROL: i64 = 3;
+const TOKEN_USER_DEFINED: i64 = 4;
+
+const SUPPORTED_PRE: &str = "default, gpt2, qwen2, deepseek-coder, starcoder, codellama";
+
+/// Qwen2's split regex, from its tokenizer.json.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn split(regex: &str) -> Json {
+    json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
+}
+
+fn byte_level(use_regex: bool) -> Json {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+}
+
+/// The normalizer and pre-tokenizer of the tokenizer.json of the family `tokenizer.ggml.pre` names.
+fn byte_level_pre_tokenizer(pre: &str) -> Option<(Json, Json)> {
+    let seq = |items: Vec<Json>| json!({"type": "Sequence", "pretokenizers": items});
+    Some(match pre {
+        // GPT-2's own regex inside ByteLevel: llama.cpp's default for byte-level vocabularies.
+        "default" | "gpt2" | "codellama" => (Json::Null, byte_level(true)),
+        "qwen2" => (
+            json!({"type": "NFC"}),
+            seq(vec![split(QWEN2_SPLIT), byte_level(false)]),
+        ),
+        "deepseek-coder" => (
+            Json::Null,
+            seq(vec![
+                split(r"[\r\n]"),
+                split(r"\s?\p{L}+"),
+                split(r"\s?\p{P}+"),
+                split("[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+"),
+                json!({"type": "Digits", "individual_digits": true}),
+                byte_level(false),
+            ]),
+        ),
+        "starcoder" => (
+            Json::Null,
+            seq(vec![
+                json!({"type": "Digits", "individual_digits": true}),
+                byte_level(true),
+            ]),
+        ),
+        _ => return None,
+    })
+}
+
+/// An added-token entry; control and unknown tokens are special, user-defined ones are not.
+fn added_token(id: usize, content: &str, special: bool) -> Json {
+    json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+           "normalized": !special, "special": special})
+}
+
+fn bos_processor(bos: Option<u32>, tokens: &[&str]) -> Json {
+    match bos.and_then(|b| tokens.get(b as usize).map(|t| (b, *t))) {
+        Some((id, piece)) => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": piece, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": piece, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {piece: {"id": piece, "ids": [id], "tokens": [piece]}},
+        }),
+        None => Json::Null,
+    }
+}
+
+fn byte_level_json(
+    tokens: &[&str],
+    types: &[i64],
+    merges: &[&str],
+    normalizer: Json,
+    pre_tokenizer: Json,
+    bos: Option<u32>,
+) -> Json {
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, (&piece, &kind)) in tokens.iter().zip(types).enumerate() {
+        vocab.insert(piece.to_string(), json!(id));
+        match kind {
+            TOKEN_CONTROL => added.push(added_token(id, piece, true)),
+            TOKEN_USER_DEFINED => added.push(added_token(id, piece, false)),
+            _ => {}
+        }
+    }
+    let merges: Vec<Json> = merges
+        .iter()
+        .filter_map(|m| m.split_once(' '))
+        .map(|(a, b)| json!([a, b]))
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": bos_processor(bos, tokens),
+        "decoder": byte_level(true),
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    })
+}
+
+/// A SentencePiece BPE vocabulary as transformers' Llama converter writes it: merges derived
+/// from the scores (a pair whose concatenation is a piece merges with that piece's score, higher
+/// first), byte fallback to `<0xNN>` pieces, `▁` for spaces.
+fn sentencepiece_json(
+    tokens: &[&str],
+    types: &[i64],
+    scores: &[f64],
+    prefix_space: bool,
+    bos: Option<u32>,
+) -> Json {
+    let mut vocab = serde_json::Map::new();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut added = Vec::new();
+    let mut unk = None;
+    for (id, (&piece, &kind)) in tokens.iter().zip(types).enumerate() {
+        vocab.insert(piece.to_string(), json!(id));
+        ids.entry(piece).or_insert(id);
+        match kind {
+            TOKEN_CONTROL => added.push(added_token(id, piece, true)),
+            TOKEN_UNKNOWN => {
+                unk.get_or_insert(piece);
+                added.push(added_token(id, piece, true));
+            }
+            TOKEN_USER_DEFINED => added.push(added_token(id, piece, false)),
+            _ => {}
+        }
+    }
+    let mergeable = |id: usize| matches!(types[id], TOKEN_NORMAL | TOKEN_USER_DEFINED);
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    for (id, &piece) in tokens.iter().enumerate() {
+        if !mergeable(id) {
+            continue;
+        }
+        let mut local = Vec::new();
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&a), Some(&b)) = (ids.get(l), ids.get(r))
+                && mergeable(a)
+                && mergeable(b)
+            {
+                local.push((scores[id], a, b, l, r));
+            }
+        }
+        local.sort_by_key(|&(_, a, b, _, _)| (a, b));
+        merges.extend(local);
+    }
+    // Stable: equal scores keep the order of their pieces' ids.
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let merges: Vec<Json> = merges
+        .iter()
+        .map(|&(_, _, _, l, r)| json!([l, r]))
+        .collect();
+    let mut normalizers = Vec::new();
+    if prefix_space {
+        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix_space {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": bos_processor(bos, tokens),
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    })
+}

@@ -1,0 +1,427 @@
+//! GGUF files: logits equal to the Hugging Face fixtures', the tokenizer rebuilt from metadata, the
+//! quantized kernels against llama.cpp's own dequantisation, and every kind of bad file.
+//!
+//! The fixtures under tests/fixtures/gguf are written by tests/fixtures/make_gguf.py with llama.cpp's
+//! `gguf` Python library from the Hugging Face fixtures (whose golden logits come from transformers).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{Device, Module};
+use infill::model::load::{LoadError, ModelSource};
+use infill::model::tokenizer::Tokenizer;
+use infill::model::{LoadOptions, Model, gguf};
+
+use crate::{fixture, golden, infill_cmd, logits_all, max_abs, max_abs_diff, open, succeeded};
+
+fn gguf_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf")
+        .join(name)
+}
+
+fn open_gguf(path: &Path) -> Model {
+    gguf::load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn gguf_err(path: &Path) -> String {
+    match gguf::load(path, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded but should not", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The largest difference from transformers' logits over the whole golden sequence.
+fn golden_gap(model: &Model, name: &str) -> f32 {
+    let g = golden(name);
+    max_abs_diff(&logits_all(model, &g.ids), &g.logits)
+}
+
+#[test]
+fn f32_files_compute_what_transformers_computes() {
+    for name in ["qwen2", "llama"] {
+        let gap = golden_gap(&open_gguf(&gguf_fixture(&format!("{name}-f32.gguf"))), name);
+        assert!(gap < 1e-4, "{name}: {gap}");
+    }
+}
+
+/// A copy of `src` with every tensor dequantized to F32: the model a quantized file stands for.
+fn dequantized_copy(src: &Path, dir: &Path) -> PathBuf {
+    let mut reader = std::fs::File::open(src).unwrap();
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let t = content.tensor(&mut reader, name, &Device::Cpu).unwrap();
+        let f = t.dequantize(&Device::Cpu).unwrap();
+        tensors.push((name.clone(), QTensor::quantize(&f, GgmlDType::F32).unwrap()));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let out = dir.join("dequantized.gguf");
+    let mut w = std::fs::File::create(&out).unwrap();
+    gguf_file::write(&mut w, &metadata, &tensors).unwrap();
+    out
+}
+
+#[test]
+fn f16_and_q8_0_files_compute_their_dequantized_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "llama"] {
+        let g = golden(name);
+        let range = max_abs(&g.logits);
+        // F16 weights are widened exactly. Q8_0 products also round the activations to 8 bits (as
+        // llama.cpp does), which moves the logits of these tiny models with their large random
+        // weights (range ±7) by up to half a unit; a misread tensor moves them by several.
+        for (kind, tolerance, drift_bound) in [("f16", 1e-5, 0.01), ("q8_0", 0.1, 0.2)] {
+            let path = gguf_fixture(&format!("{name}-{kind}.gguf"));
+            let reference = open_gguf(&dequantized_copy(&path, tmp.path()));
+            let model = open_gguf(&path);
+            let gap = max_abs_diff(&logits_all(&model, &g.ids), &logits_all(&reference, &g.ids));
+            assert!(gap <= tolerance * range, "{name} {kind}: {gap}");
+            // And the file is the fixture model, up to storing its weights in 16 or 8 bits.
+            let drift = golden_gap(&model, name);
+            assert!(drift < drift_bound * range, "{name} {kind}: {drift}");
+        }
+    }
+}
+
+#[test]
+fn the_tokenizer_and_fim_template_come_from_the_metadata() {
+    for name in ["qwen2", "llama"] {
+        let hf = open(&fixture(name));
+        let model = open_gguf(&gguf_fixture(&format!("{name}-f32.gguf")));
+        let (a, b) = (&hf.tokenizer, &model.tokenizer);
+        assert_eq!(a.fim(), b.fim(), "{name}");
+        assert_eq!(a.prepends_space(), b.prepends_space(), "{name}");
+        for id in 0..a.vocab_size() as u32 {
+            assert_eq!(a.token_bytes(id), b.token_bytes(id), "{name} token {id}");
+            assert_eq!(a.is_special(id), b.is_special(id), "{name} token {id}");
+        }
+        // The prompt transformers' golden run used.
+        let g = golden(name);
+        let prefix = b.encode(&g.prefix).unwrap();
+        let suffix = b.encode_continuation(&g.suffix).unwrap();
+        let prompt = b.fim_prompt(&prefix, &suffix, infill::model::FimOrder::Psm);
+        assert_eq!(prompt, g.ids[..g.prompt_len], "{name}");
+    }
+}
+
+/// About 1 MB of mixed text: this crate's sources and test files, and lines in other scripts.
+fn corpus() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in [
+        "src",
+        "src/model",
+        "src/tui",
+        "tests/it",
+        "tests/trim",
+        "docs",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                files.push(text);
+            }
+        }
+    }
+    files.push(
+        "中文注释：计算斐波那契数列 😀 emoji, 한국어 주석,日本語のコメント, Ελληνικά, русский \
+         текст, عربى, हिन्दी\r\n\ttab\u{a0}nbsp  two  spaces 12345 3.14e-10 it's we'll I'd"
+            .repeat(50),
+    );
+    files
+}
+
+#[test]
+fn each_pre_tokenizer_splits_as_its_tokenizer_json_does() {
+    let sample = corpus();
+    let bytes: usize = sample.iter().map(String::len).sum();
+    assert!(bytes > 500_000, "corpus of {bytes} bytes");
+    for pre in ["qwen2", "deepseek-coder", "starcoder", "gpt2", "llama"] {
+        let json = std::fs::read(gguf_fixture(&format!("vocab-{pre}.json"))).unwrap();
+        let reference = Tokenizer::from_bytes(&json, 1 << 20).unwrap();
+        let file = gguf::GgufFile::open(&gguf_fixture(&format!("vocab-{pre}.gguf"))).unwrap();
+        let built = file.tokenizer(1 << 20).unwrap();
+        for text in &sample {
+            assert_eq!(
+                reference.encode_continuation(text).unwrap(),
+                built.encode_continuation(text).unwrap(),
+                "{pre}: {:?}",
+                text.chars().take(80).collect::<String>()
+            );
+        }
+    }
+}
+
+/// Each weight type's product with a vector equals the product of llama.cpp's dequantisation of
+/// the same blocks (numpy, float64) within the rounding of the vector to 8 bits, and candle's
+/// dequantisation equals llama.cpp's exactly.
+#[test]
+fn quantized_products_equal_their_dequantized_reference() {
+    let path = gguf_fixture("quants.gguf");
+    let mut reader = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let mut read = |name: &str| content.tensor(&mut reader, name, &Device::Cpu).unwrap();
+    let x = read("x").dequantize(&Device::Cpu).unwrap();
+    let x_max = max_abs(&x);
+    for kind in ["q4_0", "q8_0", "q4_k", "q5_k", "q6_k"] {
+        let q = read(kind);
+        let reference = read(&format!("{kind}.ref"))
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let want = read(&format!("{kind}.y")).dequantize(&Device::Cpu).unwrap();
+        let ours = q.dequantize(&Device::Cpu).unwrap();
+        assert_eq!(
+            max_abs_diff(&ours, &reference),
+            0.0,
+            "{kind} dequantisation"
+        );
+        let y = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&x.unsqueeze(0).unwrap())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        // Rounding x to 8 bits moves each element by at most x_max / 254 (per block it is less).
+        let row_l1: Vec<f32> = reference.abs().unwrap().sum(1).unwrap().to_vec1().unwrap();
+        let (y, want): (Vec<f32>, Vec<f32>) = (y.to_vec1().unwrap(), want.to_vec1().unwrap());
+        for ((got, want), l1) in y.iter().zip(&want).zip(&row_l1) {
+            let bound = l1 * x_max / 254.0 + 1e-4 * want.abs();
+            assert!(
+                (got - want).abs() <= bound,
+                "{kind}: {got} vs {want} (bound {bound})"
+            );
+        }
+        // The bound is not vacuous: the products are far larger than it.
+        assert!(want.iter().any(|w| w.abs() > 0.5), "{kind}: {want:?}");
+    }
+}
+
+#[test]
+fn model_sources_name_gguf_files_and_hub_gguf_files() {
+    let path = gguf_fixture("qwen2-q8_0.gguf");
+    assert_eq!(
+        ModelSource::parse(path.to_str()).unwrap(),
+        ModelSource::Gguf(path.clone())
+    );
+    assert_eq!(
+        ModelSource::parse(Some(
+            "Qwen/Qwen2.5-Coder-0.5B-GGUF:qwen2.5-coder-0.5b-q8_0.gguf"
+        ))
+        .unwrap(),
+        ModelSource::HubGguf {
+            id: "Qwen/Qwen2.5-Coder-0.5B-GGUF".into(),
+            file: "qwen2.5-coder-0.5b-q8_0.gguf".into()
+        }
+    );
+    // A file that is not GGUF is named as such, not taken for a hub id.
+    let cfg = fixture("qwen2").join("config.json");
+    let err = ModelSource::parse(cfg.to_str()).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("not a GGUF file"),
+        "{err}"
+    );
+    // A GGUF file where a directory is needed (fine-tuning) says so.
+    let err = infill::model::load::locate(&ModelSource::Gguf(path), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("GGUF") && err.contains("Hugging Face layout"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hub_gguf_file_resolves_from_a_local_hf_hub_cache_offline() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let src = gguf_fixture("qwen2-q8_0.gguf");
+    crate::loading::hub_cache(
+        cache_dir.path(),
+        "infill-test/tiny-qwen2-GGUF",
+        &[("tiny-q8_0.gguf", &src)],
+    );
+    let cache = hf_hub::Cache::new(cache_dir.path().to_path_buf());
+    let path = infill::model::load::locate_hub_file(
+        "infill-test/tiny-qwen2-GGUF",
+        "tiny-q8_0.gguf",
+        &cache,
+        false,
+    )
+    .unwrap();
+    let model = open_gguf(&path);
+    assert!(golden_gap(&model, "qwen2") < 1.0);
+    let err = infill::model::load::locate_hub_file(
+        "infill-test/tiny-qwen2-GGUF",
+        "absent.gguf",
+        &cache,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("absent.gguf") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}
+
+/// The bytes of a fixture with `edit` applied, written to a temporary file.
+fn edited(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let mut bytes = std::fs::read(gguf_fixture(name)).unwrap();
+    edit(&mut bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+fn find(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+}
+
+#[test]
+fn bad_files_get_one_line_naming_the_file_and_the_fault() {
+    // Cut short: every prefix of the file fails cleanly.
+    let whole = std::fs::read(gguf_fixture("qwen2-q8_0.gguf")).unwrap();
+    for cut in [3, 10, 100, 2_000, whole.len() / 2, whole.len() - 1] {
+        let (_dir, path) = edited("qwen2-q8_0.gguf", |b| b.truncate(cut));
+        let err = gguf_err(&path);
+        assert!(
+            err.contains("qwen2-q8_0.gguf") && !err.contains('\n'),
+            "{cut}: {err}"
+        );
+    }
+    let (_dir, path) = edited("qwen2-q8_0.gguf", |b| b.truncate(b.len() / 2));
+    let err = gguf_err(&path);
+    assert!(err.contains("damaged or incomplete"), "{err}");
+
+    // An architecture infill has no decoder for (every qwen2 key renamed with it).
+    let (_dir, path) = edited("qwen2-f32.gguf", |b| {
+        while let Some(at) = b.windows(6).position(|w| w == b"qwen2\0" || w == b"qwen2.") {
+            b[at + 4] = b'9';
+        }
+        let at = find(b, b"qwen2");
+        b[at + 4] = b'9';
+    });
+    let err = gguf_err(&path);
+    assert!(
+        err.contains("\"qwen9\"") && err.contains("qwen2, llama"),
+        "{err}"
+    );
+
+    // A weight type candle has no kernel for: IQ4_XS (23) in the first tensor's entry.
+    let (_dir, path) = edited("qwen2-q8_0.gguf", |b| {
+        let name = b"token_embd.weight";
+        let at = find(b, name) + name.len();
+        let dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        let ty = at + 4 + 8 * dims;
+        b[ty..ty + 4].copy_from_slice(&23u32.to_le_bytes());
+    });
+    let err = gguf_err(&path);
+    assert!(err.contains("IQ4_XS") && err.contains("Q8_0"), "{err}");
+
+    // Not GGUF at all.
+    let (_dir, path) = edited("qwen2-f32.gguf", |b| b[..4].copy_from_slice(b"GGUX"));
+    let err = gguf_err(&path);
+    assert!(err.contains("not a GGUF file"), "{err}");
+
+    // Through the binary: one line, non-zero exit.
+    let (_dir, path) = edited("qwen2-q8_0.gguf", |b| b.truncate(b.len() / 2));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "def f():\n    return 1\n").unwrap();
+    let out = infill_cmd()
+        .args([
+            "complete",
+            "--file",
+            file.path().to_str().unwrap(),
+            "--line",
+            "2",
+        ])
+        .args(["--column", "5", "--model", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("damaged or incomplete"), "{stderr}");
+}
+
+#[test]
+fn complete_and_score_run_on_a_gguf_file() {
+    let model = gguf_fixture("qwen2-q8_0.gguf");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "def add(a, b):\n    return a + b\n").unwrap();
+    let out = succeeded(
+        infill_cmd()
+            .args([
+                "complete",
+                "--file",
+                file.path().to_str().unwrap(),
+                "--line",
+                "2",
+            ])
+            .args([
+                "--column",
+                "12",
+                "--model",
+                model.to_str().unwrap(),
+                "--json",
+            ])
+            .args(["--max-tokens", "4"]),
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["model"]["family"], "qwen2");
+    assert_eq!(json["model"]["fim_template"], "qwen");
+    assert!(json["raw"].is_string());
+    let out = succeeded(
+        infill_cmd()
+            .args([
+                "score",
+                file.path().to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+            ])
+            .arg("--json"),
+    );
+    assert!(!out.stdout.is_empty());
+    // --dtype does not apply to a file whose weights have their own types.
+    let out = infill_cmd()
+        .args([
+            "complete",
+            "--file",
+            file.path().to_str().unwrap(),
+            "--line",
+            "2",
+        ])
+        .args([
+            "--column",
+            "12",
+            "--model",
+            model.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--dtype"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_load_error_is_a_load_error() {
+    // The error type stays the loader's, so callers can match on it.
+    let (_dir, path) = edited("qwen2-f32.gguf", |b| b.truncate(64));
+    assert!(matches!(
+        gguf::load(&path, &LoadOptions::default()),
+        Err(LoadError::Gguf { .. })
+    ));
+}
