@@ -139,12 +139,15 @@ pub struct ExportArgs {
     /// The model directory to copy.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Where to write the copy (a new or empty directory).
+    /// Where to write the copy: a new or empty directory, or a file for --format gguf.
     #[arg(long)]
     pub out: PathBuf,
-    /// Storage precision of the copy's floating-point weights.
-    #[arg(long, value_enum, default_value_t = StorageDtype::Bf16)]
-    pub dtype: StorageDtype,
+    /// The format of the copy (default: gguf when --out ends in .gguf, else hf).
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
+    /// Storage precision of the copy's weights (default: bf16 for hf, q8_0 for gguf).
+    #[arg(long, value_enum)]
+    pub dtype: Option<StorageDtype>,
     /// The context (tokens) the copy declares: the length it was trained at, when its config
     /// says more (prompts longer than that make a model worse).
     #[arg(long, value_name = "TOKENS")]
@@ -160,6 +163,30 @@ pub enum StorageDtype {
     F32,
     F16,
     Bf16,
+    /// GGUF only: 8-bit blocks (llama.cpp's Q8_0).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// GGUF only: 4-bit blocks (Q4_0).
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// GGUF only: llama.cpp's Q4_K_M mix (Q4_K, with Q6_K where it matters most).
+    #[value(name = "q4_k")]
+    Q4K,
+    /// GGUF only: llama.cpp's Q5_K_M mix.
+    #[value(name = "q5_k")]
+    Q5K,
+    /// GGUF only: Q6_K.
+    #[value(name = "q6_k")]
+    Q6K,
+}
+
+/// The file format `infill models export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A Hugging Face directory (config.json, tokenizer.json, model.safetensors).
+    Hf,
+    /// One GGUF file, for llama.cpp, ollama and LM Studio.
+    Gguf,
 }
 
 #[derive(Debug, Subcommand)]

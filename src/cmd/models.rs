@@ -8,7 +8,9 @@ use anyhow::Context;
 use candle_core::DType;
 use serde_json::Value;
 
-use crate::cli::{ExportArgs, ModelsCommand, StorageDtype};
+use clap::ValueEnum;
+
+use crate::cli::{ExportArgs, ExportFormat, ModelsCommand, StorageDtype};
 use crate::model::config::FIM_ORDER_FIELD;
 use crate::model::embedded;
 use crate::model::load::{
@@ -160,6 +162,15 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     if let Some(context) = args.context.filter(|&c| c < 16) {
         anyhow::bail!("--context must be at least 16 tokens (got {context})");
     }
+    let format = args
+        .format
+        .unwrap_or(match args.out.extension().and_then(|e| e.to_str()) {
+            Some("gguf") => ExportFormat::Gguf,
+            _ => ExportFormat::Hf,
+        });
+    if format == ExportFormat::Gguf {
+        return export_gguf(args);
+    }
     let files = locate_dir(&args.model)?;
     let same = std::fs::canonicalize(&args.model).ok() == std::fs::canonicalize(&args.out).ok();
     if same {
@@ -176,10 +187,17 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the directory", args.out.display()))?;
-    let target = match args.dtype {
+    let dtype = args.dtype.unwrap_or(StorageDtype::Bf16);
+    let target = match dtype {
         StorageDtype::F32 => DType::F32,
         StorageDtype::F16 => DType::F16,
         StorageDtype::Bf16 => DType::BF16,
+        quantized => anyhow::bail!(
+            "--dtype {} is a GGUF type; pass --format gguf (or an --out ending in .gguf)",
+            quantized
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string())
+        ),
     };
     let mut tensors = std::collections::HashMap::new();
     for blob in &files.weights {
@@ -202,10 +220,10 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
 
     let mut config: Value = serde_json::from_slice(&files.config.read()?)?;
     if let Some(map) = config.as_object_mut() {
-        let name = match args.dtype {
-            StorageDtype::F32 => "float32",
-            StorageDtype::F16 => "float16",
-            StorageDtype::Bf16 => "bfloat16",
+        let name = match target {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            _ => "bfloat16",
         };
         map.insert("torch_dtype".into(), Value::from(name));
         if let Some(context) = args.context {
@@ -239,5 +257,89 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
     }
     let written = locate_dir(&args.out)?;
     crate::outln!("{}: {}", args.out.display(), describe(&written)?)?;
+    Ok(())
+}
+
+/// `infill models export --format gguf`: one file in llama.cpp's layout, quantized as asked.
+fn export_gguf(args: &ExportArgs) -> anyhow::Result<()> {
+    use crate::model::ModelConfig;
+    use crate::model::gguf::export::{self, WeightType};
+    let files = locate_dir(&args.model)?;
+    if args.out.is_dir() {
+        anyhow::bail!(
+            "{}: is a directory; --format gguf writes one file (e.g. --out model-q8_0.gguf)",
+            args.out.display()
+        );
+    }
+    if args.out.exists() {
+        anyhow::bail!(
+            "{}: already exists; choose a new file name",
+            args.out.display()
+        );
+    }
+    let want = match args.dtype.unwrap_or(StorageDtype::Q8_0) {
+        StorageDtype::F32 => WeightType::F32,
+        StorageDtype::F16 => WeightType::F16,
+        StorageDtype::Bf16 => WeightType::Bf16,
+        StorageDtype::Q8_0 => WeightType::Q8_0,
+        StorageDtype::Q4_0 => WeightType::Q4_0,
+        StorageDtype::Q4K => WeightType::Q4K,
+        StorageDtype::Q5K => WeightType::Q5K,
+        StorageDtype::Q6K => WeightType::Q6K,
+    };
+    let config_path = files.config.label();
+    let mut config = match ModelConfig::parse(std::str::from_utf8(&files.config.read()?)?)
+        .with_context(|| config_path.display().to_string())?
+    {
+        ModelConfig::Llama(c) => c,
+        other => anyhow::bail!(
+            "{}: {} models cannot be written as GGUF yet (qwen2 and llama can)",
+            args.model.display(),
+            other.family().model_type()
+        ),
+    };
+    if let Some(context) = args.context {
+        config.max_position_embeddings = context;
+    }
+    if let Some(order) = args.fim_order {
+        config.fim_order = Some(order);
+    }
+    let tokenizer_bytes = files.tokenizer.read()?;
+    let tokenizer = crate::model::Tokenizer::from_bytes(&tokenizer_bytes, config.vocab_size)
+        .with_context(|| files.tokenizer.label().display().to_string())?;
+    let tokenizer_json: Value = serde_json::from_slice(&tokenizer_bytes)?;
+    let mut weights = std::collections::HashMap::new();
+    for blob in &files.weights {
+        let Blob::File(path) = blob else { continue };
+        let loaded = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .with_context(|| format!("{}: cannot read the weights", path.display()))?;
+        weights.extend(loaded);
+    }
+    let name = args
+        .model
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let written = export::write(
+        &config,
+        &tokenizer_json,
+        tokenizer.fim(),
+        &weights,
+        want,
+        &name,
+        &args.out,
+    )
+    .with_context(|| args.out.display().to_string())?;
+    let types: Vec<String> = written
+        .types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    crate::outln!(
+        "{}: GGUF, {} tensors ({}), {:.1} MB",
+        args.out.display(),
+        written.tensors,
+        types.join(", "),
+        written.bytes as f64 / 1e6
+    )?;
     Ok(())
 }

@@ -21,13 +21,22 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use super::config::{Family, LlamaConfig, ModelConfig};
 use super::llama::{Llama, Quantized};
 use super::load::{LoadError, LoadOptions};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{FimOrder, Tokenizer};
 use super::{Model, Network};
+
+pub mod export;
+mod vocab;
+
+use vocab::{TOKEN_NORMAL, byte_level_json, byte_level_pre_tokenizer, sentencepiece_json};
+
+/// The metadata key where infill records the FIM prompt order a model completes best in (as
+/// `infill_fim_order` in a config.json).
+pub const FIM_ORDER_KEY: &str = "infill.fim_order";
 
 /// The architectures (`general.architecture`) infill runs from a GGUF file.
 pub const SUPPORTED_ARCHITECTURES: &str = "qwen2, llama";
@@ -261,7 +270,11 @@ impl GgufFile {
             tie_word_embeddings: !self.has("output.weight"),
             bos_token_id: self.opt_token("tokenizer.ggml.bos_token_id")?,
             eos_token_id: self.opt_token("tokenizer.ggml.eos_token_id")?,
-            fim_order: None,
+            fim_order: match self.get(FIM_ORDER_KEY) {
+                Some(Value::String(o)) if o == "spm" => Some(FimOrder::Spm),
+                Some(Value::String(o)) if o == "psm" => Some(FimOrder::Psm),
+                _ => None,
+            },
         })
     }
 
@@ -296,7 +309,8 @@ impl GgufFile {
                 let (normalizer, pre_tokenizer) =
                     byte_level_pre_tokenizer(pre).ok_or_else(|| {
                         self.err(format!(
-                            "pre-tokenizer \"{pre}\" is not supported (supported: {SUPPORTED_PRE})"
+                            "pre-tokenizer \"{pre}\" is not supported (supported: {})",
+                            vocab::SUPPORTED_PRE
                         ))
                     })?;
                 let bos = bos.filter(|_| add_bos == Some(true));
@@ -579,197 +593,4 @@ fn ggml_type_name(id: u32) -> String {
         _ => return format!("{id}"),
     };
     name.to_string()
-}
-
-// Token types of `tokenizer.ggml.token_type` (llama.cpp's llama_token_type); UNUSED (5) and
-// BYTE (6) pieces are plain vocabulary entries.
-const TOKEN_NORMAL: i64 = 1;
-const TOKEN_UNKNOWN: i64 = 2;
-const TOKEN_CONTROL: i64 = 3;
-const TOKEN_USER_DEFINED: i64 = 4;
-
-const SUPPORTED_PRE: &str = "default, gpt2, qwen2, deepseek-coder, starcoder, codellama";
-
-/// Qwen2's split regex, from its tokenizer.json.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn split(regex: &str) -> Json {
-    json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-}
-
-fn byte_level(use_regex: bool) -> Json {
-    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-}
-
-/// The normalizer and pre-tokenizer of the tokenizer.json of the family `tokenizer.ggml.pre` names.
-fn byte_level_pre_tokenizer(pre: &str) -> Option<(Json, Json)> {
-    let seq = |items: Vec<Json>| json!({"type": "Sequence", "pretokenizers": items});
-    Some(match pre {
-        // GPT-2's own regex inside ByteLevel: llama.cpp's default for byte-level vocabularies.
-        "default" | "gpt2" | "codellama" => (Json::Null, byte_level(true)),
-        "qwen2" => (
-            json!({"type": "NFC"}),
-            seq(vec![split(QWEN2_SPLIT), byte_level(false)]),
-        ),
-        "deepseek-coder" => (
-            Json::Null,
-            seq(vec![
-                split(r"[\r\n]"),
-                split(r"\s?\p{L}+"),
-                split(r"\s?\p{P}+"),
-                split("[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+"),
-                json!({"type": "Digits", "individual_digits": true}),
-                byte_level(false),
-            ]),
-        ),
-        "starcoder" => (
-            Json::Null,
-            seq(vec![
-                json!({"type": "Digits", "individual_digits": true}),
-                byte_level(true),
-            ]),
-        ),
-        _ => return None,
-    })
-}
-
-/// An added-token entry; control and unknown tokens are special, user-defined ones are not.
-fn added_token(id: usize, content: &str, special: bool) -> Json {
-    json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
-           "normalized": !special, "special": special})
-}
-
-fn bos_processor(bos: Option<u32>, tokens: &[&str]) -> Json {
-    match bos.and_then(|b| tokens.get(b as usize).map(|t| (b, *t))) {
-        Some((id, piece)) => json!({
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": piece, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": piece, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {piece: {"id": piece, "ids": [id], "tokens": [piece]}},
-        }),
-        None => Json::Null,
-    }
-}
-
-fn byte_level_json(
-    tokens: &[&str],
-    types: &[i64],
-    merges: &[&str],
-    normalizer: Json,
-    pre_tokenizer: Json,
-    bos: Option<u32>,
-) -> Json {
-    let mut vocab = serde_json::Map::new();
-    let mut added = Vec::new();
-    for (id, (&piece, &kind)) in tokens.iter().zip(types).enumerate() {
-        vocab.insert(piece.to_string(), json!(id));
-        match kind {
-            TOKEN_CONTROL => added.push(added_token(id, piece, true)),
-            TOKEN_USER_DEFINED => added.push(added_token(id, piece, false)),
-            _ => {}
-        }
-    }
-    let merges: Vec<Json> = merges
-        .iter()
-        .filter_map(|m| m.split_once(' '))
-        .map(|(a, b)| json!([a, b]))
-        .collect();
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": bos_processor(bos, tokens),
-        "decoder": byte_level(true),
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges,
-        },
-    })
-}
-
-/// A SentencePiece BPE vocabulary as transformers' Llama converter writes it: merges derived
-/// from the scores (a pair whose concatenation is a piece merges with that piece's score, higher
-/// first), byte fallback to `<0xNN>` pieces, `▁` for spaces.
-fn sentencepiece_json(
-    tokens: &[&str],
-    types: &[i64],
-    scores: &[f64],
-    prefix_space: bool,
-    bos: Option<u32>,
-) -> Json {
-    let mut vocab = serde_json::Map::new();
-    let mut ids: HashMap<&str, usize> = HashMap::new();
-    let mut added = Vec::new();
-    let mut unk = None;
-    for (id, (&piece, &kind)) in tokens.iter().zip(types).enumerate() {
-        vocab.insert(piece.to_string(), json!(id));
-        ids.entry(piece).or_insert(id);
-        match kind {
-            TOKEN_CONTROL => added.push(added_token(id, piece, true)),
-            TOKEN_UNKNOWN => {
-                unk.get_or_insert(piece);
-                added.push(added_token(id, piece, true));
-            }
-            TOKEN_USER_DEFINED => added.push(added_token(id, piece, false)),
-            _ => {}
-        }
-    }
-    let mergeable = |id: usize| matches!(types[id], TOKEN_NORMAL | TOKEN_USER_DEFINED);
-    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
-    for (id, &piece) in tokens.iter().enumerate() {
-        if !mergeable(id) {
-            continue;
-        }
-        let mut local = Vec::new();
-        for (at, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(at);
-            if let (Some(&a), Some(&b)) = (ids.get(l), ids.get(r))
-                && mergeable(a)
-                && mergeable(b)
-            {
-                local.push((scores[id], a, b, l, r));
-            }
-        }
-        local.sort_by_key(|&(_, a, b, _, _)| (a, b));
-        merges.extend(local);
-    }
-    // Stable: equal scores keep the order of their pieces' ids.
-    merges.sort_by(|x, y| y.0.total_cmp(&x.0));
-    let merges: Vec<Json> = merges
-        .iter()
-        .map(|&(_, _, _, l, r)| json!([l, r]))
-        .collect();
-    let mut normalizers = Vec::new();
-    if prefix_space {
-        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
-    }
-    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
-    let mut decoders = vec![
-        json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
-        json!({"type": "ByteFallback"}),
-        json!({"type": "Fuse"}),
-    ];
-    if prefix_space {
-        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-    }
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null,
-        "post_processor": bos_processor(bos, tokens),
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-            "ignore_merges": false, "vocab": vocab, "merges": merges,
-        },
-    })
 }

@@ -425,3 +425,174 @@ fn a_load_error_is_a_load_error() {
         Err(LoadError::Gguf { .. })
     ));
 }
+
+/// `infill models export --format gguf` into `dir`, returning the file.
+fn export(model: &Path, dtype: &str, dir: &Path) -> PathBuf {
+    let stem = model.file_name().unwrap().to_str().unwrap();
+    let out = dir.join(format!("{stem}-{dtype}.gguf"));
+    succeeded(
+        infill_cmd()
+            .args(["models", "export", "--model", model.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--dtype", dtype]),
+    );
+    out
+}
+
+#[test]
+fn an_exported_file_is_the_model_in_llama_cpps_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "llama"] {
+        let out = export(&fixture(name), "f32", tmp.path());
+        // What transformers computes, and the same tokenizer.
+        let model = open_gguf(&out);
+        assert!(golden_gap(&model, name) < 1e-4, "{name}");
+        assert_eq!(model.tokenizer.fim(), open(&fixture(name)).tokenizer.fim());
+        // Tensor for tensor and key for key what llama.cpp's own library wrote in the
+        // converter's layout (tests/fixtures/make_gguf.py).
+        let read = |p: &Path| {
+            let mut f = std::fs::File::open(p).unwrap();
+            let c = gguf_file::Content::read(&mut f).unwrap();
+            (c, f)
+        };
+        let (ours, mut ours_file) = read(&out);
+        let (theirs, mut theirs_file) = read(&gguf_fixture(&format!("{name}-f32.gguf")));
+        let mut names: Vec<&String> = theirs.tensor_infos.keys().collect();
+        names.sort();
+        let mut our_names: Vec<&String> = ours.tensor_infos.keys().collect();
+        our_names.sort();
+        assert_eq!(our_names, names, "{name}");
+        for t in names {
+            let a = ours.tensor(&mut ours_file, t, &Device::Cpu).unwrap();
+            let b = theirs.tensor(&mut theirs_file, t, &Device::Cpu).unwrap();
+            assert_eq!(a.shape(), b.shape(), "{name} {t}");
+            assert_eq!(a.data().unwrap(), b.data().unwrap(), "{name} {t}");
+        }
+        for (key, value) in &theirs.metadata {
+            if key == "general.name"
+                || key.starts_with("tokenizer.ggml.") && key.ends_with("_id")
+                || key == "tokenizer.ggml.add_bos_token"
+                || key == "tokenizer.ggml.add_eos_token"
+            {
+                continue;
+            }
+            let ours = ours
+                .metadata
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_eq!(format!("{ours:?}"), format!("{value:?}"), "{name} {key}");
+        }
+    }
+}
+
+#[test]
+fn quantized_exports_load_and_run_in_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The fixture's rows (32 values) take Q8_0 blocks; K types fall back to Q8_0 there.
+    for dtype in ["q8_0", "q4_k"] {
+        let out = export(&fixture("qwen2"), dtype, tmp.path());
+        let model = open_gguf(&out);
+        let g = golden("qwen2");
+        assert!(
+            golden_gap(&model, "qwen2") < 0.2 * max_abs(&g.logits),
+            "{dtype}"
+        );
+    }
+    // A model with 256-value rows gets real K blocks, Q6_K where llama.cpp's Q4_K_M puts them.
+    let wide = wide_model(tmp.path());
+    let out = export(&wide, "q4_k", tmp.path());
+    let mut f = std::fs::File::open(&out).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let ty = |n: &str| content.tensor_infos[n].ggml_dtype;
+    assert_eq!(ty("blk.1.ffn_up.weight"), GgmlDType::Q4K);
+    assert_eq!(ty("blk.1.ffn_down.weight"), GgmlDType::Q6K);
+    assert_eq!(ty("token_embd.weight"), GgmlDType::Q6K);
+    assert_eq!(ty("blk.0.attn_norm.weight"), GgmlDType::F32);
+    let hf = open(&wide);
+    let q4 = open_gguf(&out);
+    let ids = hf
+        .tokenizer
+        .encode("def fibonacci(n):\n    return fib")
+        .unwrap();
+    let (a, b) = (logits_all(&hf, &ids), logits_all(&q4, &ids));
+    // The kernels compute the model the file stands for (up to 8-bit activations)...
+    let deq = open_gguf(&dequantized_copy(&out, tmp.path()));
+    let kernel = relative_error(&b, &logits_all(&deq, &ids));
+    assert!(kernel < 0.06, "q4_k kernels: {kernel}");
+    // ...which is the model, as near as 4 and 8 bits get: 0.33 and 0.044 of the logits' norm
+    // here, where random weights amplify every rounding (a misread block gives 1 or more).
+    let q8 = open_gguf(&export(&wide, "q8_0", tmp.path()));
+    let (e4, e8) = (
+        relative_error(&b, &a),
+        relative_error(&logits_all(&q8, &ids), &a),
+    );
+    assert!(e8 < 0.08 && e4 < 0.5 && e8 < e4, "q8_0 {e8}, q4_k {e4}");
+    // HF formats refuse GGUF types, and a directory is not a GGUF file name.
+    let out = infill_cmd()
+        .args([
+            "models",
+            "export",
+            "--model",
+            fixture("qwen2").to_str().unwrap(),
+        ])
+        .args([
+            "--out",
+            tmp.path().join("hf").to_str().unwrap(),
+            "--dtype",
+            "q4_k",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--format gguf"),
+        "{stderr}"
+    );
+}
+
+/// A random Qwen2 model with rows of 256 values (the K types' block), in `dir/wide`.
+fn wide_model(dir: &Path) -> PathBuf {
+    let src = fixture("qwen2");
+    let out = dir.join("wide");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = 256.into();
+    config["intermediate_size"] = 512.into();
+    config["num_attention_heads"] = 4.into();
+    config["num_key_value_heads"] = 2.into();
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(src.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+    let parsed = match infill::model::ModelConfig::parse(&config.to_string()).unwrap() {
+        infill::model::ModelConfig::Llama(c) => c,
+        _ => unreachable!(),
+    };
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        infill::model::load::llama_tensor_shapes(&parsed, true)
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = if name.ends_with("norm.weight") {
+                    candle_core::Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu)
+                } else {
+                    candle_core::Tensor::randn(0f32, 0.1, shape, &Device::Cpu)
+                };
+                (name, t.unwrap())
+            })
+            .collect();
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).unwrap();
+    out
+}
+
+/// `|a - b| / |b|` over all elements (Euclidean norms).
+fn relative_error(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let norm = |t: &candle_core::Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
