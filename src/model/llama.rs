@@ -10,10 +10,11 @@
 //! from primitive ops that do. Training must use the latter or the norms and embeddings silently get
 //! no gradient (tested below).
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ impl Proj {
             Self::Candle(l) => l.forward(xs),
             Self::Bf16(l) => l.forward(xs),
             Self::Quant(m, bias) => {
-                let product = m.forward(xs)?;
+                let product = quantized_product(m, xs)?;
                 match bias {
                     Some(bias) => product.broadcast_add(bias),
                     None => Ok(product),
@@ -52,6 +53,52 @@ impl Proj {
             }
         }
     }
+}
+
+/// Input rows from which a quantized projection runs as a GEMM over its dequantized weights
+/// rather than as one quantized vector product per row: a prompt, not a decoding step.
+const GEMM_ROWS: usize = 16;
+/// Weight rows dequantized at a time, which bounds the f32 copy (a vocabulary-sized head is
+/// never widened whole).
+const GEMM_CHUNK: usize = 2048;
+
+/// `xs` times the transpose of a GGUF matrix. Decoding steps use candle's quantized vector
+/// products (which read the fewest bytes); prompts dequantize the matrix a chunk of rows at a
+/// time into candle's f32 GEMM, which batches where the vector products cannot.
+fn quantized_product(m: &QMatMul, xs: &Tensor) -> Result<Tensor> {
+    let QMatMul::QTensor(q) = m else {
+        return m.forward(xs);
+    };
+    let k = xs.dim(D::Minus1)?;
+    let rows = xs.elem_count() / k.max(1);
+    if rows < GEMM_ROWS || !xs.device().is_cpu() {
+        return m.forward(xs);
+    }
+    let (n, _) = q.shape().dims2()?;
+    let data = q.data()?;
+    let row_bytes = data.len() / n;
+    let x = xs.reshape((rows, k))?;
+    // Widening is one pass over the bytes per chunk; the chunks widen in parallel, then each
+    // multiplies on candle's (itself parallel) GEMM.
+    use rayon::prelude::*;
+    let starts: Vec<usize> = (0..n).step_by(GEMM_CHUNK).collect();
+    let parts = starts
+        .par_iter()
+        .map(|&start| {
+            let len = GEMM_CHUNK.min(n - start);
+            let bytes = &data[start * row_bytes..(start + len) * row_bytes];
+            let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, q.dtype())?;
+            QTensor::new(storage, (len, k))?.dequantize(&Device::Cpu)
+        })
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .map(|w| x.matmul(&w.t()?))
+        .collect::<Result<Vec<_>>>()?;
+    let mut dims = xs.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Tensor::cat(&parts, 1)?.reshape(dims)
 }
 
 /// How the projections are stored: as the var builder loads them (candle's matmul; training and

@@ -487,7 +487,8 @@ fn an_exported_file_is_the_model_in_llama_cpps_layout() {
 #[test]
 fn quantized_exports_load_and_run_in_every_command() {
     let tmp = tempfile::tempdir().unwrap();
-    // The fixture's rows (32 values) take Q8_0 blocks; K types fall back to Q8_0 there.
+    // The fixture's rows (32 values) take Q8_0 blocks; Q4_K falls back to Q5_0 there, as in
+    // llama.cpp.
     for dtype in ["q8_0", "q4_k"] {
         let out = export(&fixture("qwen2"), dtype, tmp.path());
         let model = open_gguf(&out);

@@ -57,16 +57,13 @@ impl WeightType {
             Self::Bf16 => 32,
         }
     }
-
-    fn is_k(self) -> bool {
-        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
-    }
 }
 
 /// The type one tensor is stored in: 1-D tensors in F32; the embeddings, the head and (as
 /// llama.cpp's `use_more_bits`) the first and last eighth and every third other layer's `attn_v`
-/// and `ffn_down` in Q6_K for the mixed K types; a type whose blocks do not divide the rows falls
-/// back to Q8_0, then F16.
+/// and `ffn_down` in Q6_K for the mixed K types; where K blocks do not divide the rows, Q4_K falls
+/// back to Q5_0, Q5_K to Q5_1 and Q6_K to Q8_0 (as llama.cpp's quantizer does), and any type to
+/// F16 where its blocks do not fit either.
 fn tensor_type(name: &str, shape: &[usize], want: WeightType, layers: usize) -> GgmlDType {
     if shape.len() < 2 || want == WeightType::F32 {
         return GgmlDType::F32;
@@ -88,8 +85,14 @@ fn tensor_type(name: &str, shape: &[usize], want: WeightType, layers: usize) -> 
         }
     }
     let cols = shape[shape.len() - 1];
-    if want.is_k() && !cols.is_multiple_of(256) {
-        ty = GgmlDType::Q8_0;
+    if !cols.is_multiple_of(ty.block_size()) {
+        // llama.cpp's fallbacks for rows that K blocks (256 values) do not divide, as in
+        // Qwen2.5-Coder-0.5B's 896.
+        ty = match ty {
+            GgmlDType::Q4K => GgmlDType::Q5_0,
+            GgmlDType::Q5K => GgmlDType::Q5_1,
+            _ => GgmlDType::Q8_0,
+        };
     }
     if !cols.is_multiple_of(ty.block_size()) {
         ty = GgmlDType::F16;
