@@ -480,6 +480,18 @@ pub struct EvalArgs {
     /// what passing over those early end tokens brings.
     #[arg(long)]
     pub allow_empty: bool,
+    /// Run each task as the keystroke after its prefix less its last character, on the cache
+    /// that prompt left: what the editor does as someone types.
+    #[arg(long)]
+    pub typed: bool,
+    /// Compute every prompt exactly: never reuse the keys and values after a change out of place
+    /// (rotated to their new positions), as a keystroke in a PSM prompt otherwise does.
+    #[arg(long)]
+    pub exact_cache: bool,
+    /// Compare with the same model (or --baseline's) computing every prompt exactly, to measure
+    /// what reusing keys and values out of place costs (with --typed).
+    #[arg(long)]
+    pub baseline_exact_cache: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use wait_timeout::ChildExt;
 use crate::complete::{self, Settings};
 use crate::model::Model;
 use crate::model::generate::Flow;
+use crate::model::generate::Limits;
 use crate::syntax::{Registry, Trimmer};
 use crate::text::Cursor;
 use metrics::{
@@ -54,6 +55,10 @@ pub struct Outcome {
     pub shown_tokens: usize,
     pub shown_latency_ms: f64,
     pub tokens_per_s: f64,
+    /// Prompt tokens computed, and those reused out of place from the previous prompt's cache
+    /// (with `typed`).
+    pub prompt_tokens_computed: usize,
+    pub shifted_tokens: usize,
 }
 
 /// How predictions are checked by running them.
@@ -118,12 +123,15 @@ fn score(
 }
 
 /// Runs `model` on every task (in order) with `settings` (trimming is applied to the raw output, so
-/// one generation gives both figures). `progress` is called after each task with (done, total).
+/// one generation gives both figures). `typed`: each task is the keystroke after its prefix less
+/// its last character, which runs first (to its first token) and leaves its cache, as typing in
+/// the editor does. `progress` is called after each task with (done, total).
 pub fn run(
     model: &mut Model,
     tasks: &[Task],
     settings: &Settings,
     exec: Option<&Exec>,
+    typed: bool,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Vec<Outcome>> {
     let registry = Registry::builtin().ok();
@@ -145,6 +153,30 @@ pub fn run(
             .language
             .as_deref()
             .and_then(|l| registry.and_then(|r| r.by_name(l).ok()));
+        if typed
+            && let Some((cut, _)) = task.prefix.char_indices().next_back()
+            && let Some(shorter) = task.prefix.get(..cut)
+        {
+            let before = format!("{shorter}{}", task.suffix);
+            let cursor = Cursor::from_byte(&before, cut)
+                .ok_or_else(|| anyhow::anyhow!("{}: bad cursor", task.id))?;
+            let keystroke_before = Settings {
+                limits: Limits {
+                    max_tokens: 1,
+                    ..raw_settings.limits
+                },
+                ..raw_settings.clone()
+            };
+            complete::complete(
+                model,
+                &before,
+                cursor,
+                lang,
+                &keystroke_before,
+                None,
+                |_, _| Flow::Continue,
+            )?;
+        }
         // The raw proposal runs to its end; where the editor would have stopped is noted on the way.
         let mut closer = Trimmer::new(&task.prefix, &task.suffix, lang);
         let mut shown: Option<(usize, f64)> = None;
@@ -188,6 +220,9 @@ pub fn run(
             shown_tokens,
             shown_latency_ms,
             tokens_per_s: c.generation.timings.tokens_per_s,
+            prompt_tokens_computed: c.generation.timings.prompt_tokens
+                - c.generation.timings.reused_tokens,
+            shifted_tokens: c.generation.timings.shifted_tokens,
         });
         progress(i + 1, tasks.len());
     }

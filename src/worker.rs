@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::complete::{self, Settings};
 use crate::model::Model;
@@ -190,6 +190,11 @@ impl Drop for Worker {
     }
 }
 
+/// Idle time after which the worker starts recomputing keys and values reused out of place.
+const REFRESH_AFTER: Duration = Duration::from_millis(300);
+/// Tokens recomputed per refresh step: about 0.1-0.3 s for a 0.5B model on two cores.
+const REFRESH_CHUNK: usize = 32;
+
 fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dyn Fn(Reply)) {
     // A loader that panics (a bug, a corrupt file candle trips on) must still leave a reason.
     let loaded =
@@ -216,11 +221,38 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
     let mut scorer = ChunkScorer::default();
     // The newest job of each kind wins; a completion (someone is waiting at the cursor) goes first.
     let (mut complete, mut score): (Option<Request>, Option<ScoreRequest>) = (None, None);
+    // Set once typing has paused long enough to start refreshing the cache.
+    let mut refreshing = false;
     loop {
         if complete.is_none() && score.is_none() {
-            match inbox.recv() {
-                Ok(job) => keep_newest(job, &mut complete, &mut score),
-                Err(_) => return,
+            if model.network.needs_refresh() {
+                // Keys and values reused out of place are recomputed exactly while nobody types,
+                // a chunk at a time so the next keystroke waits for one chunk at most.
+                let pause = if refreshing {
+                    Duration::ZERO
+                } else {
+                    REFRESH_AFTER
+                };
+                match inbox.recv_timeout(pause) {
+                    Ok(job) => {
+                        refreshing = false;
+                        keep_newest(job, &mut complete, &mut score);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        refreshing = true;
+                        if let Err(e) = model.network.refresh_step(REFRESH_CHUNK) {
+                            tracing::warn!("refreshing the cache: {e}");
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                refreshing = false;
+                match inbox.recv() {
+                    Ok(job) => keep_newest(job, &mut complete, &mut score),
+                    Err(_) => return,
+                }
             }
         }
         while let Ok(job) = inbox.try_recv() {
@@ -365,10 +397,11 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
             let tokens = c.generation.tokens.len();
             let t = &c.generation.timings;
             tracing::debug!(
-                "job {}: {} prompt tokens ({} reused, prefill {:.1} ms), {tokens} generated ({:?}, {:.1} tok/s), trimmed {:?} to {:?}, {total_ms:.1} ms",
+                "job {}: {} prompt tokens ({} reused, {} of them shifted; prefill {:.1} ms), {tokens} generated ({:?}, {:.1} tok/s), trimmed {:?} to {:?}, {total_ms:.1} ms",
                 request.id,
                 t.prompt_tokens,
                 t.reused_tokens,
+                t.shifted_tokens,
                 t.prefill_ms,
                 c.generation.stop,
                 t.tokens_per_s,

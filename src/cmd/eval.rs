@@ -115,16 +115,24 @@ fn find_program(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// How one model runs the tasks.
+struct Run<'a> {
+    settings: &'a Settings,
+    exec: Option<&'a Exec>,
+    typed: bool,
+    exact_cache: bool,
+}
+
 fn run_model(
     spec: &ModelArgs,
     tasks: &[tasks::Task],
-    settings: &Settings,
-    exec: Option<&Exec>,
+    run: &Run,
     label: &str,
     held: &[HeldFile],
     score_bytes: usize,
 ) -> anyhow::Result<(Vec<eval::Outcome>, Option<Vec<eval::LanguageBits>>)> {
     let mut model = super::open_model(spec)?;
+    model.network.set_shift_reuse(!run.exact_cache);
     let bits = if held.is_empty() || score_bytes == 0 {
         None
     } else if model.network.as_llama().is_none() {
@@ -139,9 +147,16 @@ fn run_model(
     };
     let bar = crate::progress::bar(label, Some(tasks.len() as u64));
     bar.set_message("tasks");
-    let outcomes = eval::run(&mut model, tasks, settings, exec, |done, _| {
-        bar.set_position(done as u64);
-    });
+    let outcomes = eval::run(
+        &mut model,
+        tasks,
+        run.settings,
+        run.exec,
+        run.typed,
+        |done, _| {
+            bar.set_position(done as u64);
+        },
+    );
     bar.finish_and_clear();
     outcomes.map(|outcomes| (outcomes, bits))
 }
@@ -176,26 +191,32 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     ctrlc::set_handler(|| eval::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     let started = Instant::now();
-    let (model, model_bits) = run_model(
-        &args.model,
-        &tasks,
-        &settings,
-        exec.as_ref(),
-        "model",
-        &held,
-        score_bytes,
-    )?;
-    let baseline = match &args.baseline {
-        Some(b) if !eval::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) => {
-            let spec = ModelArgs {
-                model: Some(b.clone()),
-                ..args.model.clone()
+    let run = Run {
+        settings: &settings,
+        exec: exec.as_ref(),
+        typed: args.typed,
+        exact_cache: args.exact_cache,
+    };
+    let (model, model_bits) = run_model(&args.model, &tasks, &run, "model", &held, score_bytes)?;
+    let interrupted = || eval::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+    let baseline_spec = match &args.baseline {
+        Some(b) => Some(ModelArgs {
+            model: Some(b.clone()),
+            ..args.model.clone()
+        }),
+        None if args.baseline_exact_cache => Some(args.model.clone()),
+        None => None,
+    };
+    let baseline = match baseline_spec {
+        Some(spec) if !interrupted() => {
+            let run = Run {
+                exact_cache: args.exact_cache || args.baseline_exact_cache,
+                ..run
             };
             Some(run_model(
                 &spec,
                 &tasks[..model.len()],
-                &settings,
-                exec.as_ref(),
+                &run,
                 "baseline",
                 &held,
                 score_bytes,

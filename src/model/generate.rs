@@ -122,6 +122,8 @@ pub struct Timings {
     pub prompt_tokens: usize,
     /// Prompt tokens served from the KV cache.
     pub reused_tokens: usize,
+    /// Of those, the tokens reused out of place (keys rotated to new positions; approximate).
+    pub shifted_tokens: usize,
     pub prefill_ms: f64,
     pub decode_ms: f64,
     pub tokens_per_s: f64,
@@ -326,6 +328,7 @@ pub fn generate_request(
     let timings = Timings {
         prompt_tokens: prompt.len(),
         reused_tokens: prefill.reused,
+        shifted_tokens: prefill.shifted,
         prefill_ms,
         decode_ms,
         tokens_per_s,

@@ -263,6 +263,33 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// The keys and values of positions `range`, layer by layer (views, no copy), to be put back
+    /// with [`Llama::append_shifted`] after the cache is cut before them.
+    pub fn segment(&self, range: Range<usize>) -> Result<KvSegment> {
+        if range.end > self.len || range.start > range.end {
+            candle_core::bail!("positions {range:?} are outside a cache of {}", self.len);
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                layer
+                    .as_ref()
+                    .map(|(k, v)| {
+                        Ok((
+                            k.narrow(2, range.start, range.len())?,
+                            v.narrow(2, range.start, range.len())?,
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvSegment {
+            layers,
+            len: range.len(),
+        })
+    }
+
     /// Memory the keys and values take.
     pub fn bytes(&self) -> usize {
         self.layers
@@ -281,6 +308,48 @@ impl KvCache {
             *slot = Some((k.clone(), v.clone()));
         }
         Ok((k, v))
+    }
+}
+
+/// Keys and values of consecutive positions taken out of a [`KvCache`].
+#[derive(Debug, Clone)]
+pub struct KvSegment {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvSegment {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The positions `range` of this segment.
+    pub fn narrow(&self, range: Range<usize>) -> Result<Self> {
+        if range.end > self.len || range.start > range.end {
+            candle_core::bail!("positions {range:?} are outside a segment of {}", self.len);
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|(k, v)| {
+                        Ok((
+                            k.narrow(2, range.start, range.len())?,
+                            v.narrow(2, range.start, range.len())?,
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            len: range.len(),
+        })
     }
 }
 
@@ -340,6 +409,28 @@ impl Rope {
             cos: freqs.cos()?.to_dtype(dtype)?,
             sin: freqs.sin()?.to_dtype(dtype)?,
         })
+    }
+
+    /// Rotates keys already rotated for their positions by `shift` more positions (negative: back),
+    /// as if they had been computed `shift` positions later: RoPE's rotations compose by adding
+    /// angles. `xs` is `(batch, heads, seq, head_dim)`.
+    fn shift(&self, xs: &Tensor, shift: i64) -> Result<Tensor> {
+        let seq = xs.dim(2)?;
+        let at = shift.unsigned_abs() as usize;
+        if at >= self.cos.dim(0)? {
+            candle_core::bail!("a shift of {shift} positions exceeds the model's context");
+        }
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.narrow(0, at, 1)?.broadcast_as((seq, half))?;
+        let sin = self.sin.narrow(0, at, 1)?;
+        let sin = if shift < 0 { sin.neg()? } else { sin };
+        let sin = sin.broadcast_as((seq, half))?;
+        let dtype = xs.dtype();
+        candle_nn::rotary_emb::rope(
+            &xs.contiguous()?,
+            &cos.to_dtype(dtype)?.contiguous()?,
+            &sin.to_dtype(dtype)?.contiguous()?,
+        )
     }
 
     /// Rotates `xs` of shape `(batch, heads, seq, head_dim)` for positions `offset..offset + seq`.
@@ -662,6 +753,36 @@ impl Llama {
         self.rope.cos.dtype()
     }
 
+    /// Appends `segment`, keys and values computed for other positions of this model, to
+    /// `cache`, its keys rotated by `shift` positions to where they now stand. The values carry
+    /// no position. Exact only for the positions: the segment's keys and values still reflect
+    /// the context they were computed after.
+    pub fn append_shifted(
+        &self,
+        cache: &mut KvCache,
+        segment: &KvSegment,
+        shift: i64,
+    ) -> Result<()> {
+        if segment.layers.len() != cache.layers.len() {
+            candle_core::bail!("a segment of another model");
+        }
+        if cache.len + segment.len > self.config.max_position_embeddings {
+            candle_core::bail!("the segment would run past the model's context");
+        }
+        for (i, layer) in segment.layers.iter().enumerate() {
+            if let Some((k, v)) = layer {
+                let k = if shift == 0 {
+                    k.clone()
+                } else {
+                    self.rope.shift(k, shift)?
+                };
+                cache.append(i, k, v.clone())?;
+            }
+        }
+        cache.len += segment.len;
+        Ok(())
+    }
+
     /// A cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
@@ -884,6 +1005,38 @@ mod tests {
             .narrow(1, 4, 3)
             .unwrap();
         assert!(close(&resumed, &fresh));
+    }
+
+    #[test]
+    fn shifting_rotated_keys_equals_rotating_them_at_the_new_position() {
+        let cfg = tiny(Family::Qwen2);
+        let rope = Rope::new(&cfg, DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &Device::Cpu).unwrap();
+        let at = |p: usize| rope.apply(&x, p, Kernels::Fused).unwrap();
+        assert!(max_abs_diff(&rope.shift(&at(3), 7).unwrap(), &at(10)) < 1e-5);
+        assert!(max_abs_diff(&rope.shift(&at(10), -3).unwrap(), &at(7)) < 1e-5);
+        assert!(max_abs_diff(&rope.shift(&at(4), 0).unwrap(), &at(4)) < 1e-6);
+    }
+
+    #[test]
+    fn a_segment_put_back_where_it_was_leaves_the_cache_as_it_was() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = Llama::new(&tiny(Family::Qwen2), vb, false, Kernels::Fused).unwrap();
+        let seq = ids(&[3, 14, 15, 9, 2, 6, 5, 35, 8, 9]);
+        let mut whole = model.new_cache();
+        model.forward_hidden(&seq, 0, Some(&mut whole)).unwrap();
+        let mut cut = whole.clone();
+        let tail = cut.segment(4..10).unwrap();
+        cut.truncate(4).unwrap();
+        model.append_shifted(&mut cut, &tail, 0).unwrap();
+        assert_eq!(cut.len(), 10);
+        let next = ids(&[7]);
+        let a = model.forward_last(&next, 10, Some(&mut whole)).unwrap();
+        let b = model.forward_last(&next, 10, Some(&mut cut)).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-6);
+        // A segment outside the cache is an error, not a panic.
+        assert!(whole.segment(5..40).is_err());
     }
 
     #[test]

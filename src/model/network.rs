@@ -45,10 +45,32 @@ fn build_bigcode(
     bigcode::GPTBigCode::load(vb, cfg)
 }
 
+/// Tokens between the shared prefix and a reusable segment: what one burst of typing changes.
+const SHIFT_MAX_TAIL: usize = 64;
+/// Segments shorter than this are recomputed rather than reused out of place.
+const SHIFT_MIN_SEGMENT: usize = 16;
+/// Reuses out of place before the cache is recomputed exactly, whatever the pauses.
+const SHIFT_MAX_REUSES: usize = 32;
+
+/// Cached tokens `from..from + len` serve the request's `at..at + len`, keys rotated by `at - from`.
+#[derive(Debug, Clone, Copy)]
+struct Reuse {
+    at: usize,
+    from: usize,
+    len: usize,
+}
+
 /// A causal language model and the tokens its cache holds.
 pub struct Network {
     inner: Inner,
     cached: Vec<u32>,
+    /// How many leading cached tokens were computed exactly: after them come keys and values
+    /// reused out of place (see [`Network::logits_after`]) and what followed them.
+    exact: usize,
+    /// Reuses out of place since the cache was last exact.
+    shifted: usize,
+    /// Whether a request may reuse keys and values out of place.
+    shift_reuse: bool,
     context_length: usize,
     device: Device,
     dtype: DType,
@@ -66,8 +88,11 @@ impl std::fmt::Debug for Network {
 /// How much of a request was served from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefill {
+    /// Tokens not computed: the shared prefix, and a segment reused out of place.
     pub reused: usize,
     pub computed: usize,
+    /// Of `reused`, the tokens reused out of place (0: the request is computed exactly).
+    pub shifted: usize,
 }
 
 impl Network {
@@ -81,6 +106,9 @@ impl Network {
                 cache,
             },
             cached: Vec::new(),
+            exact: 0,
+            shifted: 0,
+            shift_reuse: true,
             context_length,
             device,
             dtype: DType::F32,
@@ -97,6 +125,9 @@ impl Network {
         Ok(Self {
             inner: Inner::Starcoder2(Box::new(model)),
             cached: Vec::new(),
+            exact: 0,
+            shifted: 0,
+            shift_reuse: true,
             context_length,
             device,
             dtype,
@@ -113,6 +144,9 @@ impl Network {
         Ok(Self {
             inner: Inner::BigCode { model, vb, config },
             cached: Vec::new(),
+            exact: 0,
+            shifted: 0,
+            shift_reuse: true,
             context_length,
             device,
             dtype,
@@ -142,6 +176,151 @@ impl Network {
     /// Forgets the cached tokens.
     pub fn reset(&mut self) -> candle_core::Result<()> {
         self.truncate(0)
+    }
+
+    /// Allows or forbids reusing keys and values out of place (on by default; off, every request
+    /// is computed exactly, as transformers would).
+    pub fn set_shift_reuse(&mut self, on: bool) {
+        self.shift_reuse = on;
+    }
+
+    /// Whether part of the cache was reused out of place and could be recomputed exactly.
+    pub fn needs_refresh(&self) -> bool {
+        self.exact < self.cached.len()
+    }
+
+    /// Recomputes up to `chunk` of the cached tokens that follow the exact part, exactly,
+    /// keeping the rest as it was: a cache that is usable between any two steps, so an idle
+    /// worker can refresh it a step at a time and still answer the next keystroke at once.
+    pub fn refresh_step(&mut self, chunk: usize) -> candle_core::Result<()> {
+        let Inner::Llama { model, cache } = &mut self.inner else {
+            self.exact = self.cached.len();
+            return Ok(());
+        };
+        let (start, len) = (self.exact, self.cached.len());
+        let end = (start + chunk.max(1)).min(len);
+        if start >= end {
+            return Ok(());
+        }
+        let mut step = || -> candle_core::Result<()> {
+            let rest = cache.segment(end..len)?;
+            cache.truncate(start)?;
+            let ids = Tensor::new(&self.cached[start..end], &self.device)?.unsqueeze(0)?;
+            model.forward_hidden(&ids, start, Some(cache))?;
+            model.append_shifted(cache, &rest, 0)
+        };
+        if let Err(e) = step() {
+            self.cached.clear();
+            self.exact = 0;
+            self.shifted = 0;
+            let _ = self.truncate_all();
+            return Err(e);
+        }
+        self.exact = end;
+        if self.exact == len {
+            self.shifted = 0;
+        }
+        Ok(())
+    }
+
+    /// Where a request can reuse cached keys and values out of place: runs of its tokens (after
+    /// the shared prefix, before its last token) that stand elsewhere in the cache, each found
+    /// within [`SHIFT_MAX_TAIL`] tokens of where the previous one ended. A keystroke in a PSM
+    /// prompt leaves the suffix there, a few positions off; a prompt window that moved by a line
+    /// leaves most of the prefix there too. Empty: compute the request exactly.
+    fn shift_plan(&self, tokens: &[u32], shared: usize) -> Vec<Reuse> {
+        let mut plan = Vec::new();
+        if !self.shift_reuse
+            || self.shifted >= SHIFT_MAX_REUSES
+            || !matches!(self.inner, Inner::Llama { .. })
+        {
+            return plan;
+        }
+        // The last token always runs, to give the logits.
+        let Some(end) = tokens.len().checked_sub(1) else {
+            return plan;
+        };
+        let mut p = shared;
+        while p + SHIFT_MIN_SEGMENT <= end {
+            let best = (p..=(p + SHIFT_MAX_TAIL).min(end - SHIFT_MIN_SEGMENT))
+                .filter_map(|at| {
+                    let (from, len) = self.longest_run(&tokens[at..end])?;
+                    Some(Reuse { at, from, len })
+                })
+                .find(|r| r.len >= SHIFT_MIN_SEGMENT);
+            let Some(r) = best else { break };
+            p = r.at + r.len;
+            plan.push(r);
+        }
+        plan
+    }
+
+    /// The longest run of the cached tokens that `want` starts with: (where, how long).
+    fn longest_run(&self, want: &[u32]) -> Option<(usize, usize)> {
+        let first = *want.first()?;
+        self.cached
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t == first)
+            .map(|(i, _)| {
+                let len = self.cached[i..]
+                    .iter()
+                    .zip(want)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (i, len)
+            })
+            .max_by_key(|&(i, len)| (len, std::cmp::Reverse(i)))
+    }
+
+    /// Serves `tokens` by `plan`: the shared prefix from the cache, each reused run put back with
+    /// its keys rotated to its new positions, the tokens between and after them computed.
+    fn splice(
+        &mut self,
+        tokens: &[u32],
+        shared: usize,
+        plan: &[Reuse],
+    ) -> candle_core::Result<(Tensor, Prefill)> {
+        let Inner::Llama { model, cache } = &mut self.inner else {
+            candle_core::bail!("only our own decoder reuses keys out of place");
+        };
+        let segments = plan
+            .iter()
+            .map(|r| cache.segment(r.from..r.from + r.len))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        cache.truncate(shared)?;
+        self.cached.truncate(shared);
+        let mut p = shared;
+        for (r, segment) in plan.iter().zip(&segments) {
+            if r.at > p {
+                let between = Tensor::new(&tokens[p..r.at], &self.device)?.unsqueeze(0)?;
+                model.forward_hidden(&between, p, Some(cache))?;
+            }
+            model.append_shifted(cache, segment, r.at as i64 - r.from as i64)?;
+            p = r.at + r.len;
+        }
+        let rest = Tensor::new(&tokens[p..], &self.device)?.unsqueeze(0)?;
+        let logits = model
+            .forward_last(&rest, p, Some(cache))?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
+        self.cached.extend_from_slice(&tokens[shared..]);
+        // What comes before the first reused run is exact when what it follows is.
+        if shared <= self.exact
+            && let Some(first) = plan.first()
+        {
+            self.exact = first.at;
+        }
+        self.shifted += 1;
+        let shifted: usize = plan.iter().map(|r| r.len).sum();
+        Ok((
+            logits,
+            Prefill {
+                reused: shared + shifted,
+                computed: tokens.len() - shared - shifted,
+                shifted,
+            },
+        ))
     }
 
     fn truncate(&mut self, keep: usize) -> candle_core::Result<()> {
@@ -205,6 +384,16 @@ impl Network {
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count();
+        let plan = self.shift_plan(tokens, shared);
+        if !plan.is_empty() {
+            return self.splice(tokens, shared, &plan).inspect_err(|_| {
+                // A failed splice may have left the cache anywhere: start over.
+                self.cached.clear();
+                self.exact = 0;
+                self.shifted = 0;
+                let _ = self.truncate_all();
+            });
+        }
         // At least one token must run to produce logits.
         let keep = shared.min(tokens.len() - 1);
         self.truncate(keep)?;
@@ -215,16 +404,24 @@ impl Network {
             Err(e) => {
                 // A failed forward may have appended to some layers' caches only: start over.
                 self.cached.clear();
+                self.exact = 0;
+                self.shifted = 0;
                 let _ = self.truncate_all();
                 return Err(e);
             }
         };
         self.cached.extend_from_slice(new);
+        // New tokens computed after an exact prefix are exact.
+        if start <= self.exact {
+            self.exact = self.cached.len();
+            self.shifted = 0;
+        }
         Ok((
             logits,
             Prefill {
                 reused: start,
                 computed: new.len(),
+                shifted: 0,
             },
         ))
     }

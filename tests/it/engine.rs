@@ -576,3 +576,63 @@ fn healing_keeps_the_typed_indentation() {
         );
     }
 }
+
+/// A keystroke in a PSM prompt: the suffix's keys and values are reused out of place (rotated to
+/// their new positions), only the changed tokens and the last one are computed, and an idle
+/// refresh makes the cache exactly what a fresh run computes.
+#[test]
+fn a_keystroke_reuses_the_suffix_out_of_place_and_a_refresh_makes_it_exact() {
+    use infill::model::FimOrder;
+    for name in ["qwen2", "llama"] {
+        let mut warm = open(&crate::fixture(name));
+        let tok = &warm.tokenizer;
+        let prefix = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fib";
+        let suffix = "\n\n\nprint(fibonacci(10))\nprint(fibonacci(20))\nfor i in range(3):\n    print(i * i)\n";
+        let prompt = |p: &str| {
+            let pre = tok.encode(p).unwrap();
+            let suf = tok.encode_continuation(suffix).unwrap();
+            tok.fim_prompt(&pre, &suf, FimOrder::Psm)
+        };
+        let (before, after) = (prompt(prefix), prompt(&format!("{prefix}o")));
+        let suffix_tokens = tok.encode_continuation(suffix).unwrap().len();
+        assert!(suffix_tokens >= 20, "{name}: {suffix_tokens}");
+        warm.network.logits_after(&before).unwrap();
+        let (shifted, prefill) = warm.network.logits_after(&after).unwrap();
+        assert!(prefill.shifted > suffix_tokens, "{name}: {prefill:?}");
+        assert!(prefill.computed <= 4, "{name}: {prefill:?}");
+        assert!(warm.network.needs_refresh());
+
+        let mut fresh = open(&crate::fixture(name));
+        let (exact, _) = fresh.network.logits_after(&after).unwrap();
+        // Approximate: the suffix was computed after the old prefix (these tiny random models
+        // amplify that; a real model's cost is measured by `infill eval --typed`).
+        assert!(
+            shifted
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .all(|x| x.is_finite())
+        );
+
+        while warm.network.needs_refresh() {
+            warm.network.refresh_step(7).unwrap();
+        }
+        let (refreshed, again) = warm.network.logits_after(&after).unwrap();
+        assert_eq!((again.computed, again.shifted), (1, 0), "{name}");
+        let gap = max_abs_diff(&refreshed, &exact);
+        assert!(gap < 1e-4, "{name}: refreshed {gap}");
+
+        // A window that moved on by a line keeps the rest of its prefix, out of place too.
+        let moved = prompt(prefix.split_once('\n').unwrap().1);
+        let (_, prefill) = warm.network.logits_after(&moved).unwrap();
+        assert!(prefill.shifted > suffix_tokens + 10, "{name}: {prefill:?}");
+
+        // Off, the same keystroke recomputes the suffix exactly.
+        let mut off = open(&crate::fixture(name));
+        off.network.set_shift_reuse(false);
+        off.network.logits_after(&before).unwrap();
+        let (logits, prefill) = off.network.logits_after(&after).unwrap();
+        assert_eq!(prefill.shifted, 0);
+        assert!(max_abs_diff(&logits, &exact) < 1e-4, "{name}: exact path");
+    }
+}

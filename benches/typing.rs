@@ -1,0 +1,125 @@
+//! Typing benchmark: one character typed in a PSM prompt, time to the first proposed token, with
+//! the suffix's keys and values reused out of place (the default) and with every prompt computed
+//! exactly. The window is 1,100 tokens of prefix and 400 of suffix from this repository's own
+//! source, as an editor holding a larger file sends.
+//!
+//!     INFILL_BENCH_MODEL=path/to/model-or.gguf cargo bench --bench typing
+//!
+//! Without `INFILL_BENCH_MODEL` the built-in model runs (its context is shorter: the window is
+//! scaled to it). `INFILL_BENCH_ROUNDS` sets the rounds (5). The two ways alternate within each
+//! round; figures are printed, never asserted.
+
+#![allow(clippy::string_slice, clippy::expect_used)]
+
+use std::time::Instant;
+
+use infill::complete::{self, Settings};
+use infill::model::generate::{Flow, Limits};
+use infill::model::{FimOrder, LoadOptions, Model, ModelSource};
+use infill::text::Cursor;
+
+fn repo_source() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    ["src/tui/app.rs", "src/model/network.rs", "src/complete.rs"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("{root}/{f}")).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A byte offset at a line start with about `want` tokens before it.
+fn cursor_after_tokens(model: &Model, text: &str, want: usize) -> usize {
+    let mut at = 0;
+    for (i, _) in text.match_indices('\n') {
+        let n = model
+            .tokenizer
+            .encode(&text[..i + 1])
+            .map_or(0, |t| t.len());
+        if n > want {
+            break;
+        }
+        at = i + 1;
+    }
+    at
+}
+
+fn first_token_ms(model: &mut Model, text: &str, byte: usize, settings: &Settings) -> (f64, usize) {
+    let cursor = Cursor::from_byte(text, byte).expect("a cursor in the text");
+    let started = Instant::now();
+    let c = complete::complete(model, text, cursor, None, settings, None, |_, _| {
+        Flow::Continue
+    })
+    .expect("a completion");
+    (
+        started.elapsed().as_secs_f64() * 1e3,
+        c.generation.timings.shifted_tokens,
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let spec = std::env::var("INFILL_BENCH_MODEL").ok();
+    let source = ModelSource::parse(spec.as_deref()).expect("INFILL_BENCH_MODEL names a model");
+    let mut model = Model::open(&source, false, &LoadOptions::default()).expect("the model loads");
+    let rounds: usize = std::env::var("INFILL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let context = model.network.context_length().min(1600);
+    let (prefix_tokens, suffix_tokens) = (context * 11 / 16, context / 4);
+    let text = repo_source();
+    let byte = cursor_after_tokens(&model, &text, prefix_tokens);
+    let suffix_end = byte + cursor_after_tokens(&model, &text[byte..], suffix_tokens);
+    let text = &text[..suffix_end];
+    let settings = Settings {
+        limits: Limits {
+            max_tokens: 1,
+            ..Limits::default()
+        },
+        order: Some(FimOrder::Psm),
+        context_tokens: Some(context),
+        trim: false,
+        ..Settings::default()
+    };
+    let mut typed = text.to_string();
+    typed.insert_str(byte, "    let");
+    let keystroke = byte + "    let".len();
+    println!(
+        "model {}: window {context} tokens, cursor after {prefix_tokens} tokens of prefix with {suffix_tokens} of suffix; {rounds} rounds",
+        model.name
+    );
+    let mut figures = [
+        (Vec::new(), Vec::new(), 0usize),
+        (Vec::new(), Vec::new(), 0usize),
+    ];
+    for _ in 0..rounds {
+        for (way, (cold, typing, shifted)) in figures.iter_mut().enumerate() {
+            model.network.set_shift_reuse(way == 0);
+            model.network.reset().expect("a reset");
+            // The prompt before the keystroke (cold), then the keystroke's.
+            let before = &typed[..keystroke - 1];
+            let before = format!("{before}{}", &typed[keystroke..]);
+            cold.push(first_token_ms(&mut model, &before, keystroke - 1, &settings).0);
+            let (ms, s) = first_token_ms(&mut model, &typed, keystroke, &settings);
+            typing.push(ms);
+            *shifted = s;
+        }
+    }
+    for (way, (cold, typing, shifted)) in figures.iter_mut().enumerate() {
+        println!(
+            "{:<28} cold prompt {:>7.0} ms   one character typed {:>6.0} ms (p50; {} tokens reused out of place)",
+            if way == 0 {
+                "reused out of place"
+            } else {
+                "exact"
+            },
+            median(cold),
+            median(typing),
+            shifted
+        );
+    }
+}
