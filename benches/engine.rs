@@ -28,6 +28,7 @@ fn shape(name: &str) -> LlamaConfig {
         max_position_embeddings: 2048,
         rms_norm_eps: 1e-6,
         rope_theta: 1e6,
+        rope_scaling_factor: 1.0,
         qkv_bias: true,
         o_bias: false,
         mlp_bias: false,

@@ -125,6 +125,7 @@ impl Preset {
             max_position_embeddings: context,
             rms_norm_eps: 1e-6,
             rope_theta: 10_000.0,
+            rope_scaling_factor: 1.0,
             qkv_bias: true,
             o_bias: false,
             mlp_bias: false,

@@ -80,6 +80,9 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Linear RoPE scaling: positions are divided by this before rotating (1: none). DeepSeek-Coder
+    /// uses 4 to stretch a 4k-trained model to 16k.
+    pub rope_scaling_factor: f64,
     /// Bias on the q, k and v projections (always on for Qwen2, `attention_bias` for Llama).
     pub qkv_bias: bool,
     /// Bias on the output projection (Llama `attention_bias` only).
@@ -260,6 +263,7 @@ impl LlamaConfig {
                 ),
             });
         }
+        let mut rope_scaling_factor = 1.0;
         for field in ["rope_scaling", "rope_parameters"] {
             let Some(scaling) = f.0.get(field).filter(|s| !s.is_null()) else {
                 continue;
@@ -268,11 +272,26 @@ impl LlamaConfig {
                 .get("rope_type")
                 .or_else(|| scaling.get("type"))
                 .and_then(Value::as_str);
-            if kind.is_some_and(|k| k != "default") {
-                return Err(ConfigError::Invalid {
-                    field,
-                    why: format!("{scaling} is not supported (only plain RoPE with rope_theta)"),
-                });
+            match kind {
+                None | Some("default") => {}
+                Some("linear") => {
+                    rope_scaling_factor = scaling
+                        .get("factor")
+                        .and_then(Value::as_f64)
+                        .filter(|f| f.is_finite() && *f > 0.0)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            field,
+                            why: format!("{scaling} has no positive \"factor\""),
+                        })?;
+                }
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        field,
+                        why: format!(
+                            "{scaling} is not supported (only plain RoPE with rope_theta, or \"linear\" scaling)"
+                        ),
+                    });
+                }
             }
         }
         let attention_bias = f.opt_bool("attention_bias")?.unwrap_or(false);
@@ -293,6 +312,7 @@ impl LlamaConfig {
             max_position_embeddings: f.usize("max_position_embeddings")?,
             rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: f.rope_theta()?.unwrap_or(10_000.0),
+            rope_scaling_factor,
             qkv_bias,
             o_bias,
             mlp_bias: f.opt_bool("mlp_bias")?.unwrap_or(false),
@@ -326,6 +346,10 @@ impl LlamaConfig {
         if self.family == Family::Llama {
             v["attention_bias"] = Value::Bool(self.qkv_bias);
             v["mlp_bias"] = Value::Bool(self.mlp_bias);
+        }
+        if self.rope_scaling_factor != 1.0 {
+            v["rope_scaling"] =
+                serde_json::json!({"type": "linear", "factor": self.rope_scaling_factor});
         }
         if let Some(id) = self.bos_token_id {
             v["bos_token_id"] = id.into();
@@ -535,6 +559,20 @@ mod tests {
                 ..
             })
         ));
+        // DeepSeek-Coder's linear scaling (transformers 4 layout), and back through to_hf_json.
+        let linear = QWEN.replace(
+            "\"rope_theta\":1000000.0",
+            "\"rope_theta\":1e5,\"rope_scaling\":{\"type\":\"linear\",\"factor\":4.0}",
+        );
+        let ModelConfig::Llama(c) = ModelConfig::parse(&linear).unwrap() else {
+            panic!("not llama-like")
+        };
+        assert_eq!(c.rope_scaling_factor, 4.0);
+        let ModelConfig::Llama(back) = ModelConfig::parse(&c.to_hf_json().to_string()).unwrap()
+        else {
+            panic!("not llama-like")
+        };
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -215,13 +215,20 @@ impl GgufFile {
             }
         };
         let key = |k: &str| format!("{arch}.{k}");
-        if let Some(Value::String(kind)) = self.get(&key("rope.scaling.type"))
-            && kind != "none"
-        {
-            return Err(self.err(format!(
-                "RoPE scaling \"{kind}\" is not supported (only plain RoPE with a frequency base)"
-            )));
-        }
+        let rope_scaling_factor = match self.get(&key("rope.scaling.type")) {
+            None => 1.0,
+            Some(Value::String(kind)) if kind == "none" => 1.0,
+            Some(Value::String(kind)) if kind == "linear" => self
+                .opt_f64(&key("rope.scaling.factor"))?
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .ok_or_else(|| self.err("linear RoPE scaling without a positive factor"))?,
+            Some(kind) => {
+                return Err(self.err(format!(
+                    "RoPE scaling {kind:?} is not supported (only plain RoPE with a frequency \
+                     base, or linear scaling)"
+                )));
+            }
+        };
         let hidden_size = self.usize(&key("embedding_length"))?;
         let num_attention_heads = self.usize(&key("attention.head_count"))?;
         let num_key_value_heads = self
@@ -264,6 +271,7 @@ impl GgufFile {
                 .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-6),
             rope_theta: self.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_scaling_factor,
             qkv_bias: has_bias("attn_q"),
             o_bias: has_bias("attn_output"),
             mlp_bias: has_bias("ffn_up"),

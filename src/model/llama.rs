@@ -401,9 +401,10 @@ impl Rope {
             .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32)
             .collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
+        let positions = (Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
             .to_dtype(DType::F32)?
-            .reshape((cfg.max_position_embeddings, 1))?;
+            .reshape((cfg.max_position_embeddings, 1))?
+            / cfg.rope_scaling_factor)?;
         let freqs = positions.matmul(&inv_freq)?;
         Ok(Self {
             cos: freqs.cos()?.to_dtype(dtype)?,
@@ -901,6 +902,7 @@ mod tests {
             max_position_embeddings: 64,
             rms_norm_eps: 1e-6,
             rope_theta: 10_000.0,
+            rope_scaling_factor: 1.0,
             qkv_bias: family == Family::Qwen2,
             o_bias: false,
             mlp_bias: false,
@@ -1016,6 +1018,22 @@ mod tests {
         assert!(max_abs_diff(&rope.shift(&at(3), 7).unwrap(), &at(10)) < 1e-5);
         assert!(max_abs_diff(&rope.shift(&at(10), -3).unwrap(), &at(7)) < 1e-5);
         assert!(max_abs_diff(&rope.shift(&at(4), 0).unwrap(), &at(4)) < 1e-6);
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_positions() {
+        let plain = tiny(Family::Llama);
+        let scaled = LlamaConfig {
+            rope_scaling_factor: 4.0,
+            ..plain.clone()
+        };
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &Device::Cpu).unwrap();
+        let rope = |c: &LlamaConfig| Rope::new(c, DType::F32, &Device::Cpu).unwrap();
+        let a = rope(&scaled).apply(&x, 8, Kernels::Fused).unwrap();
+        let b = rope(&plain)
+            .apply(&x.narrow(2, 0, 1).unwrap(), 2, Kernels::Fused)
+            .unwrap();
+        assert!(max_abs_diff(&a.narrow(2, 0, 1).unwrap(), &b) < 1e-5);
     }
 
     #[test]

@@ -280,6 +280,13 @@ fn metadata(
             ));
         }
     }
+    if c.rope_scaling_factor != 1.0 {
+        m.push((key("rope.scaling.type"), Value::String("linear".into())));
+        m.push((
+            key("rope.scaling.factor"),
+            Value::F32(c.rope_scaling_factor as f32),
+        ));
+    }
     let bos = vocab.bos.or(c.bos_token_id);
     if let Some(id) = bos {
         m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(id)));
