@@ -312,6 +312,21 @@ fn load_start(
 ) -> anyhow::Result<(LlamaConfig, Tokenizer, HashMap<String, Tensor>, String)> {
     let source = ModelSource::parse(spec)?;
     let online = crate::model::load::online_allowed();
+    let gguf = match &source {
+        ModelSource::Gguf(path) => Some(path.clone()),
+        ModelSource::HubGguf { id, file } => Some(load::locate_hub_file(
+            id,
+            file,
+            &hf_hub::Cache::from_env(),
+            online,
+        )?),
+        _ => None,
+    };
+    if let Some(path) = gguf {
+        // Quantized weights are dequantized: training runs in f32 whatever the file stores.
+        let (config, tokenizer, weights) = crate::model::gguf::dequantized(&path)?;
+        return Ok((config, tokenizer, weights, path.display().to_string()));
+    }
     let files = load::locate(&source, online).map_err(|e| match e {
         load::LoadError::NoDefaultModel => anyhow::anyhow!(
             "no default model is built into this binary yet; pass --init DIR|HUB_ID to fine-tune a model, \

@@ -475,6 +475,25 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
     })
 }
 
+/// A GGUF file as the start of a fine-tune: its configuration, its tokenizer and every weight
+/// dequantized to f32 under its transformers name (what a Hugging Face directory holds).
+pub fn dequantized(
+    path: &Path,
+) -> Result<(LlamaConfig, Tokenizer, HashMap<String, Tensor>), LoadError> {
+    let mut file = GgufFile::open(path)?;
+    let config = file.llama_config()?;
+    let tokenizer = file.tokenizer(config.vocab_size)?;
+    check_shapes(&file, &config)?;
+    let (quantized, mut weights) = file.decoder_tensors(&config)?;
+    for (name, t) in quantized.tensors {
+        let values = t
+            .dequantize(&Device::Cpu)
+            .map_err(|e| file.err(format!("tensor \"{name}\": {e}")))?;
+        weights.insert(name, values);
+    }
+    Ok((config, tokenizer, weights))
+}
+
 /// Every matrix has the shape the metadata implies, so a mismatch is named, not a matmul error.
 fn check_shapes(file: &GgufFile, c: &LlamaConfig) -> Result<(), LoadError> {
     let (h, i) = (c.hidden_size, c.intermediate_size);

@@ -619,3 +619,43 @@ fn prompt_and_decoding_paths_agree_on_a_quantized_file() {
     // The vector products round activations to 8 bits; the GEMM does not.
     assert!(error < 0.05, "{error}");
 }
+
+/// A GGUF file starts a fine-tune: its weights dequantized under their transformers names equal
+/// the Hugging Face directory's, and `infill train --init` takes it.
+#[test]
+fn a_gguf_file_starts_a_fine_tune() {
+    for name in ["qwen2", "llama"] {
+        let (_, _, weights) =
+            gguf::dequantized(&gguf_fixture(&format!("{name}-f32.gguf"))).unwrap();
+        let hf =
+            candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let mut names: Vec<&String> = weights.keys().collect();
+        names.sort();
+        let mut want: Vec<&String> = hf.keys().collect();
+        want.sort();
+        assert_eq!(names, want, "{name}");
+        for (n, t) in &hf {
+            assert_eq!(max_abs_diff(&weights[n], t), 0.0, "{name} {n}");
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("tuned");
+    succeeded(
+        infill_cmd()
+            .args([
+                "train",
+                "--repo",
+                crate::train::FIXTURES,
+                "--out",
+                o.to_str().unwrap(),
+            ])
+            .args(["--init", gguf_fixture("qwen2-q8_0.gguf").to_str().unwrap()])
+            .args(["--steps", "2", "--seq-len", "32", "--eval-every", "2"]),
+    );
+    let tuned = open(&o);
+    assert_eq!(
+        tuned.tokenizer.fim(),
+        open(&fixture("qwen2")).tokenizer.fim()
+    );
+}

@@ -13,7 +13,7 @@ use infill::train::trainer::{Doc, TrainSettings, Trainer};
 use crate::{fixture, succeeded};
 
 /// Source files to train on in the command tests.
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture_parts(
     name: &str,
