@@ -141,7 +141,7 @@ fn each_pre_tokenizer_splits_as_its_tokenizer_json_does() {
     let sample = corpus();
     let bytes: usize = sample.iter().map(String::len).sum();
     assert!(bytes > 500_000, "corpus of {bytes} bytes");
-    for pre in ["qwen2", "deepseek-coder", "starcoder", "gpt2", "llama"] {
+    for pre in ["qwen2", "deepseek-coder", "starcoder", "gpt-2", "llama"] {
         let json = std::fs::read(gguf_fixture(&format!("vocab-{pre}.json"))).unwrap();
         let reference = Tokenizer::from_bytes(&json, 1 << 20).unwrap();
         let file = gguf::GgufFile::open(&gguf_fixture(&format!("vocab-{pre}.gguf"))).unwrap();

@@ -15,7 +15,7 @@ pub(super) const TOKEN_USER_DEFINED: i64 = 4;
 const TOKEN_UNUSED: i64 = 5;
 const TOKEN_BYTE: i64 = 6;
 
-pub(super) const SUPPORTED_PRE: &str = "default, gpt2, qwen2, deepseek-coder, starcoder, codellama";
+pub(super) const SUPPORTED_PRE: &str = "gpt-2, qwen2, deepseek-coder, starcoder, default";
 
 /// Qwen2's split regex, from its tokenizer.json.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -32,8 +32,20 @@ fn byte_level(use_regex: bool) -> Json {
 pub(super) fn byte_level_pre_tokenizer(pre: &str) -> Option<(Json, Json)> {
     let seq = |items: Vec<Json>| json!({"type": "Sequence", "pretokenizers": items});
     Some(match pre {
-        // GPT-2's own regex inside ByteLevel: llama.cpp's default for byte-level vocabularies.
-        "default" | "gpt2" | "codellama" => (Json::Null, byte_level(true)),
+        // GPT-2's regex inside ByteLevel (SantaCoder, StarCoderBase and many fine-tunes).
+        "gpt-2" | "gpt2" => (Json::Null, byte_level(true)),
+        // llama.cpp's default for byte-level vocabularies names no published tokenizer.json: its
+        // regexes, applied in turn as llama.cpp applies them.
+        "default" => (
+            Json::Null,
+            seq(vec![
+                split(r"[\p{P}\$\+<=>\^~\|]+"),
+                split(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"),
+                split(r"\p{N}+"),
+                split(r"[0-9][0-9][0-9]"),
+                byte_level(false),
+            ]),
+        ),
         "qwen2" => (
             json!({"type": "NFC"}),
             seq(vec![split(QWEN2_SPLIT), byte_level(false)]),
@@ -238,7 +250,7 @@ fn canonical(v: &Json) -> Json {
 /// `pre_tokenizer` do.
 fn pre_name(normalizer: &Json, pre_tokenizer: &Json) -> Option<&'static str> {
     let want = (canonical(normalizer), canonical(pre_tokenizer));
-    ["gpt2", "qwen2", "deepseek-coder", "starcoder"]
+    ["gpt-2", "qwen2", "deepseek-coder", "starcoder", "default"]
         .into_iter()
         .find(|name| {
             byte_level_pre_tokenizer(name)
@@ -333,7 +345,7 @@ pub(super) fn from_tokenizer_json(json: &Json, vocab_size: usize) -> Result<Voca
         .map(|id| id as u32);
     if is_byte_level(&json["decoder"]) {
         let pre = pre_name(&json["normalizer"], &json["pre_tokenizer"]).ok_or(
-            "its pre-tokenizer is none that llama.cpp names (gpt2, qwen2, deepseek-coder, starcoder)",
+            "its pre-tokenizer is none that llama.cpp names (gpt-2, qwen2, deepseek-coder, starcoder)",
         )?;
         return Ok(Vocabulary {
             model: "gpt2",
@@ -389,5 +401,59 @@ fn prepends_space(step: &Json) -> bool {
             .flatten()
             .any(prepends_space),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Every pre-tokenizer name gives a tokenizer.json the tokenizers crate reads and runs.
+    #[test]
+    fn every_named_pre_tokenizer_builds_a_working_tokenizer() {
+        let tokens: Vec<String> = (0..=255u8)
+            .map(|b| byte_level_alphabet(b).to_string())
+            .chain(["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"].map(String::from))
+            .collect();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let mut types = vec![TOKEN_NORMAL; 256];
+        types.extend([TOKEN_CONTROL; 3]);
+        for pre in SUPPORTED_PRE.split(", ") {
+            let (normalizer, pre_tokenizer) = byte_level_pre_tokenizer(pre).unwrap();
+            let json = byte_level_json(&refs, &types, &[], normalizer, pre_tokenizer, None);
+            let tok = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{pre}: {e}"));
+            let text = "fn main() { let x = 12345; } // café 😀";
+            let ids = tok.encode(text, false).unwrap();
+            assert_eq!(ids.get_ids().len(), text.len(), "{pre}: one token per byte");
+            assert_eq!(
+                pre_name(
+                    &byte_level_pre_tokenizer(pre).unwrap().0,
+                    &byte_level_pre_tokenizer(pre).unwrap().1
+                ),
+                Some(pre),
+                "{pre}"
+            );
+        }
+        assert!(byte_level_pre_tokenizer("mystery").is_none());
+    }
+
+    /// GPT-2's printable stand-in for a byte.
+    fn byte_level_alphabet(b: u8) -> char {
+        let printable =
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        if printable {
+            char::from(b)
+        } else {
+            let shift = (0..b)
+                .filter(|&x| {
+                    !((b'!'..=b'~').contains(&x)
+                        || (0xA1..=0xAC).contains(&x)
+                        || (0xAE..=0xFF).contains(&x))
+                })
+                .count();
+            char::from_u32(256 + shift as u32).unwrap_or('?')
+        }
     }
 }
