@@ -6,9 +6,9 @@
 #
 # llama.cpp is built from source at a pinned version: the copy vendored in the llama-cpp-python
 # 0.3.36 source distribution on PyPI (its sha256 is checked), built with GGML_NATIVE for this
-# processor. The model is Qwen2.5-Coder-0.5B's exact shape with random bf16 weights
+# processor (AMX off). The model is Qwen2.5-Coder-0.5B's exact shape with random bf16 weights
 # (benches/random_checkpoint.py), exported by infill to GGUF as F16, Q8_0 and Q4_K_M; each file is
-# then run by `llama-bench -p 512 -n 64 -t 2` and by infill (`complete --json` with a 512-token
+# then run by `llama-bench -p 512 -n 64 -t 2 -r 2` and by infill (`complete --json` with a 512-token
 # window and 64 generated tokens), in turn, ROUNDS times. Prints prompt and decoding tokens/s and
 # peak RSS for each; also checks that llama.cpp tokenizes a text as infill does with each file.
 set -euo pipefail
@@ -35,8 +35,11 @@ open("llama-cpp-python.tar.gz", "wb").write(data)
 EOF
     tar xzf llama-cpp-python.tar.gz
     rm -rf llama.cpp && mv "llama_cpp_python-$version/vendor/llama.cpp" llama.cpp
+    # Native code for this processor, without AMX: a processor can report AMX that its kernel or
+    # hypervisor does not enable (ggml then dies of an illegal instruction).
     cmake -S llama.cpp -B llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-        -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF >/dev/null
+        -DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+        -DLLAMA_BUILD_TESTS=OFF >/dev/null
     cmake --build llama.cpp/build -j"$(nproc)" --target llama-bench llama-tokenize >/dev/null
 fi
 bin=llama.cpp/build/bin
@@ -46,16 +49,20 @@ for t in f16 q8_0 q4_k; do
     [ -f "q05-$t.gguf" ] || "$infill" models export --model q05 --out "q05-$t.gguf" --dtype "$t"
 done
 
-text="fn main() {\n    let values = vec![1, 2, 3];\n    println!(\"{}\", values.len());\n}\n"
+# The same text tokenized by llama.cpp and by infill (`infill score --json` lists its tokens).
+printf 'fn main() {\n    let values = vec![1, 2, 3];\n    println!("{}", values.len());\n}\n' > sample.rs
 for t in f16 q8_0 q4_k; do
-    theirs=$("$bin/llama-tokenize" -m "q05-$t.gguf" -p "$(printf "$text")" --ids --no-bos --log-disable 2>/dev/null | tail -1)
-    echo "q05-$t.gguf: llama.cpp tokenizes the sample as $theirs"
+    theirs=$("$bin/llama-tokenize" -m "q05-$t.gguf" -f sample.rs --ids --no-bos --log-disable 2>/dev/null | tail -1)
+    ours=$("$infill" score sample.rs --model "q05-$t.gguf" --json | python3 -c \
+        "import json, sys; print([t['id'] for t in json.load(sys.stdin)['tokens']])")
+    if [ "$theirs" = "$ours" ]; then same=same; else same="DIFFERENT: $theirs vs $ours"; fi
+    echo "q05-$t.gguf: llama.cpp and infill tokenize a sample alike: $same"
 done
 
 for r in $(seq "$rounds"); do
     for t in f16 q8_0 q4_k; do
         err=$(mktemp)
-        out=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "q05-$t.gguf" -p 512 -n 64 -t 2 -o json 2>"$err")
+        out=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "q05-$t.gguf" -p 512 -n 64 -t 2 -r 2 -o json 2>"$err")
         rss=$(tail -1 "$err")
         echo "$out" | python3 -c "
 import json, sys

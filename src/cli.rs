@@ -326,7 +326,8 @@ pub struct ModelArgs {
     pub model: Option<String>,
     /// Precision of the weights in memory. auto: bf16 when a Qwen2/Llama-family checkpoint stores
     /// bf16 weights (lossless, about twice as fast to decode on CPU), f32 otherwise. StarCoder2
-    /// and GPT-BigCode run in f32 only.
+    /// and GPT-BigCode run in f32 only. A GGUF file's quantized weights run in their own type, its
+    /// 16-bit ones in bf16 unless f32 is asked for.
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub dtype: Precision,
 }

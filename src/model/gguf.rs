@@ -452,17 +452,22 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
     let mut file = GgufFile::open(path)?;
     let config = file.llama_config()?;
     let tokenizer = file.tokenizer(config.vocab_size)?;
-    if let Some(dtype) = opts.dtype
-        && dtype != DType::F32
-    {
-        return Err(file.err(format!(
-            "--dtype {} does not apply to a GGUF file: its weights run in the type they are \
-             stored in; leave out --dtype",
-            format!("{dtype:?}").to_lowercase()
-        )));
-    }
+    // 16-bit matrices run on our bf16 kernel unless f32 is asked for; quantized ones always run
+    // in their own type.
+    let sixteen_bits_as_bf16 = match opts.dtype {
+        None | Some(DType::BF16) => true,
+        Some(DType::F32) => false,
+        Some(other) => {
+            return Err(file.err(format!(
+                "--dtype {} does not apply to a GGUF file: its quantized weights run in their \
+                 own type, its 16-bit ones in bf16 (or f32 with --dtype f32)",
+                format!("{other:?}").to_lowercase()
+            )));
+        }
+    };
     check_shapes(&file, &config)?;
-    let (quantized, small) = file.decoder_tensors(&config)?;
+    let (mut quantized, small) = file.decoder_tensors(&config)?;
+    quantized.sixteen_bits_as_bf16 = sixteen_bits_as_bf16;
     let vb = VarBuilder::from_tensors(small, DType::F32, &opts.device);
     let model =
         Llama::new_quantized(&config, vb, &quantized).map_err(|e| file.err(e.to_string()))?;
