@@ -37,8 +37,9 @@ EOF
     rm -rf llama.cpp && mv "llama_cpp_python-$version/vendor/llama.cpp" llama.cpp
     # Native code for this processor, without AMX: a processor can report AMX that its kernel or
     # hypervisor does not enable (ggml then dies of an illegal instruction).
+    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     cmake -S llama.cpp -B llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-        -DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+        -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$noamx" -DCMAKE_CXX_FLAGS="$noamx" \
         -DLLAMA_BUILD_TESTS=OFF >/dev/null
     cmake --build llama.cpp/build -j"$(nproc)" --target llama-bench llama-tokenize >/dev/null
 fi
@@ -62,14 +63,17 @@ done
 for r in $(seq "$rounds"); do
     for t in f16 q8_0 q4_k; do
         err=$(mktemp)
-        out=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "q05-$t.gguf" -p 512 -n 64 -t 2 -r 2 -o json 2>"$err")
-        rss=$(tail -1 "$err")
-        echo "$out" | python3 -c "
+        if ! out=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "q05-$t.gguf" -p 512 -n 64 -t 2 -r 2 -o json 2>"$err"); then
+            echo "round $r  llama.cpp q05-$t.gguf: failed: $(tail -2 "$err" | tr '\n' ' ')"
+        else
+            rss=$(tail -1 "$err")
+            echo "$out" | python3 -c "
 import json, sys
 runs = json.load(sys.stdin)
 pp = next(r for r in runs if r['n_prompt'] > 0)
 tg = next(r for r in runs if r['n_gen'] > 0)
 print(f\"round $r  llama.cpp q05-$t.gguf: prompt 512 at {pp['avg_ts']:.0f} tok/s, decoding {tg['avg_ts']:.1f} tok/s, peak RSS {$rss / 1024:.0f} MiB\")"
+        fi
         out=$(/usr/bin/time -f "%M" "$infill" complete --model "q05-$t.gguf" --file "$here/src/text.rs" \
             --line 40 --column 5 --max-tokens 64 --context 576 --no-trim --json 2>"$err")
         rss=$(tail -1 "$err")
