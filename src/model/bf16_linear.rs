@@ -106,6 +106,29 @@ impl Bf16Linear {
         })
     }
 
+    /// A layer over bf16 bits already in memory (shared, not copied): `(out_dim, in_dim)` row-major.
+    pub fn from_bits(
+        bits: Arc<[u16]>,
+        (out_dim, in_dim): (usize, usize),
+        bias: Option<&Tensor>,
+    ) -> Result<Self> {
+        if bits.len() != out_dim * in_dim {
+            candle_core::bail!(
+                "{} bf16 values for a ({out_dim}, {in_dim}) matrix",
+                bits.len()
+            );
+        }
+        let bias = bias
+            .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .transpose()?;
+        Ok(Self {
+            weight: Bits::Owned(bits),
+            bias,
+            in_dim,
+            out_dim,
+        })
+    }
+
     /// A layer whose `(out_dim, in_dim)` little-endian bf16 weights are `backing[range]`, read in
     /// place; `None` when they cannot be (a length that does not match, bytes not aligned for
     /// `u16`, a big-endian machine), and the caller copies them instead.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value as Json;
@@ -396,6 +396,7 @@ impl GgufFile {
     fn decoder_tensors(
         &mut self,
         c: &LlamaConfig,
+        sixteen_bits_as_bf16: bool,
     ) -> Result<(Quantized, HashMap<String, Tensor>), LoadError> {
         let permute = self.architecture()? == "llama";
         let mut names = vec![
@@ -437,6 +438,12 @@ impl GgufFile {
                     .dequantize(&Device::Cpu)
                     .map_err(|e| self.err(e.to_string()))?;
                 small.insert(hf, f);
+            } else if sixteen_bits_as_bf16 && matches!(t.dtype(), GgmlDType::F16 | GgmlDType::BF16)
+            {
+                // Converted as it is read, so the 16-bit copy never outlives this tensor.
+                let bits =
+                    bf16_bits(&t).map_err(|e| self.err(format!("tensor \"{gguf}\": {e}")))?;
+                quantized.bf16.insert(hf, bits);
             } else {
                 let t =
                     with_fast_kernel(t).map_err(|e| self.err(format!("tensor \"{gguf}\": {e}")))?;
@@ -466,8 +473,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
         }
     };
     check_shapes(&file, &config)?;
-    let (mut quantized, small) = file.decoder_tensors(&config)?;
-    quantized.sixteen_bits_as_bf16 = sixteen_bits_as_bf16;
+    let (quantized, small) = file.decoder_tensors(&config, sixteen_bits_as_bf16)?;
     let vb = VarBuilder::from_tensors(small, DType::F32, &opts.device);
     let model =
         Llama::new_quantized(&config, vb, &quantized).map_err(|e| file.err(e.to_string()))?;
@@ -489,7 +495,7 @@ pub fn dequantized(
     let config = file.llama_config()?;
     let tokenizer = file.tokenizer(config.vocab_size)?;
     check_shapes(&file, &config)?;
-    let (quantized, mut weights) = file.decoder_tensors(&config)?;
+    let (quantized, mut weights) = file.decoder_tensors(&config, false)?;
     for (name, t) in quantized.tensors {
         let values = t
             .dequantize(&Device::Cpu)
@@ -579,7 +585,6 @@ fn unpermute_rows(t: &QTensor, heads: usize, head_dim: usize) -> candle_core::Re
 /// values in Q8_0, which its AVX2/AVX-512 kernels run several times faster. Requantizing a 5-bit
 /// block to 8 bits moves each value by at most 1/16 of the 5-bit step.
 fn with_fast_kernel(t: QTensor) -> candle_core::Result<QTensor> {
-    use candle_core::quantized::GgmlDType;
     if !matches!(
         t.dtype(),
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
@@ -587,6 +592,16 @@ fn with_fast_kernel(t: QTensor) -> candle_core::Result<QTensor> {
         return Ok(t);
     }
     QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
+}
+
+/// A 16-bit matrix as bf16 bits (exact for BF16; F16 values rounded to bf16's 8-bit mantissa).
+fn bf16_bits(t: &QTensor) -> candle_core::Result<Arc<[u16]>> {
+    let values: Vec<half::bf16> = t
+        .dequantize(&Device::Cpu)?
+        .to_dtype(DType::BF16)?
+        .flatten_all()?
+        .to_vec1()?;
+    Ok(values.into_iter().map(half::bf16::to_bits).collect())
 }
 
 /// A one-line reason from candle's GGUF reader (without the backtrace candle appends when

@@ -128,11 +128,11 @@ fn linear(
         }
         Projections::Quantized(q) => {
             let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
-            let weight = q.matrix(&vb, (out_dim, in_dim))?;
-            match q.as_bf16(&weight)? {
-                Some(w) => Bf16Linear::new(&w, bias.as_ref()).map(Proj::Bf16),
-                None => Ok(Proj::Quant(QMatMul::from_arc(weight)?, bias)),
+            if let Some(layer) = q.bf16_layer(&vb, (out_dim, in_dim), bias.as_ref())? {
+                return Ok(Proj::Bf16(layer));
             }
+            let weight = q.matrix(&vb, (out_dim, in_dim))?;
+            Ok(Proj::Quant(QMatMul::from_arc(weight)?, bias))
         }
     }
 }
@@ -163,24 +163,29 @@ pub struct InPlace {
     pub tensors: HashMap<String, (Arc<Backing>, Range<usize>)>,
 }
 
-/// A GGUF file's matrices in their stored types, by transformers name (`model.layers.0.mlp.up_proj.weight`).
+/// A GGUF file's matrices by transformers name (`model.layers.0.mlp.up_proj.weight`): quantized
+/// ones in their stored types, and 16-bit ones as bf16 bits for our kernel (half the bytes of
+/// f32 per token; exact for BF16, and for F16 values that bf16 holds, as in F16 files converted
+/// from bf16 models).
 #[derive(Debug, Default)]
 pub struct Quantized {
     pub tensors: HashMap<String, Arc<QTensor>>,
-    /// Run F16 and BF16 matrices on our bf16 kernel (half the bytes of f32 per token; exact for
-    /// BF16, and for F16 values that bf16 holds, as in F16 files converted from bf16 models)
-    /// rather than widened to f32 for candle's matmul.
-    pub sixteen_bits_as_bf16: bool,
+    pub bf16: HashMap<String, Arc<[u16]>>,
 }
 
 impl Quantized {
-    /// A 16-bit matrix as bf16 for our kernel, when asked for.
-    fn as_bf16(&self, t: &QTensor) -> Result<Option<Tensor>> {
-        use candle_core::quantized::GgmlDType;
-        if !self.sixteen_bits_as_bf16 || !matches!(t.dtype(), GgmlDType::F16 | GgmlDType::BF16) {
-            return Ok(None);
-        }
-        t.dequantize(&Device::Cpu)?.to_dtype(DType::BF16).map(Some)
+    /// `vb`'s `weight` as a bf16 layer, if it is one of the 16-bit matrices.
+    fn bf16_layer(
+        &self,
+        vb: &VarBuilder,
+        shape: (usize, usize),
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Bf16Linear>> {
+        let name = format!("{}.weight", vb.prefix());
+        self.bf16
+            .get(&name)
+            .map(|bits| Bf16Linear::from_bits(Arc::clone(bits), shape, bias))
+            .transpose()
     }
 
     /// `vb`'s `weight`, checked against the shape the config implies.
@@ -680,7 +685,8 @@ impl Llama {
         vb: VarBuilder,
         quantized: &Quantized,
     ) -> Result<Self> {
-        let tie = !quantized.tensors.contains_key("lm_head.weight");
+        let tie = !quantized.tensors.contains_key("lm_head.weight")
+            && !quantized.bf16.contains_key("lm_head.weight");
         Self::build(
             config,
             vb,
@@ -715,10 +721,10 @@ impl Llama {
                 in_place,
             )?),
             Projections::Quantized(q) => {
-                let table = q.matrix(&vb_m.pp("embed_tokens"), (v, h))?;
-                match q.as_bf16(&table)? {
-                    Some(w) => Embed::Bf16(Bf16Linear::new(&w, None)?),
-                    None => Embed::Quant(QMatMul::from_arc(table)?),
+                let vb_e = vb_m.pp("embed_tokens");
+                match q.bf16_layer(&vb_e, (v, h), None)? {
+                    Some(layer) => Embed::Bf16(layer),
+                    None => Embed::Quant(QMatMul::from_arc(q.matrix(&vb_e, (v, h))?)?),
                 }
             }
         };
