@@ -117,7 +117,10 @@ fn ghost_latency(model: Model, reuse: bool) -> (Vec<f64>, Vec<f64>) {
     let (tx, rx) = mpsc::channel();
     let worker = match Worker::spawn(
         Box::new(move || Ok(model)),
-        WorkerOptions { reuse_cache: reuse },
+        WorkerOptions {
+            reuse_cache: reuse,
+            ..WorkerOptions::default()
+        },
         move |r| {
             let _ = tx.send(r);
         },

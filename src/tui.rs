@@ -239,6 +239,10 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
         model,
     } = options;
     let completions = config.completions;
+    let worker_options = WorkerOptions {
+        shift_reuse: !config.exact_cache,
+        ..WorkerOptions::default()
+    };
     let mut app = open(&file, config)?;
     tracing::info!("editing {}", file.display());
 
@@ -250,7 +254,7 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
     });
     let replies = tx.clone();
     let worker = if completions {
-        Some(Worker::spawn(model, WorkerOptions::default(), move |r| {
+        Some(Worker::spawn(model, worker_options, move |r| {
             let _ = replies.send(Event::Worker(r));
         })?)
     } else {

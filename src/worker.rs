@@ -139,16 +139,22 @@ pub struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Options that exist for measuring, not for users.
+/// How the worker uses its KV cache.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerOptions {
     /// Keep the KV cache between requests that share a token prefix (the default).
     pub reuse_cache: bool,
+    /// Reuse cached keys and values out of place after a change, as a keystroke in a PSM prompt
+    /// needs (the default; off with the editor's `exact_cache`).
+    pub shift_reuse: bool,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { reuse_cache: true }
+        Self {
+            reuse_cache: true,
+            shift_reuse: true,
+        }
     }
 }
 
@@ -215,6 +221,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
             return;
         }
     };
+    model.network.set_shift_reuse(options.shift_reuse);
     reply(Reply::Ready {
         model: model.name.clone(),
     });

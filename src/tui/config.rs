@@ -9,6 +9,7 @@
 //! completions = true
 //! min_confidence = 0.0  # cut proposals before a token less probable than this (0: off)
 //! confidence_colours = false   # colour ghost text by token probability (F4 toggles)
+//! exact_cache = false   # never reuse the suffix's keys and values out of place while typing
 //!
 //! [keys]                # completion actions; one key or a list
 //! accept = "tab"
@@ -198,6 +199,9 @@ pub struct Config {
     pub min_confidence: f32,
     /// Colour ghost text by each token's probability (F4 toggles).
     pub confidence_colours: bool,
+    /// Compute every prompt exactly: no reuse of keys and values out of place while typing
+    /// (slower by the suffix's length per keystroke in the PSM order).
+    pub exact_cache: bool,
     pub ghost: Color,
     /// NO_COLOR is set: no colours, only attributes (dim, bold, reverse).
     pub no_color: bool,
@@ -227,6 +231,7 @@ impl Default for Config {
             completions: true,
             min_confidence: 0.0,
             confidence_colours: false,
+            exact_cache: false,
             ghost: Color::DarkGray,
             no_color,
             keymap: Keymap { keys },
@@ -255,6 +260,7 @@ struct RawEditor {
     completions: Option<bool>,
     min_confidence: Option<f32>,
     confidence_colours: Option<bool>,
+    exact_cache: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,6 +359,7 @@ impl Config {
             completions: e.completions.unwrap_or(d.completions),
             min_confidence,
             confidence_colours: e.confidence_colours.unwrap_or(d.confidence_colours),
+            exact_cache: e.exact_cache.unwrap_or(d.exact_cache),
             ghost,
             no_color,
             keymap: Keymap { keys },
@@ -416,11 +423,12 @@ mod tests {
     #[test]
     fn keys_and_settings_can_be_changed() {
         let c = Config::parse(
-            "[editor]\ndebounce_ms = 20\ntab_width = 8\n[keys]\naccept = [\"ctrl-e\", \"tab\"]\n[colors]\nghost = \"#808080\"\n",
+            "[editor]\ndebounce_ms = 20\ntab_width = 8\nexact_cache = true\n[keys]\naccept = [\"ctrl-e\", \"tab\"]\n[colors]\nghost = \"#808080\"\n",
             false,
         )
         .unwrap();
         assert_eq!(c.debounce_ms, 20);
+        assert!(c.exact_cache && !Config::default().exact_cache);
         assert_eq!(
             c.keymap
                 .action(&key(KeyCode::Char('e'), KeyModifiers::CONTROL)),
