@@ -88,6 +88,17 @@ pub struct Proposal {
     pub stop: StopReason,
     /// Per generated token inside `text`: (byte where it ends in `text`, its probability).
     pub confidence: Vec<(usize, f32)>,
+    /// The prompt's tokens, those served from the cache, and of those the ones reused out of
+    /// place (keys rotated to new positions after a change before them).
+    pub cache: CacheUse,
+}
+
+/// How a proposal's prompt used the KV cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUse {
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    pub shifted_tokens: usize,
 }
 
 /// What the worker tells the editor.
@@ -425,6 +436,11 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
                     total_ms,
                     tokens_per_second: c.generation.timings.tokens_per_s,
                     stop: c.generation.stop,
+                    cache: CacheUse {
+                        prompt_tokens: t.prompt_tokens,
+                        reused_tokens: t.reused_tokens,
+                        shifted_tokens: t.shifted_tokens,
+                    },
                 },
             });
         }

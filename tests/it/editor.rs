@@ -146,6 +146,7 @@ impl Ed {
                 tokens_per_second: 90.0,
                 stop: infill::model::generate::StopReason::EndToken,
                 confidence,
+                cache: Default::default(),
             },
         })
     }

@@ -153,3 +153,62 @@ fn a_loader_that_panics_still_leaves_a_reason() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Typing in a PSM prompt reuses the suffix out of place; a pause lets the worker recompute its
+/// cache exactly, which shows as the count of reuses starting over: after 32 reuses without a
+/// pause a request is computed exactly, after a pause 32 more are allowed.
+#[test]
+fn typing_reuses_the_suffix_and_a_pause_refreshes_the_cache() {
+    let (worker, rx) = start();
+    assert!(matches!(next(&rx), Reply::Ready { .. }));
+    let suffix = "\n\n\ndef mul(a, b):\n    return a * b\n\n\ndef div(a, b):\n    return a / b\n";
+    let mut id = 0;
+    let mut keystroke = |typed: &str| {
+        id += 1;
+        let mut r = request(id, &format!("{PREFIX}{typed}"));
+        r.suffix = suffix.into();
+        r.settings.order = Some(infill::model::FimOrder::Psm);
+        r.settings.limits.max_tokens = 2;
+        worker.submit(Job::Complete(r));
+        loop {
+            if let Reply::Done { id: done, proposal } = next(&rx) {
+                assert_eq!(done, id);
+                break proposal.cache;
+            }
+        }
+    };
+    // Keystrokes that only extend the prompt's last token reuse the prefix (token healing leaves
+    // that token out); the others reuse the suffix out of place, or are computed exactly.
+    let text = "result = [a - b if a > b else b - a for (a, b) in zip(left, right)] + [x * y for x in range(10) for y in range(3)] + sorted(set(values), key=len)";
+    let mut chars = text.chars();
+    let mut typed = String::new();
+    let mut type_until =
+        |splices: usize, keystroke: &mut dyn FnMut(&str) -> infill::worker::CacheUse| {
+            let (mut seen, mut exact) = (0, 0);
+            while seen < splices {
+                typed.push(chars.next().expect("text enough to type"));
+                let cache = keystroke(&typed);
+                if cache.shifted_tokens > 0 {
+                    seen += 1;
+                } else if cache.reused_tokens + 4 < cache.prompt_tokens {
+                    exact += 1;
+                }
+            }
+            exact
+        };
+    keystroke("");
+    assert_eq!(
+        type_until(20, &mut keystroke),
+        0,
+        "20 reuses in a row are allowed"
+    );
+    // A pause: the worker recomputes what it reused (after 300 ms idle, 32 tokens a step), and
+    // the count starts over: 20 more are allowed, where 12 would be without the refresh.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(type_until(20, &mut keystroke), 0, "the count started over");
+    // Without a pause it runs out: the 33rd reuse in a row is computed exactly instead.
+    assert!(
+        type_until(13, &mut keystroke) >= 1,
+        "a request is computed exactly"
+    );
+}
