@@ -347,31 +347,6 @@ impl KvSegment {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// The positions `range` of this segment.
-    pub fn narrow(&self, range: Range<usize>) -> Result<Self> {
-        if range.end > self.len || range.start > range.end {
-            candle_core::bail!("positions {range:?} are outside a segment of {}", self.len);
-        }
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref()
-                    .map(|(k, v)| {
-                        Ok((
-                            k.narrow(2, range.start, range.len())?,
-                            v.narrow(2, range.start, range.len())?,
-                        ))
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            len: range.len(),
-        })
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -368,58 +368,23 @@ fn complete_and_score_run_on_a_gguf_file() {
     let model = gguf_fixture("qwen2-q8_0.gguf");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), "def add(a, b):\n    return a + b\n").unwrap();
-    let out = succeeded(
-        infill_cmd()
-            .args([
-                "complete",
-                "--file",
-                file.path().to_str().unwrap(),
-                "--line",
-                "2",
-            ])
-            .args([
-                "--column",
-                "12",
-                "--model",
-                model.to_str().unwrap(),
-                "--json",
-            ])
-            .args(["--max-tokens", "4"]),
-    );
+    let (path, m) = (file.path().to_str().unwrap(), model.to_str().unwrap());
+    let complete = |extra: &[&str]| {
+        let mut cmd = infill_cmd();
+        cmd.args(["complete", "--file", path, "--line", "2", "--column", "12"])
+            .args(["--model", m])
+            .args(extra);
+        cmd
+    };
+    let out = succeeded(&mut complete(&["--json", "--max-tokens", "4"]));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["model"]["family"], "qwen2");
     assert_eq!(json["model"]["fim_template"], "qwen");
     assert!(json["raw"].is_string());
-    let out = succeeded(
-        infill_cmd()
-            .args([
-                "score",
-                file.path().to_str().unwrap(),
-                "--model",
-                model.to_str().unwrap(),
-            ])
-            .arg("--json"),
-    );
+    let out = succeeded(infill_cmd().args(["score", path, "--model", m, "--json"]));
     assert!(!out.stdout.is_empty());
-    // --dtype does not apply to a file whose weights have their own types.
-    let out = infill_cmd()
-        .args([
-            "complete",
-            "--file",
-            file.path().to_str().unwrap(),
-            "--line",
-            "2",
-        ])
-        .args([
-            "--column",
-            "12",
-            "--model",
-            model.to_str().unwrap(),
-            "--dtype",
-            "f16",
-        ])
-        .output()
-        .unwrap();
+    // --dtype f16 does not apply to a file whose weights have their own types.
+    let out = complete(&["--dtype", "f16"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("--dtype"),
