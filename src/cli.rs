@@ -130,7 +130,8 @@ pub struct EditArgs {
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Write a copy of a model directory with its weights stored in another precision (bf16
-    /// halves the size without changing what infill computes from them).
+    /// halves the size without changing what infill computes from them), or as one GGUF file for
+    /// llama.cpp, ollama and LM Studio.
     Export(ExportArgs),
 }
 
