@@ -96,23 +96,33 @@ pub struct Prefill {
 }
 
 impl Network {
-    pub fn llama(model: Llama) -> Self {
-        let cache = model.new_cache();
-        let context_length = model.config().max_position_embeddings;
-        let device = model.device().clone();
+    /// An empty cache over `inner`.
+    fn with(inner: Inner, context_length: usize, device: Device, dtype: DType) -> Self {
         Self {
-            inner: Inner::Llama {
-                model: Box::new(model),
-                cache,
-            },
+            inner,
             cached: Vec::new(),
             exact: 0,
             shifted: 0,
             shift_reuse: true,
             context_length,
             device,
-            dtype: DType::F32,
+            dtype,
         }
+    }
+
+    pub fn llama(model: Llama) -> Self {
+        let cache = model.new_cache();
+        let context_length = model.config().max_position_embeddings;
+        let device = model.device().clone();
+        Self::with(
+            Inner::Llama {
+                model: Box::new(model),
+                cache,
+            },
+            context_length,
+            device,
+            DType::F32,
+        )
     }
 
     pub fn starcoder2(
@@ -122,16 +132,12 @@ impl Network {
     ) -> candle_core::Result<Self> {
         let (device, dtype) = (vb.device().clone(), vb.dtype());
         let model = starcoder2::Model::new(config, vb)?;
-        Ok(Self {
-            inner: Inner::Starcoder2(Box::new(model)),
-            cached: Vec::new(),
-            exact: 0,
-            shifted: 0,
-            shift_reuse: true,
+        Ok(Self::with(
+            Inner::Starcoder2(Box::new(model)),
             context_length,
             device,
             dtype,
-        })
+        ))
     }
 
     pub(crate) fn bigcode(
@@ -141,16 +147,12 @@ impl Network {
         let (device, dtype) = (vb.device().clone(), vb.dtype());
         let model = Box::new(build_bigcode(config, vb.clone())?);
         let context_length = config.n_positions;
-        Ok(Self {
-            inner: Inner::BigCode { model, vb, config },
-            cached: Vec::new(),
-            exact: 0,
-            shifted: 0,
-            shift_reuse: true,
+        Ok(Self::with(
+            Inner::BigCode { model, vb, config },
             context_length,
             device,
             dtype,
-        })
+        ))
     }
 
     pub fn context_length(&self) -> usize {
@@ -210,10 +212,7 @@ impl Network {
             model.append_shifted(cache, &rest, 0)
         };
         if let Err(e) = step() {
-            self.cached.clear();
-            self.exact = 0;
-            self.shifted = 0;
-            let _ = self.truncate_all();
+            self.start_over();
             return Err(e);
         }
         self.exact = end;
@@ -355,6 +354,14 @@ impl Network {
         logits.squeeze(0)?.to_dtype(DType::F32)
     }
 
+    /// Forgets everything after a failure that may have left the caches anywhere.
+    fn start_over(&mut self) {
+        self.cached.clear();
+        self.exact = 0;
+        self.shifted = 0;
+        let _ = self.truncate_all();
+    }
+
     /// Empties every cache whatever `cached` says.
     fn truncate_all(&mut self) -> candle_core::Result<()> {
         match &mut self.inner {
@@ -386,13 +393,10 @@ impl Network {
             .count();
         let plan = self.shift_plan(tokens, shared);
         if !plan.is_empty() {
-            return self.splice(tokens, shared, &plan).inspect_err(|_| {
-                // A failed splice may have left the cache anywhere: start over.
-                self.cached.clear();
-                self.exact = 0;
-                self.shifted = 0;
-                let _ = self.truncate_all();
-            });
+            // A failed splice may have left the cache anywhere.
+            return self
+                .splice(tokens, shared, &plan)
+                .inspect_err(|_| self.start_over());
         }
         // At least one token must run to produce logits.
         let keep = shared.min(tokens.len() - 1);
@@ -402,11 +406,8 @@ impl Network {
         let logits = match self.run(new, start) {
             Ok(logits) => logits,
             Err(e) => {
-                // A failed forward may have appended to some layers' caches only: start over.
-                self.cached.clear();
-                self.exact = 0;
-                self.shifted = 0;
-                let _ = self.truncate_all();
+                // A failed forward may have appended to some layers' caches only.
+                self.start_over();
                 return Err(e);
             }
         };
