@@ -81,7 +81,7 @@ pub struct Bf16Linear {
     out_dim: usize,
 }
 
-fn to_bf16_bits(t: &Tensor) -> Result<Vec<u16>> {
+pub(crate) fn to_bf16_bits(t: &Tensor) -> Result<Vec<u16>> {
     let v: Vec<half::bf16> = t.to_dtype(DType::BF16)?.flatten_all()?.to_vec1()?;
     Ok(v.into_iter().map(half::bf16::to_bits).collect())
 }

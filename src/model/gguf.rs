@@ -399,26 +399,14 @@ impl GgufFile {
         sixteen_bits_as_bf16: bool,
     ) -> Result<(Quantized, HashMap<String, Tensor>), LoadError> {
         let permute = self.architecture()? == "llama";
-        let mut names = vec![
-            (
-                "token_embd.weight".to_string(),
-                "model.embed_tokens.weight".to_string(),
-            ),
-            ("output_norm.weight".into(), "model.norm.weight".into()),
-        ];
-        if !c.tie_word_embeddings {
-            names.push(("output.weight".into(), "lm_head.weight".into()));
-        }
-        for layer in 0..c.num_hidden_layers {
-            for (gguf, hf) in LAYER_NAMES {
-                for kind in ["weight", "bias"] {
-                    let name = format!("blk.{layer}.{gguf}.{kind}");
-                    if kind == "weight" || self.has(&name) {
-                        names.push((name, format!("model.layers.{layer}.{hf}.{kind}")));
-                    }
-                }
-            }
-        }
+        // Every weight the decoder needs must be there (a missing one is named when read); a
+        // bias or the untied head only where the file has it.
+        let names: Vec<(String, String)> = tensor_names(c.num_hidden_layers)
+            .into_iter()
+            .filter(|(gguf, hf)| {
+                required(hf) || (hf == "lm_head.weight" && !c.tie_word_embeddings) || self.has(gguf)
+            })
+            .collect();
         let mut quantized = Quantized::default();
         let mut small = HashMap::new();
         for (gguf, hf) in names {
@@ -543,6 +531,33 @@ fn check_shapes(file: &GgufFile, c: &LlamaConfig) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Every tensor a decoder with `layers` blocks can hold, biases and the untied head included:
+/// (llama.cpp's name, transformers' name), in the order llama.cpp's converter writes them.
+fn tensor_names(layers: usize) -> Vec<(String, String)> {
+    let mut names = vec![(
+        "token_embd.weight".to_string(),
+        "model.embed_tokens.weight".to_string(),
+    )];
+    for layer in 0..layers {
+        for (gguf, hf) in LAYER_NAMES {
+            for kind in ["weight", "bias"] {
+                names.push((
+                    format!("blk.{layer}.{gguf}.{kind}"),
+                    format!("model.layers.{layer}.{hf}.{kind}"),
+                ));
+            }
+        }
+    }
+    names.push(("output_norm.weight".into(), "model.norm.weight".into()));
+    names.push(("output.weight".into(), "lm_head.weight".into()));
+    names
+}
+
+/// Whether every decoder has the tensor: all weights but the head's (tied heads have none).
+fn required(hf: &str) -> bool {
+    hf.ends_with(".weight") && hf != "lm_head.weight"
+}
+
 /// llama.cpp's tensor names within a block, with the transformers names they stand for.
 const LAYER_NAMES: [(&str, &str); 9] = [
     ("attn_norm", "input_layernorm"),
@@ -596,12 +611,7 @@ fn with_fast_kernel(t: QTensor) -> candle_core::Result<QTensor> {
 
 /// A 16-bit matrix as bf16 bits (exact for BF16; F16 values rounded to bf16's 8-bit mantissa).
 fn bf16_bits(t: &QTensor) -> candle_core::Result<Arc<[u16]>> {
-    let values: Vec<half::bf16> = t
-        .dequantize(&Device::Cpu)?
-        .to_dtype(DType::BF16)?
-        .flatten_all()?
-        .to_vec1()?;
-    Ok(values.into_iter().map(half::bf16::to_bits).collect())
+    super::bf16_linear::to_bf16_bits(&t.dequantize(&Device::Cpu)?).map(Into::into)
 }
 
 /// A one-line reason from candle's GGUF reader (without the backtrace candle appends when

@@ -10,7 +10,6 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::LAYER_NAMES;
 use super::vocab::{Vocabulary, from_tokenizer_json};
 use crate::model::config::{Family, LlamaConfig};
 use crate::model::tokenizer::FimTemplate;
@@ -147,24 +146,10 @@ pub fn write(
     };
     let vocab = from_tokenizer_json(tokenizer_json, config.vocab_size)
         .map_err(|why| anyhow::anyhow!("the tokenizer cannot be written as GGUF: {why}"))?;
-    let mut order = vec![(
-        "token_embd.weight".to_string(),
-        "model.embed_tokens.weight".to_string(),
-    )];
-    for layer in 0..config.num_hidden_layers {
-        for (gguf, hf) in LAYER_NAMES {
-            for kind in ["weight", "bias"] {
-                let hf = format!("model.layers.{layer}.{hf}.{kind}");
-                if weights.contains_key(&hf) {
-                    order.push((format!("blk.{layer}.{gguf}.{kind}"), hf));
-                }
-            }
-        }
-    }
-    order.push(("output_norm.weight".into(), "model.norm.weight".into()));
-    if weights.contains_key("lm_head.weight") {
-        order.push(("output.weight".into(), "lm_head.weight".into()));
-    }
+    let order: Vec<(String, String)> = super::tensor_names(config.num_hidden_layers)
+        .into_iter()
+        .filter(|(_, hf)| super::required(hf) || weights.contains_key(hf))
+        .collect();
     let mut tensors = Vec::with_capacity(order.len());
     let mut counts: HashMap<String, usize> = HashMap::new();
     for (gguf, hf) in &order {
