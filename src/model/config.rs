@@ -509,15 +509,21 @@ impl From<&ModelConfig> for ModelSummary {
 mod tests {
     use super::*;
 
+    /// The Llama-family configuration `text` parses to.
+    fn llama(text: &str) -> LlamaConfig {
+        match ModelConfig::parse(text).unwrap() {
+            ModelConfig::Llama(c) => c,
+            _ => panic!("not llama-like"),
+        }
+    }
+
     const QWEN: &str = r#"{"model_type":"qwen2","vocab_size":100,"hidden_size":32,"intermediate_size":64,
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":128,
         "rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":true,"eos_token_id":[7, 8]}"#;
 
     #[test]
     fn qwen2_config_has_qkv_bias_and_derived_head_dim() {
-        let ModelConfig::Llama(c) = ModelConfig::parse(QWEN).unwrap() else {
-            panic!("not llama-like")
-        };
+        let c = llama(QWEN);
         assert_eq!(
             (c.qkv_bias, c.o_bias, c.head_dim, c.num_key_value_heads),
             (true, false, 8, 2)
@@ -528,13 +534,8 @@ mod tests {
 
     #[test]
     fn config_round_trips_through_hf_json() {
-        let ModelConfig::Llama(c) = ModelConfig::parse(QWEN).unwrap() else {
-            panic!("not llama-like")
-        };
-        let ModelConfig::Llama(back) = ModelConfig::parse(&c.to_hf_json().to_string()).unwrap()
-        else {
-            panic!("not llama-like")
-        };
+        let c = llama(QWEN);
+        let back = llama(&c.to_hf_json().to_string());
         assert_eq!(c, back);
     }
 
@@ -544,9 +545,7 @@ mod tests {
             "\"rope_theta\":1000000.0",
             "\"rope_parameters\":{\"rope_theta\":5e5,\"rope_type\":\"default\"}",
         );
-        let ModelConfig::Llama(c) = ModelConfig::parse(&v5).unwrap() else {
-            panic!("not llama-like")
-        };
+        let c = llama(&v5);
         assert_eq!(c.rope_theta, 5e5);
         let yarn = QWEN.replace(
             "\"rope_theta\":1000000.0",
@@ -564,14 +563,9 @@ mod tests {
             "\"rope_theta\":1000000.0",
             "\"rope_theta\":1e5,\"rope_scaling\":{\"type\":\"linear\",\"factor\":4.0}",
         );
-        let ModelConfig::Llama(c) = ModelConfig::parse(&linear).unwrap() else {
-            panic!("not llama-like")
-        };
+        let c = llama(&linear);
         assert_eq!(c.rope_scaling_factor, 4.0);
-        let ModelConfig::Llama(back) = ModelConfig::parse(&c.to_hf_json().to_string()).unwrap()
-        else {
-            panic!("not llama-like")
-        };
+        let back = llama(&c.to_hf_json().to_string());
         assert_eq!(back, c);
     }
 
