@@ -50,6 +50,30 @@ impl Default for Settings {
     }
 }
 
+/// Bytes of text before and after the cursor an interactive front end (the editor, the language
+/// server) sends with a request; the prompt builder cuts them to tokens.
+pub const PREFIX_BYTES: usize = 24 * 1024;
+pub const SUFFIX_BYTES: usize = 8 * 1024;
+
+impl Settings {
+    /// What a person waiting at the cursor gets: the editor's and the language server's requests.
+    /// `sampling` is greedy for the first proposal, sampled for alternatives.
+    pub fn interactive(sampling: Sampling, max_tokens: usize, min_confidence: f32) -> Self {
+        Self {
+            sampling,
+            limits: Limits {
+                max_tokens,
+                time_budget: Some(std::time::Duration::from_secs(10)),
+                top_alternatives: 0,
+                ..Limits::default()
+            },
+            context_tokens: Some(1024),
+            min_confidence,
+            ..Self::default()
+        }
+    }
+}
+
 /// The prompt sent to the model and how much of the document it kept.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prompt {

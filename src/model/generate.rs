@@ -37,6 +37,18 @@ impl Default for Sampling {
     }
 }
 
+impl Sampling {
+    /// An alternative proposal: sampled (temperature 0.8, nucleus 0.95) with its own seed.
+    pub fn alternative(seed: u64) -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 0.95,
+            seed,
+        }
+    }
+}
+
 /// When generation stops, besides the model's own end tokens.
 #[derive(Debug, Clone)]
 pub struct Limits {

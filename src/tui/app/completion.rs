@@ -7,15 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::App;
-use crate::complete::Settings;
-use crate::model::generate::{Limits, Sampling};
+use crate::complete::{PREFIX_BYTES, SUFFIX_BYTES, Settings};
+use crate::model::generate::Sampling;
 use crate::text::{Group, Pos, display};
 use crate::tui::config::Action;
 use crate::worker::{Job, Proposal, Reply, Request};
-
-/// Bytes of text around the cursor sent with a request; the prompt builder cuts it to tokens.
-const PREFIX_BYTES: usize = 24 * 1024;
-const SUFFIX_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(in crate::tui) enum ModelState {
@@ -268,25 +264,10 @@ impl App {
         let cancel = Arc::new(AtomicBool::new(false));
         let sampling = match kind {
             RequestKind::Proposal => Sampling::default(),
-            RequestKind::Alternative => Sampling {
-                temperature: 0.8,
-                top_k: 0,
-                top_p: 0.95,
-                seed: id,
-            },
+            RequestKind::Alternative => Sampling::alternative(id),
         };
-        let settings = Settings {
-            sampling,
-            limits: Limits {
-                max_tokens: self.config.max_tokens,
-                time_budget: Some(Duration::from_secs(10)),
-                top_alternatives: 0,
-                ..Limits::default()
-            },
-            context_tokens: Some(1024),
-            min_confidence: self.config.min_confidence,
-            ..Settings::default()
-        };
+        let settings =
+            Settings::interactive(sampling, self.config.max_tokens, self.config.min_confidence);
         let (prefix, suffix) = self.context();
         let key = context_key(&prefix, &suffix);
         self.requests.push(Job::Complete(Request {
