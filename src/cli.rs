@@ -87,6 +87,9 @@ impl LogLevel {
 pub enum Command {
     /// Edit a file with completions as you type (also: `infill FILE`).
     Edit(EditArgs),
+    /// Serve completions and the probability overlay to an editor over the Language Server
+    /// Protocol (stdio).
+    Lsp(LspArgs),
     /// Print the text the model proposes to insert at a position of a file.
     Complete(CompleteArgs),
     /// Trim a proposal (from a file or stdin) to a syntactic boundary at a position of a file.
@@ -125,6 +128,24 @@ pub struct EditArgs {
     /// Edit without a model: no proposals.
     #[arg(long)]
     pub no_completions: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LspArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Settings file; its [editor] max_tokens, min_confidence and exact_cache apply (default:
+    /// $XDG_CONFIG_HOME/infill/config.toml, if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Turn the probability overlay on from the start (the client can toggle it with the
+    /// infill.overlay command).
+    #[arg(long)]
+    pub overlay: bool,
+    /// Talk over standard input and output (the only transport; accepted because many clients
+    /// pass it).
+    #[arg(long)]
+    pub stdio: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 pub mod complete;
 pub mod edit;
 pub mod eval;
+pub mod lsp;
 pub mod models;
 pub mod score;
 pub mod train;

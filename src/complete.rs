@@ -346,6 +346,18 @@ pub struct LineScore {
     /// Surprisal of the whole line, in bits.
     pub bits: f64,
     pub bits_per_token: f64,
+    /// The most surprising token's surprisal.
+    pub max_token_bits: f64,
+    /// Surprisal beyond what the model expected: per token, its surprisal less the entropy of the
+    /// model's prediction there, summed. High where the model was sure and the line disagrees.
+    pub excess_bits: f64,
+}
+
+impl LineScore {
+    /// How surprising the line is, for ranking lines.
+    pub fn surprise(&self) -> f64 {
+        self.bits_per_token
+    }
 }
 
 /// Scores every non-blank line of `text` as the middle of a FIM prompt made of the rest of the file
@@ -409,15 +421,24 @@ pub fn score_lines_fim(
         let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
         let rows: Vec<Vec<f32>> = logp.to_vec2()?;
         let first = prompt.ids.len() - 1;
-        let nats: f64 = target
-            .iter()
-            .enumerate()
-            .map(|(k, &id)| {
-                rows.get(first + k)
-                    .and_then(|r| r.get(id as usize))
-                    .map_or(0.0, |&v| -f64::from(v))
-            })
-            .sum();
+        let (mut nats, mut max_nats, mut excess) = (0.0f64, 0.0f64, 0.0f64);
+        for (k, &id) in target.iter().enumerate() {
+            let Some(row) = rows.get(first + k) else {
+                continue;
+            };
+            let surprisal = row.get(id as usize).map_or(0.0, |&v| -f64::from(v));
+            let entropy: f64 = row
+                .iter()
+                .map(|&lp| {
+                    let lp = f64::from(lp);
+                    -lp.exp() * lp
+                })
+                .filter(|h| h.is_finite())
+                .sum();
+            nats += surprisal;
+            max_nats = max_nats.max(surprisal);
+            excess += surprisal - entropy;
+        }
         let bits = nats / std::f64::consts::LN_2;
         out.push(LineScore {
             line: i + 1,
@@ -425,6 +446,8 @@ pub fn score_lines_fim(
             tokens: target.len(),
             bits,
             bits_per_token: bits / target.len().max(1) as f64,
+            max_token_bits: max_nats / std::f64::consts::LN_2,
+            excess_bits: excess / std::f64::consts::LN_2,
         });
     }
     Ok(out)

@@ -30,6 +30,7 @@ pub mod eval;
 pub mod files;
 pub mod hash;
 pub mod logging;
+pub mod lsp;
 pub mod model;
 pub mod progress;
 pub mod rng;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     );
     let result = match &cli.command {
         Command::Edit(args) => infill::cmd::edit::run(args),
+        Command::Lsp(args) => infill::cmd::lsp::run(args),
         Command::Complete(args) => infill::cmd::complete::run(args),
         Command::Trim(args) => infill::cmd::trim::run(args),
         Command::Train(args) => infill::cmd::train::run(args),

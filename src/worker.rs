@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::complete::{self, Settings};
+use crate::complete::{self, LineScore, Settings};
 use crate::model::Model;
 use crate::model::generate::{Flow, GeneratedToken, StopReason};
 use crate::model::score::TokenScore;
@@ -52,11 +52,36 @@ pub struct ScoreRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// The lines of `text` the model finds most surprising between the code around them, and what it
+/// would have written in their place.
+#[derive(Debug, Clone)]
+pub struct LinesRequest {
+    pub id: u64,
+    pub text: String,
+    pub language: Option<&'static Language>,
+    /// Tokens of context around each line.
+    pub budget: usize,
+    /// How many of the most surprising lines get the model's own version.
+    pub suggest: usize,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// A scored line, with what the model would have written there (when it differs).
+#[derive(Debug, Clone)]
+pub struct SurprisingLine {
+    pub score: LineScore,
+    /// Byte range of the line's text (without its break) in the request's text.
+    pub start: usize,
+    pub end: usize,
+    pub instead: Option<String>,
+}
+
 /// Work for the model thread.
 #[derive(Debug, Clone)]
 pub enum Job {
     Complete(Request),
     Score(ScoreRequest),
+    Lines(LinesRequest),
 }
 
 impl Job {
@@ -64,6 +89,7 @@ impl Job {
         match self {
             Self::Complete(r) => r.id,
             Self::Score(r) => r.id,
+            Self::Lines(r) => r.id,
         }
     }
 
@@ -71,6 +97,7 @@ impl Job {
         match self {
             Self::Complete(r) => r.is_cancelled(),
             Self::Score(r) => r.cancel.load(Ordering::Relaxed),
+            Self::Lines(r) => r.cancel.load(Ordering::Relaxed),
         }
     }
 }
@@ -133,6 +160,11 @@ pub enum Reply {
         id: u64,
         tokens_per_second: f64,
         ms: f64,
+    },
+    /// A lines request's result: every scored line, the most surprising first.
+    Lines {
+        id: u64,
+        lines: Vec<SurprisingLine>,
     },
     Failed {
         id: u64,
@@ -238,11 +270,11 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
     });
     let mut scorer = ChunkScorer::default();
     // The newest job of each kind wins; a completion (someone is waiting at the cursor) goes first.
-    let (mut complete, mut score): (Option<Request>, Option<ScoreRequest>) = (None, None);
+    let mut queue = Queue::default();
     // Set once typing has paused long enough to start refreshing the cache.
     let mut refreshing = false;
     loop {
-        if complete.is_none() && score.is_none() {
+        if queue.is_empty() {
             if model.network.needs_refresh() {
                 // Keys and values reused out of place are recomputed exactly while nobody types,
                 // a chunk at a time so the next keystroke waits for one chunk at most.
@@ -254,7 +286,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
                 match inbox.recv_timeout(pause) {
                     Ok(job) => {
                         refreshing = false;
-                        keep_newest(job, &mut complete, &mut score);
+                        queue.keep_newest(job);
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         refreshing = true;
@@ -268,21 +300,16 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
             } else {
                 refreshing = false;
                 match inbox.recv() {
-                    Ok(job) => keep_newest(job, &mut complete, &mut score),
+                    Ok(job) => queue.keep_newest(job),
                     Err(_) => return,
                 }
             }
         }
         while let Ok(job) = inbox.try_recv() {
-            keep_newest(job, &mut complete, &mut score);
+            queue.keep_newest(job);
         }
-        let job = match (complete.take(), score.take()) {
-            (Some(c), s) => {
-                score = s;
-                Job::Complete(c)
-            }
-            (None, Some(s)) => Job::Score(s),
-            (None, None) => continue,
+        let Some(job) = queue.next() else {
+            continue;
         };
         if job.is_cancelled() {
             continue;
@@ -301,6 +328,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job {
             Job::Complete(r) => run(&mut model, r, reply),
             Job::Score(r) => run_score(&model, &mut scorer, r, reply),
+            Job::Lines(r) => run_lines(&mut model, r, reply),
         }));
         if let Err(panic) = outcome {
             let what = panic_text(&*panic);
@@ -323,10 +351,104 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn keep_newest(job: Job, complete: &mut Option<Request>, score: &mut Option<ScoreRequest>) {
-    match job {
-        Job::Complete(r) => *complete = Some(r),
-        Job::Score(r) => *score = Some(r),
+/// The newest job of each kind, waiting for the model.
+#[derive(Default)]
+struct Queue {
+    complete: Option<Request>,
+    score: Option<ScoreRequest>,
+    lines: Option<LinesRequest>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.complete.is_none() && self.score.is_none() && self.lines.is_none()
+    }
+
+    fn keep_newest(&mut self, job: Job) {
+        match job {
+            Job::Complete(r) => self.complete = Some(r),
+            Job::Score(r) => self.score = Some(r),
+            Job::Lines(r) => self.lines = Some(r),
+        }
+    }
+
+    /// A completion first (someone waits at the cursor), then the overlay's scores, then lines.
+    fn next(&mut self) -> Option<Job> {
+        self.complete
+            .take()
+            .map(Job::Complete)
+            .or_else(|| self.score.take().map(Job::Score))
+            .or_else(|| self.lines.take().map(Job::Lines))
+    }
+}
+
+/// Scores every line between the code around it, then asks the model for its own version of the
+/// most surprising ones.
+fn run_lines(model: &mut Model, request: &LinesRequest, reply: &dyn Fn(Reply)) {
+    let cancel = Some(request.cancel.as_ref());
+    let text = &request.text;
+    let scored = match complete::score_lines_fim(model, text, request.budget, cancel, |_, _| {}) {
+        Ok(lines) => lines,
+        Err(e) => {
+            reply(Reply::Failed {
+                id: request.id,
+                message: format!("scoring lines failed: {e}"),
+            });
+            return;
+        }
+    };
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let mut lines: Vec<SurprisingLine> = scored
+        .into_iter()
+        .filter_map(|score| {
+            let start = *starts.get(score.line - 1)?;
+            let end = starts.get(score.line).map_or(text.len(), |next| next - 1);
+            Some(SurprisingLine {
+                score,
+                start,
+                end,
+                instead: None,
+            })
+        })
+        .collect();
+    lines.sort_by(|a, b| b.score.surprise().total_cmp(&a.score.surprise()));
+    let settings = Settings::interactive(crate::model::generate::Sampling::default(), 32, 0.0);
+    for line in lines.iter_mut().take(request.suggest) {
+        if request.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let own = text.get(line.start..line.end).unwrap_or_default();
+        let at = line.start + (own.len() - own.trim_start().len());
+        let written = text.get(at..line.end).unwrap_or_default();
+        let mut rest = String::with_capacity(text.len());
+        rest.push_str(crate::text::before(text, at));
+        rest.push_str(crate::text::from(text, line.end));
+        let Some(cursor) = Cursor::from_byte(&rest, at) else {
+            continue;
+        };
+        let proposal = complete::complete(
+            model,
+            &rest,
+            cursor,
+            request.language,
+            &settings,
+            cancel,
+            |_: &GeneratedToken, _: &str| Flow::Continue,
+        );
+        if let Ok(c) = proposal {
+            let first = c.text.lines().next().unwrap_or_default().trim_end();
+            if !first.trim().is_empty() && first != written.trim_end() {
+                line.instead = Some(first.to_owned());
+            }
+        }
+    }
+    if !request.cancel.load(Ordering::Relaxed) {
+        reply(Reply::Lines {
+            id: request.id,
+            lines,
+        });
     }
 }
 

@@ -4,11 +4,7 @@ use crate::cli::EditArgs;
 use crate::tui::{Config, EditOptions};
 
 pub fn run(args: &EditArgs) -> anyhow::Result<()> {
-    let mut config = match (&args.config, Config::default_path()) {
-        (Some(p), _) => Config::load(p, true)?,
-        (None, Some(p)) => Config::load(&p, false)?,
-        (None, None) => Config::default(),
-    };
+    let mut config = Config::resolve(args.config.as_deref())?;
     if let Some(ms) = args.debounce_ms {
         config.debounce_ms = ms;
     }

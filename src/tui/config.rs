@@ -283,6 +283,16 @@ impl Config {
         crate::files::xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("config.toml"))
     }
 
+    /// The settings from the file the user named (it must exist), else from the default place (if
+    /// there is a file there), else the defaults.
+    pub fn resolve(named: Option<&Path>) -> anyhow::Result<Self> {
+        match (named, Self::default_path()) {
+            (Some(p), _) => Self::load(p, true),
+            (None, Some(p)) => Self::load(&p, false),
+            (None, None) => Ok(Self::default()),
+        }
+    }
+
     /// Reads `path` (`explicit`: the user named it, so it must exist); a missing default file means
     /// defaults. Errors name the file and the setting.
     pub fn load(path: &Path, explicit: bool) -> anyhow::Result<Self> {

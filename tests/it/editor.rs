@@ -119,6 +119,7 @@ impl Ed {
             match job {
                 Job::Complete(r) => self.requests.push(r),
                 Job::Score(r) => self.scores.push(r),
+                Job::Lines(r) => panic!("the editor asked for line scores: {r:?}"),
             }
         }
     }

@@ -1,0 +1,730 @@
+//! `infill lsp`: the completion pipeline and the probability overlay behind the Language Server
+//! Protocol, for the editors people already use.
+//!
+//! One thread reads frames from the client, the model runs on the [`Worker`] thread as it does
+//! for the editor, and this loop owns everything else: the open documents, the requests waiting
+//! for proposals, the overlay's scores. Both other threads only send it [`Event`]s, so no state is
+//! shared. Protocol types stay inside this module; the worker and the pipeline know nothing of
+//! them.
+//!
+//! What it serves:
+//! - `textDocument/inlineCompletion` (LSP 3.18) and `textDocument/completion` ([`proposals`]);
+//! - document sync: open, incremental change (UTF-16 positions, or UTF-8 when the client offers
+//!   it), save, close ([`document`]);
+//! - the probability overlay as Hint diagnostics, off until asked for ([`overlay`]);
+//! - `$/cancelRequest`, `$/progress` while the model loads, `window/showMessage` when it cannot.
+//!
+//! Bad input from a client never ends the server: a malformed frame gets a parse error, an
+//! unknown method `MethodNotFound`, a request on a document that is not open `InvalidParams`, and
+//! a change to a document that is not open is ignored.
+
+mod document;
+mod overlay;
+mod proposals;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use lsp_types::error_codes::SERVER_NOT_INITIALIZED;
+use lsp_types::{
+    DidChangeTextDocumentParams, DidCloseTextDocumentParams, DidOpenTextDocumentParams,
+    DidSaveTextDocumentParams, InlineCompletionParams, InlineCompletionTriggerKind,
+    TextDocumentPositionParams,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use document::{Encoding, TextDocument};
+use proposals::{Ask, Kind, Proposals};
+use transport::{Frame, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Incoming, Output};
+
+use crate::syntax::{Language, Registry};
+use crate::worker::{Loader, Reply, Worker, WorkerOptions};
+
+/// The command that turns the overlay on or off (`workspace/executeCommand`; an argument `true` or
+/// `false` sets it, none toggles it).
+pub const OVERLAY_COMMAND: &str = "infill.overlay";
+
+/// How the server completes, from the config file, the command line and the client's
+/// `initializationOptions` (which win).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_tokens: usize,
+    /// Cut proposals before a token less probable than this (0: never).
+    pub min_confidence: f32,
+    /// Reuse keys and values out of place after a change (see [`WorkerOptions::shift_reuse`]).
+    pub shift_reuse: bool,
+    /// How long `textDocument/completion` waits before answering with the proposal so far: the
+    /// client's other completion sources are not held up by a slow model.
+    pub completion_wait: Duration,
+    /// Publish the probability overlay as diagnostics.
+    pub overlay: bool,
+    /// The overlay marks tokens outside the model's top this-many (10, 100 or 1000: GLTR's
+    /// buckets).
+    pub overlay_min_rank: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_tokens: 48,
+            min_confidence: 0.0,
+            shift_reuse: true,
+            completion_wait: Duration::from_millis(800),
+            overlay: false,
+            overlay_min_rank: 100,
+        }
+    }
+}
+
+impl Options {
+    /// Applies the client's `initializationOptions` (unknown keys are ignored, as settings for
+    /// another version of infill may be).
+    fn apply_client(&mut self, o: &Value) {
+        if let Some(v) = o.get("maxTokens").and_then(Value::as_u64) {
+            self.max_tokens = usize::try_from(v).unwrap_or(usize::MAX).max(1);
+        }
+        if let Some(v) = o.get("minConfidence").and_then(Value::as_f64) {
+            self.min_confidence = v.clamp(0.0, 1.0) as f32;
+        }
+        if let Some(v) = o.get("completionWaitMs").and_then(Value::as_u64) {
+            self.completion_wait = Duration::from_millis(v);
+        }
+        if let Some(v) = o.get("overlay").and_then(Value::as_bool) {
+            self.overlay = v;
+        }
+        if let Some(v) = o.get("overlayMinRank").and_then(Value::as_u64) {
+            self.overlay_min_rank = usize::try_from(v).unwrap_or(usize::MAX).max(1);
+        }
+    }
+}
+
+/// A JSON-RPC error for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(INTERNAL_ERROR, message)
+    }
+
+    fn params(message: impl Into<String>) -> Self {
+        Self::new(INVALID_PARAMS, message)
+    }
+}
+
+/// A request id and what it gets.
+pub type Answer = (Value, Result<Value, RpcError>);
+
+/// What reaches the server's loop.
+#[derive(Debug)]
+enum Event {
+    Frame(Frame),
+    /// The client's side of the connection closed (or broke).
+    Closed(Option<std::io::Error>),
+    Worker(Reply),
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `exit` after `shutdown`, as the protocol asks.
+    Clean,
+    /// `exit` without `shutdown`, or the input closed.
+    Abrupt,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum ModelState {
+    Loading,
+    Ready(String),
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Uninitialized,
+    Running,
+    ShuttingDown,
+}
+
+/// Serves one client until it exits or closes the connection.
+pub fn serve(
+    input: impl BufRead + Send + 'static,
+    output: impl Write,
+    load: Loader,
+    options: Options,
+) -> anyhow::Result<Exit> {
+    let (events, inbox) = mpsc::channel();
+    let frames = events.clone();
+    std::thread::Builder::new()
+        .name("infill-lsp-reader".into())
+        .spawn(move || {
+            let mut input = input;
+            loop {
+                let event = match transport::read(&mut input) {
+                    Ok(Some(frame)) => Event::Frame(frame),
+                    Ok(None) => Event::Closed(None),
+                    Err(e) => Event::Closed(Some(e)),
+                };
+                let last = matches!(event, Event::Closed(_));
+                if frames.send(event).is_err() || last {
+                    return;
+                }
+            }
+        })?;
+    let worker = Worker::spawn(
+        load,
+        WorkerOptions {
+            reuse_cache: true,
+            shift_reuse: options.shift_reuse,
+        },
+        move |reply| {
+            let _ = events.send(Event::Worker(reply));
+        },
+    )?;
+    let mut server = Server {
+        out: Output::new(output),
+        worker,
+        options,
+        encoding: Encoding::Utf16,
+        phase: Phase::Uninitialized,
+        docs: HashMap::new(),
+        folders: Vec::new(),
+        model: ModelState::Loading,
+        client_progress: false,
+        progress: Progress::None,
+        ids: 0,
+        proposals: Proposals::default(),
+        overlay: overlay::Overlay::default(),
+    };
+    loop {
+        let deadline = [server.proposals.deadline(), server.overlay.deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        let event = match deadline {
+            Some(d) => match inbox.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Abrupt),
+            },
+            None => match inbox.recv() {
+                Ok(e) => Some(e),
+                Err(_) => return Ok(Exit::Abrupt),
+            },
+        };
+        match event {
+            None => server.tick(Instant::now())?,
+            Some(Event::Frame(frame)) => {
+                if let Some(exit) = server.frame(frame)? {
+                    return Ok(exit);
+                }
+            }
+            Some(Event::Worker(reply)) => server.worker_reply(reply)?,
+            Some(Event::Closed(error)) => {
+                if let Some(e) = error {
+                    tracing::warn!("lsp: the connection broke: {e}");
+                }
+                return Ok(Exit::Abrupt);
+            }
+        }
+    }
+}
+
+/// The `$/progress` report of the model's loading.
+#[derive(Debug, Clone, PartialEq)]
+enum Progress {
+    None,
+    /// `window/workDoneProgress/create` sent with this request id; begins when the client agrees.
+    Asked {
+        request: Value,
+    },
+    Begun,
+}
+
+/// The token of the loading report.
+const PROGRESS_TOKEN: &str = "infill/model";
+
+struct Server<W: Write> {
+    out: Output<W>,
+    worker: Worker,
+    options: Options,
+    encoding: Encoding,
+    phase: Phase,
+    docs: HashMap<String, TextDocument>,
+    folders: Vec<String>,
+    model: ModelState,
+    client_progress: bool,
+    progress: Progress,
+    /// The last worker job id handed out.
+    ids: u64,
+    proposals: Proposals,
+    overlay: overlay::Overlay,
+}
+
+impl<W: Write> Server<W> {
+    fn frame(&mut self, frame: Frame) -> std::io::Result<Option<Exit>> {
+        match frame {
+            Frame::Unparsable(why) => {
+                tracing::warn!("lsp: unparsable frame: {why}");
+                self.out.error(Value::Null, transport::PARSE_ERROR, &why)?;
+            }
+            Frame::Invalid { id, why } => {
+                tracing::warn!("lsp: invalid message: {why}");
+                self.out.error(id, INVALID_REQUEST, &why)?;
+            }
+            Frame::Message(Incoming::Request { id, method, params }) => {
+                self.request(id, &method, params)?;
+            }
+            Frame::Message(Incoming::Notification { method, params }) => {
+                if method == "exit" {
+                    return Ok(Some(if self.phase == Phase::ShuttingDown {
+                        Exit::Clean
+                    } else {
+                        Exit::Abrupt
+                    }));
+                }
+                self.notification(&method, params)?;
+            }
+            Frame::Message(Incoming::Response { id, error }) => self.response(&id, error)?,
+        }
+        Ok(None)
+    }
+
+    fn answer(&mut self, answers: Vec<Answer>) -> std::io::Result<()> {
+        for (id, result) in answers {
+            match result {
+                Ok(value) => self.out.reply(id, value)?,
+                Err(e) => self.out.error(id, e.code, &e.message)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn request(&mut self, id: Value, method: &str, params: Value) -> std::io::Result<()> {
+        let result = match (self.phase, method) {
+            (Phase::Uninitialized, "initialize") => Ok(Some(self.initialize(&params))),
+            (Phase::Uninitialized, _) => Err(RpcError::new(
+                SERVER_NOT_INITIALIZED,
+                "the server is not initialized yet: send initialize first",
+            )),
+            (Phase::ShuttingDown, _) => Err(RpcError::new(
+                INVALID_REQUEST,
+                "the server is shutting down: only exit is accepted",
+            )),
+            (Phase::Running, "initialize") => Err(RpcError::new(
+                INVALID_REQUEST,
+                "initialize was already sent",
+            )),
+            (Phase::Running, "shutdown") => {
+                self.phase = Phase::ShuttingDown;
+                let answers = self.proposals.unavailable();
+                self.answer(answers)?;
+                self.overlay.stop();
+                Ok(Some(Value::Null))
+            }
+            (Phase::Running, "textDocument/completion") => self.complete(id.clone(), params, None),
+            (Phase::Running, "textDocument/inlineCompletion") => {
+                parse::<InlineCompletionParams>(params).and_then(|p| {
+                    let invoked = p.context.trigger_kind == InlineCompletionTriggerKind::Invoked;
+                    let position =
+                        serde_json::to_value(p.text_document_position).unwrap_or_default();
+                    self.complete(id.clone(), position, Some(invoked))
+                })
+            }
+            (Phase::Running, "workspace/executeCommand") => self.execute(&params).map(Some),
+            (Phase::Running, _) => Err(RpcError::new(
+                transport::METHOD_NOT_FOUND,
+                format!("infill does not serve {method}"),
+            )),
+        };
+        match result {
+            Ok(Some(value)) => self.out.reply(id, value),
+            Ok(None) => Ok(()),
+            Err(e) => self.out.error(id, e.code, &e.message),
+        }
+    }
+
+    fn initialize(&mut self, params: &Value) -> Value {
+        let caps = &params["capabilities"];
+        self.encoding = Encoding::negotiate(
+            caps["general"]["positionEncodings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
+        );
+        self.client_progress = caps["window"]["workDoneProgress"].as_bool() == Some(true);
+        self.options.apply_client(&params["initializationOptions"]);
+        self.folders = params["workspaceFolders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["uri"].as_str().map(str::to_owned))
+            .chain(params["rootUri"].as_str().map(str::to_owned))
+            .collect();
+        self.folders.dedup();
+        self.phase = Phase::Running;
+        tracing::info!(
+            "lsp: initialized by {} ({} positions, {} workspace folders)",
+            params["clientInfo"]["name"].as_str().unwrap_or("a client"),
+            self.encoding.name(),
+            self.folders.len()
+        );
+        json!({
+            "capabilities": {
+                "positionEncoding": self.encoding.name(),
+                "textDocumentSync": {
+                    "openClose": true,
+                    "change": 2,
+                    "save": { "includeText": false },
+                },
+                "completionProvider": {
+                    "resolveProvider": false,
+                    "triggerCharacters": [".", "(", ",", ":", "=", " "],
+                },
+                "inlineCompletionProvider": {},
+                "executeCommandProvider": { "commands": [OVERLAY_COMMAND] },
+                "workspace": {
+                    "workspaceFolders": { "supported": true, "changeNotifications": true },
+                },
+            },
+            "serverInfo": { "name": "infill", "version": env!("CARGO_PKG_VERSION") },
+        })
+    }
+
+    fn notification(&mut self, method: &str, params: Value) -> std::io::Result<()> {
+        if self.phase == Phase::Uninitialized {
+            return Ok(());
+        }
+        match method {
+            "initialized" => self.begin_progress()?,
+            "$/cancelRequest" => {
+                let answers = self.proposals.cancel(&params["id"]);
+                self.answer(answers)?;
+            }
+            "textDocument/didOpen" => {
+                if let Ok(p) = parse::<DidOpenTextDocumentParams>(params) {
+                    let d = p.text_document;
+                    let uri = d.uri.as_str().to_owned();
+                    let language = language_of(&d.language_id, &uri, &d.text);
+                    self.docs
+                        .insert(uri.clone(), TextDocument::new(d.text, d.version, language));
+                    let answers = self.proposals.invalidate(&uri);
+                    self.answer(answers)?;
+                    self.overlay_changed(&uri, true)?;
+                }
+            }
+            "textDocument/didChange" => {
+                if let Ok(p) = parse::<DidChangeTextDocumentParams>(params) {
+                    let uri = p.text_document.uri.as_str().to_owned();
+                    // A change to a document that is not open has nothing to apply to.
+                    if let Some(doc) = self.docs.get_mut(&uri) {
+                        doc.apply(&p.content_changes, p.text_document.version, self.encoding);
+                        let answers = self.proposals.invalidate(&uri);
+                        self.answer(answers)?;
+                        self.overlay_changed(&uri, false)?;
+                    }
+                }
+            }
+            "textDocument/didSave" => {
+                if let Ok(p) = parse::<DidSaveTextDocumentParams>(params) {
+                    self.overlay_changed(p.text_document.uri.as_str(), true)?;
+                }
+            }
+            "textDocument/didClose" => {
+                if let Ok(p) = parse::<DidCloseTextDocumentParams>(params) {
+                    let uri = p.text_document.uri.as_str();
+                    self.docs.remove(uri);
+                    let answers = self.proposals.invalidate(uri);
+                    self.answer(answers)?;
+                    if let Some(clear) = self.overlay.closed(uri) {
+                        self.out.notify("textDocument/publishDiagnostics", clear)?;
+                    }
+                }
+            }
+            "workspace/didChangeWorkspaceFolders" => {
+                let event = &params["event"];
+                let uris = |key: &str| -> Vec<String> {
+                    event[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f["uri"].as_str().map(str::to_owned))
+                        .collect()
+                };
+                let removed = uris("removed");
+                self.folders.retain(|f| !removed.contains(f));
+                self.folders.extend(uris("added"));
+            }
+            // Other notifications (`$/setTrace`, configuration changes) need nothing from us.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The client's answer to a request the server sent.
+    fn response(&mut self, id: &Value, error: Option<Value>) -> std::io::Result<()> {
+        if let Progress::Asked { request } = &self.progress
+            && request == id
+        {
+            if error.is_some() || self.model != ModelState::Loading {
+                self.progress = Progress::None;
+                return Ok(());
+            }
+            self.progress = Progress::Begun;
+            self.out.notify(
+                "$/progress",
+                json!({
+                    "token": PROGRESS_TOKEN,
+                    "value": {
+                        "kind": "begin",
+                        "title": "infill",
+                        "message": "loading the model",
+                        "cancellable": false,
+                    },
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts the loading report (`$/progress` where the client takes it, a log line otherwise).
+    fn begin_progress(&mut self) -> std::io::Result<()> {
+        if self.model != ModelState::Loading {
+            return Ok(());
+        }
+        if self.client_progress {
+            let request = self.out.request(
+                "window/workDoneProgress/create",
+                json!({ "token": PROGRESS_TOKEN }),
+            )?;
+            self.progress = Progress::Asked { request };
+            Ok(())
+        } else {
+            self.log(3, "infill: loading the model")
+        }
+    }
+
+    fn log(&mut self, kind: u8, message: &str) -> std::io::Result<()> {
+        self.out.notify(
+            "window/logMessage",
+            json!({ "type": kind, "message": message }),
+        )
+    }
+
+    fn worker_reply(&mut self, reply: Reply) -> std::io::Result<()> {
+        match reply {
+            Reply::Ready { model } => {
+                tracing::info!("lsp: model {model} ready");
+                self.finish_progress(&format!("{model} ready"))?;
+                if self.phase != Phase::Uninitialized {
+                    self.log(3, &format!("infill: {model} ready"))?;
+                }
+                self.model = ModelState::Ready(model);
+                self.run_overlay()?;
+            }
+            Reply::Unavailable { message } => {
+                self.finish_progress("no model")?;
+                // Said once; requests get empty answers from now on, and the server still runs.
+                self.out.notify(
+                    "window/showMessage",
+                    json!({
+                        "type": 1,
+                        "message": format!("infill: no model, so no completions: {message}"),
+                    }),
+                )?;
+                self.model = ModelState::Unavailable(message);
+                let answers = self.proposals.unavailable();
+                self.answer(answers)?;
+                self.overlay.stop();
+            }
+            Reply::Partial { id, text } => self.proposals.partial(id, text),
+            Reply::Done { id, proposal } => {
+                let answers = self
+                    .proposals
+                    .done(id, proposal, &self.worker, &mut self.ids);
+                self.answer(answers)?;
+                self.run_overlay()?;
+            }
+            Reply::Failed { id, message } => {
+                let answers = self.proposals.failed(id, &message);
+                self.answer(answers)?;
+                if let Some(said) = self.overlay.failed(id, &message) {
+                    self.out
+                        .notify("window/showMessage", json!({ "type": 2, "message": said }))?;
+                }
+                self.run_overlay()?;
+            }
+            Reply::Scored { id, from, tokens } => self.overlay.scored(id, from, tokens),
+            Reply::ScoreDone { id, .. } => {
+                self.overlay.score_done(id, &self.worker, &mut self.ids);
+            }
+            Reply::Lines { id, lines } => {
+                if let Some(publish) = self.overlay.lines(id, lines, &self.docs, self.encoding) {
+                    self.out
+                        .notify("textDocument/publishDiagnostics", publish)?;
+                }
+                self.run_overlay()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_progress(&mut self, message: &str) -> std::io::Result<()> {
+        if std::mem::replace(&mut self.progress, Progress::None) == Progress::Begun {
+            self.out.notify(
+                "$/progress",
+                json!({
+                    "token": PROGRESS_TOKEN,
+                    "value": { "kind": "end", "message": message },
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A completion request of either kind (`inline`: whether the person invoked it).
+    fn complete(
+        &mut self,
+        id: Value,
+        params: Value,
+        inline: Option<bool>,
+    ) -> Result<Option<Value>, RpcError> {
+        let p = parse::<TextDocumentPositionParams>(params)?;
+        let uri = p.text_document.uri.as_str();
+        let Some(doc) = self.docs.get(uri) else {
+            return Err(RpcError::params(format!(
+                "{uri} is not open: send textDocument/didOpen first"
+            )));
+        };
+        let kind = match inline {
+            Some(invoked) => Kind::Inline { invoked },
+            None => Kind::Completion {
+                deadline: Instant::now() + self.options.completion_wait,
+            },
+        };
+        if let ModelState::Unavailable(_) = self.model {
+            return Ok(Some(match kind {
+                Kind::Inline { .. } => json!({ "items": [] }),
+                Kind::Completion { .. } => json!({ "isIncomplete": false, "items": [] }),
+            }));
+        }
+        // A person waits at the cursor: the overlay's work waits for them.
+        self.overlay.yield_to_completion();
+        let answers = self.proposals.ask(
+            Ask {
+                id,
+                kind,
+                uri,
+                doc,
+                position: p.position,
+                encoding: self.encoding,
+                max_tokens: self.options.max_tokens,
+                min_confidence: self.options.min_confidence,
+            },
+            &self.worker,
+            &mut self.ids,
+        );
+        self.answer(answers)
+            .map_err(|e| RpcError::internal(e.to_string()))?;
+        Ok(None)
+    }
+
+    /// `workspace/executeCommand`.
+    fn execute(&mut self, params: &Value) -> Result<Value, RpcError> {
+        let command = params["command"].as_str().unwrap_or_default();
+        if command != OVERLAY_COMMAND {
+            return Err(RpcError::params(format!(
+                "unknown command {command:?}; infill has {OVERLAY_COMMAND}"
+            )));
+        }
+        let on = params["arguments"][0]
+            .as_bool()
+            .unwrap_or(!self.options.overlay);
+        self.options.overlay = on;
+        let io = |e: std::io::Error| RpcError::internal(e.to_string());
+        if on {
+            for uri in self.docs.keys() {
+                self.overlay.changed(uri, Instant::now(), true);
+            }
+            self.run_overlay().map_err(io)?;
+        } else {
+            for clear in self.overlay.clear_all() {
+                self.out
+                    .notify("textDocument/publishDiagnostics", clear)
+                    .map_err(io)?;
+            }
+        }
+        Ok(json!({ "overlay": on }))
+    }
+
+    /// A document to score again, when the overlay is on.
+    fn overlay_changed(&mut self, uri: &str, at_once: bool) -> std::io::Result<()> {
+        if self.options.overlay {
+            self.overlay.changed(uri, Instant::now(), at_once);
+            self.run_overlay()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the overlay's next piece of work when it is on, the model is ready and no person is
+    /// waiting for a proposal.
+    fn run_overlay(&mut self) -> std::io::Result<()> {
+        if self.options.overlay
+            && matches!(self.model, ModelState::Ready(_))
+            && self.phase == Phase::Running
+            && !self.proposals.busy()
+        {
+            self.overlay.run(
+                &self.docs,
+                self.options.overlay_min_rank,
+                Instant::now(),
+                &self.worker,
+                &mut self.ids,
+            );
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now: Instant) -> std::io::Result<()> {
+        let answers = self.proposals.tick(now);
+        self.answer(answers)?;
+        self.run_overlay()
+    }
+}
+
+/// Parses a request's parameters.
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
+    serde_json::from_value(params).map_err(|e| RpcError::params(format!("bad parameters: {e}")))
+}
+
+/// The document's language: the client's language id where infill has a grammar for it, else the
+/// file's extension.
+fn language_of(language_id: &str, uri: &str, text: &str) -> Option<&'static Language> {
+    let registry = Registry::builtin().ok()?;
+    let id = match language_id {
+        "typescriptreact" => "tsx",
+        "javascriptreact" => "javascript",
+        "c++" => "cpp",
+        other => other,
+    };
+    registry.by_name(id).ok().or_else(|| {
+        let path = uri.split(['?', '#']).next().unwrap_or(uri);
+        registry.for_source(std::path::Path::new(path), text)
+    })
+}
