@@ -9,6 +9,7 @@ mod eval;
 mod fuzz;
 mod gguf;
 mod loading;
+mod lsp;
 mod score;
 mod train;
 mod trim;
