@@ -29,8 +29,21 @@ pub struct Request {
     pub suffix: String,
     pub language: Option<&'static Language>,
     pub settings: Settings,
+    /// What is sent while the proposal streams.
+    pub preview: Preview,
     /// Set by the editor when this request is no longer wanted.
     pub cancel: Arc<AtomicBool>,
+}
+
+/// What the worker sends ([`Reply::Partial`]) while a proposal streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preview {
+    /// The proposal so far trimmed, each time that changes: the editor's ghost text as it grows
+    /// (a parse per token).
+    Trimmed,
+    /// The raw text so far, for a caller that trims it only if it needs it (the language server
+    /// answers with it only when a request's deadline passes first).
+    Raw,
 }
 
 impl Request {
@@ -509,7 +522,7 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
         Some(&request.cancel),
         |_: &GeneratedToken, so_far: &str| {
             first_token.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
-            if request.settings.trim {
+            if request.settings.trim && request.preview == Preview::Trimmed {
                 let trimmed = preview.trim(so_far).text;
                 if trimmed != shown {
                     shown = trimmed;

@@ -26,7 +26,8 @@ use super::document::{Encoding, TextDocument, with_breaks};
 use super::{Answer, RpcError};
 use crate::complete::Settings;
 use crate::model::generate::Sampling;
-use crate::worker::{Job, Proposal, Request, Worker};
+use crate::syntax::Trimmer;
+use crate::worker::{Job, Preview, Proposal, Request, Worker};
 
 /// Sampled alternatives an explicit inline request asks for besides the greedy proposal (fewer
 /// come back when samples repeat it).
@@ -64,7 +65,7 @@ struct Generation {
     after: String,
     request: Request,
     in_flight: Option<(u64, Arc<AtomicBool>)>,
-    /// The trimmed proposal so far, while the greedy one streams.
+    /// The raw proposal so far, while the greedy one streams.
     partial: String,
     /// Finished proposals: the greedy one first, then distinct sampled ones.
     proposals: Vec<String>,
@@ -148,6 +149,7 @@ impl Proposals {
                 ask.max_tokens,
                 ask.min_confidence,
             ),
+            preview: Preview::Raw,
             cancel: Arc::clone(&cancel),
         };
         worker.submit(Job::Complete(request.clone()));
@@ -291,7 +293,15 @@ impl Proposals {
             .drain(..)
             .partition(|w| matches!(w.kind, Kind::Completion { deadline } if deadline <= now));
         g.waiting = rest;
-        let partial = std::slice::from_ref(&g.partial);
+        if due.is_empty() {
+            return Vec::new();
+        }
+        // The raw text so far, trimmed as the finished proposal will be.
+        let r = &g.request;
+        let trimmed = Trimmer::new(&r.prefix, &r.suffix, r.language)
+            .trim(&g.partial)
+            .text;
+        let partial = std::slice::from_ref(&trimmed);
         due.iter()
             .map(|w| (w.id.clone(), Ok(result(w, partial, None, true))))
             .collect()
@@ -453,6 +463,8 @@ fn completion_item(w: &Waiting, p: &str, info: Option<&Proposal>, partial: bool)
             with_breaks(&full, w.line_break),
         ))),
         insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+        // What the model took, for clients' logs and the benchmark of what the server adds.
+        data: info.map(|i| serde_json::json!({ "modelMs": i.total_ms, "tokens": i.tokens })),
         ..CompletionItem::default()
     }
 }

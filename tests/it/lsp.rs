@@ -2,7 +2,7 @@
 //! of both kinds, cancellation, staleness, bad input, the overlay, shutdown. The model is the
 //! built-in one, with short proposals so the tests stay quick.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
@@ -185,7 +185,11 @@ fn inline_and_ordinary_completion_answer_with_utf16_ranges_on_a_line_with_emoji_
         inline_at(URI, 1, CURSOR_UTF16, 2),
     );
     let items = inline["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "an automatic request gets the greedy proposal: {inline}");
+    assert_eq!(
+        items.len(),
+        1,
+        "an automatic request gets the greedy proposal: {inline}"
+    );
     // The item replaces the identifier typed so far (`nam`, three units back) up to the cursor.
     assert_eq!(items[0]["range"], range(1, CURSOR_UTF16 - 3, CURSOR_UTF16));
     let insert = items[0]["insertText"].as_str().unwrap();
@@ -195,10 +199,16 @@ fn inline_and_ordinary_completion_answer_with_utf16_ranges_on_a_line_with_emoji_
     let list = c.request(3, "textDocument/completion", at(URI, 1, CURSOR_UTF16));
     assert_eq!(list["isIncomplete"], true);
     let item = &list["items"][0];
-    assert_eq!(item["textEdit"]["range"], range(1, CURSOR_UTF16 - 3, CURSOR_UTF16));
+    assert_eq!(
+        item["textEdit"]["range"],
+        range(1, CURSOR_UTF16 - 3, CURSOR_UTF16)
+    );
     assert_eq!(item["textEdit"]["newText"], insert);
     let label = item["label"].as_str().unwrap();
-    assert!(insert.starts_with(label.trim_end_matches(" …")), "{label:?}");
+    assert!(
+        insert.starts_with(label.trim_end_matches(" …")),
+        "{label:?}"
+    );
     assert!(
         item["filterText"].as_str().unwrap().starts_with("nam"),
         "clients filter on the typed word: {item}"
@@ -232,7 +242,11 @@ fn utf8_positions_when_the_client_offers_them() {
     c.open(URI, GREET);
     let list = c.request(2, "textDocument/completion", at(URI, 1, CURSOR_UTF8));
     let item = &list["items"][0];
-    assert_eq!(item["textEdit"]["range"], range(1, CURSOR_UTF8 - 3, CURSOR_UTF8), "{list}");
+    assert_eq!(
+        item["textEdit"]["range"],
+        range(1, CURSOR_UTF8 - 3, CURSOR_UTF8),
+        "{list}"
+    );
     assert_eq!(c.shutdown_and_exit(), 0);
 }
 
@@ -240,7 +254,11 @@ fn utf8_positions_when_the_client_offers_them() {
 fn a_change_during_generation_answers_content_modified_never_a_stale_proposal() {
     let (mut c, _) = Client::initialized(json!({}), json!({ "maxTokens": 48 }));
     c.open(URI, GREET);
-    c.ask(2, "textDocument/inlineCompletion", inline_at(URI, 1, CURSOR_UTF16, 1));
+    c.ask(
+        2,
+        "textDocument/inlineCompletion",
+        inline_at(URI, 1, CURSOR_UTF16, 1),
+    );
     c.notify(
         "textDocument/didChange",
         json!({
@@ -253,7 +271,10 @@ fn a_change_during_generation_answers_content_modified_never_a_stale_proposal() 
     // The next request is answered for the text as it is now: nothing typed to replace.
     let list = c.request(3, "textDocument/completion", at(URI, 1, CURSOR_UTF16 - 3));
     if let Some(item) = list["items"].get(0) {
-        assert_eq!(item["textEdit"]["range"], range(1, CURSOR_UTF16 - 3, CURSOR_UTF16 - 3));
+        assert_eq!(
+            item["textEdit"]["range"],
+            range(1, CURSOR_UTF16 - 3, CURSOR_UTF16 - 3)
+        );
     }
     assert!(!c.seen.iter().any(|m| m["id"] == json!(2)), "{:?}", c.seen);
     assert_eq!(c.shutdown_and_exit(), 0);
@@ -263,7 +284,11 @@ fn a_change_during_generation_answers_content_modified_never_a_stale_proposal() 
 fn a_cancelled_request_gets_request_cancelled_and_no_result() {
     let (mut c, _) = Client::initialized(json!({}), json!({ "maxTokens": 48 }));
     c.open(URI, GREET);
-    c.ask(2, "textDocument/inlineCompletion", inline_at(URI, 1, CURSOR_UTF16, 1));
+    c.ask(
+        2,
+        "textDocument/inlineCompletion",
+        inline_at(URI, 1, CURSOR_UTF16, 1),
+    );
     c.notify("$/cancelRequest", json!({ "id": 2 }));
     let r = c.response(2);
     assert_eq!(r["error"]["code"], -32800, "RequestCancelled: {r}");
@@ -277,7 +302,11 @@ fn a_cancelled_request_gets_request_cancelled_and_no_result() {
 fn bad_input_gets_errors_and_the_server_goes_on() {
     let mut c = Client::start(&[]);
     c.ask(1, "textDocument/completion", at(URI, 0, 0));
-    assert_eq!(c.response(1)["error"]["code"], -32002, "not initialized yet");
+    assert_eq!(
+        c.response(1)["error"]["code"],
+        -32002,
+        "not initialized yet"
+    );
     let init = c.request(2, "initialize", json!({ "capabilities": {} }));
     assert!(init["capabilities"].is_object());
     c.notify("initialized", json!({}));
@@ -288,9 +317,17 @@ fn bad_input_gets_errors_and_the_server_goes_on() {
     assert_eq!(e["id"], Value::Null);
     c.ask(4, "textDocument/definitelyNot", json!({}));
     assert_eq!(c.response(4)["error"]["code"], -32601);
-    c.ask(5, "textDocument/completion", at("file:///not/open.py", 0, 0));
+    c.ask(
+        5,
+        "textDocument/completion",
+        at("file:///not/open.py", 0, 0),
+    );
     assert_eq!(c.response(5)["error"]["code"], -32602);
-    c.ask(6, "textDocument/completion", json!({ "position": "nowhere" }));
+    c.ask(
+        6,
+        "textDocument/completion",
+        json!({ "position": "nowhere" }),
+    );
     assert_eq!(c.response(6)["error"]["code"], -32602);
     // A change to a document that is not open is ignored.
     c.notify(
@@ -307,11 +344,17 @@ fn bad_input_gets_errors_and_the_server_goes_on() {
     // Unknown notifications are ignored; the server still answers.
     c.notify("$/somethingNew", json!({}));
     assert_eq!(
-        c.request(8, "workspace/executeCommand", json!({ "command": "infill.overlay", "arguments": [false] })),
+        c.request(
+            8,
+            "workspace/executeCommand",
+            json!({ "command": "infill.overlay", "arguments": [false] })
+        ),
         json!({ "overlay": false })
     );
     assert!(
-        !c.seen.iter().any(|m| m["id"] == json!(5) && m["result"].is_object()),
+        !c.seen
+            .iter()
+            .any(|m| m["id"] == json!(5) && m["result"].is_object()),
         "no result for a failed request"
     );
     assert_eq!(c.shutdown_and_exit(), 0);
@@ -341,7 +384,8 @@ fn a_model_that_cannot_load_is_said_once_and_the_server_still_answers() {
 
 #[test]
 fn the_overlay_publishes_hints_for_rare_tokens_and_surprising_lines() {
-    let (mut c, _) = Client::initialized(json!({}), json!({ "overlay": true, "overlayMinRank": 10 }));
+    let (mut c, _) =
+        Client::initialized(json!({}), json!({ "overlay": true, "overlayMinRank": 10 }));
     let text = "def total(values):\r\n    result = 0\r\n    for value in values:\r\n        result += value\r\n    return result\r\n";
     c.open(URI, text);
     let published = c.wait_for(|m| m["method"] == "textDocument/publishDiagnostics");
@@ -371,7 +415,11 @@ fn the_overlay_publishes_hints_for_rare_tokens_and_surprising_lines() {
         }
     }
     // Turning it off clears the document's diagnostics.
-    c.ask(2, "workspace/executeCommand", json!({ "command": "infill.overlay" }));
+    c.ask(
+        2,
+        "workspace/executeCommand",
+        json!({ "command": "infill.overlay" }),
+    );
     let cleared = c.wait_for(|m| m["method"] == "textDocument/publishDiagnostics");
     assert_eq!(cleared["params"]["diagnostics"], json!([]));
     assert_eq!(c.response(2)["result"], json!({ "overlay": false }));

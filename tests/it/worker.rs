@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use infill::complete::Settings;
-use infill::worker::{Job, Reply, Request, ScoreRequest, Worker, WorkerOptions};
+use infill::worker::{Job, Preview, Reply, Request, ScoreRequest, Worker, WorkerOptions};
 
 use crate::{fixture, open};
 
@@ -39,6 +39,7 @@ fn request(id: u64, prefix: &str) -> Request {
             .by_name("python")
             .ok(),
         settings: Settings::default(),
+        preview: Preview::Trimmed,
         cancel: Arc::new(AtomicBool::new(false)),
     }
 }

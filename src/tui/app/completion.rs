@@ -11,7 +11,7 @@ use crate::complete::{PREFIX_BYTES, SUFFIX_BYTES, Settings};
 use crate::model::generate::Sampling;
 use crate::text::{Group, Pos, display};
 use crate::tui::config::Action;
-use crate::worker::{Job, Proposal, Reply, Request};
+use crate::worker::{Job, Preview, Proposal, Reply, Request};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(in crate::tui) enum ModelState {
@@ -276,6 +276,7 @@ impl App {
             suffix,
             language: self.file.language,
             settings,
+            preview: Preview::Trimmed,
             cancel: Arc::clone(&cancel),
         }));
         self.completion.in_flight = Some(InFlight {
