@@ -12,12 +12,18 @@ pub mod trim;
 use crate::cli::{ModelArgs, PositionArgs, Precision, SamplingArgs};
 use crate::complete::Settings;
 use crate::model::generate::{Limits, Sampling};
+use crate::model::load::Downloads;
 use crate::model::{LoadOptions, Model, ModelSource};
 use crate::syntax::{Language, Registry};
 use crate::text::Cursor;
 
 /// Loads the model `args` names. Hub downloads are allowed unless `HF_HUB_OFFLINE` is set.
 pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
+    open_model_reporting(args, Downloads::default())
+}
+
+/// [`open_model`], with hub downloads reported to `downloads`.
+pub fn open_model_reporting(args: &ModelArgs, downloads: Downloads) -> anyhow::Result<Model> {
     let source = ModelSource::parse(args.model.as_deref())?;
     let online = crate::model::load::online_allowed();
     let dtype = match args.dtype {
@@ -28,6 +34,7 @@ pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
     };
     let opts = LoadOptions {
         dtype,
+        downloads,
         ..LoadOptions::default()
     };
     let started = std::time::Instant::now();

@@ -41,6 +41,8 @@ use document::{Encoding, TextDocument};
 use proposals::{Ask, Kind, Proposals};
 use transport::{Frame, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Incoming, Output};
 
+use crate::model::Model;
+use crate::model::load::{Download, Downloads};
 use crate::syntax::{Language, Registry};
 use crate::worker::{Loader, Reply, Worker, WorkerOptions};
 
@@ -136,6 +138,8 @@ enum Event {
     /// The client's side of the connection closed (or broke).
     Closed(Option<std::io::Error>),
     Worker(Reply),
+    /// A model file coming from the hub.
+    Download(Download),
 }
 
 /// How a session ended.
@@ -161,11 +165,14 @@ enum Phase {
     ShuttingDown,
 }
 
+/// Opens the model on the worker thread, reporting hub downloads to the given watcher.
+pub type Open = Box<dyn FnOnce(Downloads) -> anyhow::Result<Model> + Send>;
+
 /// Serves one client until it exits or closes the connection.
 pub fn serve(
     input: impl BufRead + Send + 'static,
     output: impl Write,
-    load: Loader,
+    open: Open,
     options: Options,
 ) -> anyhow::Result<Exit> {
     let (events, inbox) = mpsc::channel();
@@ -186,6 +193,13 @@ pub fn serve(
                 }
             }
         })?;
+    let downloads = {
+        let events = events.clone();
+        Downloads::watched(move |d| {
+            let _ = events.send(Event::Download(d.clone()));
+        })
+    };
+    let load: Loader = Box::new(move || open(downloads));
     let worker = Worker::spawn(
         load,
         WorkerOptions {
@@ -235,6 +249,7 @@ pub fn serve(
                 }
             }
             Some(Event::Worker(reply)) => server.worker_reply(reply)?,
+            Some(Event::Download(d)) => server.download(&d)?,
             Some(Event::Closed(error)) => {
                 if let Some(e) = error {
                     tracing::warn!("lsp: the connection broke: {e}");
@@ -496,6 +511,7 @@ impl<W: Write> Server<W> {
                         "title": "infill",
                         "message": "loading the model",
                         "cancellable": false,
+                        "percentage": 0,
                     },
                 }),
             )?;
@@ -583,6 +599,34 @@ impl<W: Write> Server<W> {
             }
         }
         Ok(())
+    }
+
+    /// A hub download's progress, in the loading report.
+    fn download(&mut self, d: &Download) -> std::io::Result<()> {
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        let message = format!(
+            "downloading {} ({:.0} of {:.0} MB)",
+            d.file,
+            mb(d.done),
+            mb(d.total)
+        );
+        match self.progress {
+            Progress::Begun => {
+                let percentage = (d.done * 100).checked_div(d.total).unwrap_or(0).min(100);
+                self.out.notify(
+                    "$/progress",
+                    json!({
+                        "token": PROGRESS_TOKEN,
+                        "value": { "kind": "report", "message": message, "percentage": percentage },
+                    }),
+                )
+            }
+            // Without a progress report, the start and the end of each file.
+            _ if self.phase == Phase::Running && (d.done == 0 || d.done == d.total) => {
+                self.log(3, &format!("infill: {message}"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn finish_progress(&mut self, message: &str) -> std::io::Result<()> {

@@ -53,9 +53,10 @@ impl Model {
             ModelSource::Gguf(path) => gguf::load(path, opts),
             ModelSource::HubGguf { id, file } => {
                 let cache = hf_hub::Cache::from_env();
-                gguf::load(&load::locate_hub_file(id, file, &cache, online)?, opts)
+                let path = load::locate_hub_file(id, file, &cache, online, &opts.downloads)?;
+                gguf::load(&path, opts)
             }
-            _ => load::load(&load::locate(source, online)?, opts),
+            _ => load::load(&load::locate(source, online, &opts.downloads)?, opts),
         }
     }
 }

@@ -319,6 +319,7 @@ fn load_start(
             file,
             &hf_hub::Cache::from_env(),
             online,
+            &load::Downloads::default(),
         )?),
         _ => None,
     };
@@ -327,7 +328,7 @@ fn load_start(
         let (config, tokenizer, weights) = crate::model::gguf::dequantized(&path)?;
         return Ok((config, tokenizer, weights, path.display().to_string()));
     }
-    let files = load::locate(&source, online).map_err(|e| match e {
+    let files = load::locate(&source, online, &load::Downloads::default()).map_err(|e| match e {
         load::LoadError::NoDefaultModel => anyhow::anyhow!(
             "no default model is built into this binary yet; pass --init DIR|HUB_ID to fine-tune a model, \
              or --from-scratch --preset small"

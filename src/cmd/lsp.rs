@@ -18,7 +18,7 @@ pub fn run(args: &LspArgs) -> anyhow::Result<()> {
     let exit = crate::lsp::serve(
         std::io::BufReader::new(std::io::stdin()),
         std::io::stdout().lock(),
-        Box::new(move || super::open_model(&model_args)),
+        Box::new(move |downloads| super::open_model_reporting(&model_args, downloads)),
         options,
     )?;
     tracing::info!("lsp: session ended ({exit:?})");

@@ -197,11 +197,15 @@ pub fn online_allowed() -> bool {
 }
 
 /// Finds the files of `source`, downloading from the hub when `online` and not cached.
-pub fn locate(source: &ModelSource, online: bool) -> Result<ModelFiles, LoadError> {
+pub fn locate(
+    source: &ModelSource,
+    online: bool,
+    downloads: &Downloads,
+) -> Result<ModelFiles, LoadError> {
     match source {
         ModelSource::Embedded => embedded::files().ok_or(LoadError::NoDefaultModel),
         ModelSource::Dir(dir) => locate_dir(dir),
-        ModelSource::Hub(id) => locate_hub(id, &hf_hub::Cache::from_env(), online),
+        ModelSource::Hub(id) => locate_hub(id, &hf_hub::Cache::from_env(), online, downloads),
         ModelSource::Gguf(path) => Err(LoadError::NeedsDirectory(path.display().to_string())),
         ModelSource::HubGguf { id, file } => Err(LoadError::NeedsDirectory(format!("{id}:{file}"))),
     }
@@ -214,6 +218,7 @@ pub fn locate_hub_file(
     file: &str,
     cache: &hf_hub::Cache,
     online: bool,
+    downloads: &Downloads,
 ) -> Result<PathBuf, LoadError> {
     let hub_err = |why: String| LoadError::Hub {
         id: id.to_string(),
@@ -233,8 +238,8 @@ pub fn locate_hub_file(
         .with_progress(true)
         .build()
         .map_err(|e| hub_err(format!("cannot reach the Hugging Face hub ({e})")))?;
-    api.model(id.to_string())
-        .get(file)
+    downloads
+        .fetch(cache, &api.model(id.to_string()), id, file)
         .map_err(|e| hub_err(format!("downloading {file} failed ({e})")))
 }
 
@@ -296,7 +301,12 @@ pub fn locate_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
 }
 
 /// The files of a hub model: from the local hf-hub cache first, downloaded (with progress) otherwise.
-pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<ModelFiles, LoadError> {
+pub fn locate_hub(
+    id: &str,
+    cache: &hf_hub::Cache,
+    online: bool,
+    downloads: &Downloads,
+) -> Result<ModelFiles, LoadError> {
     let hub_err = |why: String| LoadError::Hub {
         id: id.to_string(),
         why,
@@ -351,7 +361,8 @@ pub fn locate_hub(id: &str, cache: &hf_hub::Cache, online: bool) -> Result<Model
     })?;
     let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
     let fetch = |file: &str| {
-        repo.get(file)
+        downloads
+            .fetch(cache, &repo, id, file)
             .map_err(|e| hub_err(format!("downloading {file} failed ({e})")))
     };
     let weights = if names.contains(&"model.safetensors") {
@@ -579,6 +590,103 @@ pub fn safetensors_header(
     Ok(out)
 }
 
+/// A file coming from the hub, as it downloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    pub file: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Where hub downloads report (the language server turns them into `$/progress`); without a
+/// watcher, hf-hub draws its bar on standard error when that is a terminal.
+#[derive(Clone, Default)]
+pub struct Downloads(Option<WatchFn>);
+
+type WatchFn = Arc<dyn Fn(&Download) + Send + Sync>;
+
+impl std::fmt::Debug for Downloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Downloads(watched)"
+        } else {
+            "Downloads(bar)"
+        })
+    }
+}
+
+impl Downloads {
+    pub fn watched(watch: impl Fn(&Download) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(watch)))
+    }
+
+    /// Tells the watcher (if any) how a download stands.
+    pub fn report(&self, download: &Download) {
+        if let Some(watch) = &self.0 {
+            watch(download);
+        }
+    }
+
+    /// `file` of `repo`: from the cache, else downloaded.
+    fn fetch(
+        &self,
+        cache: &hf_hub::Cache,
+        repo: &hf_hub::api::sync::ApiRepo,
+        id: &str,
+        file: &str,
+    ) -> Result<PathBuf, hf_hub::api::sync::ApiError> {
+        match &self.0 {
+            None => repo.get(file),
+            Some(watch) => match cache.model(id.to_owned()).get(file) {
+                Some(path) => Ok(path),
+                None => repo.download_with_progress(
+                    file,
+                    Watch {
+                        watch: Arc::clone(watch),
+                        download: Download {
+                            file: file.to_owned(),
+                            done: 0,
+                            total: 0,
+                        },
+                        reported: None,
+                    },
+                ),
+            },
+        }
+    }
+}
+
+/// hf-hub's progress calls, passed on at most every 200 ms.
+struct Watch {
+    watch: WatchFn,
+    download: Download,
+    reported: Option<std::time::Instant>,
+}
+
+impl hf_hub::api::Progress for Watch {
+    fn init(&mut self, size: usize, _filename: &str) {
+        self.download.total = size as u64;
+        (self.watch)(&self.download);
+        self.reported = Some(std::time::Instant::now());
+    }
+
+    fn update(&mut self, size: usize) {
+        self.download.done += size as u64;
+        if self
+            .reported
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(200))
+        {
+            (self.watch)(&self.download);
+            self.reported = Some(std::time::Instant::now());
+        }
+    }
+
+    fn finish(&mut self) {
+        self.download.done = self.download.total;
+        (self.watch)(&self.download);
+    }
+}
+
 /// Settings for turning files into a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -586,6 +694,8 @@ pub struct LoadOptions {
     /// Precision of the weights in memory; `None` chooses: bf16 (our kernel, half the memory
     /// traffic) when the checkpoint stores its projections in bf16, so nothing is lost, else f32.
     pub dtype: Option<DType>,
+    /// Where hub downloads report.
+    pub downloads: Downloads,
 }
 
 impl Default for LoadOptions {
@@ -593,6 +703,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
+            downloads: Downloads::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{Device, Module};
-use infill::model::load::{LoadError, ModelSource};
+use infill::model::load::{Downloads, LoadError, ModelSource};
 use infill::model::tokenizer::Tokenizer;
 use infill::model::{LoadOptions, Model, gguf};
 
@@ -237,7 +237,7 @@ fn model_sources_name_gguf_files_and_hub_gguf_files() {
         "{err}"
     );
     // A GGUF file where a directory is needed (fine-tuning) says so.
-    let err = infill::model::load::locate(&ModelSource::Gguf(path), false)
+    let err = infill::model::load::locate(&ModelSource::Gguf(path), false, &Downloads::default())
         .unwrap_err()
         .to_string();
     assert!(
@@ -261,6 +261,7 @@ fn a_hub_gguf_file_resolves_from_a_local_hf_hub_cache_offline() {
         "tiny-q8_0.gguf",
         &cache,
         false,
+        &Downloads::default(),
     )
     .unwrap();
     let model = open_gguf(&path);
@@ -270,6 +271,7 @@ fn a_hub_gguf_file_resolves_from_a_local_hf_hub_cache_offline() {
         "absent.gguf",
         &cache,
         false,
+        &Downloads::default(),
     )
     .unwrap_err()
     .to_string();

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use infill::model::load::{self, LoadError, ModelSource};
+use infill::model::load::{self, Downloads, LoadError, ModelSource};
 use infill::model::{LoadOptions, config::ConfigError, tokenizer::TokenizerError};
 
 use crate::{fixture, golden, logits_all, max_abs, max_abs_diff, open, scratch_copy};
@@ -96,7 +96,13 @@ fn hub_ids_resolve_from_a_local_hf_hub_cache_offline() {
         ],
     );
     let cache = hf_hub::Cache::new(cache_dir.path().to_path_buf());
-    let files = load::locate_hub("infill-test/tiny-qwen2", &cache, false).unwrap();
+    let files = load::locate_hub(
+        "infill-test/tiny-qwen2",
+        &cache,
+        false,
+        &Downloads::default(),
+    )
+    .unwrap();
     let mut model = load::load(&files, &LoadOptions::default()).unwrap();
     assert_eq!(model.name, "infill-test/tiny-qwen2");
     let g = golden("qwen2");
@@ -104,7 +110,7 @@ fn hub_ids_resolve_from_a_local_hf_hub_cache_offline() {
     assert!(max_abs_diff(&last_logits(&mut model, &g.ids[..g.prompt_len]), &want) < 1e-4);
 
     // Not cached and offline: one line that says what to do.
-    let err = load::locate_hub("infill-test/absent", &cache, false)
+    let err = load::locate_hub("infill-test/absent", &cache, false, &Downloads::default())
         .unwrap_err()
         .to_string();
     assert!(
@@ -130,7 +136,8 @@ fn hub_cache_with_only_pickle_weights_is_refused() {
         ],
     );
     let cache = hf_hub::Cache::new(cache_dir.path().to_path_buf());
-    let err = load::locate_hub("infill-test/pickled", &cache, false).unwrap_err();
+    let err =
+        load::locate_hub("infill-test/pickled", &cache, false, &Downloads::default()).unwrap_err();
     assert!(matches!(err, LoadError::Pickle { .. }), "{err}");
 }
 
@@ -313,7 +320,8 @@ fn the_built_in_default_loads_or_says_to_pass_a_model() {
             assert!(card["held_out_after"]["bits_per_byte"].as_f64().unwrap() > 0.0);
         }
         None => {
-            let err = load::locate(&ModelSource::Embedded, false).unwrap_err();
+            let err =
+                load::locate(&ModelSource::Embedded, false, &Downloads::default()).unwrap_err();
             assert!(matches!(err, LoadError::NoDefaultModel));
             assert!(err.to_string().contains("--model"));
         }

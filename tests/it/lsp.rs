@@ -2,17 +2,19 @@
 //! of both kinds, cancellation, staleness, bad input, the overlay, shutdown. The model is the
 //! built-in one, with short proposals so the tests stay quick.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
+use infill::model::load::{Download, ModelSource};
+use infill::model::{LoadOptions, Model};
 use serde_json::{Value, json};
 
 /// A language client on the other end of `infill lsp`'s pipes.
 struct Client {
-    child: Child,
-    stdin: ChildStdin,
+    child: Option<Child>,
+    stdin: Box<dyn Write + Send>,
     inbox: Receiver<Value>,
     /// Messages read while waiting for another one.
     seen: Vec<Value>,
@@ -31,7 +33,31 @@ impl Client {
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let stdout = child.stdout.take().unwrap();
+        Self::over(Some(child), Box::new(stdin), stdout)
+    }
+
+    /// `infill::lsp::serve` on a thread of this process, with the model `open` makes.
+    fn in_process(open: infill::lsp::Open) -> Self {
+        let (from_client, to_server) = std::io::pipe().unwrap();
+        let (from_server, to_client) = std::io::pipe().unwrap();
+        std::thread::spawn(move || {
+            infill::lsp::serve(
+                BufReader::new(from_client),
+                to_client,
+                open,
+                infill::lsp::Options::default(),
+            )
+        });
+        Self::over(None, Box::new(to_server), from_server)
+    }
+
+    fn over(
+        child: Option<Child>,
+        stdin: Box<dyn Write + Send>,
+        stdout: impl Read + Send + 'static,
+    ) -> Self {
+        let mut stdout = BufReader::new(stdout);
         let (tx, inbox) = mpsc::channel();
         std::thread::spawn(move || {
             while let Some(message) = read_message(&mut stdout) {
@@ -118,7 +144,9 @@ impl Client {
     fn shutdown_and_exit(mut self) -> i32 {
         assert_eq!(self.request(9999, "shutdown", Value::Null), Value::Null);
         self.notify("exit", Value::Null);
-        self.child.wait().unwrap().code().unwrap()
+        self.child
+            .take()
+            .map_or(0, |mut c| c.wait().unwrap().code().unwrap())
     }
 }
 
@@ -364,7 +392,7 @@ fn bad_input_gets_errors_and_the_server_goes_on() {
 fn exit_without_shutdown_is_exit_code_1() {
     let (mut c, _) = Client::initialized(json!({}), json!({}));
     c.notify("exit", Value::Null);
-    assert_eq!(c.child.wait().unwrap().code(), Some(1));
+    assert_eq!(c.child.take().unwrap().wait().unwrap().code(), Some(1));
 }
 
 #[test]
@@ -423,5 +451,67 @@ fn the_overlay_publishes_hints_for_rare_tokens_and_surprising_lines() {
     let cleared = c.wait_for(|m| m["method"] == "textDocument/publishDiagnostics");
     assert_eq!(cleared["params"]["diagnostics"], json!([]));
     assert_eq!(c.response(2)["result"], json!({ "overlay": false }));
+    assert_eq!(c.shutdown_and_exit(), 0);
+}
+
+#[test]
+fn hub_downloads_while_loading_are_progress_reports() {
+    let (go, wait) = mpsc::channel::<()>();
+    let open: infill::lsp::Open = Box::new(move |downloads| {
+        // Download once the client has taken the progress token (a real one runs for minutes).
+        wait.recv().unwrap();
+        let total = 300 << 20;
+        for done in [0, 150 << 20, total] {
+            downloads.report(&Download {
+                file: "model.safetensors".into(),
+                done,
+                total,
+            });
+        }
+        Ok(Model::open(
+            &ModelSource::Embedded,
+            false,
+            &LoadOptions::default(),
+        )?)
+    });
+    let mut c = Client::in_process(open);
+    c.request(
+        1,
+        "initialize",
+        json!({ "capabilities": { "window": { "workDoneProgress": true } } }),
+    );
+    c.notify("initialized", json!({}));
+    let create = c.wait_for(|m| m["method"] == "window/workDoneProgress/create");
+    let token = create["params"]["token"].clone();
+    c.send(json!({ "jsonrpc": "2.0", "id": create["id"], "result": null }));
+    let begin = c.wait_for(|m| m["method"] == "$/progress");
+    assert_eq!(begin["params"]["token"], token);
+    assert_eq!(begin["params"]["value"]["kind"], "begin");
+    go.send(()).unwrap();
+    let mut reports = Vec::new();
+    let end = loop {
+        let p = c.wait_for(|m| m["method"] == "$/progress");
+        if p["params"]["value"]["kind"] == "end" {
+            break p;
+        }
+        reports.push(p["params"]["value"].clone());
+    };
+    let percentages: Vec<&Value> = reports.iter().map(|r| &r["percentage"]).collect();
+    assert_eq!(
+        percentages,
+        [&json!(0), &json!(50), &json!(100)],
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports[1]["message"],
+        "downloading model.safetensors (150 of 300 MB)"
+    );
+    assert!(
+        end["params"]["value"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("ready"),
+        "{end}"
+    );
     assert_eq!(c.shutdown_and_exit(), 0);
 }
