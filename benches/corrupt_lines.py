@@ -29,7 +29,8 @@ KEYWORDS = set("""def class return if else elif for while in not and or is None 
 import from as with try except finally raise pass break continue lambda yield self fn let mut
 pub struct enum impl use match where mod const static ref type trait crate super Self async
 await move loop dyn unsafe extern""".split())
-MEASURES = ["bits_per_token", "bits", "max_token_bits", "excess_bits"]
+MEASURES = ["bits_per_token", "bits", "max_token_bits", "excess_bits",
+            "bits_beyond_local", "bits_per_token_beyond_local"]
 
 
 def near(a, b):
@@ -81,8 +82,10 @@ def main():
     rng.shuffle(files)
     found = {m: [] for m in MEASURES}
     done = 0
+    # Several windows of a file when there are fewer files than samples.
+    rounds = [p for _ in range(20) for p in files]
     with tempfile.TemporaryDirectory() as tmp:
-        for path in files:
+        for path in rounds:
             if done >= args.samples:
                 break
             lines = path.read_text(errors="replace").split("\n")
@@ -103,10 +106,20 @@ def main():
             text = "\n".join(window[:i] + [bad] + window[i + 1:]) + "\n"
             sample = pathlib.Path(tmp) / ("sample" + path.suffix)
             sample.write_text(text)
-            out = subprocess.run([args.infill, "score", "--fim", "--json", str(sample)],
-                                 capture_output=True, text=True, check=True,
-                                 env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-            scored = json.loads(out.stdout)["lines"]
+            def score(context):
+                out = subprocess.run([args.infill, "score", "--fim", "--json",
+                                      "--fim-context", str(context), str(sample)],
+                                     capture_output=True, text=True, check=True,
+                                     env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                return json.loads(out.stdout)["lines"]
+            scored = score(256)
+            # The same line with only its nearest neighbours around it: what the wider context
+            # adds to its surprise (a line unusual anywhere scores high in both).
+            local = {l["line"]: l for l in score(16)}
+            for l in scored:
+                near_l = local.get(l["line"], l)
+                l["bits_beyond_local"] = l["bits"] - near_l["bits"]
+                l["bits_per_token_beyond_local"] = l["bits_per_token"] - near_l["bits_per_token"]
             for m in MEASURES:
                 ranked = sorted(scored, key=lambda l: -l[m])
                 rank = next((k + 1 for k, l in enumerate(ranked) if l["line"] == i + 1), None)

@@ -668,8 +668,6 @@ impl<W: Write> Server<W> {
                 Kind::Completion { .. } => json!({ "isIncomplete": false, "items": [] }),
             }));
         }
-        // A person waits at the cursor: the overlay's work waits for them.
-        self.overlay.yield_to_completion();
         let answers = self.proposals.ask(
             Ask {
                 id,
@@ -684,6 +682,10 @@ impl<W: Write> Server<W> {
             &self.worker,
             &mut self.ids,
         );
+        if self.proposals.busy() {
+            // A person waits at the cursor: the overlay's work in flight stops for them.
+            self.overlay.yield_to_completion();
+        }
         self.answer(answers)
             .map_err(|e| RpcError::internal(e.to_string()))?;
         Ok(None)

@@ -66,11 +66,16 @@ pub struct Overlay {
     due: HashMap<String, Instant>,
     running: Option<Running>,
     published: HashSet<String>,
+    /// The model cannot score (said once): nothing more is asked of it.
+    broken: bool,
 }
 
 impl Overlay {
     /// The document changed (`at_once`: opened or saved; otherwise after the debounce).
     pub fn changed(&mut self, uri: &str, now: Instant, at_once: bool) {
+        if self.broken {
+            return;
+        }
         let when = if at_once { now } else { now + DEBOUNCE };
         self.due.insert(uri.to_owned(), when);
         if self.running.as_ref().is_some_and(|r| r.uri == uri) {
@@ -209,6 +214,7 @@ impl Overlay {
             return None;
         }
         self.stop();
+        self.broken = true;
         Some(format!("infill: the probability overlay is off: {message}"))
     }
 

@@ -515,3 +515,38 @@ fn hub_downloads_while_loading_are_progress_reports() {
     );
     assert_eq!(c.shutdown_and_exit(), 0);
 }
+
+#[test]
+fn an_overlay_the_model_cannot_compute_is_said_once_and_completion_goes_on() {
+    // StarCoder2 runs through candle-transformers, which gives no logits for every position.
+    let model = crate::fixture("starcoder2");
+    let mut c = Client::start(&["--overlay", "--model", model.to_str().unwrap()]);
+    c.request(
+        1,
+        "initialize",
+        json!({ "capabilities": {}, "initializationOptions": { "maxTokens": 4 } }),
+    );
+    c.notify("initialized", json!({}));
+    c.open(URI, GREET);
+    let said = c.wait_for(|m| m["method"] == "window/showMessage");
+    assert_eq!(said["params"]["type"], 2, "a warning: {said}");
+    assert!(
+        said["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("overlay is off"),
+        "{said}"
+    );
+    c.notify(
+        "textDocument/didSave",
+        json!({ "textDocument": { "uri": URI } }),
+    );
+    let list = c.request(2, "textDocument/completion", at(URI, 1, CURSOR_UTF16));
+    assert!(list["items"].is_array());
+    assert!(
+        !c.seen.iter().any(|m| m["method"] == "window/showMessage"),
+        "said twice: {:?}",
+        c.seen
+    );
+    assert_eq!(c.shutdown_and_exit(), 0);
+}
