@@ -29,8 +29,7 @@ KEYWORDS = set("""def class return if else elif for while in not and or is None 
 import from as with try except finally raise pass break continue lambda yield self fn let mut
 pub struct enum impl use match where mod const static ref type trait crate super Self async
 await move loop dyn unsafe extern""".split())
-MEASURES = ["bits_per_token", "bits", "max_token_bits", "excess_bits",
-            "bits_beyond_local", "bits_per_token_beyond_local"]
+MEASURES = ["bits_per_token", "bits", "max_token_bits", "excess_bits"]
 
 
 def near(a, b):
@@ -106,20 +105,11 @@ def main():
             text = "\n".join(window[:i] + [bad] + window[i + 1:]) + "\n"
             sample = pathlib.Path(tmp) / ("sample" + path.suffix)
             sample.write_text(text)
-            def score(context):
-                out = subprocess.run([args.infill, "score", "--fim", "--json",
-                                      "--fim-context", str(context), str(sample)],
-                                     capture_output=True, text=True, check=True,
-                                     env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-                return json.loads(out.stdout)["lines"]
-            scored = score(256)
-            # The same line with only its nearest neighbours around it: what the wider context
-            # adds to its surprise (a line unusual anywhere scores high in both).
-            local = {l["line"]: l for l in score(16)}
-            for l in scored:
-                near_l = local.get(l["line"], l)
-                l["bits_beyond_local"] = l["bits"] - near_l["bits"]
-                l["bits_per_token_beyond_local"] = l["bits_per_token"] - near_l["bits_per_token"]
+            out = subprocess.run([args.infill, "score", "--fim", "--json", "--fim-context", "256",
+                                  str(sample)],
+                                 capture_output=True, text=True, check=True,
+                                 env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+            scored = json.loads(out.stdout)["lines"]
             for m in MEASURES:
                 ranked = sorted(scored, key=lambda l: -l[m])
                 rank = next((k + 1 for k, l in enumerate(ranked) if l["line"] == i + 1), None)
