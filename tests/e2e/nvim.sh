@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # neovim's own LSP client against `infill lsp`: open a Python file, ask for completion at a place
-# on a line with an emoji and CJK text, accept the item (apply its edit, as a completion menu does),
-# check the buffer, then turn the overlay on and check that neovim holds its hints.
+# on a line with an emoji and CJK text, accept the item (apply its edit, as a completion plugin
+# does), check the buffer; the same through neovim's own completion menu (omnifunc); then turn the
+# overlay on and check that neovim holds its hints.
 # Usage: tests/e2e/nvim.sh [path/to/infill]   (needs nvim 0.7 or newer)
 set -euo pipefail
 infill=$(realpath "${1:-target/debug/infill}")
@@ -60,6 +61,34 @@ if not vim.deep_equal(got, want) then
   return fail("buffer " .. vim.inspect(got) .. " wanted " .. vim.inspect(want))
 end
 
+-- The same through the completion menu: the original line back, then <C-x><C-o> with neovim's
+-- omnifunc, and <C-y> on the item.
+vim.api.nvim_buf_set_lines(buf, 1, 1 + #want, false, { '    print("😀 漢字", nam)' })
+vim.bo[buf].omnifunc = "v:lua.vim.lsp.omnifunc"
+vim.o.completeopt = "menuone,noinsert"
+vim.o.showmode = false
+vim.api.nvim_win_set_cursor(0, { 2, 27 })
+local polls, menu = 0, nil
+local function poll()
+  polls = polls + 1
+  if vim.fn.pumvisible() == 1 then
+    menu = vim.fn.complete_info({ "items" }).items
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes("<C-y><Esc>", true, false, true), "n", false)
+  elseif polls > 1200 then
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes("<Esc>", true, false, true), "n", false)
+  else
+    vim.defer_fn(poll, 50)
+  end
+end
+vim.defer_fn(poll, 50)
+-- Append after `nam` and ask; the timer above ends Insert mode.
+vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes("a<C-x><C-o>", true, false, true), "x!", false)
+if not menu or #menu ~= 1 then return fail("completion menu " .. vim.inspect(menu)) end
+got = vim.api.nvim_buf_get_lines(buf, 1, 1 + #want, false)
+if edit.newText:find("\n") == nil and not vim.deep_equal(got, want) then
+  return fail("after the menu " .. vim.inspect(got) .. " wanted " .. vim.inspect(want))
+end
+
 -- The overlay: hints neovim keeps as diagnostics of severity Hint.
 vim.lsp.buf_request_sync(buf, "workspace/executeCommand", { command = "infill.overlay", arguments = { true } }, 10000)
 local hinted = vim.wait(60000, function() return #vim.diagnostic.get(buf) > 0 end, 50)
@@ -77,5 +106,5 @@ EOF
 
 cd "$dir"
 INFILL="$infill" HF_HUB_OFFLINE=1 XDG_STATE_HOME="$dir/state" \
-    timeout 180 nvim --headless --clean -u NONE -c "luafile $dir/test.lua" greet.py
+    timeout 180 nvim -n --headless --clean -u NONE -c "luafile $dir/test.lua" greet.py
 echo "nvim e2e: passed ($(nvim --version | head -1))"
