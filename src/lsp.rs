@@ -219,6 +219,7 @@ pub fn serve(
         docs: HashMap::new(),
         folders: Vec::new(),
         model: ModelState::Loading,
+        said_unavailable: false,
         client_progress: false,
         progress: Progress::None,
         ids: 0,
@@ -283,6 +284,7 @@ struct Server<W: Write> {
     docs: HashMap<String, TextDocument>,
     folders: Vec<String>,
     model: ModelState,
+    said_unavailable: bool,
     client_progress: bool,
     progress: Progress,
     /// The last worker job id handed out.
@@ -427,7 +429,10 @@ impl<W: Write> Server<W> {
             return Ok(());
         }
         match method {
-            "initialized" => self.begin_progress()?,
+            "initialized" => {
+                self.begin_progress()?;
+                self.say_unavailable()?;
+            }
             "$/cancelRequest" => {
                 let answers = self.proposals.cancel(&params["id"]);
                 self.answer(answers)?;
@@ -536,6 +541,21 @@ impl<W: Write> Server<W> {
         }
     }
 
+    /// Says, once and only after initialization, that there is no model; requests get empty
+    /// answers from then on, and the server still runs.
+    fn say_unavailable(&mut self) -> std::io::Result<()> {
+        if let ModelState::Unavailable(message) = &self.model
+            && self.phase != Phase::Uninitialized
+            && !self.said_unavailable
+        {
+            self.said_unavailable = true;
+            let text = format!("infill: no model, so no completions: {message}");
+            self.out
+                .notify("window/showMessage", json!({ "type": 1, "message": text }))?;
+        }
+        Ok(())
+    }
+
     fn log(&mut self, kind: u8, message: &str) -> std::io::Result<()> {
         self.out.notify(
             "window/logMessage",
@@ -556,15 +576,8 @@ impl<W: Write> Server<W> {
             }
             Reply::Unavailable { message } => {
                 self.finish_progress("no model")?;
-                // Said once; requests get empty answers from now on, and the server still runs.
-                self.out.notify(
-                    "window/showMessage",
-                    json!({
-                        "type": 1,
-                        "message": format!("infill: no model, so no completions: {message}"),
-                    }),
-                )?;
                 self.model = ModelState::Unavailable(message);
+                self.say_unavailable()?;
                 let answers = self.proposals.unavailable();
                 self.answer(answers)?;
                 self.overlay.stop();

@@ -105,8 +105,12 @@ impl Client {
         self.send(json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
     }
 
-    /// The next message `pick` accepts (the others are kept in `seen`).
+    /// The first message `pick` accepts, of those already read or the next ones (the others are
+    /// kept in `seen`).
     fn wait_for(&mut self, pick: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.seen.iter().position(&pick) {
+            return self.seen.remove(i);
+        }
         loop {
             let m = self
                 .inbox
@@ -398,7 +402,11 @@ fn exit_without_shutdown_is_exit_code_1() {
 #[test]
 fn a_model_that_cannot_load_is_said_once_and_the_server_still_answers() {
     let mut c = Client::start(&["--model", "/nonexistent/model/dir"]);
+    // The load fails at once, long before the client initializes: the server must still say
+    // nothing before its initialize response.
+    std::thread::sleep(Duration::from_millis(300));
     c.request(1, "initialize", json!({ "capabilities": {} }));
+    assert!(c.seen.is_empty(), "sent before initialize: {:?}", c.seen);
     c.notify("initialized", json!({}));
     let said = c.wait_for(|m| m["method"] == "window/showMessage");
     assert_eq!(said["params"]["type"], 1);
