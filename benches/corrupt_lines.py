@@ -15,6 +15,7 @@ machine that trained it). Deterministic for a given --seed.
 
 import argparse
 import json
+import math
 import pathlib
 import random
 import re
@@ -67,6 +68,29 @@ def corrupt(line, names, rng):
     return line[:m.start()] + new + line[m.end():]
 
 
+def own_line_bits(infill, text, line, tmp, suffix):
+    """Bits per token of the line the model writes itself in place of `line` (1-based), at its
+    indentation, up to the end of that line."""
+    lines = text.split("\n")
+    own = lines[line - 1]
+    indent = own[:len(own) - len(own.lstrip())]
+    lines[line - 1] = indent
+    sample = tmp / ("own" + suffix)
+    sample.write_text("\n".join(lines))
+    out = subprocess.run([infill, "complete", "--json", "--no-trim", "--no-heal", "--max-tokens", "24",
+                          "--file", str(sample), "--line", str(line),
+                          "--column", str(len(indent) + 1)],
+                         capture_output=True, text=True, check=True,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    bits, n = 0.0, 0
+    for t in json.loads(out.stdout)["tokens"]:
+        bits -= math.log2(max(t["prob"], 1e-30))
+        n += 1
+        if "\n" in t["text"]:
+            break
+    return bits / max(n, 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dirs", nargs="+")
@@ -74,6 +98,9 @@ def main():
     ap.add_argument("--samples", type=int, default=150)
     ap.add_argument("--window", type=int, default=30, help="lines around the corrupted one")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rerank", type=int, default=0,
+                    help="also re-rank the N lines with the most bits per token by regret: their "
+                         "bits per token less those of the line the model writes there itself")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     files = sorted(p for d in args.dirs for p in pathlib.Path(d).rglob("*")
@@ -114,10 +141,20 @@ def main():
                 ranked = sorted(scored, key=lambda l: -l[m])
                 rank = next((k + 1 for k, l in enumerate(ranked) if l["line"] == i + 1), None)
                 found[m].append(rank)
+            if args.rerank:
+                ranked = sorted(scored, key=lambda l: -l["bits_per_token"])
+                top = ranked[:args.rerank]
+                for l in top:
+                    l["regret"] = l["bits_per_token"] - own_line_bits(
+                        args.infill, text, l["line"], pathlib.Path(tmp), path.suffix)
+                top.sort(key=lambda l: -l["regret"])
+                ranked = top + ranked[args.rerank:]
+                rank = next((k + 1 for k, l in enumerate(ranked) if l["line"] == i + 1), None)
+                found.setdefault("regret_rerank", []).append(rank)
             done += 1
     print(f"{done} corrupted windows of {args.window} lines (seed {args.seed})")
     print(f"{'line score':<16} {'ranked first':>12} {'in top 3':>9} {'MRR':>6}")
-    for m in MEASURES:
+    for m in found:
         ranks = [r for r in found[m] if r is not None]
         first = sum(r == 1 for r in ranks) / max(done, 1)
         top3 = sum(r <= 3 for r in ranks) / max(done, 1)

@@ -67,6 +67,7 @@ vim.api.nvim_buf_set_lines(buf, 1, 1 + #want, false, { '    print("😀 漢字",
 vim.bo[buf].omnifunc = "v:lua.vim.lsp.omnifunc"
 vim.o.completeopt = "menuone,noinsert"
 vim.o.showmode = false
+vim.opt.shortmess:append("c")
 vim.api.nvim_win_set_cursor(0, { 2, 27 })
 local polls, menu = 0, nil
 local function poll()
