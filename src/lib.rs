@@ -31,6 +31,7 @@ pub mod files;
 pub mod hash;
 pub mod logging;
 pub mod lsp;
+pub mod memory;
 pub mod model;
 pub mod progress;
 pub mod rng;
