@@ -78,6 +78,7 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
         trim: true,
         min_confidence: 0.0,
         heal: !args.no_heal,
+        prior: None,
     })
 }
 

@@ -5,12 +5,13 @@
 //! nearest the cursor: about three quarters of the window for the prefix and one quarter for the
 //! suffix, a side that needs less lends the rest to the other, and cuts fall on line boundaries.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
 use crate::model::generate::StopReason;
-use crate::model::generate::{self, Flow, GeneratedToken, Generation, Limits, Sampling};
+use crate::model::generate::{self, Flow, GeneratedToken, Generation, Limits, Prior, Sampling};
 use crate::model::tokenizer::{FimOrder, TokenizerError};
 use crate::model::{Model, Tokenizer};
 use crate::syntax::{Language, Reason, Trimmer};
@@ -34,6 +35,8 @@ pub struct Settings {
     /// Token healing: the prefix's last token leaves the prompt and generation starts by
     /// producing it again, so the cursor need not fall on a token boundary the model knows.
     pub heal: bool,
+    /// A next-token prior mixed into the model's distribution (the repository's memory).
+    pub prior: Option<Arc<dyn Prior>>,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             trim: true,
             min_confidence: 0.0,
             heal: true,
+            prior: None,
         }
     }
 }
@@ -91,6 +95,19 @@ pub struct Prompt {
 }
 
 impl Prompt {
+    /// The prompt's tokens of the text before the cursor (after healing, without the healed
+    /// token).
+    pub fn prefix_ids(&self, tokenizer: &Tokenizer) -> &[u32] {
+        let range = match self.order {
+            FimOrder::Psm => {
+                let lead = tokenizer.fim().lead.len();
+                lead..lead + self.prefix_tokens
+            }
+            FimOrder::Spm => self.ids.len() - self.prefix_tokens..self.ids.len(),
+        };
+        self.ids.get(range).unwrap_or_default()
+    }
+
     /// Takes the prefix's last token out of the prompt for token healing; returns its bytes.
     pub fn heal(&mut self, tokenizer: &Tokenizer) -> Vec<u8> {
         if self.prefix_tokens == 0 || !self.healed.is_empty() {
@@ -301,6 +318,10 @@ pub fn complete(
         heal: &heal,
         sampling: &settings.sampling,
         limits: &settings.limits,
+        prior: settings
+            .prior
+            .as_deref()
+            .map(|p| (p, prompt.prefix_ids(&model.tokenizer))),
     };
     let mut generation = generate::generate_request(
         &mut model.network,

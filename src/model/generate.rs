@@ -224,8 +224,52 @@ pub fn generate(
         heal: &[],
         sampling,
         limits,
+        prior: None,
     };
     generate_request(network, tokenizer, &request, cancel, on_token)
+}
+
+/// A next-token distribution from outside the model (the repository's own code), mixed into the
+/// model's at every step. It sees the document's tokens before the next one, never the prompt's
+/// markers or the text after the cursor.
+pub trait Prior: Send + Sync + std::fmt::Debug {
+    /// What may come next and how much to trust it, or `None` when it has nothing to say.
+    fn next(&self, context: &[u32]) -> Option<PriorGuess>;
+}
+
+/// A prior's distribution over next tokens (sparse; the probabilities sum to 1) and its weight in
+/// the mixture, in [0, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorGuess {
+    pub weight: f32,
+    pub probs: Vec<(u32, f32)>,
+}
+
+/// Turns `logits` into the log-probabilities of the mixture
+/// `(1 - weight) * softmax(logits) + weight * guess` (tokens ruled out stay ruled out only where
+/// the guess gives them nothing).
+pub fn mix(logits: &mut [f32], guess: &PriorGuess) {
+    let w = guess.weight.clamp(0.0, 1.0);
+    if w == 0.0 || guess.probs.is_empty() {
+        return;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<f64> = logits
+        .iter()
+        .map(|&l| f64::from(l - max).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    for p in &mut probs {
+        *p = if total > 0.0 { *p / total } else { 0.0 } * f64::from(1.0 - w);
+    }
+    for &(id, q) in &guess.probs {
+        if let Some(p) = probs.get_mut(id as usize) {
+            *p += f64::from(w) * f64::from(q);
+        }
+    }
+    for (l, p) in logits.iter_mut().zip(probs) {
+        *l = if p > 0.0 { p.ln() as f32 } else { f32::NEG_INFINITY };
+    }
 }
 
 /// What to generate.
@@ -239,6 +283,9 @@ pub struct Request<'a> {
     pub heal: &'a [u8],
     pub sampling: &'a Sampling,
     pub limits: &'a Limits,
+    /// A prior mixed into every step, with the document's tokens before the cursor (the prompt's
+    /// prefix part).
+    pub prior: Option<(&'a dyn Prior, &'a [u32])>,
 }
 
 /// [`generate`] for a [`Request`].
@@ -258,6 +305,8 @@ pub fn generate_request(
     let started = Instant::now();
     let mut rng = Rng::new(sampling.seed);
     let mut context: Vec<u32> = prompt.to_vec();
+    // The document before the next token, as the prior sees it.
+    let mut document: Vec<u32> = request.prior.map(|(_, d)| d.to_vec()).unwrap_or_default();
     let (mut logits, prefill) = network.logits_after(&context)?;
     let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
     let decode_start = Instant::now();
@@ -277,7 +326,12 @@ pub fn generate_request(
         if limits.time_budget.is_some_and(|b| started.elapsed() >= b) {
             break StopReason::TimeBudget;
         }
-        let row: Vec<f32> = logits.to_vec1()?;
+        let mut row: Vec<f32> = logits.to_vec1()?;
+        if let Some((prior, _)) = request.prior
+            && let Some(guess) = prior.next(&document)
+        {
+            mix(&mut row, &guess);
+        }
         // A small model sometimes puts its mass on a prompt marker (`<|fim_suffix|>` where a line
         // should end); no middle can hold one, so the choice is among the tokens that can be
         // text (docs/design.md has what each choice measured). The token's probability stays the
@@ -299,6 +353,9 @@ pub fn generate_request(
             break StopReason::EndToken;
         }
         context.push(id);
+        if request.prior.is_some() {
+            document.push(id);
+        }
         // While healing, a token is as probable as the model finds it among those that can write
         // the healed text (its plain probability would be tiny: the rest of the vocabulary is out).
         let scores = if healing { &textual } else { &row };

@@ -476,6 +476,7 @@ fn healing_regenerates_the_last_prompt_token_without_showing_it() {
         heal: &heal,
         sampling: &Sampling::default(),
         limits: &limits,
+        prior: None,
     };
     let out = generate::generate_request(
         &mut model.network,

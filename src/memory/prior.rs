@@ -1,0 +1,238 @@
+//! The index as a next-token prior: what followed the longest match of the document so far,
+//! trusted as much as matches that long have earned on held-out text.
+//!
+//! The weight is not chosen by hand: [`Weights::fit`] finds, for each range of match lengths, the
+//! mixture weight under which held-out text is most probable (EM on the two-component mixture of
+//! the model and the index), so a model that already knows the code trusts the index less, and a
+//! long unambiguous match is trusted more than a two-token one.
+
+use super::Index;
+use crate::model::generate::{Prior, PriorGuess};
+
+/// Match lengths are grouped by powers of two: 1, 2-3, 4-7, ..., 128 and more.
+const BUCKETS: usize = 8;
+/// The longest context looked up (a match this long is as good as a longer one).
+const MAX_QUERY: usize = 256;
+/// Continuations kept per guess (the most frequent).
+const MAX_CONTINUATIONS: usize = 64;
+
+fn bucket(len: usize) -> usize {
+    (len.max(1).ilog2() as usize).min(BUCKETS - 1)
+}
+
+/// Mixture weights by match length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    by_length: [f32; BUCKETS],
+}
+
+impl Weights {
+    /// The same weight for every match length.
+    pub fn constant(weight: f32) -> Self {
+        Self {
+            by_length: [weight.clamp(0.0, 1.0); BUCKETS],
+        }
+    }
+
+    /// The weight for a match of `len` tokens.
+    pub fn for_length(&self, len: usize) -> f32 {
+        self.by_length[bucket(len)]
+    }
+
+    /// The weights under which `samples` are most probable: per bucket, the maximum-likelihood
+    /// weight of `(1 - w) * model + w * index` (EM; a bucket without samples gets 0).
+    pub fn fit(samples: &[Sample]) -> Self {
+        let mut by_length = [0.0f32; BUCKETS];
+        for (b, weight) in by_length.iter_mut().enumerate() {
+            let of: Vec<&Sample> = samples.iter().filter(|s| bucket(s.len) == b).collect();
+            if of.is_empty() {
+                continue;
+            }
+            let mut w = 0.5f64;
+            for _ in 0..200 {
+                // The share of each sample the index explains, averaged, is the next weight.
+                let next = of
+                    .iter()
+                    .map(|s| {
+                        let from_index = w * s.index;
+                        let all = (1.0 - w) * s.model + from_index;
+                        if all > 0.0 { from_index / all } else { 0.0 }
+                    })
+                    .sum::<f64>()
+                    / of.len() as f64;
+                let done = (next - w).abs() < 1e-7;
+                w = next;
+                if done {
+                    break;
+                }
+            }
+            *weight = w as f32;
+        }
+        Self { by_length }
+    }
+
+    pub fn by_length(&self) -> &[f32] {
+        &self.by_length
+    }
+}
+
+/// One held-out token: the length of the longest match before it, and the probability the model
+/// and the index gave it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub len: usize,
+    pub model: f64,
+    pub index: f64,
+}
+
+/// An index and the weights it has earned.
+#[derive(Debug)]
+pub struct Memory {
+    index: Index,
+    weights: Weights,
+}
+
+impl Memory {
+    pub fn new(index: Index, weights: Weights) -> Self {
+        Self { index, weights }
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    pub fn set_weights(&mut self, weights: Weights) {
+        self.weights = weights;
+    }
+
+    /// What followed the longest match of `context`: its length and the next tokens'
+    /// probabilities (the most frequent, summing to 1).
+    fn guess(&self, context: &[u32]) -> Option<(usize, Vec<(u32, f32)>)> {
+        let context = &context[context.len().saturating_sub(MAX_QUERY)..];
+        let m = self.index.longest_match(context);
+        if m.len == 0 {
+            return None;
+        }
+        let mut next = self.index.continuations(&m);
+        next.truncate(MAX_CONTINUATIONS);
+        let total: usize = next.iter().map(|c| c.count).sum();
+        if total == 0 {
+            return None;
+        }
+        let probs = next
+            .iter()
+            .map(|c| (c.token, c.count as f32 / total as f32))
+            .collect();
+        Some((m.len, probs))
+    }
+
+    /// Fitting samples from a text the index does not hold: at each of its tokens `ids`, the
+    /// probability `model` gave it after the tokens before, and the index's.
+    pub fn samples(&self, ids: &[u32], model: &[f64]) -> Vec<Sample> {
+        (1..ids.len().min(model.len()))
+            .filter_map(|t| {
+                let (len, probs) = self.guess(&ids[..t])?;
+                let index = probs
+                    .iter()
+                    .find(|(id, _)| *id == ids[t])
+                    .map_or(0.0, |(_, p)| f64::from(*p));
+                Some(Sample {
+                    len,
+                    model: model[t],
+                    index,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Prior for Memory {
+    fn next(&self, context: &[u32]) -> Option<PriorGuess> {
+        let (len, probs) = self.guess(context)?;
+        let weight = self.weights.for_length(len);
+        (weight > 0.0).then_some(PriorGuess { weight, probs })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::model::generate::mix;
+
+    #[test]
+    fn fitting_recovers_the_weight_that_made_the_data() {
+        // Tokens drawn from a 30/70 mixture: where the index is right the model is not, and the
+        // other way round, so each sample says which component produced it.
+        let mut samples = Vec::new();
+        for i in 0..1000 {
+            let from_index = i % 10 < 3;
+            samples.push(Sample {
+                len: 20,
+                model: if from_index { 0.0 } else { 0.4 },
+                index: if from_index { 0.9 } else { 0.0 },
+            });
+        }
+        // Short matches that never help.
+        samples.extend((0..100).map(|_| Sample {
+            len: 1,
+            model: 0.2,
+            index: 0.0,
+        }));
+        let w = Weights::fit(&samples);
+        assert!((w.for_length(20) - 0.3).abs() < 1e-3, "{w:?}");
+        assert!(w.for_length(1) < 1e-3, "{w:?}");
+        assert_eq!(w.for_length(1000), w.by_length()[BUCKETS - 1]);
+    }
+
+    #[test]
+    fn the_mixture_is_a_distribution_that_moves_towards_the_index() {
+        let docs = [vec![1u32, 2, 3, 4], vec![1, 2, 3, 5], vec![1, 2, 3, 4]];
+        let memory = Memory::new(Index::build(&docs), Weights::constant(0.5));
+        let guess = memory.next(&[9, 1, 2, 3]).unwrap();
+        assert_eq!(guess.weight, 0.5);
+        let sum: f32 = guess.probs.iter().map(|(_, p)| p).sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert_eq!(guess.probs[0].0, 4);
+        assert!((guess.probs[0].1 - 2.0 / 3.0).abs() < 1e-6);
+        // A model sure of token 0.
+        let mut logits = vec![5.0f32, 0.0, 0.0, 0.0, 0.0, 0.0];
+        mix(&mut logits, &guess);
+        let probs: Vec<f32> = logits.iter().map(|l| l.exp()).collect();
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{probs:?}");
+        assert!(probs[4] > 0.33 && probs[5] > 0.16, "{probs:?}");
+        assert!(probs[0] < 0.5, "{probs:?}");
+        // Nothing matches: nothing to say.
+        assert!(memory.next(&[7]).is_none());
+        assert!(
+            Memory::new(Index::build(&docs), Weights::constant(0.0))
+                .next(&[1, 2, 3])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn samples_pair_each_token_with_both_probabilities() {
+        let memory = Memory::new(Index::build(&[vec![1u32, 2, 3]]), Weights::constant(0.5));
+        let samples = memory.samples(&[1, 2, 4], &[0.1, 0.2, 0.3]);
+        assert_eq!(
+            samples,
+            [
+                Sample {
+                    len: 1,
+                    model: 0.2,
+                    index: 1.0
+                },
+                Sample {
+                    len: 2,
+                    model: 0.3,
+                    index: 0.0
+                },
+            ]
+        );
+    }
+}
