@@ -515,6 +515,17 @@ pub struct EvalArgs {
     /// what reusing keys and values out of place costs (with --typed).
     #[arg(long)]
     pub baseline_exact_cache: bool,
+    /// Repository memory: `index` mixes the repository's own code (an index of the training
+    /// split's files, weights fitted on a slice of them) into every generated token, and compares
+    /// with the same model without it (unless --baseline names another).
+    #[arg(long, value_enum, default_value_t = MemoryMode::Off, conflicts_with = "tasks_file")]
+    pub memory: MemoryMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemoryMode {
+    Off,
+    Index,
 }
 
 #[derive(Debug, Args)]

@@ -12,3 +12,45 @@ mod prior;
 
 pub use index::{Continuation, Index, Match, Occurrence};
 pub use prior::{Memory, Sample, Weights};
+
+use rayon::prelude::*;
+
+use crate::model::{Model, Tokenizer};
+
+/// An index of `files` under `tokenizer` (tokenized on all cores).
+pub fn index_files(tokenizer: &Tokenizer, files: &[&str]) -> Index {
+    let documents: Vec<Vec<u32>> = files
+        .par_iter()
+        .map(|text| tokenizer.encode(text).unwrap_or_default())
+        .collect();
+    Index::build(&documents)
+}
+
+/// Weights for `memory` fitted on `texts`, which its index must not hold: each is scored by the
+/// model left to right (at most `budget` tokens in all), and every token becomes a [`Sample`].
+/// Returns the weights and how many samples they rest on.
+pub fn fit_weights(
+    model: &mut Model,
+    memory: &Memory,
+    texts: &[&str],
+    budget: usize,
+) -> anyhow::Result<(Weights, usize)> {
+    let mut samples = Vec::new();
+    let mut scored = 0;
+    for text in texts {
+        if scored >= budget {
+            break;
+        }
+        let window = model.network.context_length();
+        let scores = crate::model::score::score(model, text, window, None, 0)?;
+        let take = scores.len().min(budget - scored);
+        scored += take;
+        let ids: Vec<u32> = scores[..take].iter().map(|s| s.id).collect();
+        let probs: Vec<f64> = scores[..take]
+            .iter()
+            .map(|s| f64::from(s.logprob).exp())
+            .collect();
+        samples.extend(memory.samples(&ids, &probs));
+    }
+    Ok((Weights::fit(&samples), samples.len()))
+}

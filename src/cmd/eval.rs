@@ -4,7 +4,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cli::{EvalArgs, ModelArgs};
+use std::sync::Arc;
+
+use crate::cli::{EvalArgs, MemoryMode, ModelArgs};
+use crate::memory::{self, Memory, Weights};
 use crate::complete::Settings;
 use crate::eval::{self, Exec, tasks};
 use crate::model::generate::Limits;
@@ -13,9 +16,13 @@ use crate::train::{corpus, split};
 /// A held-out file: path, language, text.
 type HeldFile = (String, Option<String>, String);
 
-/// The tasks, and the held-out files they came from (none for a task file).
-fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>)> {
+/// The tasks, the held-out files they came from and the files to train on (none for a task
+/// file).
+fn build_tasks(
+    args: &EvalArgs,
+) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>, Vec<String>)> {
     let mut held_files = Vec::new();
+    let mut train_files = Vec::new();
     let mut all = match &args.tasks_file {
         Some(path) => {
             let text = crate::files::read_source(path)?;
@@ -54,6 +61,12 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
                 .filter_map(|&i| corpus.files.get(i))
                 .map(|f| (f.path.clone(), Some(f.language.clone()), f.text.clone()))
                 .collect();
+            train_files = split
+                .train
+                .iter()
+                .filter_map(|&i| corpus.files.get(i))
+                .map(|f| f.text.clone())
+                .collect();
             tasks::build(&held_files, args.tasks, args.seed, args.spread)
         }
     };
@@ -66,7 +79,7 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
     if all.is_empty() {
         anyhow::bail!("no tasks to run (check --repo, --tasks-file, --filter and --limit)");
     }
-    Ok((all, held_files))
+    Ok((all, held_files, train_files))
 }
 
 /// Checks that `--exec` can run the tasks' tests: the program exists, and the tasks are Python
@@ -161,8 +174,52 @@ fn run_model(
     outcomes.map(|outcomes| (outcomes, bits))
 }
 
+/// Files of the training split used to fit the memory's weights (every 20th, at most this many
+/// tokens scored); the index holds the others, never a held-out file.
+const TUNING_EVERY: usize = 20;
+const TUNING_TOKENS: usize = 20_000;
+
+/// The repository's memory for `--memory index`: an index of the training files, weights fitted
+/// on a slice of them the index does not hold.
+fn repository_memory(spec: &ModelArgs, train: &[String]) -> anyhow::Result<Memory> {
+    if train.is_empty() {
+        anyhow::bail!("--memory index: the repository has no files to train on to index");
+    }
+    let mut model = super::open_model(spec)?;
+    let bar = crate::progress::bar("memory", None);
+    // Every 20th file, or the last one of a repository with fewer.
+    let every = TUNING_EVERY.min(train.len().max(2));
+    let is_tuning = |i: usize| i % every == every - 1;
+    let pick = |tune: bool| -> Vec<&str> {
+        train
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_tuning(*i) == tune)
+            .map(|(_, t)| t.as_str())
+            .collect()
+    };
+    let (tuning, indexed) = (pick(true), pick(false));
+    bar.set_message(format!("indexing {} files", indexed.len()));
+    let started = Instant::now();
+    let index = memory::index_files(&model.tokenizer, &indexed);
+    let index_s = started.elapsed().as_secs_f64();
+    let mut mem = Memory::new(index, Weights::constant(0.0));
+    bar.set_message(format!("fitting weights on {} files", tuning.len()));
+    let (weights, samples) = memory::fit_weights(&mut model, &mem, &tuning, TUNING_TOKENS)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "memory: {} files, {} tokens indexed in {index_s:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {samples} tokens of {} other files: {:.3?}",
+        indexed.len(),
+        mem.index().len(),
+        tuning.len(),
+        weights.by_length()
+    );
+    mem.set_weights(weights);
+    Ok(mem)
+}
+
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    let (tasks, held) = build_tasks(args)?;
+    let (tasks, held, train) = build_tasks(args)?;
     let score_bytes = args.score_kb.saturating_mul(1024);
     if !(0.0..1.0).contains(&args.min_confidence) {
         anyhow::bail!(
@@ -191,8 +248,15 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     ctrlc::set_handler(|| eval::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
     let started = Instant::now();
+    let with_memory = match args.memory {
+        MemoryMode::Off => None,
+        MemoryMode::Index => Some(Settings {
+            prior: Some(Arc::new(repository_memory(&args.model, &train)?)),
+            ..settings.clone()
+        }),
+    };
     let run = Run {
-        settings: &settings,
+        settings: with_memory.as_ref().unwrap_or(&settings),
         exec: exec.as_ref(),
         typed: args.typed,
         exact_cache: args.exact_cache,
@@ -204,12 +268,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             model: Some(b.clone()),
             ..args.model.clone()
         }),
-        None if args.baseline_exact_cache => Some(args.model.clone()),
+        None if args.baseline_exact_cache || with_memory.is_some() => Some(args.model.clone()),
         None => None,
     };
     let baseline = match baseline_spec {
         Some(spec) if !interrupted() => {
             let run = Run {
+                settings: &settings,
                 exact_cache: args.exact_cache || args.baseline_exact_cache,
                 ..run
             };

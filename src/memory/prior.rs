@@ -15,6 +15,38 @@ const BUCKETS: usize = 8;
 const MAX_QUERY: usize = 256;
 /// Continuations kept per guess (the most frequent).
 const MAX_CONTINUATIONS: usize = 64;
+/// How far back the document's own text is searched for an earlier occurrence of its end.
+const OWN_WINDOW: usize = 4096;
+
+/// The longest suffix of `context` that also ends earlier in it, and what followed it there
+/// (token, times): a brute-force search, as the window is short.
+fn own_match(context: &[u32]) -> Option<(usize, Vec<(u32, usize)>)> {
+    let n = context.len();
+    let mut best = 0;
+    let mut next: Vec<(u32, usize)> = Vec::new();
+    for j in 1..n {
+        let l = context[..j]
+            .iter()
+            .rev()
+            .zip(context.iter().rev())
+            .take(MAX_QUERY)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if l == 0 || l < best {
+            continue;
+        }
+        if l > best {
+            best = l;
+            next.clear();
+        }
+        let token = context[j];
+        match next.iter_mut().find(|(t, _)| *t == token) {
+            Some(c) => c.1 += 1,
+            None => next.push((token, 1)),
+        }
+    }
+    (best > 0).then_some((best, next))
+}
 
 fn bucket(len: usize) -> usize {
     (len.max(1).ilog2() as usize).min(BUCKETS - 1)
@@ -109,25 +141,48 @@ impl Memory {
         self.weights = weights;
     }
 
-    /// What followed the longest match of `context`: its length and the next tokens'
-    /// probabilities (the most frequent, summing to 1).
+    /// What followed the longest match of `context`, in the index or earlier in the context
+    /// itself (the document's own text before the cursor counts; its text after never does):
+    /// the match's length and the next tokens' probabilities (the most frequent, summing to 1).
     fn guess(&self, context: &[u32]) -> Option<(usize, Vec<(u32, f32)>)> {
-        let context = &context[context.len().saturating_sub(MAX_QUERY)..];
-        let m = self.index.longest_match(context);
-        if m.len == 0 {
+        let query = &context[context.len().saturating_sub(MAX_QUERY)..];
+        let m = self.index.longest_match(query);
+        let mut counts: Vec<(u32, usize)> = if m.len > 0 {
+            self.index
+                .continuations(&m)
+                .iter()
+                .map(|c| (c.token, c.count))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut len = if counts.is_empty() { 0 } else { m.len };
+        let own = &context[context.len().saturating_sub(OWN_WINDOW)..];
+        if let Some((own_len, own_counts)) = own_match(own)
+            && own_len >= len
+        {
+            if own_len > len {
+                counts.clear();
+                len = own_len;
+            }
+            for (token, n) in own_counts {
+                match counts.iter_mut().find(|(t, _)| *t == token) {
+                    Some(c) => c.1 += n,
+                    None => counts.push((token, n)),
+                }
+            }
+        }
+        if len == 0 || counts.is_empty() {
             return None;
         }
-        let mut next = self.index.continuations(&m);
-        next.truncate(MAX_CONTINUATIONS);
-        let total: usize = next.iter().map(|c| c.count).sum();
-        if total == 0 {
-            return None;
-        }
-        let probs = next
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        counts.truncate(MAX_CONTINUATIONS);
+        let total: usize = counts.iter().map(|(_, n)| n).sum();
+        let probs = counts
             .iter()
-            .map(|c| (c.token, c.count as f32 / total as f32))
+            .map(|&(token, n)| (token, n as f32 / total as f32))
             .collect();
-        Some((m.len, probs))
+        Some((len, probs))
     }
 
     /// Fitting samples from a text the index does not hold: at each of its tokens `ids`, the
@@ -213,6 +268,19 @@ mod tests {
                 .next(&[1, 2, 3])
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_documents_own_earlier_text_counts_and_its_longer_match_wins() {
+        // The index knows `1 2 -> 3`; the document itself wrote `7 1 2 -> 8` earlier.
+        let memory = Memory::new(Index::build(&[vec![1u32, 2, 3]]), Weights::constant(0.5));
+        let guess = memory.next(&[7, 1, 2, 8, 9, 7, 1, 2]).unwrap();
+        assert_eq!(guess.probs, [(8, 1.0)]);
+        // Equally long matches in both: their counts add up.
+        let guess = memory.next(&[1, 2, 4, 1, 2]).unwrap();
+        assert_eq!(guess.probs, [(3, 0.5), (4, 0.5)]);
+        assert_eq!(own_match(&[5, 6, 5, 6]), Some((2, vec![(5, 1)])));
+        assert_eq!(own_match(&[5, 6]), None);
     }
 
     #[test]
