@@ -7,9 +7,9 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use crate::cli::{EvalArgs, MemoryMode, ModelArgs};
-use crate::memory::{self, Memory, Weights};
 use crate::complete::Settings;
 use crate::eval::{self, Exec, tasks};
+use crate::memory::{self, Memory, Weights};
 use crate::model::generate::Limits;
 use crate::train::{corpus, split};
 
@@ -18,9 +18,7 @@ type HeldFile = (String, Option<String>, String);
 
 /// The tasks, the held-out files they came from and the files to train on (none for a task
 /// file).
-fn build_tasks(
-    args: &EvalArgs,
-) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>, Vec<String>)> {
+fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>, Vec<String>)> {
     let mut held_files = Vec::new();
     let mut train_files = Vec::new();
     let mut all = match &args.tasks_file {

@@ -254,10 +254,7 @@ pub fn mix(logits: &mut [f32], guess: &PriorGuess) {
         return;
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<f64> = logits
-        .iter()
-        .map(|&l| f64::from(l - max).exp())
-        .collect();
+    let mut probs: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
     let total: f64 = probs.iter().sum();
     for p in &mut probs {
         *p = if total > 0.0 { *p / total } else { 0.0 } * f64::from(1.0 - w);
@@ -268,7 +265,11 @@ pub fn mix(logits: &mut [f32], guess: &PriorGuess) {
         }
     }
     for (l, p) in logits.iter_mut().zip(probs) {
-        *l = if p > 0.0 { p.ln() as f32 } else { f32::NEG_INFINITY };
+        *l = if p > 0.0 {
+            p.ln() as f32
+        } else {
+            f32::NEG_INFINITY
+        };
     }
 }
 

@@ -10,6 +10,7 @@ mod fuzz;
 mod gguf;
 mod loading;
 mod lsp;
+mod memory;
 mod score;
 mod train;
 mod trim;
