@@ -172,48 +172,52 @@ fn run_model(
     outcomes.map(|outcomes| (outcomes, bits))
 }
 
-/// Files of the training split used to fit the memory's weights (every 20th, at most this many
-/// tokens scored); the index holds the others, never a held-out file.
-const TUNING_EVERY: usize = 20;
+/// The memory's weights are fitted on a slice of the training split (every k-th file: a fifth of
+/// a small repository, a twentieth of a large one; at most this many tokens scored) with the
+/// index built from the rest; the final index holds every training file, never a held-out one.
 const TUNING_TOKENS: usize = 20_000;
 
-/// The repository's memory for `--memory index`: an index of the training files, weights fitted
-/// on a slice of them the index does not hold.
+/// The repository's memory for `--memory index`.
 fn repository_memory(spec: &ModelArgs, train: &[String]) -> anyhow::Result<Memory> {
-    if train.is_empty() {
-        anyhow::bail!("--memory index: the repository has no files to train on to index");
+    if train.len() < 2 {
+        anyhow::bail!(
+            "--memory index: the repository has {} files to train on; it needs two or more to index one and fit on another",
+            train.len()
+        );
     }
     let mut model = super::open_model(spec)?;
     let bar = crate::progress::bar("memory", None);
-    // Every 20th file, or the last one of a repository with fewer.
-    let every = TUNING_EVERY.min(train.len().max(2));
-    let is_tuning = |i: usize| i % every == every - 1;
+    let every = (train.len() / 5).clamp(2, 20);
     let pick = |tune: bool| -> Vec<&str> {
         train
             .iter()
             .enumerate()
-            .filter(|(i, _)| is_tuning(*i) == tune)
+            .filter(|(i, _)| (i % every == every - 1) == tune)
             .map(|(_, t)| t.as_str())
             .collect()
     };
-    let (tuning, indexed) = (pick(true), pick(false));
-    bar.set_message(format!("indexing {} files", indexed.len()));
-    let started = Instant::now();
-    let index = memory::index_files(&model.tokenizer, &indexed);
-    let index_s = started.elapsed().as_secs_f64();
-    let mut mem = Memory::new(index, Weights::constant(0.0));
+    let (tuning, rest) = (pick(true), pick(false));
     bar.set_message(format!("fitting weights on {} files", tuning.len()));
-    let (weights, samples) = memory::fit_weights(&mut model, &mem, &tuning, TUNING_TOKENS)?;
+    let without_tuning = Memory::new(
+        memory::index_files(&model.tokenizer, &rest),
+        Weights::constant(0.0),
+    );
+    let (weights, samples) =
+        memory::fit_weights(&mut model, &without_tuning, &tuning, TUNING_TOKENS)?;
+    bar.set_message(format!("indexing {} files", train.len()));
+    let started = Instant::now();
+    let all: Vec<&str> = train.iter().map(String::as_str).collect();
+    let index = memory::index_files(&model.tokenizer, &all);
+    let index_s = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     eprintln!(
-        "memory: {} files, {} tokens indexed in {index_s:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {samples} tokens of {} other files: {:.3?}",
-        indexed.len(),
-        mem.index().len(),
+        "memory: {} files, {} tokens indexed in {index_s:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {samples} tokens of {} of them (indexing the others): {:.3?}",
+        train.len(),
+        index.len(),
         tuning.len(),
         weights.by_length()
     );
-    mem.set_weights(weights);
-    Ok(mem)
+    Ok(Memory::new(index, weights))
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
