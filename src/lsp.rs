@@ -41,10 +41,11 @@ use document::{Encoding, TextDocument};
 use proposals::{Ask, Kind, Proposals};
 use transport::{Frame, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, Incoming, Output};
 
+use crate::memory::Memory;
 use crate::model::Model;
 use crate::model::load::{Download, Downloads};
 use crate::syntax::{Language, Registry};
-use crate::worker::{Loader, Reply, Worker, WorkerOptions};
+use crate::worker::{Job, Loader, MemoryRequest, Reply, Worker, WorkerOptions};
 
 /// The command that turns the overlay on or off (`workspace/executeCommand`; an argument `true` or
 /// `false` sets it, none toggles it).
@@ -67,6 +68,8 @@ pub struct Options {
     /// The overlay marks tokens outside the model's top this-many (10, 100 or 1000: GLTR's
     /// buckets).
     pub overlay_min_rank: usize,
+    /// Index the workspace folders' code as repository memory for every proposal.
+    pub memory: bool,
 }
 
 impl Default for Options {
@@ -78,6 +81,7 @@ impl Default for Options {
             completion_wait: Duration::from_millis(800),
             overlay: false,
             overlay_min_rank: 100,
+            memory: true,
         }
     }
 }
@@ -97,6 +101,9 @@ impl Options {
         }
         if let Some(v) = o.get("overlay").and_then(Value::as_bool) {
             self.overlay = v;
+        }
+        if let Some(v) = o.get("memory").and_then(Value::as_bool) {
+            self.memory = v;
         }
         if let Some(v) = o.get("overlayMinRank").and_then(Value::as_u64) {
             self.overlay_min_rank = usize::try_from(v).unwrap_or(usize::MAX).max(1);
@@ -225,6 +232,8 @@ pub fn serve(
         ids: 0,
         proposals: Proposals::default(),
         overlay: overlay::Overlay::default(),
+        memory: None,
+        memory_job: None,
     };
     loop {
         let deadline = [server.proposals.deadline(), server.overlay.deadline()]
@@ -291,6 +300,9 @@ struct Server<W: Write> {
     ids: u64,
     proposals: Proposals,
     overlay: overlay::Overlay,
+    /// The workspace's code, once indexed, and the job indexing it.
+    memory: Option<std::sync::Arc<Memory>>,
+    memory_job: Option<u64>,
 }
 
 impl<W: Write> Server<W> {
@@ -432,6 +444,7 @@ impl<W: Write> Server<W> {
             "initialized" => {
                 self.begin_progress()?;
                 self.say_unavailable()?;
+                self.build_memory();
             }
             "$/cancelRequest" => {
                 let answers = self.proposals.cancel(&params["id"]);
@@ -541,6 +554,22 @@ impl<W: Write> Server<W> {
         }
     }
 
+    /// Asks the worker to index the workspace folders (after any proposal someone waits for).
+    fn build_memory(&mut self) {
+        let roots: Vec<std::path::PathBuf> =
+            self.folders.iter().filter_map(|f| file_path(f)).collect();
+        if !self.options.memory || roots.is_empty() {
+            return;
+        }
+        self.ids += 1;
+        self.memory_job = Some(self.ids);
+        self.worker.submit(Job::Memory(MemoryRequest {
+            id: self.ids,
+            roots,
+            cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }));
+    }
+
     /// Says, once and only after initialization, that there is no model; requests get empty
     /// answers from then on, and the server still runs.
     fn say_unavailable(&mut self) -> std::io::Result<()> {
@@ -589,6 +618,19 @@ impl<W: Write> Server<W> {
                     .done(id, proposal, &self.worker, &mut self.ids);
                 self.answer(answers)?;
                 self.run_overlay()?;
+            }
+            Reply::Memory {
+                id,
+                memory,
+                summary,
+            } if self.memory_job == Some(id) => {
+                self.memory = Some(memory);
+                self.log(3, &format!("infill: repository memory: {summary}"))?;
+            }
+            Reply::Memory { .. } => {}
+            Reply::Failed { id, message } if self.memory_job == Some(id) => {
+                self.memory_job = None;
+                self.log(2, &format!("infill: no repository memory: {message}"))?;
             }
             Reply::Failed { id, message } => {
                 let answers = self.proposals.failed(id, &message);
@@ -691,6 +733,10 @@ impl<W: Write> Server<W> {
                 encoding: self.encoding,
                 max_tokens: self.options.max_tokens,
                 min_confidence: self.options.min_confidence,
+                prior: self
+                    .memory
+                    .clone()
+                    .map(|m| m as std::sync::Arc<dyn crate::model::generate::Prior>),
             },
             &self.worker,
             &mut self.ids,
@@ -767,6 +813,29 @@ impl<W: Write> Server<W> {
     }
 }
 
+/// The local path of a `file:` URI (percent-escapes decoded); `None` for other schemes.
+fn file_path(uri: &str) -> Option<std::path::PathBuf> {
+    let rest = uri.strip_prefix("file://")?;
+    let path = rest.split(['?', '#']).next().unwrap_or(rest);
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(std::path::PathBuf::from(String::from_utf8(out).ok()?))
+}
+
 /// Parses a request's parameters.
 fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
     serde_json::from_value(params).map_err(|e| RpcError::params(format!("bad parameters: {e}")))
@@ -786,4 +855,19 @@ fn language_of(language_id: &str, uri: &str, text: &str) -> Option<&'static Lang
         let path = uri.split(['?', '#']).next().unwrap_or(uri);
         registry.for_source(std::path::Path::new(path), text)
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_uris_become_paths() {
+        assert_eq!(
+            file_path("file:///home/a%20b/caf%C3%A9?x#y"),
+            Some("/home/a b/café".into())
+        );
+        assert_eq!(file_path("untitled:Untitled-1"), None);
+    }
 }

@@ -54,3 +54,48 @@ pub fn fit_weights(
     }
     Ok((Weights::fit(&samples), samples.len()))
 }
+
+/// How a memory's weights were fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// Files the weights were fitted on (every k-th: a fifth of a small repository, a twentieth
+    /// of a large one), with the index built from the others.
+    pub files: usize,
+    /// Tokens of theirs the fit rests on.
+    pub samples: usize,
+}
+
+/// Memory of `texts` (a repository's files): weights fitted on a slice of them with the index
+/// built from the rest (at most `fit_tokens` scored), then every file indexed.
+pub fn build(
+    model: &mut Model,
+    texts: &[&str],
+    fit_tokens: usize,
+) -> anyhow::Result<(Memory, Fit)> {
+    if texts.len() < 2 {
+        anyhow::bail!(
+            "repository memory needs two files or more (one to index, one to fit on); there are {}",
+            texts.len()
+        );
+    }
+    let every = (texts.len() / 5).clamp(2, 20);
+    let pick = |tune: bool| -> Vec<&str> {
+        texts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i % every == every - 1) == tune)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let (tuning, rest) = (pick(true), pick(false));
+    let without = Memory::new(index_files(&model.tokenizer, &rest), Weights::constant(0.0));
+    let (weights, samples) = fit_weights(model, &without, &tuning, fit_tokens)?;
+    let memory = Memory::new(index_files(&model.tokenizer, texts), weights);
+    Ok((
+        memory,
+        Fit {
+            files: tuning.len(),
+            samples,
+        },
+    ))
+}

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::complete::{self, LineScore, Settings};
+use crate::memory::{self, Memory};
 use crate::model::Model;
 use crate::model::generate::{Flow, GeneratedToken, StopReason};
 use crate::model::score::TokenScore;
@@ -89,12 +90,22 @@ pub struct SurprisingLine {
     pub instead: Option<String>,
 }
 
+/// Repository memory for the model: the files under `roots` indexed under its tokenizer, with
+/// weights fitted by its own probabilities (see [`crate::memory`]).
+#[derive(Debug, Clone)]
+pub struct MemoryRequest {
+    pub id: u64,
+    pub roots: Vec<std::path::PathBuf>,
+    pub cancel: Arc<AtomicBool>,
+}
+
 /// Work for the model thread.
 #[derive(Debug, Clone)]
 pub enum Job {
     Complete(Request),
     Score(ScoreRequest),
     Lines(LinesRequest),
+    Memory(MemoryRequest),
 }
 
 impl Job {
@@ -103,6 +114,7 @@ impl Job {
             Self::Complete(r) => r.id,
             Self::Score(r) => r.id,
             Self::Lines(r) => r.id,
+            Self::Memory(r) => r.id,
         }
     }
 
@@ -111,6 +123,7 @@ impl Job {
             Self::Complete(r) => r.is_cancelled(),
             Self::Score(r) => r.cancel.load(Ordering::Relaxed),
             Self::Lines(r) => r.cancel.load(Ordering::Relaxed),
+            Self::Memory(r) => r.cancel.load(Ordering::Relaxed),
         }
     }
 }
@@ -178,6 +191,12 @@ pub enum Reply {
     Lines {
         id: u64,
         lines: Vec<SurprisingLine>,
+    },
+    /// A memory request's result, and what it holds (for a status message).
+    Memory {
+        id: u64,
+        memory: Arc<Memory>,
+        summary: String,
     },
     Failed {
         id: u64,
@@ -342,6 +361,7 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
             Job::Complete(r) => run(&mut model, r, reply),
             Job::Score(r) => run_score(&model, &mut scorer, r, reply),
             Job::Lines(r) => run_lines(&mut model, r, reply),
+            Job::Memory(r) => run_memory(&mut model, r, reply),
         }));
         if let Err(panic) = outcome {
             let what = panic_text(&*panic);
@@ -370,11 +390,15 @@ struct Queue {
     complete: Option<Request>,
     score: Option<ScoreRequest>,
     lines: Option<LinesRequest>,
+    memory: Option<MemoryRequest>,
 }
 
 impl Queue {
     fn is_empty(&self) -> bool {
-        self.complete.is_none() && self.score.is_none() && self.lines.is_none()
+        self.complete.is_none()
+            && self.score.is_none()
+            && self.lines.is_none()
+            && self.memory.is_none()
     }
 
     fn keep_newest(&mut self, job: Job) {
@@ -382,6 +406,7 @@ impl Queue {
             Job::Complete(r) => self.complete = Some(r),
             Job::Score(r) => self.score = Some(r),
             Job::Lines(r) => self.lines = Some(r),
+            Job::Memory(r) => self.memory = Some(r),
         }
     }
 
@@ -392,6 +417,48 @@ impl Queue {
             .map(Job::Complete)
             .or_else(|| self.score.take().map(Job::Score))
             .or_else(|| self.lines.take().map(Job::Lines))
+            .or_else(|| self.memory.take().map(Job::Memory))
+    }
+}
+
+/// Tokens of the repository's files scored to fit the memory's weights: enough to fit the short
+/// matches well, few enough that a large model is not kept from completing for long.
+const MEMORY_FIT_TOKENS: usize = 2048;
+
+/// Builds repository memory from every file of the roots (the training corpus's walk and
+/// filters), as [`memory::build`] does.
+fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply)) {
+    let started = Instant::now();
+    let built = (|| -> anyhow::Result<(Memory, usize)> {
+        let corpus = crate::train::corpus::collect(&request.roots, Default::default())?;
+        let texts: Vec<&str> = corpus.files.iter().map(|f| f.text.as_str()).collect();
+        let (memory, _) = memory::build(model, &texts, MEMORY_FIT_TOKENS)?;
+        Ok((memory, texts.len()))
+    })();
+    if request.cancel.load(Ordering::Relaxed) {
+        return;
+    }
+    match built {
+        Ok((memory, files)) => {
+            let summary = format!(
+                "{files} files, {} tokens, in {:.1} s",
+                memory.index().len(),
+                started.elapsed().as_secs_f64()
+            );
+            tracing::info!(
+                "repository memory: {summary}; weights {:?}",
+                memory.weights()
+            );
+            reply(Reply::Memory {
+                id: request.id,
+                memory: Arc::new(memory),
+                summary,
+            });
+        }
+        Err(e) => reply(Reply::Failed {
+            id: request.id,
+            message: format!("repository memory: {e}"),
+        }),
     }
 }
 

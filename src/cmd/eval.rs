@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::cli::{EvalArgs, MemoryMode, ModelArgs};
 use crate::complete::Settings;
 use crate::eval::{self, Exec, tasks};
-use crate::memory::{self, Memory, Weights};
+use crate::memory::{self, Memory};
 use crate::model::generate::Limits;
 use crate::train::{corpus, split};
 
@@ -172,52 +172,32 @@ fn run_model(
     outcomes.map(|outcomes| (outcomes, bits))
 }
 
-/// The memory's weights are fitted on a slice of the training split (every k-th file: a fifth of
-/// a small repository, a twentieth of a large one; at most this many tokens scored) with the
-/// index built from the rest; the final index holds every training file, never a held-out one.
-const TUNING_TOKENS: usize = 20_000;
+/// Tokens scored to fit the memory's weights (see [`memory::build`]).
+const FIT_TOKENS: usize = 20_000;
 
-/// The repository's memory for `--memory index`.
+/// The repository's memory for `--memory index`: the training split's files, never a held-out
+/// one.
 fn repository_memory(spec: &ModelArgs, train: &[String]) -> anyhow::Result<Memory> {
-    if train.len() < 2 {
-        anyhow::bail!(
-            "--memory index: the repository has {} files to train on; it needs two or more to index one and fit on another",
-            train.len()
-        );
-    }
     let mut model = super::open_model(spec)?;
     let bar = crate::progress::bar("memory", None);
-    let every = (train.len() / 5).clamp(2, 20);
-    let pick = |tune: bool| -> Vec<&str> {
-        train
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| (i % every == every - 1) == tune)
-            .map(|(_, t)| t.as_str())
-            .collect()
-    };
-    let (tuning, rest) = (pick(true), pick(false));
-    bar.set_message(format!("fitting weights on {} files", tuning.len()));
-    let without_tuning = Memory::new(
-        memory::index_files(&model.tokenizer, &rest),
-        Weights::constant(0.0),
-    );
-    let (weights, samples) =
-        memory::fit_weights(&mut model, &without_tuning, &tuning, TUNING_TOKENS)?;
-    bar.set_message(format!("indexing {} files", train.len()));
+    bar.set_message(format!(
+        "indexing {} files and fitting weights",
+        train.len()
+    ));
     let started = Instant::now();
-    let all: Vec<&str> = train.iter().map(String::as_str).collect();
-    let index = memory::index_files(&model.tokenizer, &all);
-    let index_s = started.elapsed().as_secs_f64();
+    let texts: Vec<&str> = train.iter().map(String::as_str).collect();
+    let (memory, fit) = memory::build(&mut model, &texts, FIT_TOKENS).context("--memory index")?;
     bar.finish_and_clear();
     eprintln!(
-        "memory: {} files, {} tokens indexed in {index_s:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {samples} tokens of {} of them (indexing the others): {:.3?}",
+        "memory: {} files, {} tokens, in {:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {} tokens of {} of them (indexing the others): {:.3?}",
         train.len(),
-        index.len(),
-        tuning.len(),
-        weights.by_length()
+        memory.index().len(),
+        started.elapsed().as_secs_f64(),
+        fit.samples,
+        fit.files,
+        memory.weights().by_length()
     );
-    Ok(Memory::new(index, weights))
+    Ok(memory)
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {

@@ -103,6 +103,8 @@ pub struct Ask<'a> {
     pub encoding: Encoding,
     pub max_tokens: usize,
     pub min_confidence: f32,
+    /// Repository memory, once the workspace is indexed.
+    pub prior: Option<Arc<dyn crate::model::generate::Prior>>,
 }
 
 impl Proposals {
@@ -144,11 +146,10 @@ impl Proposals {
             prefix: before,
             suffix: after,
             language: ask.doc.language,
-            settings: Settings::interactive(
-                Sampling::default(),
-                ask.max_tokens,
-                ask.min_confidence,
-            ),
+            settings: Settings {
+                prior: ask.prior.clone(),
+                ..Settings::interactive(Sampling::default(), ask.max_tokens, ask.min_confidence)
+            },
             preview: Preview::Raw,
             cancel: Arc::clone(&cancel),
         };

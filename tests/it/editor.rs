@@ -120,6 +120,7 @@ impl Ed {
                 Job::Complete(r) => self.requests.push(r),
                 Job::Score(r) => self.scores.push(r),
                 Job::Lines(r) => panic!("the editor asked for line scores: {r:?}"),
+                Job::Memory(r) => panic!("the editor asked for repository memory: {r:?}"),
             }
         }
     }

@@ -75,7 +75,12 @@ impl Client {
     }
 
     /// A client that initialized with `capabilities` and `options`.
-    fn initialized(capabilities: Value, options: Value) -> (Self, Value) {
+    fn initialized(capabilities: Value, mut options: Value) -> (Self, Value) {
+        // Completion requests wait for the whole proposal (a slow debug build under load would
+        // otherwise get the part written by the deadline).
+        if options.get("completionWaitMs").is_none() {
+            options["completionWaitMs"] = json!(600_000);
+        }
         let mut c = Self::start(&[]);
         let result = c.request(
             1,
@@ -580,5 +585,82 @@ fn the_overlay_marks_a_corrupted_line_among_the_most_surprising() {
     // The built-in model ranks it third of 21 lines by bits per token (a model that knows Python
     // better would rank it first); the overlay marks the three most surprising.
     assert!(marked.contains(&17), "marked lines {marked:?}");
+    assert_eq!(c.shutdown_and_exit(), 0);
+}
+
+#[test]
+fn the_workspace_is_indexed_and_its_code_is_proposed() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            dir.path().join(format!("handlers_{i}.py")),
+            format!(
+                "def handler_{i}(request):\n    data = request.json()\n    return frobnicate_widget(data, retries=7, backoff=0.25)\n"
+            ),
+        )
+        .unwrap();
+    }
+    let root = format!("file://{}", dir.path().display());
+    let mut c = Client::start(&[]);
+    c.request(
+        1,
+        "initialize",
+        json!({ "capabilities": {}, "workspaceFolders": [{ "uri": root, "name": "w" }],
+                "initializationOptions": { "maxTokens": 24, "completionWaitMs": 60000 } }),
+    );
+    c.notify("initialized", json!({}));
+    let said = c.wait_for(|m| {
+        m["method"] == "window/logMessage"
+            && m["params"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("repository memory"))
+    });
+    assert!(
+        said["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("6 files"),
+        "{said}"
+    );
+    let uri = format!("{root}/new.py");
+    let text = "def handler_9(request):\n    data = request.json()\n    return frobnicate_";
+    c.open(&uri, text);
+    let list = c.request(2, "textDocument/completion", at(&uri, 2, 22));
+    assert_eq!(
+        list["items"][0]["textEdit"]["newText"], "frobnicate_widget(data, retries=7, backoff=0.25)",
+        "{list}"
+    );
+    assert_eq!(c.shutdown_and_exit(), 0);
+}
+
+#[test]
+fn a_completion_past_its_deadline_gets_the_proposal_so_far_and_generation_goes_on() {
+    let (mut c, _) =
+        Client::initialized(json!({}), json!({ "maxTokens": 48, "completionWaitMs": 1 }));
+    c.open(URI, GREET);
+    let first = c.request(2, "textDocument/completion", at(URI, 1, CURSOR_UTF16));
+    assert_eq!(first["isIncomplete"], true);
+    if let Some(item) = first["items"].get(0) {
+        assert_eq!(item["detail"], "infill (still generating)", "{first}");
+    }
+    // The generation was not stopped: once it is done, the same place is served from it whole.
+    let inline = c.request(
+        3,
+        "textDocument/inlineCompletion",
+        inline_at(URI, 1, CURSOR_UTF16, 2),
+    );
+    let whole = inline["items"][0]["insertText"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let again = c.request(4, "textDocument/completion", at(URI, 1, CURSOR_UTF16));
+    assert_eq!(again["items"][0]["textEdit"]["newText"], whole.as_str());
+    assert!(
+        again["items"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("tokens in"),
+        "{again}"
+    );
     assert_eq!(c.shutdown_and_exit(), 0);
 }
