@@ -20,6 +20,8 @@
 //! The default model is the built-in one when this build has it, else random weights in its shape.
 //! Figures are printed, never asserted.
 
+mod machine;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -34,6 +36,7 @@ use infill::model::{Model, Network, Tokenizer};
 use infill::syntax::Registry;
 use infill::tui::{App, Config, Event, FileInfo};
 use infill::worker::{Reply, Worker, WorkerOptions};
+use machine::percentile;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
@@ -42,12 +45,6 @@ const SESSION: &str = "def mean(values):\n    total = 0\n    for v in valuse\u{8
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
 }
 
 fn key(c: char) -> Event {
@@ -342,6 +339,7 @@ fn wants(section: &str) -> bool {
 }
 
 fn main() {
+    println!("cpu: {}", machine::cpu());
     if wants("draw") {
         draw_section();
     }

@@ -10,6 +10,10 @@
 
 #![allow(clippy::string_slice, clippy::expect_used, clippy::unwrap_used)]
 
+mod machine;
+
+use machine::{cpu, percentile};
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -54,28 +58,6 @@ fn response(out: &mut impl BufRead, id: u64) -> Value {
             return m;
         }
     }
-}
-
-fn cpu() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    let flags = field("flags");
-    let vector: Vec<&str> = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
-        .into_iter()
-        .filter(|f| flags.split(' ').any(|x| x == *f))
-        .collect();
-    format!("{} ({})", field("model name"), vector.join(", "))
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {

@@ -10,6 +10,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod machine;
+
+use machine::{cpu, percentile};
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,33 +22,6 @@ use infill::model::{LoadOptions, Model, ModelSource};
 use infill::rng::Rng;
 use infill::train::corpus::{self, Options};
 use rayon::prelude::*;
-
-fn cpu() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    let flags = field("flags");
-    let vector: Vec<&str> = ["avx2", "avx512f"]
-        .into_iter()
-        .filter(|f| flags.split(' ').any(|x| x == *f))
-        .collect();
-    format!(
-        "{} ({}), {} threads",
-        field("model name"),
-        vector.join(", "),
-        rayon::current_num_threads()
-    )
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
 
 fn main() {
     let repos: Vec<PathBuf> = std::env::var("INFILL_BENCH_REPOS")
