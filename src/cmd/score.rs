@@ -8,14 +8,9 @@ use std::io::{IsTerminal, Write};
 use crate::cli::ScoreArgs;
 use crate::model::score::{self, TokenScore};
 
-/// The ANSI colour of a rank bucket.
+/// The ANSI colour of a rank's bucket.
 fn colour(rank: usize) -> &'static str {
-    match rank {
-        0..=10 => "\x1b[32m",
-        11..=100 => "\x1b[33m",
-        101..=1000 => "\x1b[31m",
-        _ => "\x1b[35m",
-    }
+    ["\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[35m"][score::gltr_bucket(rank)]
 }
 
 pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {

@@ -295,14 +295,9 @@ impl Overlay {
     }
 }
 
-/// GLTR's bucket of a rank.
+/// GLTR's bucket of a rank, as a diagnostic's code.
 fn bucket(rank: usize) -> &'static str {
-    match rank {
-        0..=10 => "top-10",
-        11..=100 => "top-100",
-        101..=1000 => "top-1000",
-        _ => "beyond-1000",
-    }
+    ["top-10", "top-100", "top-1000", "beyond-1000"][crate::model::score::gltr_bucket(rank)]
 }
 
 /// Parameters that clear a document's diagnostics.

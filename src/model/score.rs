@@ -13,6 +13,17 @@ use serde::Serialize;
 use super::Model;
 use super::generate::{Alternative, alternatives, rank_of};
 
+/// GLTR's buckets of a token's rank among the model's predictions: 0 (top 10), 1 (top 100), 2
+/// (top 1000), 3 (beyond).
+pub fn gltr_bucket(rank: usize) -> usize {
+    match rank {
+        0..=10 => 0,
+        11..=100 => 1,
+        101..=1000 => 2,
+        _ => 3,
+    }
+}
+
 /// One scored token.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenScore {

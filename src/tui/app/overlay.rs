@@ -15,15 +15,7 @@ use crate::worker::{Job, Reply, ScoreRequest};
 /// Files above this many bytes are not scored (the status line says so).
 pub const MAX_OVERLAY_BYTES: usize = 512 * 1024;
 
-/// GLTR's rank buckets: 0 (top 10) to 3 (beyond the top 1000).
-pub fn bucket(rank: usize) -> usize {
-    match rank {
-        0..=10 => 0,
-        11..=100 => 1,
-        101..=1000 => 2,
-        _ => 3,
-    }
-}
+pub use crate::model::score::gltr_bucket as bucket;
 
 #[derive(Debug, Default)]
 pub(in crate::tui) struct Overlay {
