@@ -1,9 +1,10 @@
 //! The model on its own thread, so the editor never waits for it.
 //!
-//! The editor and the language server send [`Request`]s; each carries an id and a cancel flag. The newest request wins:
-//! requests still queued behind a newer one are skipped, and the editor sets the cancel flag of the
-//! one in flight as soon as the text changes, which stops generation at the next token. Replies carry
-//! the request id, so the editor can drop any reply for text that has changed since.
+//! The editor and the language server send [`Request`]s; each carries an id and a cancel flag.
+//! The newest request wins: requests still queued behind a newer one are skipped, and the sender
+//! sets the cancel flag of the one in flight as soon as the text changes, which stops generation
+//! at the next token. Replies carry the request id, so a reply for text that has changed since is
+//! dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
