@@ -503,6 +503,8 @@ impl<W: Write> Server<W> {
                 let removed = uris("removed");
                 self.folders.retain(|f| !removed.contains(f));
                 self.folders.extend(uris("added"));
+                // The memory follows the workspace (the old one serves until the new is built).
+                self.build_memory();
             }
             // Other notifications (`$/setTrace`, configuration changes) need nothing from us.
             _ => {}
