@@ -561,6 +561,8 @@ impl<W: Write> Server<W> {
         let roots: Vec<std::path::PathBuf> =
             self.folders.iter().filter_map(|f| file_path(f)).collect();
         if !self.options.memory || roots.is_empty() {
+            self.memory = None;
+            self.memory_job = None;
             return;
         }
         self.ids += 1;
