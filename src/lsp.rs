@@ -626,10 +626,17 @@ impl<W: Write> Server<W> {
             Reply::Memory {
                 id,
                 memory,
-                summary,
+                files,
+                seconds,
             } if self.memory_job == Some(id) => {
+                let tokens = memory.index().len();
                 self.memory = Some(memory);
-                self.log(3, &format!("infill: repository memory: {summary}"))?;
+                self.log(
+                    3,
+                    &format!(
+                        "infill: repository memory: {files} files, {tokens} tokens, in {seconds:.1} s"
+                    ),
+                )?;
             }
             Reply::Memory { .. } => {}
             Reply::Failed { id, message } if self.memory_job == Some(id) => {

@@ -193,11 +193,12 @@ pub enum Reply {
         id: u64,
         lines: Vec<SurprisingLine>,
     },
-    /// A memory request's result, and what it holds (for a status message).
+    /// A memory request's result: the memory, the files it holds and how long it took.
     Memory {
         id: u64,
         memory: Arc<Memory>,
-        summary: String,
+        files: usize,
+        seconds: f64,
     },
     Failed {
         id: u64,
@@ -422,6 +423,9 @@ impl Queue {
     }
 }
 
+/// Source indexed at most (in path order): about 20M tokens, an index of about 160 MB.
+const MEMORY_MAX_BYTES: usize = 64 << 20;
+
 /// Tokens of the repository's files scored to fit the memory's weights: enough to fit the short
 /// matches well, few enough that a large model is not kept from completing for long.
 const MEMORY_FIT_TOKENS: usize = 2048;
@@ -432,7 +436,16 @@ fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply))
     let started = Instant::now();
     let built = (|| -> anyhow::Result<(Memory, usize)> {
         let corpus = crate::train::corpus::collect(&request.roots, Default::default())?;
-        let texts: Vec<&str> = corpus.files.iter().map(|f| f.text.as_str()).collect();
+        let mut bytes = 0;
+        let texts: Vec<&str> = corpus
+            .files
+            .iter()
+            .map(|f| f.text.as_str())
+            .take_while(|t| {
+                bytes += t.len();
+                bytes <= MEMORY_MAX_BYTES
+            })
+            .collect();
         let (memory, _) = memory::build(model, &texts, MEMORY_FIT_TOKENS)?;
         Ok((memory, texts.len()))
     })();
@@ -441,19 +454,17 @@ fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply))
     }
     match built {
         Ok((memory, files)) => {
-            let summary = format!(
-                "{files} files, {} tokens, in {:.1} s",
-                memory.index().len(),
-                started.elapsed().as_secs_f64()
-            );
+            let seconds = started.elapsed().as_secs_f64();
             tracing::info!(
-                "repository memory: {summary}; weights {:?}",
+                "repository memory: {files} files, {} tokens, in {seconds:.1} s; weights {:?}",
+                memory.index().len(),
                 memory.weights()
             );
             reply(Reply::Memory {
                 id: request.id,
                 memory: Arc::new(memory),
-                summary,
+                files,
+                seconds,
             });
         }
         Err(e) => reply(Reply::Failed {

@@ -26,7 +26,7 @@ use crate::text::{Document, Group, Pos};
 use crate::worker::{Job, Reply};
 pub(super) use buffer::Buffer;
 use buffer::Edit;
-pub(super) use completion::{Completion, Ghost, ModelState};
+pub(super) use completion::{Completion, Ghost, MemoryState, ModelState};
 pub(super) use viewport::Viewport;
 
 /// Everything the editor reacts to.

@@ -10,6 +10,7 @@
 //! min_confidence = 0.0  # cut proposals before a token less probable than this (0: off)
 //! confidence_colours = false   # colour ghost text by token probability (F4 toggles)
 //! exact_cache = false   # never reuse the suffix's keys and values out of place while typing
+//! memory = true         # index the file's git repository as repository memory
 //!
 //! [keys]                # completion actions; one key or a list
 //! accept = "tab"
@@ -202,6 +203,8 @@ pub struct Config {
     /// Compute every prompt exactly: no reuse of keys and values out of place while typing
     /// (slower by the suffix's length per keystroke in the PSM order).
     pub exact_cache: bool,
+    /// Index the code of the file's git repository and mix it into every proposal.
+    pub memory: bool,
     pub ghost: Color,
     /// NO_COLOR is set: no colours, only attributes (dim, bold, reverse).
     pub no_color: bool,
@@ -232,6 +235,7 @@ impl Default for Config {
             min_confidence: 0.0,
             confidence_colours: false,
             exact_cache: false,
+            memory: true,
             ghost: Color::DarkGray,
             no_color,
             keymap: Keymap { keys },
@@ -261,6 +265,7 @@ struct RawEditor {
     min_confidence: Option<f32>,
     confidence_colours: Option<bool>,
     exact_cache: Option<bool>,
+    memory: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +375,7 @@ impl Config {
             min_confidence,
             confidence_colours: e.confidence_colours.unwrap_or(d.confidence_colours),
             exact_cache: e.exact_cache.unwrap_or(d.exact_cache),
+            memory: e.memory.unwrap_or(d.memory),
             ghost,
             no_color,
             keymap: Keymap { keys },

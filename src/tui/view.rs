@@ -11,7 +11,7 @@ use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 use super::app::overlay;
 use super::app::viewport::MIN_SIZE;
-use super::app::{App, Mode, ModelState, Viewport};
+use super::app::{App, MemoryState, Mode, ModelState, Viewport};
 use super::config::Action;
 use crate::model::score::TokenScore;
 use crate::syntax::highlight::HighlightKind;
@@ -433,7 +433,16 @@ impl App {
                     (true, false, None) => " │ overlay".to_owned(),
                     _ => String::new(),
                 };
-                (short.to_owned(), stats, format!("{alternatives}{overlay}"))
+                let memory = match &self.completion.memory {
+                    MemoryState::Off => String::new(),
+                    MemoryState::Building { .. } => " │ memory: indexing…".to_owned(),
+                    MemoryState::Ready { files, .. } => format!(" │ memory {files} files"),
+                };
+                (
+                    short.to_owned(),
+                    stats,
+                    format!("{alternatives}{overlay}{memory}"),
+                )
             }
         };
         let w = area.width as usize;

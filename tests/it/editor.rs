@@ -9,7 +9,7 @@ use infill::model::score::TokenScore;
 use infill::syntax::Registry;
 use infill::text::Pos;
 use infill::tui::{self, App, Config, Event, FileInfo};
-use infill::worker::{Job, Proposal, Reply, Request, ScoreRequest};
+use infill::worker::{Job, MemoryRequest, Proposal, Reply, Request, ScoreRequest};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::{Color, Modifier};
@@ -23,6 +23,7 @@ struct Ed {
     now: Instant,
     requests: Vec<Request>,
     scores: Vec<ScoreRequest>,
+    memories: Vec<MemoryRequest>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -63,6 +64,7 @@ impl Ed {
             now,
             requests: Vec::new(),
             scores: Vec::new(),
+            memories: Vec::new(),
             _dir: dir,
         };
         ed.draw();
@@ -120,7 +122,7 @@ impl Ed {
                 Job::Complete(r) => self.requests.push(r),
                 Job::Score(r) => self.scores.push(r),
                 Job::Lines(r) => panic!("the editor asked for line scores: {r:?}"),
-                Job::Memory(r) => panic!("the editor asked for repository memory: {r:?}"),
+                Job::Memory(r) => self.memories.push(r),
             }
         }
     }
@@ -1083,4 +1085,59 @@ fn a_narrow_status_bar_keeps_its_parts_apart() {
         status.contains("Col 1 ") && status.contains("│ idle"),
         "{status:?}"
     );
+}
+
+#[test]
+fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join("pkg")).unwrap();
+    let path = dir.path().join("pkg").join("a.py");
+    std::fs::write(&path, "x = 1\n").unwrap();
+    let app = App::new("x = 1\n", file_info(&path), config(), None);
+    let mut ed = Ed::with_app(app, Some(dir));
+    ed.collect();
+    ed.draw();
+    assert_eq!(
+        ed.memories.len(),
+        1,
+        "the model is ready: index the repository"
+    );
+    assert_eq!(
+        ed.memories[0].roots,
+        [path.parent().unwrap().parent().unwrap()]
+    );
+    assert!(
+        ed.screen()[H as usize - 2].contains("memory: indexing…"),
+        "{:?}",
+        ed.screen()
+    );
+    let memory = infill::memory::Memory::new(
+        infill::memory::Index::build(&[vec![1u32, 2, 3]]),
+        infill::memory::Weights::constant(0.5),
+    );
+    let id = ed.memories[0].id;
+    ed.reply(Reply::Memory {
+        id,
+        memory: std::sync::Arc::new(memory),
+        files: 3,
+        seconds: 0.1,
+    });
+    assert!(
+        ed.screen()[H as usize - 2].contains("memory 3 files"),
+        "{:?}",
+        ed.screen()
+    );
+    // Every request from now on carries it.
+    ed.press(KeyCode::End).typed(" + 2").idle();
+    let r = ed.requests.last().expect("a request after typing");
+    assert!(r.settings.prior.is_some());
+}
+
+#[test]
+fn a_file_outside_a_repository_indexes_nothing() {
+    let mut ed = Ed::new("a.py", "x = 1\n");
+    ed.typed("y").idle();
+    assert!(ed.memories.is_empty());
+    assert!(ed.requests.last().unwrap().settings.prior.is_none());
 }

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use super::App;
 use crate::complete::{PREFIX_BYTES, SUFFIX_BYTES, Settings};
+use crate::memory::Memory;
+use crate::model::generate::Prior;
 use crate::model::generate::Sampling;
 use crate::text::{Group, Pos, display};
 use crate::tui::config::Action;
-use crate::worker::{Job, Preview, Proposal, Reply, Request};
+use crate::worker::{Job, MemoryRequest, Preview, Proposal, Reply, Request};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(in crate::tui) enum ModelState {
@@ -142,6 +144,23 @@ pub(in crate::tui) struct Completion {
     /// The last finished proposal's figures, for the status line.
     pub last: Option<Proposal>,
     recent: Recent,
+    /// Repository memory: the file's git repository, indexed once the model is ready.
+    pub memory: MemoryState,
+}
+
+/// Where the repository memory stands.
+#[derive(Debug, Clone, Default)]
+pub(in crate::tui) enum MemoryState {
+    /// Not asked for (no git repository, or turned off).
+    #[default]
+    Off,
+    Building {
+        job: u64,
+    },
+    Ready {
+        memory: Arc<Memory>,
+        files: usize,
+    },
 }
 
 impl Default for Completion {
@@ -153,6 +172,7 @@ impl Default for Completion {
             due: None,
             last: None,
             recent: Recent::default(),
+            memory: MemoryState::Off,
         }
     }
 }
@@ -248,6 +268,31 @@ impl App {
         }
     }
 
+    /// Asks the worker to index the file's git repository (the nearest folder above it with a
+    /// `.git`); nothing outside a repository is indexed.
+    fn build_memory(&mut self) {
+        if !self.config.memory || !self.config.completions {
+            return;
+        }
+        let Some(root) = self
+            .file
+            .path
+            .ancestors()
+            .skip(1)
+            .find(|d| d.join(".git").exists())
+            .map(std::path::Path::to_path_buf)
+        else {
+            return;
+        };
+        let job = self.new_id();
+        self.completion.memory = MemoryState::Building { job };
+        self.requests.push(Job::Memory(MemoryRequest {
+            id: job,
+            roots: vec![root],
+            cancel: Arc::new(AtomicBool::new(false)),
+        }));
+    }
+
     /// Ctrl-Space, or the trigger key: ask now.
     pub(super) fn ask_now(&mut self) {
         self.completion.due = None;
@@ -266,8 +311,14 @@ impl App {
             RequestKind::Proposal => Sampling::default(),
             RequestKind::Alternative => Sampling::alternative(id),
         };
-        let settings =
-            Settings::interactive(sampling, self.config.max_tokens, self.config.min_confidence);
+        let prior = match &self.completion.memory {
+            MemoryState::Ready { memory, .. } => Some(Arc::clone(memory) as Arc<dyn Prior>),
+            _ => None,
+        };
+        let settings = Settings {
+            prior,
+            ..Settings::interactive(sampling, self.config.max_tokens, self.config.min_confidence)
+        };
         let (prefix, suffix) = self.context();
         let key = context_key(&prefix, &suffix);
         self.requests.push(Job::Complete(Request {
@@ -294,7 +345,22 @@ impl App {
     pub(super) fn completion_reply(&mut self, reply: Reply) -> Option<Reply> {
         let c = &mut self.completion;
         match reply {
-            Reply::Ready { model } => c.model = ModelState::Ready(model),
+            Reply::Ready { model } => {
+                c.model = ModelState::Ready(model);
+                self.build_memory();
+            }
+            Reply::Memory {
+                id, memory, files, ..
+            } => {
+                if matches!(c.memory, MemoryState::Building { job } if job == id) {
+                    c.memory = MemoryState::Ready { memory, files };
+                }
+            }
+            Reply::Failed { id, ref message } if matches!(c.memory, MemoryState::Building { job } if job == id) =>
+            {
+                c.memory = MemoryState::Off;
+                self.warn(format!("no repository memory: {message}"));
+            }
             Reply::Unavailable { message } => {
                 c.invalidate();
                 self.warn(format!("no completions: {message}"));
