@@ -134,8 +134,8 @@ pub struct EditArgs {
 pub struct LspArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Settings file; its [editor] max_tokens, min_confidence and exact_cache apply (default:
-    /// $XDG_CONFIG_HOME/infill/config.toml, if it exists).
+    /// Settings file; its [editor] max_tokens, min_confidence, exact_cache and memory apply
+    /// (default: $XDG_CONFIG_HOME/infill/config.toml, if it exists).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Turn the probability overlay on from the start (the client can toggle it with the

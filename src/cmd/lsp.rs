@@ -11,6 +11,7 @@ pub fn run(args: &LspArgs) -> anyhow::Result<()> {
         max_tokens: config.max_tokens,
         min_confidence: config.min_confidence,
         shift_reuse: !config.exact_cache,
+        memory: config.memory,
         overlay: args.overlay,
         ..Options::default()
     };
