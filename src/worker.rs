@@ -145,6 +145,9 @@ pub struct Proposal {
     /// The prompt's tokens, those served from the cache, and of those the ones reused out of
     /// place (keys rotated to new positions after a change before them).
     pub cache: CacheUse,
+    /// How much of the proposal repository memory gave: the mean share of its tokens'
+    /// probability that came from it (0 without memory).
+    pub from_memory: f32,
 }
 
 /// How a proposal's prompt used the KV cache.
@@ -644,6 +647,7 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
                 id: request.id,
                 proposal: Proposal {
                     confidence: confidence(&c.generation.tokens, c.text.len()),
+                    from_memory: from_memory(&c.generation.tokens, c.text.len()),
                     text: c.text,
                     tokens,
                     first_token_ms: first_token.unwrap_or(total_ms),
@@ -665,6 +669,25 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
                 message: e.to_string(),
             });
         }
+    }
+}
+
+/// The mean share of memory in the tokens that start inside the first `len` bytes.
+fn from_memory(tokens: &[GeneratedToken], len: usize) -> f32 {
+    let mut end = 0;
+    let shares: Vec<f32> = tokens
+        .iter()
+        .take_while(|t| {
+            let inside = end < len;
+            end += t.bytes.len();
+            inside
+        })
+        .map(|t| t.from_prior)
+        .collect();
+    if shares.is_empty() {
+        0.0
+    } else {
+        shares.iter().sum::<f32>() / shares.len() as f32
     }
 }
 

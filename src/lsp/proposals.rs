@@ -443,6 +443,12 @@ fn completion_item(w: &Waiting, p: &str, info: Option<&Proposal>, partial: bool)
     let more = full.trim_end().contains('\n');
     let detail = match info {
         _ if partial => "infill (still generating)".to_owned(),
+        Some(i) if i.from_memory >= 0.05 => format!(
+            "infill · {} tokens in {:.0} ms · {:.0}% from repository memory",
+            i.tokens,
+            i.total_ms,
+            i.from_memory * 100.0
+        ),
         Some(i) => format!("infill · {} tokens in {:.0} ms", i.tokens, i.total_ms),
         None => "infill".to_owned(),
     };

@@ -111,6 +111,13 @@ pub struct GeneratedToken {
     /// 1 for the most probable token.
     pub rank: usize,
     pub top: Vec<Alternative>,
+    /// The share of its probability that came from a prior (repository memory): 0 without one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub from_prior: f32,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 impl GeneratedToken {
@@ -124,6 +131,7 @@ impl GeneratedToken {
             prob,
             rank: 1,
             top: Vec::new(),
+            from_prior: 0.0,
         }
     }
 }
@@ -273,6 +281,21 @@ pub fn mix(logits: &mut [f32], guess: &PriorGuess) {
     }
 }
 
+/// The share of token `id`'s probability in the mixed `log_probs` that the prior's guess gave.
+fn prior_share(guess: &PriorGuess, log_probs: &[f32], id: u32) -> f32 {
+    let q = guess
+        .probs
+        .iter()
+        .find(|(t, _)| *t == id)
+        .map_or(0.0, |(_, q)| *q);
+    let mixed = log_probs.get(id as usize).map_or(0.0, |l| l.exp());
+    if mixed > 0.0 {
+        (guess.weight.clamp(0.0, 1.0) * q / mixed).min(1.0)
+    } else {
+        0.0
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -328,10 +351,9 @@ pub fn generate_request(
             break StopReason::TimeBudget;
         }
         let mut row: Vec<f32> = logits.to_vec1()?;
-        if let Some((prior, _)) = request.prior
-            && let Some(guess) = prior.next(&document)
-        {
-            mix(&mut row, &guess);
+        let guess = request.prior.and_then(|(prior, _)| prior.next(&document));
+        if let Some(g) = &guess {
+            mix(&mut row, g);
         }
         // A small model sometimes puts its mass on a prompt marker (`<|fim_suffix|>` where a line
         // should end); no middle can hold one, so the choice is among the tokens that can be
@@ -361,6 +383,9 @@ pub fn generate_request(
         // the healed text (its plain probability would be tiny: the rest of the vocabulary is out).
         let scores = if healing { &textual } else { &row };
         let mut token = describe(tokenizer, scores, id, limits.top_alternatives);
+        if let Some(g) = &guess {
+            token.from_prior = prior_share(g, &row, id);
+        }
         let healed = pending.len().min(token.bytes.len());
         pending = pending.get(healed..).unwrap_or_default();
         if healed == token.bytes.len() {
@@ -533,6 +558,7 @@ fn describe(tokenizer: &Tokenizer, logits: &[f32], id: u32, top: usize) -> Gener
         prob: probs.get(id as usize).copied().unwrap_or(0.0) as f32,
         rank,
         top,
+        from_prior: 0.0,
     }
 }
 

@@ -436,6 +436,16 @@ impl App {
                 let memory = match &self.completion.memory {
                     MemoryState::Off => String::new(),
                     MemoryState::Building { .. } => " │ memory: indexing…".to_owned(),
+                    // A proposal that came mostly from repository memory says so.
+                    MemoryState::Ready { .. }
+                        if self
+                            .completion
+                            .last
+                            .as_ref()
+                            .is_some_and(|p| p.from_memory >= 0.5) =>
+                    {
+                        " │ from memory".to_owned()
+                    }
                     MemoryState::Ready { files, .. } => format!(" │ memory {files} files"),
                 };
                 (

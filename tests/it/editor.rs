@@ -151,6 +151,7 @@ impl Ed {
                 stop: infill::model::generate::StopReason::EndToken,
                 confidence,
                 cache: Default::default(),
+                from_memory: 0.0,
             },
         })
     }
@@ -1128,10 +1129,30 @@ fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
         "{:?}",
         ed.screen()
     );
-    // Every request from now on carries it.
+    // Every request from now on carries it, and a proposal that came mostly from it says so.
     ed.press(KeyCode::End).typed(" + 2").idle();
     let r = ed.requests.last().expect("a request after typing");
     assert!(r.settings.prior.is_some());
+    let id = r.id;
+    ed.reply(Reply::Done {
+        id,
+        proposal: Proposal {
+            text: " + 3".into(),
+            tokens: 2,
+            first_token_ms: 5.0,
+            total_ms: 9.0,
+            tokens_per_second: 200.0,
+            stop: infill::model::generate::StopReason::EndToken,
+            confidence: Vec::new(),
+            cache: Default::default(),
+            from_memory: 0.9,
+        },
+    });
+    assert!(
+        ed.screen()[H as usize - 2].contains("from memory"),
+        "{:?}",
+        ed.screen()
+    );
 }
 
 #[test]

@@ -630,6 +630,8 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
         list["items"][0]["textEdit"]["newText"], "frobnicate_widget(data, retries=7, backoff=0.25)",
         "{list}"
     );
+    let detail = list["items"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("% from repository memory"), "{detail}");
     assert_eq!(c.shutdown_and_exit(), 0);
 }
 

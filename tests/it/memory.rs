@@ -40,7 +40,7 @@ fn a_line_the_repository_holds_is_proposed_from_the_index() {
             prior: prior.map(|m| m as Arc<dyn infill::model::generate::Prior>),
             ..Settings::default()
         };
-        complete::complete(
+        let c = complete::complete(
             &mut model,
             doc,
             cursor,
@@ -49,11 +49,12 @@ fn a_line_the_repository_holds_is_proposed_from_the_index() {
             None,
             |_, _| Flow::Continue,
         )
-        .unwrap()
-        .text
+        .unwrap();
+        let shares: Vec<f32> = c.generation.tokens.iter().map(|t| t.from_prior).collect();
+        (c.text, shares)
     };
-    let without = run(None);
-    let with = run(Some(Arc::new(memory)));
+    let (without, no_shares) = run(None);
+    let (with, shares) = run(Some(Arc::new(memory)));
     assert_eq!(
         with, "widget(data, retries=7, backoff=0.25)",
         "without: {without:?}"
@@ -61,6 +62,13 @@ fn a_line_the_repository_holds_is_proposed_from_the_index() {
     assert_ne!(
         without, with,
         "the built-in model alone does not know this call"
+    );
+    // Each token records how much of it the memory gave: most of it here, nothing without.
+    assert!(no_shares.iter().all(|&s| s == 0.0));
+    let mean = shares.iter().sum::<f32>() / shares.len() as f32;
+    assert!(
+        mean > 0.5 && shares.iter().all(|s| (0.0..=1.0).contains(s)),
+        "{shares:?}"
     );
 }
 
