@@ -19,11 +19,15 @@ use crate::model::{Model, Tokenizer};
 
 /// An index of `files` under `tokenizer` (tokenized on all cores).
 pub fn index_files(tokenizer: &Tokenizer, files: &[&str]) -> Index {
-    let documents: Vec<Vec<u32>> = files
+    Index::build(&tokenize(tokenizer, files))
+}
+
+/// Every file's token ids, on all cores (a file the tokenizer refuses is empty).
+fn tokenize(tokenizer: &Tokenizer, files: &[&str]) -> Vec<Vec<u32>> {
+    files
         .par_iter()
         .map(|text| tokenizer.encode(text).unwrap_or_default())
-        .collect();
-    Index::build(&documents)
+        .collect()
 }
 
 /// Weights for `memory` fitted on `texts`, which its index must not hold: each is scored by the
@@ -79,18 +83,24 @@ pub fn build(
         );
     }
     let every = (texts.len() / 5).clamp(2, 20);
-    let pick = |tune: bool| -> Vec<&str> {
-        texts
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| (i % every == every - 1) == tune)
-            .map(|(_, t)| *t)
-            .collect()
-    };
-    let (tuning, rest) = (pick(true), pick(false));
-    let without = Memory::new(index_files(&model.tokenizer, &rest), Weights::constant(0.0));
+    let is_tuning = |i: usize| i % every == every - 1;
+    // Each file is tokenized once, for both indexes.
+    let documents = tokenize(&model.tokenizer, texts);
+    let rest: Vec<&[u32]> = documents
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !is_tuning(*i))
+        .map(|(_, d)| d.as_slice())
+        .collect();
+    let tuning: Vec<&str> = texts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| is_tuning(*i))
+        .map(|(_, t)| *t)
+        .collect();
+    let without = Memory::new(Index::build(&rest), Weights::constant(0.0));
     let (weights, samples) = fit_weights(model, &without, &tuning, fit_tokens)?;
-    let memory = Memory::new(index_files(&model.tokenizer, texts), weights);
+    let memory = Memory::new(Index::build(&documents), weights);
     Ok((
         memory,
         Fit {
