@@ -70,6 +70,8 @@ pub struct Options {
     pub overlay_min_rank: usize,
     /// Index the workspace folders' code as repository memory for every proposal.
     pub memory: bool,
+    /// Where the memory is kept between runs (infill's cache folder; none: built every time).
+    pub cache: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             overlay: false,
             overlay_min_rank: 100,
             memory: true,
+            cache: None,
         }
     }
 }
@@ -234,6 +237,9 @@ pub fn serve(
         overlay: overlay::Overlay::default(),
         memory: None,
         memory_job: None,
+        memory_roots: Vec::new(),
+        memory_stale: false,
+        memory_views: HashMap::new(),
     };
     loop {
         let deadline = [server.proposals.deadline(), server.overlay.deadline()]
@@ -303,6 +309,11 @@ struct Server<W: Write> {
     /// The workspace's code, once indexed, and the job indexing it.
     memory: Option<std::sync::Arc<Memory>>,
     memory_job: Option<u64>,
+    /// The folders the memory (or the job) holds, and whether a file was saved since it began.
+    memory_roots: Vec<std::path::PathBuf>,
+    memory_stale: bool,
+    /// The memory as each document's proposals see it: without the document's own file.
+    memory_views: HashMap<std::path::PathBuf, std::sync::Arc<Memory>>,
 }
 
 impl<W: Write> Server<W> {
@@ -477,6 +488,7 @@ impl<W: Write> Server<W> {
             "textDocument/didSave" => {
                 if let Ok(p) = parse::<DidSaveTextDocumentParams>(params) {
                     self.overlay_changed(p.text_document.uri.as_str(), true)?;
+                    self.refresh_memory();
                 }
             }
             "textDocument/didClose" => {
@@ -556,22 +568,52 @@ impl<W: Write> Server<W> {
         }
     }
 
-    /// Asks the worker to index the workspace folders (after any proposal someone waits for).
+    /// Asks the worker to index the workspace folders (after any proposal someone waits for):
+    /// from infill's cache where it holds them, tokenizing only the files changed since.
     fn build_memory(&mut self) {
         let roots: Vec<std::path::PathBuf> =
             self.folders.iter().filter_map(|f| file_path(f)).collect();
         if !self.options.memory || roots.is_empty() {
             self.memory = None;
             self.memory_job = None;
+            self.memory_views.clear();
             return;
         }
+        let previous = self.memory.clone().filter(|_| self.memory_roots == roots);
         self.ids += 1;
         self.memory_job = Some(self.ids);
+        self.memory_stale = false;
+        self.memory_roots = roots.clone();
         self.worker.submit(Job::Memory(MemoryRequest {
             id: self.ids,
             roots,
+            cache: self.options.cache.clone(),
+            previous,
             cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }));
+    }
+
+    /// After a save: the memory catches up with the folders' files, indexing only what changed
+    /// (once the job in flight, if any, is done).
+    fn refresh_memory(&mut self) {
+        if self.memory_job.is_some() {
+            self.memory_stale = true;
+        } else if self.memory.is_some() {
+            self.build_memory();
+        }
+    }
+
+    /// The memory for proposals in `uri`: without that file's own indexed copy.
+    fn memory_for(&mut self, uri: &str) -> Option<std::sync::Arc<Memory>> {
+        let memory = self.memory.as_ref()?;
+        let Some(path) = file_path(uri) else {
+            return Some(std::sync::Arc::clone(memory));
+        };
+        let view = self
+            .memory_views
+            .entry(path)
+            .or_insert_with_key(|path| std::sync::Arc::new(memory.without(path)));
+        Some(std::sync::Arc::clone(view))
     }
 
     /// Says, once and only after initialization, that there is no model; requests get empty
@@ -629,8 +671,13 @@ impl<W: Write> Server<W> {
                 files,
                 seconds,
             } if self.memory_job == Some(id) => {
-                let tokens = memory.index().len();
+                let tokens = memory.documents().len();
                 self.memory = Some(memory);
+                self.memory_job = None;
+                self.memory_views.clear();
+                if self.memory_stale {
+                    self.build_memory();
+                }
                 self.log(
                     3,
                     &format!(
@@ -641,6 +688,7 @@ impl<W: Write> Server<W> {
             Reply::Memory { .. } => {}
             Reply::Failed { id, message } if self.memory_job == Some(id) => {
                 self.memory_job = None;
+                self.memory_stale = false;
                 self.log(2, &format!("infill: no repository memory: {message}"))?;
             }
             Reply::Failed { id, message } => {
@@ -717,6 +765,7 @@ impl<W: Write> Server<W> {
     ) -> Result<Option<Value>, RpcError> {
         let p = parse::<TextDocumentPositionParams>(params)?;
         let uri = p.text_document.uri.as_str();
+        let prior = self.memory_for(uri);
         let Some(doc) = self.docs.get(uri) else {
             return Err(RpcError::params(format!(
                 "{uri} is not open: send textDocument/didOpen first"
@@ -744,10 +793,7 @@ impl<W: Write> Server<W> {
                 encoding: self.encoding,
                 max_tokens: self.options.max_tokens,
                 min_confidence: self.options.min_confidence,
-                prior: self
-                    .memory
-                    .clone()
-                    .map(|m| m as std::sync::Arc<dyn crate::model::generate::Prior>),
+                prior: prior.map(|m| m as std::sync::Arc<dyn crate::model::generate::Prior>),
             },
             &self.worker,
             &mut self.ids,
@@ -847,6 +893,20 @@ fn file_path(uri: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(String::from_utf8(out).ok()?))
 }
 
+/// The `file:` URI of an absolute path (bytes other than letters, digits, `/` and `-._~`
+/// percent-escaped).
+fn file_uri(path: &std::path::Path) -> String {
+    let mut uri = String::from("file://");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri
+}
+
 /// Parses a request's parameters.
 fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
     serde_json::from_value(params).map_err(|e| RpcError::params(format!("bad parameters: {e}")))
@@ -880,5 +940,8 @@ mod tests {
             Some("/home/a b/café".into())
         );
         assert_eq!(file_path("untitled:Untitled-1"), None);
+        let path = std::path::Path::new("/home/a b/café#1.rs");
+        assert_eq!(file_uri(path), "file:///home/a%20b/caf%C3%A9%231.rs");
+        assert_eq!(file_path(&file_uri(path)).as_deref(), Some(path));
     }
 }

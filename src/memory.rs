@@ -7,24 +7,53 @@
 //! on token ids, so it works for every model infill loads; the model knows it only through the
 //! `Prior` trait.
 
+mod documents;
 mod index;
 mod prior;
+mod store;
 
+pub use documents::{Change, Current, Document, Documents, Location};
 pub use index::{Continuation, Index, Match, Occurrence};
 pub use prior::{Memory, Sample, Weights};
+pub use store::Store;
+
+use std::path::PathBuf;
 
 use rayon::prelude::*;
 
+use crate::hash::fnv1a;
 use crate::model::{Model, Tokenizer};
 
-/// An index of `files` under `tokenizer` (tokenized on all cores).
-pub fn index_files(tokenizer: &Tokenizer, files: &[&str]) -> Index {
-    Index::build(&tokenize(tokenizer, files))
+/// A file to remember: where it is and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct File<'a> {
+    pub path: &'a std::path::Path,
+    pub text: &'a str,
 }
 
-/// Every file's token ids, on all cores (a file the tokenizer refuses is empty).
-fn tokenize(tokenizer: &Tokenizer, files: &[&str]) -> Vec<Vec<u32>> {
-    files
+/// `files` tokenized (on all cores) and indexed.
+pub fn documents(tokenizer: &Tokenizer, files: &[File]) -> Documents {
+    let tokens = tokenize(tokenizer, files.iter().map(|f| f.text));
+    Documents::build(
+        files
+            .iter()
+            .zip(tokens)
+            .map(|(f, tokens)| Document {
+                path: f.path.to_path_buf(),
+                hash: fnv1a(f.text.as_bytes()),
+                tokens,
+            })
+            .collect(),
+    )
+}
+
+/// Every text's token ids, on all cores (a text the tokenizer refuses is empty).
+pub fn tokenize<'a>(
+    tokenizer: &Tokenizer,
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Vec<Vec<u32>> {
+    let texts: Vec<&str> = texts.into_iter().collect();
+    texts
         .par_iter()
         .map(|text| tokenizer.encode(text).unwrap_or_default())
         .collect()
@@ -63,49 +92,151 @@ pub fn fit_weights(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fit {
     /// Files the weights were fitted on (every k-th: a fifth of a small repository, a twentieth
-    /// of a large one), with the index built from the others.
+    /// of a large one), with the index of the others.
     pub files: usize,
     /// Tokens of theirs the fit rests on.
     pub samples: usize,
 }
 
-/// Memory of `texts` (a repository's files): weights fitted on a slice of them with the index
-/// built from the rest (at most `fit_tokens` scored), then every file indexed.
-pub fn build(
+/// Weights for `documents` (which hold `files`), fitted on a slice of the files with the others
+/// as the index (at most `fit_tokens` scored). The slice is taken out as a change, so no second
+/// index is built.
+pub fn fit(
     model: &mut Model,
-    texts: &[&str],
+    documents: &Documents,
+    files: &[File],
     fit_tokens: usize,
-) -> anyhow::Result<(Memory, Fit)> {
-    if texts.len() < 2 {
+) -> anyhow::Result<(Weights, Fit)> {
+    if files.len() < 2 {
         anyhow::bail!(
             "repository memory needs two files or more (one to index, one to fit on); there are {}",
-            texts.len()
+            files.len()
         );
     }
-    let every = (texts.len() / 5).clamp(2, 20);
-    let is_tuning = |i: usize| i % every == every - 1;
-    // Each file is tokenized once, for both indexes.
-    let documents = tokenize(&model.tokenizer, texts);
-    let rest: Vec<&[u32]> = documents
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !is_tuning(*i))
-        .map(|(_, d)| d.as_slice())
-        .collect();
-    let tuning: Vec<&str> = texts
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| is_tuning(*i))
-        .map(|(_, t)| *t)
-        .collect();
-    let without = Memory::new(Index::build(&rest), Weights::constant(0.0));
-    let (weights, samples) = fit_weights(model, &without, &tuning, fit_tokens)?;
-    let memory = Memory::new(Index::build(&documents), weights);
+    let every = (files.len() / 5).clamp(2, 20);
+    let tuning: Vec<&File> = files.iter().skip(every - 1).step_by(every).collect();
+    let without = documents.with_changes(tuning.iter().map(|f| (f.path.to_path_buf(), None)));
+    let texts: Vec<&str> = tuning.iter().map(|f| f.text).collect();
+    let (weights, samples) = fit_weights(
+        model,
+        &Memory::new(without, Weights::constant(0.0)),
+        &texts,
+        fit_tokens,
+    )?;
     Ok((
-        memory,
+        weights,
         Fit {
             files: tuning.len(),
             samples,
         },
     ))
+}
+
+/// Memory of `files` (a repository's): every file indexed, with weights fitted as [`fit`] does.
+pub fn build(
+    model: &mut Model,
+    files: &[File],
+    fit_tokens: usize,
+) -> anyhow::Result<(Memory, Fit)> {
+    let documents = documents(&model.tokenizer, files);
+    let (weights, fit) = fit(model, &documents, files, fit_tokens)?;
+    Ok((Memory::new(documents, weights), fit))
+}
+
+/// How [`open`] came by a memory.
+#[derive(Debug)]
+pub struct Opened {
+    pub memory: Memory,
+    /// Files taken unchanged (from the memory before, or the store), and files tokenized now.
+    pub reused: usize,
+    pub tokenized: usize,
+    /// Whether the weights were fitted now (else they were the memory's before, or stored).
+    pub fitted: bool,
+    /// Whether the memory was served with changes on top, which the store does not have yet:
+    /// [`Store::save`] folds them in, which is left to the caller, off the path to the next
+    /// proposal.
+    pub unsaved: bool,
+}
+
+/// Memory of `files`. What is already known is taken as it is, with the files that changed since
+/// (by content hash) as changes on top: the memory `previous` (a refresh after a save), else an
+/// index in `store` (reopening a repository). Either way only what changed is tokenized and no
+/// index is built. Weights come from `previous`, else from the store when this model fitted them,
+/// else they are fitted now. What is new is written back to the store.
+pub fn open(
+    model: &mut Model,
+    files: &[File],
+    store: Option<&Store>,
+    previous: Option<&Memory>,
+    fit_tokens: usize,
+) -> anyhow::Result<Opened> {
+    let tokenizer_key = store::tokenizer_key(&model.tokenizer);
+    let known = previous.map(|m| m.documents().clone()).or_else(|| {
+        store.and_then(|s| match s.load(tokenizer_key) {
+            Ok(documents) => documents,
+            Err(e) => {
+                tracing::warn!("repository memory: {e:#}; indexing again");
+                None
+            }
+        })
+    });
+    let (documents, reused, tokenized, unsaved) = match known {
+        Some(known) => {
+            let (changes, reused) = store::changes(&known, files, &model.tokenizer);
+            let tokenized = changes.iter().filter(|(_, c)| c.is_some()).count();
+            let documents = known.with_changes(changes);
+            let unsaved = documents.changed_tokens() > 0;
+            (documents, reused, tokenized, unsaved)
+        }
+        None => {
+            let documents = documents(&model.tokenizer, files);
+            if let Some(store) = store
+                && let Err(e) = store.save(&documents, tokenizer_key)
+            {
+                tracing::warn!("repository memory: not stored: {e:#}");
+            }
+            (documents, 0, files.len(), false)
+        }
+    };
+    let known_weights = match previous {
+        Some(m) => Some(m.weights().clone()),
+        None => store.and_then(|s| s.weights(store::model_key(model, tokenizer_key))),
+    };
+    let fitted = known_weights.is_none();
+    let weights = match known_weights {
+        Some(w) => w,
+        None => {
+            let (weights, _) = fit(model, &documents, files, fit_tokens)?;
+            if let Some(store) = store
+                && let Err(e) = store.save_weights(store::model_key(model, tokenizer_key), &weights)
+            {
+                tracing::warn!("repository memory: weights not stored: {e:#}");
+            }
+            weights
+        }
+    };
+    Ok(Opened {
+        memory: Memory::new(documents, weights),
+        reused,
+        tokenized,
+        fitted,
+        unsaved,
+    })
+}
+
+/// The change that a file's new `text` makes: its hash and tokens.
+pub fn change(tokenizer: &Tokenizer, path: &std::path::Path, text: &str) -> (PathBuf, Change) {
+    let tokens = tokenizer.encode(text).unwrap_or_default();
+    (
+        path.to_path_buf(),
+        Some(Current {
+            hash: fnv1a(text.as_bytes()),
+            tokens: tokens.into(),
+        }),
+    )
+}
+
+/// The tokenizer key a store files an index under.
+pub fn tokenizer_key(tokenizer: &Tokenizer) -> u64 {
+    store::tokenizer_key(tokenizer)
 }

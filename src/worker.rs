@@ -97,6 +97,11 @@ pub struct SurprisingLine {
 pub struct MemoryRequest {
     pub id: u64,
     pub roots: Vec<std::path::PathBuf>,
+    /// infill's cache folder, where the memory is kept between runs (none: built every time).
+    pub cache: Option<std::path::PathBuf>,
+    /// The memory of these roots before (a refresh after a save): only what changed since is
+    /// indexed again.
+    pub previous: Option<Arc<Memory>>,
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -148,6 +153,21 @@ pub struct Proposal {
     /// How much of the proposal repository memory gave: the mean share of its tokens'
     /// probability that came from it (0 without memory).
     pub from_memory: f32,
+    /// Where a proposal that came mostly from memory was found.
+    pub source: Option<Source>,
+}
+
+/// A place in the repository: a file and a line (from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub path: std::path::PathBuf,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
 }
 
 /// How a proposal's prompt used the KV cache.
@@ -434,35 +454,67 @@ const MEMORY_MAX_BYTES: usize = 64 << 20;
 const MEMORY_FIT_TOKENS: usize = 2048;
 
 /// Builds repository memory from every file of the roots (the training corpus's walk and
-/// filters), as [`memory::build`] does.
+/// filters), as [`memory::open`] does: from the memory before or the store where they hold it.
 fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply)) {
     let started = Instant::now();
-    let built = (|| -> anyhow::Result<(Memory, usize)> {
-        let corpus = crate::train::corpus::collect(&request.roots, Default::default())?;
+    let store = request
+        .cache
+        .as_deref()
+        .map(|c| memory::Store::new(c, &request.roots));
+    let built = (|| -> anyhow::Result<(memory::Opened, usize)> {
+        let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
         let mut bytes = 0;
-        let texts: Vec<&str> = corpus
-            .files
+        'roots: for root in &request.roots {
+            let root = std::path::absolute(root)?;
+            let corpus =
+                crate::train::corpus::collect(std::slice::from_ref(&root), Default::default())?;
+            for f in corpus.files {
+                bytes += f.text.len();
+                if bytes > MEMORY_MAX_BYTES {
+                    break 'roots;
+                }
+                files.push((root.join(&f.path), f.text));
+            }
+        }
+        let files: Vec<memory::File> = files
             .iter()
-            .map(|f| f.text.as_str())
-            .take_while(|t| {
-                bytes += t.len();
-                bytes <= MEMORY_MAX_BYTES
-            })
+            .map(|(path, text)| memory::File { path, text })
             .collect();
-        let (memory, _) = memory::build(model, &texts, MEMORY_FIT_TOKENS)?;
-        Ok((memory, texts.len()))
+        let opened = memory::open(
+            model,
+            &files,
+            store.as_ref(),
+            request.previous.as_deref(),
+            MEMORY_FIT_TOKENS,
+        )?;
+        Ok((opened, files.len()))
     })();
     if request.cancel.load(Ordering::Relaxed) {
         return;
     }
     match built {
-        Ok((memory, files)) => {
+        Ok((opened, files)) => {
             let seconds = started.elapsed().as_secs_f64();
+            let memory = opened.memory;
             tracing::info!(
-                "repository memory: {files} files, {} tokens, in {seconds:.1} s; weights {:?}",
-                memory.index().len(),
-                memory.weights()
+                "repository memory: {files} files ({} unchanged, {} tokenized), {} tokens, in {seconds:.2} s; weights {:?}{}",
+                opened.reused,
+                opened.tokenized,
+                memory.documents().len(),
+                memory.weights(),
+                if opened.fitted { " (fitted now)" } else { "" },
             );
+            // The store gets the changes folded in, on a thread of its own: the memory serves
+            // as it is meanwhile.
+            if let (true, Some(store)) = (opened.unsaved, store) {
+                let key = memory::tokenizer_key(&model.tokenizer);
+                let documents = memory.documents().clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = store.save(&documents, key) {
+                        tracing::warn!("repository memory: not stored: {e:#}");
+                    }
+                });
+            }
             reply(Reply::Memory {
                 id: request.id,
                 memory: Arc::new(memory),
@@ -643,11 +695,18 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
                 c.trim_reason,
                 c.text
             );
+            let from_memory = from_memory(&c.generation.tokens, c.text.len());
+            let source = if from_memory >= 0.5 {
+                memory_source(model, &request.settings, &c)
+            } else {
+                None
+            };
             reply(Reply::Done {
                 id: request.id,
                 proposal: Proposal {
                     confidence: confidence(&c.generation.tokens, c.text.len()),
-                    from_memory: from_memory(&c.generation.tokens, c.text.len()),
+                    from_memory,
+                    source,
                     text: c.text,
                     tokens,
                     first_token_ms: first_token.unwrap_or(total_ms),
@@ -670,6 +729,36 @@ fn run(model: &mut Model, request: &Request, reply: &dyn Fn(Reply)) {
             });
         }
     }
+}
+
+/// Where the prior found the proposal: its tokens after the document's before the cursor, looked
+/// up in the prior; the line is counted in the file's tokens before the place.
+fn memory_source(
+    model: &Model,
+    settings: &complete::Settings,
+    c: &complete::Completion,
+) -> Option<Source> {
+    let prior = settings.prior.as_deref()?;
+    let mut context = c.prompt.prefix_ids(&model.tokenizer).to_vec();
+    let mut end = 0;
+    let proposal: Vec<u32> = c
+        .generation
+        .tokens
+        .iter()
+        .take_while(|t| {
+            let inside = end < c.text.len();
+            end += t.bytes.len();
+            inside
+        })
+        .map(|t| t.id)
+        .collect();
+    context.extend(&proposal);
+    let found = prior.source(&context, proposal.len())?;
+    let line = model.tokenizer.decode(&found.before).matches('\n').count() + 1;
+    Some(Source {
+        path: found.path,
+        line,
+    })
 }
 
 /// The mean share of memory in the tokens that start inside the first `len` bytes.

@@ -1,5 +1,6 @@
 //! `infill eval`: build or read tasks, run the model (and a baseline), print the report.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,9 +17,14 @@ use crate::train::{corpus, split};
 /// A held-out file: path, language, text.
 type HeldFile = (String, Option<String>, String);
 
+/// A training file: path and text.
+type TrainFile = (String, String);
+
 /// The tasks, the held-out files they came from and the files to train on (none for a task
 /// file).
-fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>, Vec<String>)> {
+fn build_tasks(
+    args: &EvalArgs,
+) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFile>, Vec<TrainFile>)> {
     let mut held_files = Vec::new();
     let mut train_files = Vec::new();
     let mut all = match &args.tasks_file {
@@ -63,7 +69,7 @@ fn build_tasks(args: &EvalArgs) -> anyhow::Result<(Vec<tasks::Task>, Vec<HeldFil
                 .train
                 .iter()
                 .filter_map(|&i| corpus.files.get(i))
-                .map(|f| f.text.clone())
+                .map(|f| (f.path.clone(), f.text.clone()))
                 .collect();
             tasks::build(&held_files, args.tasks, args.seed, args.spread)
         }
@@ -177,7 +183,7 @@ const FIT_TOKENS: usize = 20_000;
 
 /// The repository's memory for `--memory index`: the training split's files, never a held-out
 /// one.
-fn repository_memory(spec: &ModelArgs, train: &[String]) -> anyhow::Result<Memory> {
+fn repository_memory(spec: &ModelArgs, train: &[TrainFile]) -> anyhow::Result<Memory> {
     let mut model = super::open_model(spec)?;
     let bar = crate::progress::bar("memory", None);
     bar.set_message(format!(
@@ -185,13 +191,19 @@ fn repository_memory(spec: &ModelArgs, train: &[String]) -> anyhow::Result<Memor
         train.len()
     ));
     let started = Instant::now();
-    let texts: Vec<&str> = train.iter().map(String::as_str).collect();
-    let (memory, fit) = memory::build(&mut model, &texts, FIT_TOKENS).context("--memory index")?;
+    let files: Vec<memory::File> = train
+        .iter()
+        .map(|(path, text)| memory::File {
+            path: Path::new(path),
+            text,
+        })
+        .collect();
+    let (memory, fit) = memory::build(&mut model, &files, FIT_TOKENS).context("--memory index")?;
     bar.finish_and_clear();
     eprintln!(
         "memory: {} files, {} tokens, in {:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {} tokens of {} of them (indexing the others): {:.3?}",
         train.len(),
-        memory.index().len(),
+        memory.documents().len(),
         started.elapsed().as_secs_f64(),
         fit.samples,
         fit.files,

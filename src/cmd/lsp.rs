@@ -13,6 +13,7 @@ pub fn run(args: &LspArgs) -> anyhow::Result<()> {
         shift_reuse: !config.exact_cache,
         memory: config.memory,
         overlay: args.overlay,
+        cache: crate::memory::Store::cache_dir(),
         ..Options::default()
     };
     let model_args = args.model.clone();

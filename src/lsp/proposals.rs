@@ -444,10 +444,21 @@ fn completion_item(w: &Waiting, p: &str, info: Option<&Proposal>, partial: bool)
     let detail = match info {
         _ if partial => "infill (still generating)".to_owned(),
         Some(i) if i.from_memory >= 0.05 => format!(
-            "infill · {} tokens in {:.0} ms · {:.0}% from repository memory",
+            "infill · {} tokens in {:.0} ms · {:.0}% from repository memory{}",
             i.tokens,
             i.total_ms,
-            i.from_memory * 100.0
+            i.from_memory * 100.0,
+            i.source
+                .as_ref()
+                .map(|s| format!(
+                    " ({})",
+                    s.path.file_name().map_or(s.to_string(), |n| format!(
+                        "{}:{}",
+                        n.to_string_lossy(),
+                        s.line
+                    ))
+                ))
+                .unwrap_or_default()
         ),
         Some(i) => format!("infill · {} tokens in {:.0} ms", i.tokens, i.total_ms),
         None => "infill".to_owned(),
@@ -462,7 +473,15 @@ fn completion_item(w: &Waiting, p: &str, info: Option<&Proposal>, partial: bool)
         detail: Some(detail),
         documentation: Some(Documentation::MarkupContent(MarkupContent {
             kind: MarkupKind::Markdown,
-            value: format!("```\n{full}\n```"),
+            value: match info.and_then(|i| i.source.as_ref()) {
+                // Where it was copied from, as a link the client can follow.
+                Some(s) if !partial => format!(
+                    "```\n{full}\n```\n\nfound in [{s}]({}#L{})",
+                    super::file_uri(&s.path),
+                    s.line
+                ),
+                _ => format!("```\n{full}\n```"),
+            },
         })),
         filter_text: Some(first.to_owned()),
         text_edit: Some(CompletionTextEdit::Edit(TextEdit::new(

@@ -91,6 +91,34 @@ impl Index {
         4 * (self.tokens.capacity() + self.suffixes.capacity() + self.starts.capacity())
     }
 
+    /// Documents indexed.
+    pub fn documents(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Document `d`'s tokens.
+    pub fn document(&self, d: usize) -> &[u32] {
+        let start = self.starts[d] as usize;
+        let end = self
+            .starts
+            .get(d + 1)
+            .map_or(self.tokens.len(), |&s| s as usize);
+        // Each document ends with its separator.
+        &self.tokens[start..end - 1]
+    }
+
+    /// The occurrences of exactly `pattern` (empty when it does not occur).
+    pub fn find(&self, pattern: &[u32]) -> Match {
+        Match {
+            len: pattern.len(),
+            range: if pattern.is_empty() {
+                0..0
+            } else {
+                self.range(pattern)
+            },
+        }
+    }
+
     /// The range of suffixes that start with `pattern`.
     fn range(&self, pattern: &[u32]) -> Range<usize> {
         let suffix = |i: usize| {
@@ -165,6 +193,41 @@ impl Index {
         out.sort_unstable();
         out.truncate(limit);
         out
+    }
+}
+
+impl Index {
+    /// The token sequence and suffix array, for writing to disk.
+    pub(super) fn parts(&self) -> (&[u32], &[u32]) {
+        (&self.tokens, &self.suffixes)
+    }
+
+    /// An index from parts that [`Index::parts`] gave, checked enough that no query can fail on
+    /// them: as many suffixes as tokens, each position once, and a separator at the end.
+    pub(super) fn from_parts(tokens: Vec<u32>, suffixes: Vec<u32>) -> Result<Self, &'static str> {
+        if tokens.len() != suffixes.len() || tokens.last().is_some_and(|&t| t != SEPARATOR) {
+            return Err("its token and suffix tables disagree");
+        }
+        let mut seen = vec![false; tokens.len()];
+        for &p in &suffixes {
+            match seen.get_mut(p as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err("its suffix table is not a permutation"),
+            }
+        }
+        let mut starts = Vec::new();
+        let mut at_start = true;
+        for (i, &t) in tokens.iter().enumerate() {
+            if at_start {
+                starts.push(i as u32);
+            }
+            at_start = t == SEPARATOR;
+        }
+        Ok(Self {
+            tokens,
+            suffixes,
+            starts,
+        })
     }
 }
 

@@ -6,8 +6,9 @@
 //! the model and the index), so a model that already knows the code trusts the index less, and a
 //! long unambiguous match is trusted more than a two-token one.
 
-use super::Index;
-use crate::model::generate::{Prior, PriorGuess};
+use super::{Change, Documents, Location};
+use crate::model::generate::{Prior, PriorGuess, PriorSource};
+use std::path::{Path, PathBuf};
 
 /// Match lengths are grouped by powers of two: 1, 2-3, 4-7, ..., 128 and more.
 const BUCKETS: usize = 8;
@@ -66,6 +67,18 @@ impl Weights {
         }
     }
 
+    /// Weights by match length as [`Weights::by_length`] gives them (`None` for another count).
+    pub fn from_slice(by_length: &[f32]) -> Option<Self> {
+        let mut w = Self::constant(0.0);
+        if by_length.len() != BUCKETS {
+            return None;
+        }
+        for (to, from) in w.by_length.iter_mut().zip(by_length) {
+            *to = from.clamp(0.0, 1.0);
+        }
+        Some(w)
+    }
+
     /// The weight for a match of `len` tokens.
     pub fn for_length(&self, len: usize) -> f32 {
         self.by_length[bucket(len)]
@@ -117,20 +130,43 @@ pub struct Sample {
     pub index: f64,
 }
 
-/// An index and the weights it has earned.
-#[derive(Debug)]
+/// The repository's files and the weights their index has earned.
+#[derive(Debug, Clone)]
 pub struct Memory {
-    index: Index,
+    documents: Documents,
     weights: Weights,
 }
 
 impl Memory {
-    pub fn new(index: Index, weights: Weights) -> Self {
-        Self { index, weights }
+    pub fn new(documents: Documents, weights: Weights) -> Self {
+        Self { documents, weights }
     }
 
-    pub fn index(&self) -> &Index {
-        &self.index
+    pub fn documents(&self) -> &Documents {
+        &self.documents
+    }
+
+    /// The memory with `changes` to its files (see [`Documents::with_changes`]).
+    pub fn with_changes(&self, changes: impl IntoIterator<Item = (PathBuf, Change)>) -> Self {
+        Self::new(self.documents.with_changes(changes), self.weights.clone())
+    }
+
+    /// The memory for completing in `path`: that file's indexed copy does not count (its text
+    /// before the cursor still does, as the document's own; its text after must never).
+    pub fn without(&self, path: &Path) -> Self {
+        Self::new(self.documents.without(path), self.weights.clone())
+    }
+
+    /// Where the end of `context` was found: the longest suffix of it among the files (at least
+    /// `min_len` tokens), its length and a place it occurs.
+    pub fn locate(&self, context: &[u32], min_len: usize) -> Option<(usize, Location)> {
+        let query = &context[context.len().saturating_sub(MAX_QUERY)..];
+        let (len, _) = self.documents.longest_match(query);
+        if len < min_len.max(1) {
+            return None;
+        }
+        let location = self.documents.locate(&query[query.len() - len..])?;
+        Some((len, location))
     }
 
     pub fn weights(&self) -> &Weights {
@@ -146,17 +182,10 @@ impl Memory {
     /// the match's length and the next tokens' probabilities (the most frequent, summing to 1).
     fn guess(&self, context: &[u32]) -> Option<(usize, Vec<(u32, f32)>)> {
         let query = &context[context.len().saturating_sub(MAX_QUERY)..];
-        let m = self.index.longest_match(query);
-        let mut counts: Vec<(u32, usize)> = if m.len > 0 {
-            self.index
-                .continuations(&m)
-                .iter()
-                .map(|c| (c.token, c.count))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut len = if counts.is_empty() { 0 } else { m.len };
+        let (found, continuations) = self.documents.longest_match(query);
+        let mut counts: Vec<(u32, usize)> =
+            continuations.iter().map(|c| (c.token, c.count)).collect();
+        let mut len = if counts.is_empty() { 0 } else { found };
         let own = &context[context.len().saturating_sub(OWN_WINDOW)..];
         if let Some((own_len, own_counts)) = own_match(own)
             && own_len >= len
@@ -211,6 +240,19 @@ impl Prior for Memory {
         let weight = self.weights.for_length(len);
         (weight > 0.0).then_some(PriorGuess { weight, probs })
     }
+
+    /// The place the longest match of the context's end occurs, moved back to where the tail
+    /// starts when the match covers it all (a match of fewer than 4 tokens, or of under half a
+    /// short tail, says nothing).
+    fn source(&self, context: &[u32], tail: usize) -> Option<PriorSource> {
+        let (len, at) = self.locate(context, tail.div_ceil(2).min(4))?;
+        let start = at.offset + len.saturating_sub(tail);
+        let tokens = self.documents.tokens(&at.path)?;
+        Some(PriorSource {
+            before: tokens[..start.min(tokens.len())].to_vec(),
+            path: at.path,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -247,7 +289,7 @@ mod tests {
     #[test]
     fn the_mixture_is_a_distribution_that_moves_towards_the_index() {
         let docs = [vec![1u32, 2, 3, 4], vec![1, 2, 3, 5], vec![1, 2, 3, 4]];
-        let memory = Memory::new(Index::build(&docs), Weights::constant(0.5));
+        let memory = Memory::new(Documents::unnamed(&docs), Weights::constant(0.5));
         let guess = memory.next(&[9, 1, 2, 3]).unwrap();
         assert_eq!(guess.weight, 0.5);
         let sum: f32 = guess.probs.iter().map(|(_, p)| p).sum();
@@ -264,7 +306,7 @@ mod tests {
         // Nothing matches: nothing to say.
         assert!(memory.next(&[7]).is_none());
         assert!(
-            Memory::new(Index::build(&docs), Weights::constant(0.0))
+            Memory::new(Documents::unnamed(&docs), Weights::constant(0.0))
                 .next(&[1, 2, 3])
                 .is_none()
         );
@@ -273,7 +315,10 @@ mod tests {
     #[test]
     fn the_documents_own_earlier_text_counts_and_its_longer_match_wins() {
         // The index knows `1 2 -> 3`; the document itself wrote `7 1 2 -> 8` earlier.
-        let memory = Memory::new(Index::build(&[vec![1u32, 2, 3]]), Weights::constant(0.5));
+        let memory = Memory::new(
+            Documents::unnamed(&[vec![1u32, 2, 3]]),
+            Weights::constant(0.5),
+        );
         let guess = memory.next(&[7, 1, 2, 8, 9, 7, 1, 2]).unwrap();
         assert_eq!(guess.probs, [(8, 1.0)]);
         // Equally long matches in both: their counts add up.
@@ -285,7 +330,10 @@ mod tests {
 
     #[test]
     fn samples_pair_each_token_with_both_probabilities() {
-        let memory = Memory::new(Index::build(&[vec![1u32, 2, 3]]), Weights::constant(0.5));
+        let memory = Memory::new(
+            Documents::unnamed(&[vec![1u32, 2, 3]]),
+            Weights::constant(0.5),
+        );
         let samples = memory.samples(&[1, 2, 4], &[0.1, 0.2, 0.3]);
         assert_eq!(
             samples,

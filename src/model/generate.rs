@@ -243,6 +243,20 @@ pub fn generate(
 pub trait Prior: Send + Sync + std::fmt::Debug {
     /// What may come next and how much to trust it, or `None` when it has nothing to say.
     fn next(&self, context: &[u32]) -> Option<PriorGuess>;
+
+    /// Where the last `tail` tokens of `context` (a proposal, after the document before it) were
+    /// found, if the prior can say.
+    fn source(&self, _context: &[u32], _tail: usize) -> Option<PriorSource> {
+        None
+    }
+}
+
+/// A place a prior found a run of tokens: a file, and that file's tokens before the place (from
+/// which its line follows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorSource {
+    pub path: std::path::PathBuf,
+    pub before: Vec<u32>,
 }
 
 /// A prior's distribution over next tokens (sparse; the probabilities sum to 1) and its weight in

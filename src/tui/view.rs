@@ -399,7 +399,8 @@ impl App {
             ModelState::Ready(_) => "idle",
         };
         // The model's name, then what it measured and shows; the activity always.
-        let (model, stats, shown) = match &self.completion.model {
+        // `brief` is `shown` with the memory's source left out, for a narrow terminal.
+        let (model, stats, shown, brief) = match &self.completion.model {
             ModelState::Loading | ModelState::Unavailable(_) => Default::default(),
             ModelState::Ready(name) => {
                 let short = name
@@ -433,18 +434,33 @@ impl App {
                     (true, false, None) => " │ overlay".to_owned(),
                     _ => String::new(),
                 };
+                let from_memory = || {
+                    self.completion
+                        .last
+                        .as_ref()
+                        .is_some_and(|p| p.from_memory >= 0.5)
+                };
+                let memory_brief = match &self.completion.memory {
+                    MemoryState::Ready { .. } if from_memory() => " │ from memory".to_owned(),
+                    _ => String::new(),
+                };
                 let memory = match &self.completion.memory {
                     MemoryState::Off => String::new(),
                     MemoryState::Building { .. } => " │ memory: indexing…".to_owned(),
-                    // A proposal that came mostly from repository memory says so.
-                    MemoryState::Ready { .. }
-                        if self
+                    // A proposal that came mostly from repository memory says so, and where
+                    // it was found.
+                    MemoryState::Ready { .. } if from_memory() => {
+                        match self
                             .completion
                             .last
                             .as_ref()
-                            .is_some_and(|p| p.from_memory >= 0.5) =>
-                    {
-                        " │ from memory".to_owned()
+                            .and_then(|p| p.source.as_ref())
+                        {
+                            Some(source) => {
+                                format!(" │ from memory: {}", self.short_source(source))
+                            }
+                            None => " │ from memory".to_owned(),
+                        }
                     }
                     MemoryState::Ready { files, .. } => format!(" │ memory {files} files"),
                 };
@@ -452,6 +468,7 @@ impl App {
                     short.to_owned(),
                     stats,
                     format!("{alternatives}{overlay}{memory}"),
+                    format!("{alternatives}{overlay}{memory_brief}"),
                 )
             }
         };
@@ -480,6 +497,9 @@ impl App {
         }
         if !fits(&left, &right) {
             right = format!("{shown} │ {activity} ");
+        }
+        if !fits(&left, &right) {
+            right = format!("{brief} │ {activity} ");
         }
         if !fits(&left, &right) {
             right = format!(" │ {activity} ");

@@ -17,7 +17,7 @@ session=e2e
 sock=infill-e2e-$$
 tmux() { command tmux -L "$sock" "$@"; }
 trap 'tmux kill-server 2>/dev/null || true; rm -rf "$work"' EXIT
-export XDG_STATE_HOME=$work/state XDG_CONFIG_HOME=$work/config
+export XDG_STATE_HOME=$work/state XDG_CONFIG_HOME=$work/config XDG_CACHE_HOME=$work/cache
 
 fail() {
     echo "FAIL: $*" >&2
@@ -47,7 +47,7 @@ wait_for_sgr() {
 # start FILE [MODEL_ARGS]: the editor on FILE, with the fixture model unless told otherwise.
 start() {
     tmux new-session -d -s "$session" -x 100 -y 20 \
-        "env XDG_STATE_HOME='$XDG_STATE_HOME' XDG_CONFIG_HOME='$XDG_CONFIG_HOME' '$bin' edit '$1' ${2---model '$model'} --debounce-ms 30; echo EXITED=\$?; sleep 60"
+        "env XDG_STATE_HOME='$XDG_STATE_HOME' XDG_CONFIG_HOME='$XDG_CONFIG_HOME' XDG_CACHE_HOME='$XDG_CACHE_HOME' '$bin' edit '$1' ${2---model '$model'} --debounce-ms 30; echo EXITED=\$?; sleep 60"
 }
 
 # 1. Type, see ghost text, accept, save.

@@ -106,6 +106,6 @@ vim.cmd("qa!")
 EOF
 
 cd "$dir"
-INFILL="$infill" HF_HUB_OFFLINE=1 XDG_STATE_HOME="$dir/state" \
+INFILL="$infill" HF_HUB_OFFLINE=1 XDG_STATE_HOME="$dir/state" XDG_CACHE_HOME="$dir/cache" \
     timeout 180 nvim -n --headless --clean -u NONE -c "luafile $dir/test.lua" greet.py
 echo "nvim e2e: passed ($(nvim --version | head -1))"

@@ -152,6 +152,7 @@ impl Ed {
                 confidence,
                 cache: Default::default(),
                 from_memory: 0.0,
+                source: None,
             },
         })
     }
@@ -1096,6 +1097,7 @@ fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
     let path = dir.path().join("pkg").join("a.py");
     std::fs::write(&path, "x = 1\n").unwrap();
     let app = App::new("x = 1\n", file_info(&path), config(), None);
+    let dir_path = dir.path().to_path_buf();
     let mut ed = Ed::with_app(app, Some(dir));
     ed.collect();
     ed.draw();
@@ -1113,8 +1115,18 @@ fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
         "{:?}",
         ed.screen()
     );
+    // The memory holds this file's saved copy and another file.
+    let other = dir_path.join("pkg").join("b.py");
+    let doc = |path: &std::path::Path, tokens: Vec<u32>| infill::memory::Document {
+        path: path.to_path_buf(),
+        hash: 0,
+        tokens,
+    };
     let memory = infill::memory::Memory::new(
-        infill::memory::Index::build(&[vec![1u32, 2, 3]]),
+        infill::memory::Documents::build(vec![
+            doc(&path, vec![1, 2, 3]),
+            doc(&other, vec![1, 2, 4]),
+        ]),
         infill::memory::Weights::constant(0.5),
     );
     let id = ed.memories[0].id;
@@ -1132,7 +1144,10 @@ fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
     // Every request from now on carries it, and a proposal that came mostly from it says so.
     ed.press(KeyCode::End).typed(" + 2").idle();
     let r = ed.requests.last().expect("a request after typing");
-    assert!(r.settings.prior.is_some());
+    let prior = r.settings.prior.as_ref().expect("the memory");
+    // The file's own indexed copy never predicts it (its text after the cursor is in there).
+    let guess = prior.next(&[1, 2]).unwrap();
+    assert_eq!(guess.probs, [(4, 1.0)]);
     let id = r.id;
     ed.reply(Reply::Done {
         id,
@@ -1146,13 +1161,30 @@ fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
             confidence: Vec::new(),
             cache: Default::default(),
             from_memory: 0.9,
+            source: Some(infill::worker::Source {
+                path: other.clone(),
+                line: 12,
+            }),
         },
     });
     assert!(
-        ed.screen()[H as usize - 2].contains("from memory"),
+        ed.screen()[H as usize - 2].contains("│ from memory │"),
         "{:?}",
         ed.screen()
     );
+    // Where it was found, when there is room to say.
+    ed.term = Terminal::new(TestBackend::new(100, H)).unwrap();
+    ed.draw();
+    let buf = ed.term.backend().buffer();
+    let status: String = (0..100).map(|x| buf[(x, H - 2)].symbol()).collect();
+    assert!(status.contains("from memory: pkg/b.py:12"), "{status:?}");
+    // A save brings the memory up to date from the one it has (only what changed is indexed),
+    // and the old one serves meanwhile.
+    ed.ctrl('s').collect();
+    assert_eq!(ed.memories.len(), 2);
+    assert!(ed.memories[1].previous.is_some());
+    ed.press(KeyCode::End).typed("4").idle();
+    assert!(ed.requests.last().unwrap().settings.prior.is_some());
 }
 
 #[test]

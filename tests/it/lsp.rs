@@ -632,6 +632,40 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
     );
     let detail = list["items"][0]["detail"].as_str().unwrap();
     assert!(detail.contains("% from repository memory"), "{detail}");
+    // Where it was found: the file and line, and a link to them.
+    assert!(
+        detail.contains("(handlers_") && detail.ends_with(".py:3)"),
+        "{detail}"
+    );
+    let docs = list["items"][0]["documentation"]["value"].as_str().unwrap();
+    assert!(
+        docs.contains(&format!("]({root}/handlers_")) && docs.contains(".py#L3)"),
+        "{docs}"
+    );
+    // A file saved since is known at once: the memory catches up on didSave.
+    let saved = dir.path().join("retry.py");
+    std::fs::write(
+        &saved,
+        "def retry(job):\n    return reschedule_with_jitter(job, spread=13)\n",
+    )
+    .unwrap();
+    c.notify(
+        "textDocument/didSave",
+        json!({ "textDocument": { "uri": format!("{root}/retry.py") } }),
+    );
+    c.wait_for(|m| {
+        m["method"] == "window/logMessage"
+            && m["params"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("repository memory: 7 files"))
+    });
+    let uri = format!("{root}/again.py");
+    c.open(&uri, "def retry_later(job):\n    return reschedule_");
+    let list = c.request(3, "textDocument/completion", at(&uri, 1, 22));
+    assert_eq!(
+        list["items"][0]["textEdit"]["newText"], "reschedule_with_jitter(job, spread=13)",
+        "{list}"
+    );
     assert_eq!(c.shutdown_and_exit(), 0);
 }
 

@@ -26,12 +26,14 @@ use infill::model::{LoadOptions, Model, load};
 pub const FAMILIES: [&str; 4] = ["qwen2", "llama", "starcoder2", "gpt_bigcode"];
 
 /// The `infill` binary, offline, and with `RUST_BACKTRACE` set, since errors must stay one line even
-/// when a user asked Rust for backtraces; its state directory is under target/. Add arguments, then `.output()` or [`succeeded`].
+/// when a user asked Rust for backtraces; its state and cache directories are under target/. Add arguments, then `.output()` or [`succeeded`].
 pub fn infill_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_infill"));
     cmd.env("HF_HUB_OFFLINE", "1").env("RUST_BACKTRACE", "1");
-    // Its log file goes under target/, not into the state directory of whoever runs the tests.
-    cmd.env("XDG_STATE_HOME", env!("CARGO_TARGET_TMPDIR"));
+    // Its log file and repository memory go under target/, not into the state and cache
+    // directories of whoever runs the tests.
+    cmd.env("XDG_STATE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
     cmd
 }
 

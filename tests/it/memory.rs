@@ -1,13 +1,18 @@
 //! Repository memory through the whole pipeline: a line the repository already holds is proposed
 //! from the index, and `infill eval --memory index` compares with the same model without it.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use infill::complete::{self, Settings};
 use infill::memory::{self, Memory, Weights};
 use infill::model::generate::Flow;
 use infill::model::{LoadOptions, Model, ModelSource};
 use infill::text::Cursor;
+use infill::worker::{Job, MemoryRequest, Preview, Reply, Request, Worker, WorkerOptions};
 
 /// Files that all end in the same unusual call, as a project's own helpers do.
 fn repository() -> Vec<String> {
@@ -23,10 +28,17 @@ fn repository() -> Vec<String> {
 #[test]
 fn a_line_the_repository_holds_is_proposed_from_the_index() {
     let mut model = Model::open(&ModelSource::Embedded, false, &LoadOptions::default()).unwrap();
-    let files = repository();
-    let texts: Vec<&str> = files.iter().map(String::as_str).collect();
+    let texts = repository();
+    let paths: Vec<PathBuf> = (0..texts.len())
+        .map(|i| PathBuf::from(format!("/repo/handlers_{i}.py")))
+        .collect();
+    let files: Vec<memory::File> = paths
+        .iter()
+        .zip(&texts)
+        .map(|(path, text)| memory::File { path, text })
+        .collect();
     let memory = Memory::new(
-        memory::index_files(&model.tokenizer, &texts),
+        memory::documents(&model.tokenizer, &files),
         Weights::constant(0.9),
     );
     let doc = "def handler_9(request):\n    data = request.json()\n    return frobnicate_";
@@ -101,4 +113,143 @@ fn eval_with_memory_reports_the_index_the_weights_and_the_comparison() {
         "{stderr}"
     );
     assert!(stdout.contains("baseline trimmed"), "{stdout}");
+}
+
+/// A repository of handler files on disk.
+fn repository_on_disk() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, text) in repository().iter().enumerate() {
+        std::fs::write(dir.path().join(format!("handlers_{i}.py")), text).unwrap();
+    }
+    dir
+}
+
+fn files_of(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn reopening_a_repository_reads_the_stored_index_and_tokenizes_only_what_changed() {
+    let mut model = Model::open(&ModelSource::Embedded, false, &LoadOptions::default()).unwrap();
+    let repo = repository_on_disk();
+    let cache = tempfile::tempdir().unwrap();
+    let store = memory::Store::new(cache.path(), &[repo.path().to_path_buf()]);
+    let open = |model: &mut Model, previous: Option<&Memory>| {
+        let files = files_of(repo.path());
+        let files: Vec<memory::File> = files
+            .iter()
+            .map(|(path, text)| memory::File { path, text })
+            .collect();
+        memory::open(model, &files, Some(&store), previous, 512).unwrap()
+    };
+    let first = open(&mut model, None);
+    assert_eq!((first.reused, first.tokenized, first.fitted), (0, 6, true));
+    assert!(store.dir().join("index.bin").exists());
+    // Reopened with one file changed: the stored index and weights serve, that file alone is
+    // tokenized, and the answers are those of a fresh build.
+    let changed = repo.path().join("handlers_2.py");
+    std::fs::write(&changed, "def other():\n    return unusual_name(1)\n").unwrap();
+    let again = open(&mut model, None);
+    assert_eq!((again.reused, again.tokenized, again.fitted), (5, 1, false));
+    assert!(again.unsaved);
+    assert_eq!(again.memory.weights(), first.memory.weights());
+    let fresh = {
+        let files = files_of(repo.path());
+        let files: Vec<memory::File> = files
+            .iter()
+            .map(|(path, text)| memory::File { path, text })
+            .collect();
+        memory::documents(&model.tokenizer, &files)
+    };
+    let probe = model.tokenizer.encode("    return unusual_").unwrap();
+    assert_eq!(
+        again.memory.documents().longest_match(&probe),
+        fresh.longest_match(&probe)
+    );
+    assert!(again.memory.documents().longest_match(&probe).0 >= probe.len() - 1);
+    // A refresh from the memory in hand: nothing changed, nothing tokenized.
+    let refreshed = open(&mut model, Some(&again.memory));
+    assert_eq!((refreshed.reused, refreshed.tokenized), (6, 0));
+    // A damaged store is rebuilt, never trusted.
+    std::fs::write(store.dir().join("index.bin"), b"infill-memory\n\x01").unwrap();
+    let rebuilt = open(&mut model, None);
+    assert_eq!(rebuilt.tokenized, 6);
+}
+
+#[test]
+fn the_worker_builds_memory_and_says_where_a_proposal_was_found() {
+    let repo = repository_on_disk();
+    let cache = tempfile::tempdir().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let worker = Worker::spawn(
+        Box::new(|| {
+            Model::open(&ModelSource::Embedded, false, &LoadOptions::default()).map_err(Into::into)
+        }),
+        WorkerOptions::default(),
+        move |r| {
+            let _ = tx.send(r);
+        },
+    )
+    .unwrap();
+    let next = || rx.recv_timeout(Duration::from_secs(120)).expect("a reply");
+    assert!(matches!(next(), Reply::Ready { .. }));
+    worker.submit(Job::Memory(MemoryRequest {
+        id: 1,
+        roots: vec![repo.path().to_path_buf()],
+        cache: Some(cache.path().to_path_buf()),
+        previous: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+    }));
+    let memory = match next() {
+        Reply::Memory {
+            id, memory, files, ..
+        } => {
+            assert_eq!((id, files), (1, 6));
+            memory
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    // Completing in a new file of the repository: the call comes from the others, and the
+    // proposal says which file and line.
+    let editing = repo.path().join("handlers_new.py");
+    let prefix = "def handler_9(request):\n    data = request.json()\n    return frobnicate_";
+    worker.submit(Job::Complete(Request {
+        id: 2,
+        prefix: prefix.into(),
+        suffix: "\n".into(),
+        language: infill::syntax::Registry::builtin()
+            .unwrap()
+            .by_name("python")
+            .ok(),
+        settings: Settings {
+            prior: Some(Arc::new(memory.without(&editing))),
+            ..Settings::default()
+        },
+        preview: Preview::Trimmed,
+        cancel: Arc::new(AtomicBool::new(false)),
+    }));
+    let proposal = loop {
+        match next() {
+            Reply::Done { proposal, .. } => break proposal,
+            Reply::Partial { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(proposal.text, "widget(data, retries=7, backoff=0.25)");
+    assert!(proposal.from_memory >= 0.5, "{}", proposal.from_memory);
+    let source = proposal.source.expect("where it was found");
+    assert!(
+        source.path.starts_with(repo.path()) && source.path.to_string_lossy().contains("handlers_"),
+        "{source}"
+    );
+    assert_eq!(source.line, 3, "{source}");
 }

@@ -2,18 +2,19 @@
 //! it. Tab on a shown proposal goes [`App::completion_action`] → [`App::accept`]; typing what the
 //! proposal shows keeps the rest of it ([`App::type_through`]); any other edit or move voids it.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::App;
 use crate::complete::{PREFIX_BYTES, SUFFIX_BYTES, Settings};
-use crate::memory::Memory;
+use crate::memory::{Memory, Store};
 use crate::model::generate::Prior;
 use crate::model::generate::Sampling;
 use crate::text::{Group, Pos, display};
 use crate::tui::config::Action;
-use crate::worker::{Job, MemoryRequest, Preview, Proposal, Reply, Request};
+use crate::worker::{Job, MemoryRequest, Preview, Proposal, Reply, Request, Source};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(in crate::tui) enum ModelState {
@@ -158,8 +159,14 @@ pub(in crate::tui) enum MemoryState {
         job: u64,
     },
     Ready {
+        /// The repository's files.
         memory: Arc<Memory>,
+        /// The same without this file, whose indexed copy must not predict it: what proposals
+        /// use (the text before the cursor counts as the document's own).
+        view: Arc<Memory>,
         files: usize,
+        /// A refresh in flight (after a save).
+        refresh: Option<u64>,
     },
 }
 
@@ -269,19 +276,13 @@ impl App {
     }
 
     /// Asks the worker to index the file's git repository (the nearest folder above it with a
-    /// `.git`); nothing outside a repository is indexed.
+    /// `.git`); nothing outside a repository is indexed. Kept in infill's cache, so reopening
+    /// indexes only the files that changed.
     fn build_memory(&mut self) {
         if !self.config.memory || !self.config.completions {
             return;
         }
-        let Some(root) = self
-            .file
-            .path
-            .ancestors()
-            .skip(1)
-            .find(|d| d.join(".git").exists())
-            .map(std::path::Path::to_path_buf)
-        else {
+        let Some(root) = self.repository() else {
             return;
         };
         let job = self.new_id();
@@ -289,8 +290,60 @@ impl App {
         self.requests.push(Job::Memory(MemoryRequest {
             id: job,
             roots: vec![root],
+            cache: Store::cache_dir(),
+            previous: None,
             cancel: Arc::new(AtomicBool::new(false)),
         }));
+    }
+
+    /// After a save: the memory catches up with the repository's files (this one and any that
+    /// changed meanwhile), indexing only what changed.
+    pub(super) fn refresh_memory(&mut self) {
+        let Some(root) = self.repository() else {
+            return;
+        };
+        let job = self.new_id();
+        let MemoryState::Ready {
+            memory, refresh, ..
+        } = &mut self.completion.memory
+        else {
+            return;
+        };
+        *refresh = Some(job);
+        let previous = Some(Arc::clone(memory));
+        self.requests.push(Job::Memory(MemoryRequest {
+            id: job,
+            roots: vec![root],
+            cache: Store::cache_dir(),
+            previous,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }));
+    }
+
+    /// `source` as the status line shows it: relative to the repository, or this file's line.
+    pub(in crate::tui) fn short_source(&self, source: &Source) -> String {
+        if self.absolute_path().as_deref() == Some(source.path.as_path()) {
+            return format!("line {}", source.line);
+        }
+        let path = self
+            .repository()
+            .and_then(|root| source.path.strip_prefix(root).ok().map(Path::to_path_buf))
+            .unwrap_or_else(|| source.path.clone());
+        format!("{}:{}", path.display(), source.line)
+    }
+
+    /// The file's absolute path, as the memory names files.
+    fn absolute_path(&self) -> Option<PathBuf> {
+        std::path::absolute(&self.file.path).ok()
+    }
+
+    /// The git repository the file is in.
+    fn repository(&self) -> Option<PathBuf> {
+        self.absolute_path()?
+            .ancestors()
+            .skip(1)
+            .find(|d| d.join(".git").exists())
+            .map(std::path::Path::to_path_buf)
     }
 
     /// Ctrl-Space, or the trigger key: ask now.
@@ -312,7 +365,7 @@ impl App {
             RequestKind::Alternative => Sampling::alternative(id),
         };
         let prior = match &self.completion.memory {
-            MemoryState::Ready { memory, .. } => Some(Arc::clone(memory) as Arc<dyn Prior>),
+            MemoryState::Ready { view, .. } => Some(Arc::clone(view) as Arc<dyn Prior>),
             _ => None,
         };
         let settings = Settings {
@@ -352,14 +405,35 @@ impl App {
             Reply::Memory {
                 id, memory, files, ..
             } => {
-                if matches!(c.memory, MemoryState::Building { job } if job == id) {
-                    c.memory = MemoryState::Ready { memory, files };
+                let ours = match c.memory {
+                    MemoryState::Building { job } => job == id,
+                    MemoryState::Ready { refresh, .. } => refresh == Some(id),
+                    MemoryState::Off => false,
+                };
+                if ours {
+                    let view = match self.absolute_path() {
+                        Some(path) => Arc::new(memory.without(&path)),
+                        None => Arc::clone(&memory),
+                    };
+                    self.completion.memory = MemoryState::Ready {
+                        memory,
+                        view,
+                        files,
+                        refresh: None,
+                    };
                 }
             }
             Reply::Failed { id, ref message } if matches!(c.memory, MemoryState::Building { job } if job == id) =>
             {
                 c.memory = MemoryState::Off;
                 self.warn(format!("no repository memory: {message}"));
+            }
+            Reply::Failed { id, ref message } if matches!(c.memory, MemoryState::Ready { refresh, .. } if refresh == Some(id)) =>
+            {
+                if let MemoryState::Ready { refresh, .. } = &mut c.memory {
+                    *refresh = None;
+                }
+                self.warn(format!("repository memory not updated: {message}"));
             }
             Reply::Unavailable { message } => {
                 c.invalidate();

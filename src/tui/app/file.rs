@@ -37,6 +37,7 @@ impl App {
                 if let Some(r) = &self.file.recovery {
                     let _ = std::fs::remove_file(r);
                 }
+                self.refresh_memory();
                 let lines = self.buffer.doc.line_count();
                 self.say(format!(
                     "saved {} ({lines} lines)",
