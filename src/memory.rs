@@ -68,24 +68,68 @@ pub fn fit_weights(
     texts: &[&str],
     budget: usize,
 ) -> anyhow::Result<(Weights, usize)> {
+    // Token-at-a-time scoring costs a decoding step per token: fewer of them.
+    let budget = match model.network.as_llama() {
+        Some(_) => budget,
+        None => budget.min(STEPWISE_FIT_TOKENS),
+    };
     let mut samples = Vec::new();
     let mut scored = 0;
     for text in texts {
         if scored >= budget {
             break;
         }
-        let window = model.network.context_length();
-        let scores = crate::model::score::score(model, text, window, None, 0)?;
-        let take = scores.len().min(budget - scored);
-        scored += take;
-        let ids: Vec<u32> = scores[..take].iter().map(|s| s.id).collect();
-        let probs: Vec<f64> = scores[..take]
-            .iter()
-            .map(|s| f64::from(s.logprob).exp())
-            .collect();
+        let (ids, probs) = token_probs(model, text, budget - scored)?;
+        scored += ids.len();
         samples.extend(memory.samples(&ids, &probs));
     }
     Ok((Weights::fit(&samples), samples.len()))
+}
+
+/// At most this many tokens are scored to fit weights for a model scored one token at a time.
+const STEPWISE_FIT_TOKENS: usize = 512;
+
+/// The first `limit` tokens of `text` and the probability the model gives each after the ones
+/// before: every position in one pass where the decoder gives all positions' logits (infill's
+/// own), else one token at a time through the cache, as generation runs (StarCoder2, GPT-BigCode),
+/// within one context window.
+fn token_probs(
+    model: &mut Model,
+    text: &str,
+    limit: usize,
+) -> anyhow::Result<(Vec<u32>, Vec<f64>)> {
+    if model.network.as_llama().is_some() {
+        let window = model.network.context_length();
+        let scores = crate::model::score::score(model, text, window, None, 0)?;
+        let take = scores.len().min(limit);
+        return Ok((
+            scores[..take].iter().map(|s| s.id).collect(),
+            scores[..take]
+                .iter()
+                .map(|s| f64::from(s.logprob).exp())
+                .collect(),
+        ));
+    }
+    let mut seq = vec![crate::model::score::document_start(&model.tokenizer)];
+    seq.extend(model.tokenizer.encode(text)?);
+    seq.truncate(limit.saturating_add(1).min(model.network.context_length()));
+    let mut probs = Vec::with_capacity(seq.len());
+    for t in 1..seq.len() {
+        let (logits, _) = model.network.logits_after(&seq[..t])?;
+        let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let p = logits
+            .get(seq[t] as usize)
+            .map_or(0.0, |&l| f64::from(l - max).exp() / total);
+        probs.push(p);
+    }
+    Ok((seq[1..].to_vec(), probs))
+}
+
+/// The probabilities the model gives `text` (see [`token_probs`]), for keying stored weights.
+pub(crate) fn probe(model: &mut Model, text: &str) -> anyhow::Result<Vec<f64>> {
+    Ok(token_probs(model, text, usize::MAX)?.1)
 }
 
 /// How a memory's weights were fitted.

@@ -34,14 +34,8 @@ pub(super) fn tokenizer_key(tokenizer: &Tokenizer) -> u64 {
 /// short probe text, so a model retrained in place gets weights of its own.
 pub(super) fn model_key(model: &mut Model, tokenizer: u64) -> u64 {
     const PROBE: &str = "def area(width, height):\n    return width * height\n";
-    let window = model.network.context_length();
-    let probs: String = crate::model::score::score(model, PROBE, window, None, 0)
-        .map(|scores| {
-            scores
-                .iter()
-                .map(|s| format!("{:.2},", s.logprob))
-                .collect()
-        })
+    let probs: String = super::probe(model, PROBE)
+        .map(|probs| probs.iter().map(|p| format!("{:.2},", p.ln())).collect())
         .unwrap_or_else(|_| model.name.clone());
     fnv1a(format!("{tokenizer:016x}{probs}").as_bytes())
 }

@@ -253,3 +253,39 @@ fn the_worker_builds_memory_and_says_where_a_proposal_was_found() {
     );
     assert_eq!(source.line, 3, "{source}");
 }
+
+/// Families whose decoder gives only the last position's logits (StarCoder2, GPT-BigCode) are
+/// scored one token at a time for the fit, so memory serves every model infill loads.
+#[test]
+fn weights_are_fitted_for_every_family() {
+    let texts = repository();
+    let paths: Vec<PathBuf> = (0..texts.len())
+        .map(|i| PathBuf::from(format!("/repo/handlers_{i}.py")))
+        .collect();
+    let files: Vec<memory::File> = paths
+        .iter()
+        .zip(&texts)
+        .map(|(path, text)| memory::File { path, text })
+        .collect();
+    for family in crate::FAMILIES {
+        let mut model = crate::open(&crate::fixture(family));
+        let (memory, fit) =
+            memory::build(&mut model, &files, 256).unwrap_or_else(|e| panic!("{family}: {e:#}"));
+        assert!(fit.samples > 10, "{family}: {fit:?}");
+        assert!(
+            memory
+                .weights()
+                .by_length()
+                .iter()
+                .all(|w| (0.0..=1.0).contains(w)),
+            "{family}: {:?}",
+            memory.weights()
+        );
+        // The fixtures' weights are random: the index knows far better, and the fit says so.
+        assert!(
+            memory.weights().by_length().iter().any(|&w| w > 0.5),
+            "{family}: {:?}",
+            memory.weights()
+        );
+    }
+}
