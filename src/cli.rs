@@ -515,9 +515,8 @@ pub struct EvalArgs {
     /// what reusing keys and values out of place costs (with --typed).
     #[arg(long)]
     pub baseline_exact_cache: bool,
-    /// Repository memory: `index` mixes the repository's own code (an index of the training
-    /// split's files, weights fitted on a slice of them) into every generated token, and compares
-    /// with the same model without it (unless --baseline names another).
+    /// Repository memory, from an index of the training split's files (never a held-out one),
+    /// compared with the same model without it (unless --baseline names another).
     #[arg(long, value_enum, default_value_t = MemoryMode::Off, conflicts_with = "tasks_file")]
     pub memory: MemoryMode,
 }
@@ -525,7 +524,14 @@ pub struct EvalArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MemoryMode {
     Off,
+    /// Mix what followed the longest match in the index into every generated token (weights
+    /// fitted on a slice of the files).
     Index,
+    /// Put the most relevant code of other files before the prompt, in the repository-level
+    /// format (for models whose vocabulary has `<|repo_name|>` and `<|file_sep|>`).
+    Prompt,
+    /// Both.
+    Both,
 }
 
 #[derive(Debug, Args)]

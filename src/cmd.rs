@@ -79,6 +79,7 @@ pub fn settings(args: &SamplingArgs) -> anyhow::Result<Settings> {
         min_confidence: 0.0,
         heal: !args.no_heal,
         prior: None,
+        repository: None,
     })
 }
 

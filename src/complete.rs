@@ -37,7 +37,25 @@ pub struct Settings {
     pub heal: bool,
     /// A next-token prior mixed into the model's distribution (the repository's memory).
     pub prior: Option<Arc<dyn Prior>>,
+    /// Other files' code before the prompt, for models trained with repository-level prompts.
+    pub repository: Option<RepositoryPrompt>,
 }
+
+/// Where a repository-level prompt's code comes from, and the names it shows.
+#[derive(Debug, Clone)]
+pub struct RepositoryPrompt {
+    /// The repository's code (its memory), asked for snippets relevant to the text so far.
+    pub source: Arc<dyn Prior>,
+    /// The repository's name, and the completed file's path in it.
+    pub name: String,
+    pub path: String,
+    /// The folder the snippets' paths are shown relative to.
+    pub root: std::path::PathBuf,
+}
+
+/// Tokens of other files' code a repository-level prompt holds at most: enough for a few
+/// snippets, few enough that the prompt stays quick to compute.
+pub const REPOSITORY_TOKENS: usize = 1024;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -50,6 +68,7 @@ impl Default for Settings {
             min_confidence: 0.0,
             heal: true,
             prior: None,
+            repository: None,
         }
     }
 }
@@ -86,6 +105,8 @@ pub struct Prompt {
     pub order: FimOrder,
     pub prefix_tokens: usize,
     pub suffix_tokens: usize,
+    /// Tokens of other files' code put before the FIM prompt (repository-level prompts).
+    pub repository_tokens: usize,
     /// Bytes of the document before the cursor left out of the prompt (whole lines from the top).
     pub prefix_dropped_bytes: usize,
     /// Bytes after the cursor left out (whole lines from the bottom).
@@ -100,8 +121,9 @@ impl Prompt {
     pub fn prefix_ids(&self, tokenizer: &Tokenizer) -> &[u32] {
         let range = match self.order {
             FimOrder::Psm => {
-                let lead = tokenizer.fim().lead.len();
-                lead..lead + self.prefix_tokens
+                // After the lead, the repository's code and the prefix marker.
+                let start = tokenizer.fim().lead.len() + self.repository_tokens + 1;
+                start..start + self.prefix_tokens
             }
             FimOrder::Spm => self.ids.len() - self.prefix_tokens..self.ids.len(),
         };
@@ -114,7 +136,9 @@ impl Prompt {
             return Vec::new();
         }
         let at = match self.order {
-            FimOrder::Psm => tokenizer.fim().lead.len() + self.prefix_tokens,
+            FimOrder::Psm => {
+                tokenizer.fim().lead.len() + self.repository_tokens + self.prefix_tokens
+            }
             FimOrder::Spm => self.ids.len() - 1,
         };
         let id = self.ids.remove(at);
@@ -177,10 +201,64 @@ pub fn build_prompt(
         order,
         prefix_tokens: p_ids.len(),
         suffix_tokens: s_ids.len(),
+        repository_tokens: 0,
         prefix_dropped_bytes: full_prefix.len() - prefix.len() + p_start,
         suffix_dropped_bytes: full_suffix.len() - s_end,
         healed: String::new(),
     })
+}
+
+/// The repository-level prompt's opening, in the format Qwen2.5-Coder and StarCoder2 were trained
+/// with: the repository's name, then each snippet as a file (its path on the first line), then
+/// the completed file's path, all within `room` tokens. Snippets are asked for with the document's
+/// tokens up to its last line break, so they stay the same while a line is typed and the cache
+/// keeps serving the prompt's start; each is cut to whole lines.
+fn repository_preamble(
+    tokenizer: &Tokenizer,
+    repository: &RepositoryPrompt,
+    prefix_ids: &[u32],
+    room: usize,
+) -> Result<Vec<u32>, TokenizerError> {
+    let fim = tokenizer.fim();
+    let (Some(repo_name), Some(file_sep)) = (fim.repo_name, fim.file_sep) else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![repo_name];
+    out.extend(tokenizer.encode_continuation(&format!("{}\n", repository.name))?);
+    let mut closing = vec![file_sep];
+    closing.extend(tokenizer.encode_continuation(&format!("{}\n", repository.path))?);
+    if out.len() + closing.len() > room {
+        return Ok(Vec::new());
+    }
+    let line_end = prefix_ids
+        .iter()
+        .rposition(|&id| tokenizer.token_bytes(id).contains(&b'\n'))
+        .map_or(0, |i| i + 1);
+    let budget = room - out.len() - closing.len();
+    for snippet in repository.source.snippets(&prefix_ids[..line_end], budget) {
+        let text = tokenizer.decode(&snippet.tokens);
+        // Whole lines: from after the first break to the last one.
+        let (Some(first), Some(last)) = (text.find('\n'), text.rfind('\n')) else {
+            continue;
+        };
+        if first >= last {
+            continue;
+        }
+        let path = snippet
+            .path
+            .strip_prefix(&repository.root)
+            .unwrap_or(&snippet.path);
+        let path = path.to_string_lossy();
+        let mut ids = vec![file_sep];
+        let lines = text.get(first + 1..=last).unwrap_or_default();
+        ids.extend(tokenizer.encode_continuation(&format!("{path}\n{lines}"))?);
+        if out.len() + ids.len() + closing.len() > room {
+            break;
+        }
+        out.extend(ids);
+    }
+    out.extend(closing);
+    Ok(out)
 }
 
 /// Keeps at most `budget` tokens from the end of `text`, starting at a line start when there is one.
@@ -304,7 +382,28 @@ pub fn complete(
         .filter(|&b| b > 0)
         .ok_or(CompleteError::NoRoom { window, max_tokens })?;
     let order = settings.order.unwrap_or_else(|| model.config.fim_order());
-    let mut prompt = build_prompt(&model.tokenizer, prefix, suffix, budget, order)?;
+    let repository = settings.repository.as_ref().filter(|_| {
+        let fim = model.tokenizer.fim();
+        fim.repo_name.is_some() && fim.file_sep.is_some()
+    });
+    // Other files' code gets what the document leaves, and at least a third of the window.
+    let fim_budget = match repository {
+        Some(_) => budget - budget / 3,
+        None => budget,
+    };
+    let mut prompt = build_prompt(&model.tokenizer, prefix, suffix, fim_budget, order)?;
+    if let Some(repository) = repository {
+        let room = (budget - prompt.prefix_tokens - prompt.suffix_tokens).min(REPOSITORY_TOKENS);
+        let preamble = repository_preamble(
+            &model.tokenizer,
+            repository,
+            prompt.prefix_ids(&model.tokenizer),
+            room,
+        )?;
+        let lead = model.tokenizer.fim().lead.len();
+        prompt.repository_tokens = preamble.len();
+        prompt.ids.splice(lead..lead, preamble);
+    }
     let heal = match settings.heal {
         true => prompt.heal(&model.tokenizer),
         false => Vec::new(),

@@ -153,6 +153,21 @@ pub fn run(
             .language
             .as_deref()
             .and_then(|l| registry.and_then(|r| r.by_name(l).ok()));
+        // A repository-level prompt names the task's file.
+        let for_task;
+        let raw_settings = match &raw_settings.repository {
+            Some(r) => {
+                for_task = Settings {
+                    repository: Some(complete::RepositoryPrompt {
+                        path: task.path().to_owned(),
+                        ..r.clone()
+                    }),
+                    ..raw_settings.clone()
+                };
+                &for_task
+            }
+            None => &raw_settings,
+        };
         if typed
             && let Some((cut, _)) = task.prefix.char_indices().next_back()
             && let Some(shorter) = task.prefix.get(..cut)
@@ -187,7 +202,7 @@ pub fn run(
             &text,
             cursor,
             lang,
-            &raw_settings,
+            raw_settings,
             None,
             |_, so_far| {
                 seen += 1;

@@ -72,6 +72,9 @@ pub struct Options {
     pub memory: bool,
     /// Where the memory is kept between runs (infill's cache folder; none: built every time).
     pub cache: Option<std::path::PathBuf>,
+    /// Also put the memory's most relevant code before the prompt (models trained with
+    /// repository-level prompts).
+    pub memory_prompt: bool,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             overlay_min_rank: 100,
             memory: true,
             cache: None,
+            memory_prompt: false,
         }
     }
 }
@@ -107,6 +111,9 @@ impl Options {
         }
         if let Some(v) = o.get("memory").and_then(Value::as_bool) {
             self.memory = v;
+        }
+        if let Some(v) = o.get("memoryPrompt").and_then(Value::as_bool) {
+            self.memory_prompt = v;
         }
         if let Some(v) = o.get("overlayMinRank").and_then(Value::as_u64) {
             self.overlay_min_rank = usize::try_from(v).unwrap_or(usize::MAX).max(1);
@@ -603,6 +610,34 @@ impl<W: Write> Server<W> {
         }
     }
 
+    /// With `memoryPrompt`, the repository-level prompt for `uri`: the workspace folder holding it
+    /// names the repository and the paths.
+    fn repository_prompt(
+        &self,
+        uri: &str,
+        memory: Option<&std::sync::Arc<Memory>>,
+    ) -> Option<crate::complete::RepositoryPrompt> {
+        let memory = memory.filter(|_| self.options.memory_prompt)?;
+        let path = file_path(uri)?;
+        let root = self
+            .memory_roots
+            .iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len())?
+            .clone();
+        Some(crate::complete::RepositoryPrompt {
+            source: std::sync::Arc::clone(memory)
+                as std::sync::Arc<dyn crate::model::generate::Prior>,
+            name: root.file_name()?.to_string_lossy().into_owned(),
+            path: path
+                .strip_prefix(&root)
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+            root,
+        })
+    }
+
     /// The memory for proposals in `uri`: without that file's own indexed copy.
     fn memory_for(&mut self, uri: &str) -> Option<std::sync::Arc<Memory>> {
         let memory = self.memory.as_ref()?;
@@ -766,6 +801,7 @@ impl<W: Write> Server<W> {
         let p = parse::<TextDocumentPositionParams>(params)?;
         let uri = p.text_document.uri.as_str();
         let prior = self.memory_for(uri);
+        let repository = self.repository_prompt(uri, prior.as_ref());
         let Some(doc) = self.docs.get(uri) else {
             return Err(RpcError::params(format!(
                 "{uri} is not open: send textDocument/didOpen first"
@@ -794,6 +830,7 @@ impl<W: Write> Server<W> {
                 max_tokens: self.options.max_tokens,
                 min_confidence: self.options.min_confidence,
                 prior: prior.map(|m| m as std::sync::Arc<dyn crate::model::generate::Prior>),
+                repository,
             },
             &self.worker,
             &mut self.ids,

@@ -143,8 +143,7 @@ pub struct Fit {
 }
 
 /// Weights for `documents` (which hold `files`), fitted on a slice of the files with the others
-/// as the index (at most `fit_tokens` scored). The slice is taken out as a change, so no second
-/// index is built.
+/// as the index (at most `fit_tokens` scored).
 pub fn fit(
     model: &mut Model,
     documents: &Documents,
@@ -158,7 +157,25 @@ pub fn fit(
         );
     }
     let every = (files.len() / 5).clamp(2, 20);
-    let tuning: Vec<&File> = files.iter().skip(every - 1).step_by(every).collect();
+    let tuning: Vec<File> = files
+        .iter()
+        .skip(every - 1)
+        .step_by(every)
+        .copied()
+        .collect();
+    fit_on(model, documents, &tuning, fit_tokens)
+}
+
+/// Weights for `documents` fitted on `tuning` (files they hold), with the other files as the
+/// index. The tuning files are taken out as a change, so no second index is built. They should be
+/// files the model never trained on: on files it learnt, the model looks better than it will be,
+/// and the index is trusted too little.
+pub fn fit_on(
+    model: &mut Model,
+    documents: &Documents,
+    tuning: &[File],
+    fit_tokens: usize,
+) -> anyhow::Result<(Weights, Fit)> {
     let without = documents.with_changes(tuning.iter().map(|f| (f.path.to_path_buf(), None)));
     let texts: Vec<&str> = tuning.iter().map(|f| f.text).collect();
     let (weights, samples) = fit_weights(
@@ -176,14 +193,19 @@ pub fn fit(
     ))
 }
 
-/// Memory of `files` (a repository's): every file indexed, with weights fitted as [`fit`] does.
+/// Memory of `files` (a repository's): every file indexed, with weights fitted on `tuning` when
+/// given (see [`fit_on`]), else as [`fit`] does.
 pub fn build(
     model: &mut Model,
     files: &[File],
+    tuning: Option<&[File]>,
     fit_tokens: usize,
 ) -> anyhow::Result<(Memory, Fit)> {
     let documents = documents(&model.tokenizer, files);
-    let (weights, fit) = fit(model, &documents, files, fit_tokens)?;
+    let (weights, fit) = match tuning {
+        Some(tuning) if !tuning.is_empty() => fit_on(model, &documents, tuning, fit_tokens)?,
+        _ => fit(model, &documents, files, fit_tokens)?,
+    };
     Ok((Memory::new(documents, weights), fit))
 }
 

@@ -261,6 +261,9 @@ pub struct TrainingReport {
     pub repos: Vec<String>,
     pub files_trained: usize,
     pub files_held_out: usize,
+    /// The share of files held out (by a hash of the path): files held out at this share were
+    /// never trained on.
+    pub held_out_share: f64,
     pub files_skipped: usize,
     pub bytes_trained: usize,
     pub start: String,
@@ -789,6 +792,7 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         repos: opts.repos.iter().map(|r| r.display().to_string()).collect(),
         files_trained: train_idx.len(),
         files_held_out: held_idx.len(),
+        held_out_share: opts.held_out,
         files_skipped: corpus.skipped.len(),
         bytes_trained: train_idx
             .iter()

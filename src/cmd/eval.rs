@@ -8,10 +8,11 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use crate::cli::{EvalArgs, MemoryMode, ModelArgs};
-use crate::complete::Settings;
+use crate::complete::{RepositoryPrompt, Settings};
 use crate::eval::{self, Exec, tasks};
 use crate::memory::{self, Memory};
 use crate::model::generate::Limits;
+use crate::model::generate::Prior;
 use crate::train::{corpus, split};
 
 /// A held-out file: path, language, text.
@@ -198,18 +199,44 @@ fn repository_memory(spec: &ModelArgs, train: &[TrainFile]) -> anyhow::Result<Me
             text,
         })
         .collect();
-    let (memory, fit) = memory::build(&mut model, &files, FIT_TOKENS).context("--memory index")?;
+    // A model infill fine-tuned says which files it held out: those of them here are fitted on,
+    // as the model never learnt them.
+    let unseen: Vec<memory::File> = trained_held_out(spec)
+        .map(|share| {
+            files
+                .iter()
+                .filter(|f| split::is_held_out(&f.path.to_string_lossy(), share))
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default();
+    let tuning = (unseen.len() >= 2).then_some(unseen.as_slice());
+    let (memory, fit) =
+        memory::build(&mut model, &files, tuning, FIT_TOKENS).context("--memory index")?;
     bar.finish_and_clear();
     eprintln!(
-        "memory: {} files, {} tokens, in {:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {} tokens of {} of them (indexing the others): {:.3?}",
+        "memory: {} files, {} tokens, in {:.1} s; weights by match length (1, 2-3, 4-7, ..., 128+) fitted on {} tokens of {} of them{} (indexing the others): {:.3?}",
         train.len(),
         memory.documents().len(),
         started.elapsed().as_secs_f64(),
         fit.samples,
         fit.files,
+        if tuning.is_some() {
+            ", which the model held out in training"
+        } else {
+            ""
+        },
         memory.weights().by_length()
     );
     Ok(memory)
+}
+
+/// The share of files a model infill trained held out (its `training.json`), if it says.
+fn trained_held_out(spec: &ModelArgs) -> Option<f64> {
+    let dir = Path::new(spec.model.as_deref()?);
+    let text = std::fs::read_to_string(dir.join("training.json")).ok()?;
+    let report: serde_json::Value = serde_json::from_str(&text).ok()?;
+    report["held_out_share"].as_f64()
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
@@ -244,10 +271,28 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let with_memory = match args.memory {
         MemoryMode::Off => None,
-        MemoryMode::Index => Some(Settings {
-            prior: Some(Arc::new(repository_memory(&args.model, &train)?)),
-            ..settings.clone()
-        }),
+        mode => {
+            let memory: Arc<Memory> = Arc::new(repository_memory(&args.model, &train)?);
+            let name = args
+                .repo
+                .first()
+                .and_then(|r| std::path::absolute(r).ok())
+                .and_then(|r| r.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            let mixed = matches!(mode, MemoryMode::Index | MemoryMode::Both);
+            let prompted = matches!(mode, MemoryMode::Prompt | MemoryMode::Both);
+            Some(Settings {
+                prior: mixed.then(|| Arc::clone(&memory) as Arc<dyn Prior>),
+                // Each task's path is filled in as it runs.
+                repository: prompted.then(|| RepositoryPrompt {
+                    source: memory as Arc<dyn Prior>,
+                    name,
+                    path: String::new(),
+                    root: Default::default(),
+                }),
+                ..settings.clone()
+            })
+        }
     };
     let run = Run {
         settings: with_memory.as_ref().unwrap_or(&settings),

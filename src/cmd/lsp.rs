@@ -12,6 +12,7 @@ pub fn run(args: &LspArgs) -> anyhow::Result<()> {
         min_confidence: config.min_confidence,
         shift_reuse: !config.exact_cache,
         memory: config.memory,
+        memory_prompt: config.memory_prompt,
         overlay: args.overlay,
         cache: crate::memory::Store::cache_dir(),
         ..Options::default()

@@ -72,6 +72,13 @@ pub struct Task {
     pub entry_point: Option<String>,
 }
 
+impl Task {
+    /// The file a repository task was cut from (its id is `path:start-end`).
+    pub fn path(&self) -> &str {
+        self.id.rsplit_once(':').map_or(&self.id, |(path, _)| path)
+    }
+}
+
 fn below(rng: &mut Rng, n: usize) -> usize {
     if n == 0 {
         0

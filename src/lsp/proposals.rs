@@ -105,6 +105,8 @@ pub struct Ask<'a> {
     pub min_confidence: f32,
     /// Repository memory, once the workspace is indexed.
     pub prior: Option<Arc<dyn crate::model::generate::Prior>>,
+    /// Its most relevant code before the prompt (`memoryPrompt`).
+    pub repository: Option<crate::complete::RepositoryPrompt>,
 }
 
 impl Proposals {
@@ -148,6 +150,7 @@ impl Proposals {
             language: ask.doc.language,
             settings: Settings {
                 prior: ask.prior.clone(),
+                repository: ask.repository.clone(),
                 ..Settings::interactive(Sampling::default(), ask.max_tokens, ask.min_confidence)
             },
             preview: Preview::Raw,

@@ -290,24 +290,37 @@ impl Documents {
     /// A place among the current files where `pattern` occurs (a changed file's current text
     /// first, then the base in path order).
     pub fn locate(&self, pattern: &[u32]) -> Option<Location> {
+        self.locations(pattern, 1).pop()
+    }
+
+    /// Up to `limit` places among the current files where `pattern` occurs (changed files'
+    /// current text first, then the base in path order).
+    pub fn locations(&self, pattern: &[u32], limit: usize) -> Vec<Location> {
         let added = self.added.find(pattern);
-        if let Some(o) = self.added.occurrences(&added, 1).first() {
-            return Some(Location {
+        let mut out: Vec<Location> = self
+            .added
+            .occurrences(&added, limit)
+            .into_iter()
+            .map(|o| Location {
                 path: self.added_paths[o.document].clone(),
                 offset: o.offset,
-            });
-        }
+            })
+            .collect();
         let base = self.base.index.find(pattern);
-        // A pattern this long occurs in few places; scan them all.
-        self.base
+        // Occurrences in changed files are skipped, so more may be needed than are kept; a
+        // pattern worth locating is long and occurs in few places.
+        let more = self
+            .base
             .index
             .occurrences(&base, usize::MAX)
             .into_iter()
-            .find(|o| !self.changes.contains_key(&self.base.paths[o.document]))
+            .filter(|o| !self.changes.contains_key(&self.base.paths[o.document]))
             .map(|o| Location {
                 path: self.base.paths[o.document].clone(),
                 offset: o.offset,
-            })
+            });
+        out.extend(more.take(limit.saturating_sub(out.len())));
+        out
     }
 
     /// The current tokens of `path`.

@@ -7,7 +7,7 @@
 //! long unambiguous match is trusted more than a two-token one.
 
 use super::{Change, Documents, Location};
-use crate::model::generate::{Prior, PriorGuess, PriorSource};
+use crate::model::generate::{Prior, PriorGuess, PriorSnippet, PriorSource};
 use std::path::{Path, PathBuf};
 
 /// Match lengths are grouped by powers of two: 1, 2-3, 4-7, ..., 128 and more.
@@ -239,6 +239,63 @@ impl Prior for Memory {
         let (len, probs) = self.guess(context)?;
         let weight = self.weights.for_length(len);
         (weight > 0.0).then_some(PriorGuess { weight, probs })
+    }
+
+    /// The places where the end of the context, and its ends a few lines back, recur in other
+    /// files (each vote weighed by the match's length; a match under 4 tokens, or in more than
+    /// 32 places, is too common to say anything), as windows around the spot that corresponds
+    /// to the cursor: a third before it, two thirds after, since what followed is what the model
+    /// may copy.
+    fn snippets(&self, context: &[u32], budget: usize) -> Vec<PriorSnippet> {
+        const BACK: [usize; 6] = [0, 16, 32, 64, 96, 128];
+        const MIN_LEN: usize = 4;
+        const MAX_PLACES: usize = 32;
+        // Windows are this long at most, so that several files can show.
+        let window = (budget / 2).clamp(32, 256);
+        let mut votes: Vec<(PathBuf, usize, usize)> = Vec::new();
+        for back in BACK {
+            let Some(end) = context.len().checked_sub(back).filter(|&e| e > 0) else {
+                break;
+            };
+            let query = &context[end.saturating_sub(MAX_QUERY)..end];
+            let (len, _) = self.documents.longest_match(query);
+            let pattern = &query[query.len() - len..];
+            if len < MIN_LEN || self.documents.count(pattern) > MAX_PLACES {
+                continue;
+            }
+            for at in self.documents.locations(pattern, MAX_PLACES) {
+                let cursor = at.offset + len + back;
+                // Votes for nearby spots of one file add up.
+                match votes
+                    .iter_mut()
+                    .find(|(p, c, _)| *p == at.path && c.abs_diff(cursor) < window / 2)
+                {
+                    Some(v) => v.2 += len,
+                    None => votes.push((at.path, cursor, len)),
+                }
+            }
+        }
+        votes.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+        let mut out = Vec::new();
+        let mut left = budget;
+        for (path, cursor, _) in votes {
+            let Some(tokens) = self.documents.tokens(&path) else {
+                continue;
+            };
+            let take = window.min(left);
+            if take < MIN_LEN {
+                break;
+            }
+            let cursor = cursor.min(tokens.len());
+            let start = cursor.saturating_sub(take / 3);
+            let end = (start + take).min(tokens.len());
+            left -= end - start;
+            out.push(PriorSnippet {
+                path,
+                tokens: tokens[start..end].to_vec(),
+            });
+        }
+        out
     }
 
     /// The place the longest match of the context's end occurs, moved back to where the tail

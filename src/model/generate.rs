@@ -249,6 +249,19 @@ pub trait Prior: Send + Sync + std::fmt::Debug {
     fn source(&self, _context: &[u32], _tail: usize) -> Option<PriorSource> {
         None
     }
+
+    /// Code from other files worth showing the model before a document whose text so far is
+    /// `context`: at most `budget` tokens in all, the most relevant first.
+    fn snippets(&self, _context: &[u32], _budget: usize) -> Vec<PriorSnippet> {
+        Vec::new()
+    }
+}
+
+/// A run of another file's tokens, for a repository-level prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorSnippet {
+    pub path: std::path::PathBuf,
+    pub tokens: Vec<u32>,
 }
 
 /// A place a prior found a run of tokens: a file, and that file's tokens before the place (from

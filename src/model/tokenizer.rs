@@ -60,6 +60,8 @@ pub struct FimTemplate {
     pub eos: Option<u32>,
     /// Separator between files in packed training data (`<|file_sep|>`), if the vocabulary has one.
     pub file_sep: Option<u32>,
+    /// The token that opens a repository-level prompt (`<|repo_name|>`), if the vocabulary has one.
+    pub repo_name: Option<u32>,
 }
 
 impl FimTemplate {
@@ -367,6 +369,7 @@ fn detect_template(
                 "<EOT>",
             ]),
             file_sep: find(&["<|file_sep|>", "<file_sep>", "<|file_separator|>"]),
+            repo_name: find(&["<|repo_name|>", "<repo_name>"]),
         });
     }
     None

@@ -11,6 +11,8 @@
 //! confidence_colours = false   # colour ghost text by token probability (F4 toggles)
 //! exact_cache = false   # never reuse the suffix's keys and values out of place while typing
 //! memory = true         # index the file's git repository as repository memory
+//! memory_prompt = false  # also put its most relevant code before the prompt (models trained
+//!                        # with repository-level prompts: Qwen2.5-Coder, StarCoder2)
 //!
 //! [keys]                # completion actions; one key or a list
 //! accept = "tab"
@@ -205,6 +207,9 @@ pub struct Config {
     pub exact_cache: bool,
     /// Index the code of the file's git repository and mix it into every proposal.
     pub memory: bool,
+    /// Also put the repository's most relevant code before the prompt, for models trained with
+    /// repository-level prompts (with `memory`).
+    pub memory_prompt: bool,
     pub ghost: Color,
     /// NO_COLOR is set: no colours, only attributes (dim, bold, reverse).
     pub no_color: bool,
@@ -236,6 +241,7 @@ impl Default for Config {
             confidence_colours: false,
             exact_cache: false,
             memory: true,
+            memory_prompt: false,
             ghost: Color::DarkGray,
             no_color,
             keymap: Keymap { keys },
@@ -266,6 +272,7 @@ struct RawEditor {
     confidence_colours: Option<bool>,
     exact_cache: Option<bool>,
     memory: Option<bool>,
+    memory_prompt: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,6 +383,7 @@ impl Config {
             confidence_colours: e.confidence_colours.unwrap_or(d.confidence_colours),
             exact_cache: e.exact_cache.unwrap_or(d.exact_cache),
             memory: e.memory.unwrap_or(d.memory),
+            memory_prompt: e.memory_prompt.unwrap_or(d.memory_prompt),
             ghost,
             no_color,
             keymap: Keymap { keys },

@@ -1194,3 +1194,44 @@ fn a_file_outside_a_repository_indexes_nothing() {
     assert!(ed.memories.is_empty());
     assert!(ed.requests.last().unwrap().settings.prior.is_none());
 }
+
+#[test]
+fn memory_prompt_names_the_repository_and_the_file_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::create_dir(dir.path().join("pkg")).unwrap();
+    let path = dir.path().join("pkg").join("a.py");
+    std::fs::write(&path, "x = 1\n").unwrap();
+    let config = Config::parse("[editor]\nmemory_prompt = true\n", false).unwrap();
+    let app = App::new("x = 1\n", file_info(&path), config, None);
+    let name = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut ed = Ed::with_app(app, Some(dir));
+    ed.collect();
+    ed.draw();
+    let id = ed.memories[0].id;
+    ed.reply(Reply::Memory {
+        id,
+        memory: std::sync::Arc::new(infill::memory::Memory::new(
+            infill::memory::Documents::unnamed(&[vec![1u32, 2, 3]]),
+            infill::memory::Weights::constant(0.5),
+        )),
+        files: 1,
+        seconds: 0.1,
+    });
+    ed.press(KeyCode::End).typed(" + 2").idle();
+    let r = ed.requests.last().unwrap();
+    let repository = r.settings.repository.as_ref().expect("a repository prompt");
+    assert_eq!(
+        (repository.name.as_str(), repository.path.as_str()),
+        (name.as_str(), "pkg/a.py")
+    );
+    // Off by default.
+    let mut plain = Ed::new("b.py", "y = 2\n");
+    plain.typed("z").idle();
+    assert!(plain.requests.last().unwrap().settings.repository.is_none());
+}

@@ -269,8 +269,8 @@ fn weights_are_fitted_for_every_family() {
         .collect();
     for family in crate::FAMILIES {
         let mut model = crate::open(&crate::fixture(family));
-        let (memory, fit) =
-            memory::build(&mut model, &files, 256).unwrap_or_else(|e| panic!("{family}: {e:#}"));
+        let (memory, fit) = memory::build(&mut model, &files, None, 256)
+            .unwrap_or_else(|e| panic!("{family}: {e:#}"));
         assert!(fit.samples > 10, "{family}: {fit:?}");
         assert!(
             memory
@@ -287,5 +287,70 @@ fn weights_are_fitted_for_every_family() {
             "{family}: {:?}",
             memory.weights()
         );
+    }
+}
+
+/// A repository-level prompt: the repository's name, snippets of other files as files, then the
+/// completed file's path, before the FIM prompt; the document's own tokens stay where the
+/// pipeline finds them, in either order.
+#[test]
+fn a_repository_prompt_puts_other_files_first() {
+    let mut model = Model::open(&ModelSource::Embedded, false, &LoadOptions::default()).unwrap();
+    let texts = repository();
+    let paths: Vec<PathBuf> = (0..texts.len())
+        .map(|i| PathBuf::from(format!("/repo/handlers_{i}.py")))
+        .collect();
+    let files: Vec<memory::File> = paths
+        .iter()
+        .zip(&texts)
+        .map(|(path, text)| memory::File { path, text })
+        .collect();
+    let memory: Arc<dyn infill::model::generate::Prior> = Arc::new(Memory::new(
+        memory::documents(&model.tokenizer, &files),
+        Weights::constant(0.0),
+    ));
+    let doc =
+        "import json\n\n\ndef handler_9(request):\n    data = request.json()\n    return frob";
+    let cursor = Cursor::from_byte(doc, doc.len()).unwrap();
+    for order in [infill::model::FimOrder::Psm, infill::model::FimOrder::Spm] {
+        let settings = Settings {
+            repository: Some(complete::RepositoryPrompt {
+                source: Arc::clone(&memory),
+                name: "shop".into(),
+                path: "api/new.py".into(),
+                root: PathBuf::from("/repo"),
+            }),
+            order: Some(order),
+            limits: infill::model::generate::Limits {
+                max_tokens: 4,
+                ..Default::default()
+            },
+            ..Settings::default()
+        };
+        let c = complete::complete(&mut model, doc, cursor, None, &settings, None, |_, _| {
+            Flow::Continue
+        })
+        .unwrap();
+        let fim = model.tokenizer.fim();
+        let ids = &c.prompt.ids;
+        let lead = fim.lead.len();
+        assert!(c.prompt.repository_tokens > 0, "{order:?}");
+        assert_eq!(ids[lead], fim.repo_name.unwrap());
+        let preamble = &ids[lead..lead + c.prompt.repository_tokens];
+        let seps: Vec<usize> = (0..preamble.len())
+            .filter(|&i| Some(preamble[i]) == fim.file_sep)
+            .collect();
+        assert!(seps.len() >= 2, "a snippet, then the file: {seps:?}");
+        let text = |range: &[u32]| model.tokenizer.decode(range);
+        assert_eq!(text(&preamble[1..seps[0]]), "shop\n");
+        let snippet = text(&preamble[seps[0] + 1..seps[1]]);
+        assert!(
+            snippet.starts_with("handlers_") && snippet.contains("frobnicate_widget(data"),
+            "{snippet:?}"
+        );
+        assert_eq!(text(&preamble[*seps.last().unwrap() + 1..]), "api/new.py\n");
+        // The prior still sees exactly the document before the cursor (less the healed token).
+        let before = text(c.prompt.prefix_ids(&model.tokenizer));
+        assert_eq!(format!("{before}{}", c.prompt.healed), doc, "{order:?}");
     }
 }

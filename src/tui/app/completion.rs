@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::App;
-use crate::complete::{PREFIX_BYTES, SUFFIX_BYTES, Settings};
+use crate::complete::{PREFIX_BYTES, RepositoryPrompt, SUFFIX_BYTES, Settings};
 use crate::memory::{Memory, Store};
 use crate::model::generate::Prior;
 use crate::model::generate::Sampling;
@@ -368,8 +368,26 @@ impl App {
             MemoryState::Ready { view, .. } => Some(Arc::clone(view) as Arc<dyn Prior>),
             _ => None,
         };
+        let repository = prior
+            .as_ref()
+            .filter(|_| self.config.memory_prompt)
+            .and_then(|source| {
+                let root = self.repository()?;
+                let path = self.absolute_path()?;
+                Some(RepositoryPrompt {
+                    source: Arc::clone(source),
+                    name: root.file_name()?.to_string_lossy().into_owned(),
+                    path: path
+                        .strip_prefix(&root)
+                        .ok()?
+                        .to_string_lossy()
+                        .into_owned(),
+                    root,
+                })
+            });
         let settings = Settings {
             prior,
+            repository,
             ..Settings::interactive(sampling, self.config.max_tokens, self.config.min_confidence)
         };
         let (prefix, suffix) = self.context();
