@@ -85,14 +85,18 @@ impl Weights {
     }
 
     /// The weights under which `samples` are most probable: per bucket, the maximum-likelihood
-    /// weight of `(1 - w) * model + w * index` (EM; a bucket without samples gets 0).
+    /// weight of `(1 - w) * model + w * index` (EM). A bucket without samples takes the weight
+    /// of the next shorter one (0 for the shortest): a longer match is no less to be trusted, and
+    /// a small repository may have no match of 64 tokens among its tuning files.
     pub fn fit(samples: &[Sample]) -> Self {
         let mut by_length = [0.0f32; BUCKETS];
-        for (b, weight) in by_length.iter_mut().enumerate() {
+        for b in 0..BUCKETS {
             let of: Vec<&Sample> = samples.iter().filter(|s| bucket(s.len) == b).collect();
             if of.is_empty() {
+                by_length[b] = if b > 0 { by_length[b - 1] } else { 0.0 };
                 continue;
             }
+            let weight = &mut by_length[b];
             let mut w = 0.5f64;
             for _ in 0..200 {
                 // The share of each sample the index explains, averaged, is the next weight.
@@ -340,7 +344,9 @@ mod tests {
         let w = Weights::fit(&samples);
         assert!((w.for_length(20) - 0.3).abs() < 1e-3, "{w:?}");
         assert!(w.for_length(1) < 1e-3, "{w:?}");
-        assert_eq!(w.for_length(1000), w.by_length()[BUCKETS - 1]);
+        // Lengths never seen take the weight of the longest seen below them.
+        assert!(w.for_length(3) < 1e-3, "{w:?}");
+        assert!((w.for_length(1000) - 0.3).abs() < 1e-3, "{w:?}");
     }
 
     #[test]

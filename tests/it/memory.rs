@@ -354,3 +354,57 @@ fn a_repository_prompt_puts_other_files_first() {
         assert_eq!(format!("{before}{}", c.prompt.healed), doc, "{order:?}");
     }
 }
+
+/// `eval --memory` indexes the training split only: a held-out file's lines, found nowhere else,
+/// are never proposed from the index (if they were indexed, the long matches would give them
+/// whole).
+#[test]
+fn a_held_out_files_text_never_reaches_its_own_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..12u64 {
+        let n = |k: u64| (i * 7919 + k * 104_729) % 100_000;
+        let text = format!(
+            "def handler_{i}(request):\n    value = request.get_{}(timeout={}, retries={})\n    return encode_{}(value, level={})\n",
+            n(1),
+            n(2),
+            n(3),
+            n(4),
+            n(5)
+        );
+        std::fs::write(dir.path().join(format!("h{i}.py")), text).unwrap();
+    }
+    let out = crate::infill_cmd()
+        .args(["eval", "--repo"])
+        .arg(dir.path())
+        .args([
+            "--memory",
+            "both",
+            "--tasks",
+            "12",
+            "--max-tokens",
+            "24",
+            "--held-out",
+            "0.3",
+            "--score-kb",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("model - baseline, trimmed exact match"))
+        .unwrap();
+    let diff: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(diff <= 0.1, "{line}");
+}
