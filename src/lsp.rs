@@ -247,6 +247,8 @@ pub fn serve(
         memory_roots: Vec::new(),
         memory_stale: false,
         memory_views: HashMap::new(),
+        unsaved: HashMap::new(),
+        unsaved_sent: HashMap::new(),
     };
     loop {
         let deadline = [server.proposals.deadline(), server.overlay.deadline()]
@@ -321,6 +323,10 @@ struct Server<W: Write> {
     memory_stale: bool,
     /// The memory as each document's proposals see it: without the document's own file.
     memory_views: HashMap<std::path::PathBuf, std::sync::Arc<Memory>>,
+    /// Open documents changed since they were opened or saved (their version), and the versions
+    /// the memory was last sent.
+    unsaved: HashMap<String, i32>,
+    unsaved_sent: HashMap<String, i32>,
 }
 
 impl<W: Write> Server<W> {
@@ -486,6 +492,7 @@ impl<W: Write> Server<W> {
                     // A change to a document that is not open has nothing to apply to.
                     if let Some(doc) = self.docs.get_mut(&uri) {
                         doc.apply(&p.content_changes, p.text_document.version, self.encoding);
+                        self.unsaved.insert(uri.clone(), p.text_document.version);
                         let answers = self.proposals.invalidate(&uri);
                         self.answer(answers)?;
                         self.overlay_changed(&uri, false)?;
@@ -495,6 +502,7 @@ impl<W: Write> Server<W> {
             "textDocument/didSave" => {
                 if let Ok(p) = parse::<DidSaveTextDocumentParams>(params) {
                     self.overlay_changed(p.text_document.uri.as_str(), true)?;
+                    self.unsaved.remove(p.text_document.uri.as_str());
                     self.refresh_memory();
                 }
             }
@@ -502,6 +510,10 @@ impl<W: Write> Server<W> {
                 if let Ok(p) = parse::<DidCloseTextDocumentParams>(params) {
                     let uri = p.text_document.uri.as_str();
                     self.docs.remove(uri);
+                    // Unsaved text closed unsaved: the file on disk counts again.
+                    if self.unsaved.remove(uri).is_some() {
+                        self.refresh_memory();
+                    }
                     let answers = self.proposals.invalidate(uri);
                     self.answer(answers)?;
                     if let Some(clear) = self.overlay.closed(uri) {
@@ -591,11 +603,53 @@ impl<W: Write> Server<W> {
         self.memory_job = Some(self.ids);
         self.memory_stale = false;
         self.memory_roots = roots.clone();
+        let texts = self.unsaved_texts();
         self.worker.submit(Job::Memory(MemoryRequest {
             id: self.ids,
             roots,
             cache: self.options.cache.clone(),
             previous,
+            walk: true,
+            texts,
+            cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }));
+    }
+
+    /// The text of every open document changed since it was opened or saved, as the memory
+    /// should count it (noting the versions sent).
+    fn unsaved_texts(&mut self) -> Vec<(std::path::PathBuf, String)> {
+        self.unsaved_sent = self.unsaved.clone();
+        self.unsaved
+            .keys()
+            .filter_map(|uri| Some((file_path(uri)?, self.docs.get(uri)?.text().to_owned())))
+            .filter(|(path, _)| self.memory_roots.iter().any(|r| path.starts_with(r)))
+            .collect()
+    }
+
+    /// Before a proposal in `uri`: other open documents edited since the memory last heard of
+    /// them are sent to it (only those changes are indexed; the document itself never counts
+    /// for its own proposals, so its own typing sends nothing).
+    fn sync_unsaved(&mut self, uri: &str) {
+        let Some(memory) = self.memory.clone() else {
+            return;
+        };
+        let behind = self
+            .unsaved
+            .iter()
+            .any(|(u, v)| u != uri && self.unsaved_sent.get(u) != Some(v));
+        if !behind || self.memory_job.is_some() {
+            return;
+        }
+        self.ids += 1;
+        self.memory_job = Some(self.ids);
+        let texts = self.unsaved_texts();
+        self.worker.submit(Job::Memory(MemoryRequest {
+            id: self.ids,
+            roots: self.memory_roots.clone(),
+            cache: self.options.cache.clone(),
+            previous: Some(memory),
+            walk: false,
+            texts,
             cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }));
     }
@@ -800,6 +854,7 @@ impl<W: Write> Server<W> {
     ) -> Result<Option<Value>, RpcError> {
         let p = parse::<TextDocumentPositionParams>(params)?;
         let uri = p.text_document.uri.as_str();
+        self.sync_unsaved(uri);
         let prior = self.memory_for(uri);
         let repository = self.repository_prompt(uri, prior.as_ref());
         let Some(doc) = self.docs.get(uri) else {

@@ -102,6 +102,10 @@ pub struct MemoryRequest {
     /// The memory of these roots before (a refresh after a save): only what changed since is
     /// indexed again.
     pub previous: Option<Arc<Memory>>,
+    /// Walk the roots for files changed on disk (false: only `texts` change `previous`).
+    pub walk: bool,
+    /// Open buffers' text (absolute paths), which counts instead of the files on disk.
+    pub texts: Vec<(std::path::PathBuf, String)>,
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -431,7 +435,12 @@ impl Queue {
             Job::Complete(r) => self.complete = Some(r),
             Job::Score(r) => self.score = Some(r),
             Job::Lines(r) => self.lines = Some(r),
-            Job::Memory(r) => self.memory = Some(r),
+            // A walk still to do is not dropped for a newer request that only brings
+            // buffers' text: the newer one walks too.
+            Job::Memory(mut r) => {
+                r.walk |= self.memory.as_ref().is_some_and(|old| old.walk);
+                self.memory = Some(r);
+            }
         }
     }
 
@@ -461,60 +470,54 @@ fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply))
         .cache
         .as_deref()
         .map(|c| memory::Store::new(c, &request.roots));
-    let built = (|| -> anyhow::Result<(memory::Opened, usize)> {
-        let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
-        let mut bytes = 0;
-        'roots: for root in &request.roots {
-            let root = std::path::absolute(root)?;
-            let corpus =
-                crate::train::corpus::collect(std::slice::from_ref(&root), Default::default())?;
-            for f in corpus.files {
-                bytes += f.text.len();
-                if bytes > MEMORY_MAX_BYTES {
-                    break 'roots;
+    let built = (|| -> anyhow::Result<(Memory, usize)> {
+        let memory = match (&request.previous, request.walk) {
+            (Some(previous), false) => (**previous).clone(),
+            _ => {
+                let opened = open_memory(model, request, store.as_ref())?;
+                // What the store gets is the files on disk, never a buffer's unsaved text.
+                let worth_storing = request.previous.is_none()
+                    || opened.memory.documents().changed_tokens() * 8
+                        > opened.memory.documents().len();
+                if let (true, true, Some(store)) = (opened.unsaved, worth_storing, store) {
+                    let key = memory::tokenizer_key(&model.tokenizer);
+                    let documents = opened.memory.documents().clone();
+                    // Folding the changes into one index takes a while: a thread of its own,
+                    // while the memory serves as it is.
+                    std::thread::spawn(move || {
+                        if let Err(e) = store.save(&documents, key) {
+                            tracing::warn!("repository memory: not stored: {e:#}");
+                        }
+                    });
                 }
-                files.push((root.join(&f.path), f.text));
+                opened.memory
             }
-        }
-        let files: Vec<memory::File> = files
+        };
+        // Open buffers' text as it is now, where it differs from what the memory holds.
+        let known: std::collections::HashMap<&std::path::Path, u64> =
+            memory.documents().hashes().collect();
+        let changes: Vec<_> = request
+            .texts
             .iter()
-            .map(|(path, text)| memory::File { path, text })
+            .filter(|(path, text)| {
+                known.get(path.as_path()) != Some(&crate::hash::fnv1a(text.as_bytes()))
+            })
+            .map(|(path, text)| memory::change(&model.tokenizer, path, text))
             .collect();
-        let opened = memory::open(
-            model,
-            &files,
-            store.as_ref(),
-            request.previous.as_deref(),
-            MEMORY_FIT_TOKENS,
-        )?;
-        Ok((opened, files.len()))
+        let memory = if changes.is_empty() {
+            memory
+        } else {
+            memory.with_changes(changes)
+        };
+        let files = memory.documents().files();
+        Ok((memory, files))
     })();
     if request.cancel.load(Ordering::Relaxed) {
         return;
     }
     match built {
-        Ok((opened, files)) => {
+        Ok((memory, files)) => {
             let seconds = started.elapsed().as_secs_f64();
-            let memory = opened.memory;
-            tracing::info!(
-                "repository memory: {files} files ({} unchanged, {} tokenized), {} tokens, in {seconds:.2} s; weights {:?}{}",
-                opened.reused,
-                opened.tokenized,
-                memory.documents().len(),
-                memory.weights(),
-                if opened.fitted { " (fitted now)" } else { "" },
-            );
-            // The store gets the changes folded in, on a thread of its own: the memory serves
-            // as it is meanwhile.
-            if let (true, Some(store)) = (opened.unsaved, store) {
-                let key = memory::tokenizer_key(&model.tokenizer);
-                let documents = memory.documents().clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = store.save(&documents, key) {
-                        tracing::warn!("repository memory: not stored: {e:#}");
-                    }
-                });
-            }
             reply(Reply::Memory {
                 id: request.id,
                 memory: Arc::new(memory),
@@ -527,6 +530,52 @@ fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply))
             message: format!("repository memory: {e}"),
         }),
     }
+}
+
+/// The roots' files walked (the training corpus's walk and filters) and remembered, from the
+/// memory before or the store where they hold them.
+fn open_memory(
+    model: &mut Model,
+    request: &MemoryRequest,
+    store: Option<&memory::Store>,
+) -> anyhow::Result<memory::Opened> {
+    let started = Instant::now();
+    let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
+    let mut bytes = 0;
+    'roots: for root in &request.roots {
+        let root = std::path::absolute(root)?;
+        let corpus =
+            crate::train::corpus::collect(std::slice::from_ref(&root), Default::default())?;
+        for f in corpus.files {
+            bytes += f.text.len();
+            if bytes > MEMORY_MAX_BYTES {
+                break 'roots;
+            }
+            files.push((root.join(&f.path), f.text));
+        }
+    }
+    let files: Vec<memory::File> = files
+        .iter()
+        .map(|(path, text)| memory::File { path, text })
+        .collect();
+    let opened = memory::open(
+        model,
+        &files,
+        store,
+        request.previous.as_deref(),
+        MEMORY_FIT_TOKENS,
+    )?;
+    tracing::info!(
+        "repository memory: {} files ({} unchanged, {} tokenized), {} tokens, in {:.2} s; weights {:?}{}",
+        files.len(),
+        opened.reused,
+        opened.tokenized,
+        opened.memory.documents().len(),
+        started.elapsed().as_secs_f64(),
+        opened.memory.weights(),
+        if opened.fitted { " (fitted now)" } else { "" },
+    );
+    Ok(opened)
 }
 
 /// Scores every line between the code around it, then asks the model for its own version of the

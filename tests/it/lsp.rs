@@ -666,6 +666,30 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
         list["items"][0]["textEdit"]["newText"], "reschedule_with_jitter(job, spread=13)",
         "{list}"
     );
+    // Unsaved text in another open document counts too, once a proposal elsewhere is asked for.
+    let draft = format!("{root}/draft.py");
+    c.open(&draft, "");
+    c.notify(
+        "textDocument/didChange",
+        json!({
+            "textDocument": { "uri": draft, "version": 2 },
+            "contentChanges": [{ "text": "def drain(queue):\n    return flush_pending_items(queue, batch=41)\n" }],
+        }),
+    );
+    c.request(4, "textDocument/completion", at(&uri, 1, 11));
+    c.wait_for(|m| {
+        m["method"] == "window/logMessage"
+            && m["params"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("repository memory: 8 files"))
+    });
+    let uri = format!("{root}/third.py");
+    c.open(&uri, "def drain_all(queue):\n    return flush_");
+    let list = c.request(5, "textDocument/completion", at(&uri, 1, 17));
+    assert_eq!(
+        list["items"][0]["textEdit"]["newText"], "flush_pending_items(queue, batch=41)",
+        "{list}"
+    );
     assert_eq!(c.shutdown_and_exit(), 0);
 }
 

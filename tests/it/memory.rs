@@ -207,6 +207,8 @@ fn the_worker_builds_memory_and_says_where_a_proposal_was_found() {
         roots: vec![repo.path().to_path_buf()],
         cache: Some(cache.path().to_path_buf()),
         previous: None,
+        walk: true,
+        texts: Vec::new(),
         cancel: Arc::new(AtomicBool::new(false)),
     }));
     let memory = match next() {

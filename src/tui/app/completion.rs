@@ -292,6 +292,8 @@ impl App {
             roots: vec![root],
             cache: Store::cache_dir(),
             previous: None,
+            walk: true,
+            texts: Vec::new(),
             cancel: Arc::new(AtomicBool::new(false)),
         }));
     }
@@ -316,6 +318,8 @@ impl App {
             roots: vec![root],
             cache: Store::cache_dir(),
             previous,
+            walk: true,
+            texts: Vec::new(),
             cancel: Arc::new(AtomicBool::new(false)),
         }));
     }
