@@ -5,6 +5,7 @@
 //! nearest the cursor: about three quarters of the window for the prefix and one quarter for the
 //! suffix, a side that needs less lends the rest to the other, and cuts fall on line boundaries.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -50,7 +51,24 @@ pub struct RepositoryPrompt {
     pub name: String,
     pub path: String,
     /// The folder the snippets' paths are shown relative to.
-    pub root: std::path::PathBuf,
+    pub root: PathBuf,
+}
+
+impl RepositoryPrompt {
+    /// The prompt for the file at `path` in the repository at `root` (named by its folder);
+    /// `None` when the file is not inside it.
+    pub fn for_file(source: Arc<dyn Prior>, root: PathBuf, path: &Path) -> Option<Self> {
+        Some(Self {
+            source,
+            name: root.file_name()?.to_string_lossy().into_owned(),
+            path: path
+                .strip_prefix(&root)
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+            root,
+        })
+    }
 }
 
 /// Tokens of other files' code a repository-level prompt holds at most: enough for a few

@@ -679,17 +679,11 @@ impl<W: Write> Server<W> {
             .filter(|r| path.starts_with(r))
             .max_by_key(|r| r.as_os_str().len())?
             .clone();
-        Some(crate::complete::RepositoryPrompt {
-            source: std::sync::Arc::clone(memory)
-                as std::sync::Arc<dyn crate::model::generate::Prior>,
-            name: root.file_name()?.to_string_lossy().into_owned(),
-            path: path
-                .strip_prefix(&root)
-                .ok()?
-                .to_string_lossy()
-                .into_owned(),
+        crate::complete::RepositoryPrompt::for_file(
+            std::sync::Arc::clone(memory) as std::sync::Arc<dyn crate::model::generate::Prior>,
             root,
-        })
+            &path,
+        )
     }
 
     /// The memory for proposals in `uri`: without that file's own indexed copy.

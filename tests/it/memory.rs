@@ -25,18 +25,28 @@ fn repository() -> Vec<String> {
         .collect()
 }
 
+/// The repository's files as if under `/repo`.
+fn named_repository() -> Vec<(PathBuf, String)> {
+    repository()
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| (PathBuf::from(format!("/repo/handlers_{i}.py")), text))
+        .collect()
+}
+
+/// Paths and texts as the files memory takes.
+fn as_files(named: &[(PathBuf, String)]) -> Vec<memory::File<'_>> {
+    named
+        .iter()
+        .map(|(path, text)| memory::File { path, text })
+        .collect()
+}
+
 #[test]
 fn a_line_the_repository_holds_is_proposed_from_the_index() {
     let mut model = Model::open(&ModelSource::Embedded, false, &LoadOptions::default()).unwrap();
-    let texts = repository();
-    let paths: Vec<PathBuf> = (0..texts.len())
-        .map(|i| PathBuf::from(format!("/repo/handlers_{i}.py")))
-        .collect();
-    let files: Vec<memory::File> = paths
-        .iter()
-        .zip(&texts)
-        .map(|(path, text)| memory::File { path, text })
-        .collect();
+    let named = named_repository();
+    let files = as_files(&named);
     let memory = Memory::new(
         memory::documents(&model.tokenizer, &files),
         Weights::constant(0.9),
@@ -144,11 +154,8 @@ fn reopening_a_repository_reads_the_stored_index_and_tokenizes_only_what_changed
     let cache = tempfile::tempdir().unwrap();
     let store = memory::Store::new(cache.path(), &[repo.path().to_path_buf()]);
     let open = |model: &mut Model, previous: Option<&Memory>| {
-        let files = files_of(repo.path());
-        let files: Vec<memory::File> = files
-            .iter()
-            .map(|(path, text)| memory::File { path, text })
-            .collect();
+        let named = files_of(repo.path());
+        let files = as_files(&named);
         memory::open(model, &files, Some(&store), previous, 512).unwrap()
     };
     let first = open(&mut model, None);
@@ -163,11 +170,8 @@ fn reopening_a_repository_reads_the_stored_index_and_tokenizes_only_what_changed
     assert!(again.unsaved);
     assert_eq!(again.memory.weights(), first.memory.weights());
     let fresh = {
-        let files = files_of(repo.path());
-        let files: Vec<memory::File> = files
-            .iter()
-            .map(|(path, text)| memory::File { path, text })
-            .collect();
+        let named = files_of(repo.path());
+        let files = as_files(&named);
         memory::documents(&model.tokenizer, &files)
     };
     let probe = model.tokenizer.encode("    return unusual_").unwrap();
@@ -260,15 +264,8 @@ fn the_worker_builds_memory_and_says_where_a_proposal_was_found() {
 /// scored one token at a time for the fit, so memory serves every model infill loads.
 #[test]
 fn weights_are_fitted_for_every_family() {
-    let texts = repository();
-    let paths: Vec<PathBuf> = (0..texts.len())
-        .map(|i| PathBuf::from(format!("/repo/handlers_{i}.py")))
-        .collect();
-    let files: Vec<memory::File> = paths
-        .iter()
-        .zip(&texts)
-        .map(|(path, text)| memory::File { path, text })
-        .collect();
+    let named = named_repository();
+    let files = as_files(&named);
     for family in crate::FAMILIES {
         let mut model = crate::open(&crate::fixture(family));
         let (memory, fit) = memory::build(&mut model, &files, None, 256)
@@ -298,15 +295,8 @@ fn weights_are_fitted_for_every_family() {
 #[test]
 fn a_repository_prompt_puts_other_files_first() {
     let mut model = Model::open(&ModelSource::Embedded, false, &LoadOptions::default()).unwrap();
-    let texts = repository();
-    let paths: Vec<PathBuf> = (0..texts.len())
-        .map(|i| PathBuf::from(format!("/repo/handlers_{i}.py")))
-        .collect();
-    let files: Vec<memory::File> = paths
-        .iter()
-        .zip(&texts)
-        .map(|(path, text)| memory::File { path, text })
-        .collect();
+    let named = named_repository();
+    let files = as_files(&named);
     let memory: Arc<dyn infill::model::generate::Prior> = Arc::new(Memory::new(
         memory::documents(&model.tokenizer, &files),
         Weights::constant(0.0),

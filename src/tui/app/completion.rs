@@ -376,18 +376,11 @@ impl App {
             .as_ref()
             .filter(|_| self.config.memory_prompt)
             .and_then(|source| {
-                let root = self.repository()?;
-                let path = self.absolute_path()?;
-                Some(RepositoryPrompt {
-                    source: Arc::clone(source),
-                    name: root.file_name()?.to_string_lossy().into_owned(),
-                    path: path
-                        .strip_prefix(&root)
-                        .ok()?
-                        .to_string_lossy()
-                        .into_owned(),
-                    root,
-                })
+                RepositoryPrompt::for_file(
+                    Arc::clone(source),
+                    self.repository()?,
+                    &self.absolute_path()?,
+                )
             });
         let settings = Settings {
             prior,
