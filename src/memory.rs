@@ -264,17 +264,22 @@ pub fn open(
             (documents, 0, files.len(), false)
         }
     };
+    // Stored weights are filed under the model that fitted them.
+    let model_key = match (previous, store) {
+        (None, Some(_)) => Some(store::model_key(model, tokenizer_key)),
+        _ => None,
+    };
     let known_weights = match previous {
         Some(m) => Some(m.weights().clone()),
-        None => store.and_then(|s| s.weights(store::model_key(model, tokenizer_key))),
+        None => store.zip(model_key).and_then(|(s, key)| s.weights(key)),
     };
     let fitted = known_weights.is_none();
     let weights = match known_weights {
         Some(w) => w,
         None => {
             let (weights, _) = fit(model, &documents, files, fit_tokens)?;
-            if let Some(store) = store
-                && let Err(e) = store.save_weights(store::model_key(model, tokenizer_key), &weights)
+            if let (Some(store), Some(key)) = (store, model_key)
+                && let Err(e) = store.save_weights(key, &weights)
             {
                 tracing::warn!("repository memory: weights not stored: {e:#}");
             }
