@@ -327,6 +327,7 @@ impl App {
                 self.apply(edit, now);
             }
             KeyCode::F(1) => self.mode = Mode::Help,
+            KeyCode::F(6) => self.go_to_source(),
             KeyCode::F(2) => self.toggle_overlay(now),
             KeyCode::F(3) => self.jump_to_surprise(!shift),
             KeyCode::F(4) => {

@@ -611,6 +611,7 @@ impl App {
             format!("  {:<22} ask now", k(Action::Trigger)),
             "  typing what the proposal shows keeps the rest of it".to_owned(),
             "  F4 colours a proposal by how sure the model is of each token".to_owned(),
+            "  F6 goes to where a proposal from repository memory was found".to_owned(),
             String::new(),
             "Probability overlay".to_owned(),
             "  F2 on/off: every token coloured by the rank the model gave it".to_owned(),

@@ -1185,6 +1185,38 @@ fn a_file_in_a_git_repository_gets_repository_memory_and_says_so() {
     assert!(ed.memories[1].previous.is_some());
     ed.press(KeyCode::End).typed("4").idle();
     assert!(ed.requests.last().unwrap().settings.prior.is_some());
+
+    // F6 goes to where the proposal was found, once nothing unsaved would be left behind.
+    let lines: String = (1..=20).map(|i| format!("line_{i} = {i}\n")).collect();
+    std::fs::write(&other, &lines).unwrap();
+    ed.press(KeyCode::F(6));
+    assert!(
+        ed.screen()[H as usize - 1].contains("unsaved changes"),
+        "{:?}",
+        ed.screen()
+    );
+    assert!(ed.screen()[0].contains("x = 1"), "still this file");
+    ed.ctrl('s').collect();
+    ed.press(KeyCode::F(6));
+    assert_eq!(ed.app.cursor().line, 11, "line 12 of b.py");
+    assert_eq!(ed.app.document().line(11), "line_12 = 12");
+    let screen = ed.screen();
+    assert!(
+        screen.iter().any(|l| l.contains("line_12 = 12"))
+            && screen[H as usize - 2].contains("b.py"),
+        "{screen:?}"
+    );
+    // The model and the memory came along: proposals here use it, without b.py's own copy.
+    ed.press(KeyCode::End).typed(" + 1").idle();
+    let prior = ed
+        .requests
+        .last()
+        .unwrap()
+        .settings
+        .prior
+        .as_ref()
+        .expect("the memory");
+    assert_eq!(prior.next(&[1, 2]).unwrap().probs, [(3, 1.0)]);
 }
 
 #[test]

@@ -324,6 +324,67 @@ impl App {
         }));
     }
 
+    /// F6: opens the file the last proposal from memory was found in, at its line, with the
+    /// model and the memory kept. This file must be saved first: nothing unsaved is left behind.
+    pub(super) fn go_to_source(&mut self) {
+        let Some(source) = self.completion.last.as_ref().and_then(|p| p.source.clone()) else {
+            self.warn("no proposal from repository memory to go to (F6 follows one)");
+            return;
+        };
+        if self.absolute_path().as_deref() == Some(source.path.as_path()) {
+            self.buffer
+                .go_to(Pos::new(source.line.saturating_sub(1), 0));
+            return;
+        }
+        if self.buffer.doc.is_modified() {
+            self.warn(format!(
+                "unsaved changes: save (Ctrl-S) before going to {}",
+                self.short_source(&source)
+            ));
+            return;
+        }
+        let mut next = match crate::tui::open(&source.path, self.config.clone()) {
+            Ok(next) => next,
+            Err(e) => {
+                self.warn(format!(
+                    "cannot go to {}: {e:#}",
+                    self.short_source(&source)
+                ));
+                return;
+            }
+        };
+        self.completion.invalidate();
+        // The ids go on from here, so a late reply to this file's requests is never taken for one
+        // of the next file's.
+        next.next_id = self.next_id;
+        next.completion.model = self.completion.model.clone();
+        if let MemoryState::Ready {
+            memory,
+            files,
+            refresh,
+            ..
+        } = &self.completion.memory
+        {
+            let view = match next.absolute_path() {
+                Some(path) => Arc::new(memory.without(&path)),
+                None => Arc::clone(memory),
+            };
+            next.completion.memory = MemoryState::Ready {
+                memory: Arc::clone(memory),
+                view,
+                files: *files,
+                refresh: *refresh,
+            };
+        }
+        let line = source.line.clamp(1, next.buffer.doc.line_count());
+        let text = next.buffer.doc.line(line - 1);
+        let indent = text.len() - text.trim_start().len();
+        next.buffer.go_to(Pos::new(line - 1, indent));
+        let from = self.file.path.display().to_string();
+        *self = next;
+        self.say(format!("{}:{line} (from {from})", self.file.path.display()));
+    }
+
     /// `source` as the status line shows it: relative to the repository, or this file's line.
     pub(in crate::tui) fn short_source(&self, source: &Source) -> String {
         if self.absolute_path().as_deref() == Some(source.path.as_path()) {
