@@ -599,17 +599,23 @@ impl<W: Write> Server<W> {
             return;
         }
         let previous = self.memory.clone().filter(|_| self.memory_roots == roots);
+        self.memory_stale = false;
+        self.memory_roots = roots;
+        self.submit_memory(previous, true);
+    }
+
+    /// A memory job for the folders: `walk` them for changed files, or only bring `previous` the
+    /// open documents' unsaved text (which a walk brings too).
+    fn submit_memory(&mut self, previous: Option<std::sync::Arc<Memory>>, walk: bool) {
         self.ids += 1;
         self.memory_job = Some(self.ids);
-        self.memory_stale = false;
-        self.memory_roots = roots.clone();
         let texts = self.unsaved_texts();
         self.worker.submit(Job::Memory(MemoryRequest {
             id: self.ids,
-            roots,
+            roots: self.memory_roots.clone(),
             cache: self.options.cache.clone(),
             previous,
-            walk: true,
+            walk,
             texts,
             cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }));
@@ -637,21 +643,9 @@ impl<W: Write> Server<W> {
             .unsaved
             .iter()
             .any(|(u, v)| u != uri && self.unsaved_sent.get(u) != Some(v));
-        if !behind || self.memory_job.is_some() {
-            return;
+        if behind && self.memory_job.is_none() {
+            self.submit_memory(Some(memory), false);
         }
-        self.ids += 1;
-        self.memory_job = Some(self.ids);
-        let texts = self.unsaved_texts();
-        self.worker.submit(Job::Memory(MemoryRequest {
-            id: self.ids,
-            roots: self.memory_roots.clone(),
-            cache: self.options.cache.clone(),
-            previous: Some(memory),
-            walk: false,
-            texts,
-            cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        }));
     }
 
     /// After a save: the memory catches up with the folders' files, indexing only what changed
