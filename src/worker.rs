@@ -789,16 +789,7 @@ fn memory_source(
 ) -> Option<Source> {
     let prior = settings.prior.as_deref()?;
     let mut context = c.prompt.prefix_ids(&model.tokenizer).to_vec();
-    let mut end = 0;
-    let proposal: Vec<u32> = c
-        .generation
-        .tokens
-        .iter()
-        .take_while(|t| {
-            let inside = end < c.text.len();
-            end += t.bytes.len();
-            inside
-        })
+    let proposal: Vec<u32> = inside(&c.generation.tokens, c.text.len())
         .map(|t| t.id)
         .collect();
     context.extend(&proposal);
@@ -812,16 +803,7 @@ fn memory_source(
 
 /// The mean share of memory in the tokens that start inside the first `len` bytes.
 fn from_memory(tokens: &[GeneratedToken], len: usize) -> f32 {
-    let mut end = 0;
-    let shares: Vec<f32> = tokens
-        .iter()
-        .take_while(|t| {
-            let inside = end < len;
-            end += t.bytes.len();
-            inside
-        })
-        .map(|t| t.from_prior)
-        .collect();
+    let shares: Vec<f32> = inside(tokens, len).map(|t| t.from_prior).collect();
     if shares.is_empty() {
         0.0
     } else {
@@ -829,19 +811,27 @@ fn from_memory(tokens: &[GeneratedToken], len: usize) -> f32 {
     }
 }
 
+/// The generated tokens that start inside the first `len` bytes (the trimmed proposal is a
+/// prefix of what was generated).
+fn inside(tokens: &[GeneratedToken], len: usize) -> impl Iterator<Item = &GeneratedToken> {
+    let mut end = 0;
+    tokens.iter().take_while(move |t| {
+        let starts_inside = end < len;
+        end += t.bytes.len();
+        starts_inside
+    })
+}
+
 /// (end byte, probability) of the generated tokens that start inside the first `len` bytes (the
 /// trimmed proposal is a prefix of what was generated).
 fn confidence(tokens: &[GeneratedToken], len: usize) -> Vec<(usize, f32)> {
-    let mut out = Vec::new();
     let mut end = 0;
-    for t in tokens {
-        if end >= len {
-            break;
-        }
-        end += t.bytes.len();
-        out.push((end.min(len), t.prob));
-    }
-    out
+    inside(tokens, len)
+        .map(|t| {
+            end += t.bytes.len();
+            (end.min(len), t.prob)
+        })
+        .collect()
 }
 
 #[cfg(test)]
