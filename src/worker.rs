@@ -504,11 +504,16 @@ fn run_memory(model: &mut Model, request: &MemoryRequest, reply: &dyn Fn(Reply))
             })
             .map(|(path, text)| memory::change(&model.tokenizer, path, text))
             .collect();
-        let memory = if changes.is_empty() {
+        let mut memory = if changes.is_empty() {
             memory
         } else {
             memory.with_changes(changes)
         };
+        // Every change re-indexes all the changed files: once they are a quarter of the whole,
+        // one new base costs less than carrying them on.
+        if memory.documents().changed_tokens() * 4 > memory.documents().len() {
+            memory = memory.compacted();
+        }
         let files = memory.documents().files();
         Ok((memory, files))
     })();

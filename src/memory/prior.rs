@@ -155,6 +155,11 @@ impl Memory {
         Self::new(self.documents.with_changes(changes), self.weights.clone())
     }
 
+    /// The same memory with its changes folded into one index (see [`Documents::compact`]).
+    pub fn compacted(&self) -> Self {
+        Self::new(self.documents.compact(), self.weights.clone())
+    }
+
     /// The memory for completing in `path`: that file's indexed copy does not count (its text
     /// before the cursor still does, as the document's own; its text after must never).
     pub fn without(&self, path: &Path) -> Self {
