@@ -238,6 +238,7 @@ pub fn serve(
         model: ModelState::Loading,
         said_unavailable: false,
         client_progress: false,
+        client_watches: false,
         progress: Progress::None,
         ids: 0,
         proposals: Proposals::default(),
@@ -310,6 +311,8 @@ struct Server<W: Write> {
     model: ModelState,
     said_unavailable: bool,
     client_progress: bool,
+    /// The client can watch files for the server (`workspace/didChangeWatchedFiles`).
+    client_watches: bool,
     progress: Progress,
     /// The last worker job id handed out.
     ids: u64,
@@ -422,6 +425,9 @@ impl<W: Write> Server<W> {
                 .filter_map(Value::as_str),
         );
         self.client_progress = caps["window"]["workDoneProgress"].as_bool() == Some(true);
+        self.client_watches = caps["workspace"]["didChangeWatchedFiles"]["dynamicRegistration"]
+            .as_bool()
+            == Some(true);
         self.options.apply_client(&params["initializationOptions"]);
         self.folders = params["workspaceFolders"]
             .as_array()
@@ -469,6 +475,19 @@ impl<W: Write> Server<W> {
                 self.begin_progress()?;
                 self.say_unavailable()?;
                 self.build_memory();
+                self.watch_files()?;
+            }
+            "workspace/didChangeWatchedFiles" => {
+                // A checkout, a pull, another editor: files changed on disk are indexed again.
+                let changed = params["changes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| file_path(c["uri"].as_str()?))
+                    .any(|path| self.memory_holds(&path));
+                if changed {
+                    self.refresh_memory();
+                }
             }
             "$/cancelRequest" => {
                 let answers = self.proposals.cancel(&params["id"]);
@@ -646,6 +665,37 @@ impl<W: Write> Server<W> {
         if behind && self.memory_job.is_none() {
             self.submit_memory(Some(memory), false);
         }
+    }
+
+    /// Asks the client to report files changed on disk (when it can), so that the memory follows
+    /// a checkout or a pull as it follows a save.
+    fn watch_files(&mut self) -> std::io::Result<()> {
+        if !self.client_watches || !self.options.memory || self.folders.is_empty() {
+            return Ok(());
+        }
+        self.out.request(
+            "client/registerCapability",
+            json!({ "registrations": [{
+                "id": "infill-memory",
+                "method": "workspace/didChangeWatchedFiles",
+                "registerOptions": { "watchers": [{ "globPattern": "**/*" }] },
+            }]}),
+        )?;
+        Ok(())
+    }
+
+    /// Whether a change to `path` may change the memory: a file it holds, or a source file (in a
+    /// language infill knows) inside the folders. Build outputs and the like are not worth a walk.
+    fn memory_holds(&self, path: &std::path::Path) -> bool {
+        let Some(memory) = &self.memory else {
+            return false;
+        };
+        memory.documents().contains(path)
+            || (self.memory_roots.iter().any(|r| path.starts_with(r))
+                && crate::syntax::Registry::builtin()
+                    .ok()
+                    .and_then(|r| r.for_path(path))
+                    .is_some())
     }
 
     /// After a save: the memory catches up with the folders' files, indexing only what changed

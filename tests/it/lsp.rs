@@ -605,10 +605,18 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
     c.request(
         1,
         "initialize",
-        json!({ "capabilities": {}, "workspaceFolders": [{ "uri": root, "name": "w" }],
+        json!({ "capabilities": { "workspace": { "didChangeWatchedFiles": { "dynamicRegistration": true } } },
+                "workspaceFolders": [{ "uri": root, "name": "w" }],
                 "initializationOptions": { "maxTokens": 24, "completionWaitMs": 60000 } }),
     );
     c.notify("initialized", json!({}));
+    // The server asks to hear of files changed on disk.
+    let watch = c.wait_for(|m| m["method"] == "client/registerCapability");
+    assert_eq!(
+        watch["params"]["registrations"][0]["method"], "workspace/didChangeWatchedFiles",
+        "{watch}"
+    );
+    c.send(json!({ "jsonrpc": "2.0", "id": watch["id"], "result": null }));
     let said = c.wait_for(|m| {
         m["method"] == "window/logMessage"
             && m["params"]["message"]
@@ -688,6 +696,33 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
     let list = c.request(5, "textDocument/completion", at(&uri, 1, 17));
     assert_eq!(
         list["items"][0]["textEdit"]["newText"], "flush_pending_items(queue, batch=41)",
+        "{list}"
+    );
+    // A file that changed on disk without a save here (a pull, a checkout) is known once the
+    // client reports it; a build output is not worth a walk.
+    std::fs::write(
+        dir.path().join("pulled.py"),
+        "def pulled(x):\n    return recompute_checksums(x, salt=5)\n",
+    )
+    .unwrap();
+    c.notify(
+        "workspace/didChangeWatchedFiles",
+        json!({ "changes": [
+            { "uri": format!("{root}/target/debug/app.d"), "type": 1 },
+            { "uri": format!("{root}/pulled.py"), "type": 1 },
+        ]}),
+    );
+    c.wait_for(|m| {
+        m["method"] == "window/logMessage"
+            && m["params"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("repository memory: 9 files"))
+    });
+    let uri = format!("{root}/fourth.py");
+    c.open(&uri, "def again(x):\n    return recompute_");
+    let list = c.request(6, "textDocument/completion", at(&uri, 1, 21));
+    assert_eq!(
+        list["items"][0]["textEdit"]["newText"], "recompute_checksums(x, salt=5)",
         "{list}"
     );
     assert_eq!(c.shutdown_and_exit(), 0);
