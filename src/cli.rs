@@ -550,7 +550,7 @@ pub struct ScoreArgs {
     /// window of left context).
     #[arg(long)]
     pub stride: Option<usize>,
-    /// Alternatives recorded per token (--json).
+    /// Alternatives recorded per token (--json, --html).
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
     /// Score each line as the middle between the rest of the file (prefix and suffix): per-line
@@ -560,4 +560,9 @@ pub struct ScoreArgs {
     /// Tokens of context around each line with --fim.
     #[arg(long, default_value_t = 256, value_name = "TOKENS")]
     pub fim_context: usize,
+    /// Write the view as a self-contained HTML page to send to someone: each token coloured by
+    /// rank, its probability, rank, entropy and alternatives on hover, each line's --fim
+    /// surprisal as a bar in the margin.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "fim"])]
+    pub html: Option<PathBuf>,
 }

@@ -34,6 +34,7 @@ pub mod lsp;
 pub mod memory;
 pub mod model;
 pub mod progress;
+pub mod report;
 pub mod rng;
 pub mod syntax;
 pub mod text;

@@ -47,6 +47,9 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
     )?;
     bar.finish_and_clear();
     let summary = score::summarize(&text, &scores, 10);
+    if let Some(html) = &args.html {
+        return page(args, html, &text, &scores, &summary, &mut model);
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(
@@ -79,6 +82,34 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
         .collect();
     writeln!(out, "-- most surprising lines: {}", lines.join(", "))?;
     out.flush()?;
+    Ok(())
+}
+
+/// `--html`: the page, with each line scored between the code around it for the margin.
+fn page(
+    args: &ScoreArgs,
+    html: &std::path::Path,
+    text: &str,
+    scores: &[TokenScore],
+    summary: &score::ScoreSummary,
+    model: &mut crate::model::Model,
+) -> anyhow::Result<()> {
+    let bar = crate::progress::bar("scoring lines", Some(0));
+    let lines = crate::complete::score_lines_fim(model, text, args.fim_context, None, |i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    })?;
+    bar.finish_and_clear();
+    let name = args.file.display().to_string();
+    let page = crate::report::gltr_page(&name, text, scores, summary, &lines);
+    crate::files::write_atomic(html, page.as_bytes())?;
+    eprintln!(
+        "wrote {} ({} tokens, {:.2} bits per token, {} lines in the margin)",
+        html.display(),
+        summary.tokens,
+        summary.bits_per_token,
+        lines.len()
+    );
     Ok(())
 }
 

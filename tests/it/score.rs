@@ -94,8 +94,34 @@ fn score_command_prints_the_text_and_summary_or_json() {
         "{stdout}"
     );
     let json: serde_json::Value = serde_json::from_slice(&run(&["--json"]).stdout).unwrap();
-    assert!(json["tokens"].as_array().unwrap().len() > 10);
+    let tokens = json["tokens"].as_array().unwrap();
+    assert!(tokens.len() > 10);
     assert!(json["summary"]["bits_per_byte"].as_f64().unwrap() > 0.0);
+    // The page: one coloured span per token (those that are not just line breaks), one row per
+    // line, one margin bar per line scored between the code around it.
+    let page = tempfile::Builder::new().suffix(".html").tempfile().unwrap();
+    let out = run(&["--html", page.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(page.path()).unwrap();
+    let visible = tokens
+        .iter()
+        .filter(|t| {
+            t["text"]
+                .as_str()
+                .unwrap()
+                .split('\n')
+                .any(|p| !p.is_empty())
+        })
+        .count();
+    let spans = html.matches("<span class=\"t").count();
+    assert!(spans >= visible, "{spans} spans for {visible} tokens");
+    assert_eq!(html.matches("<tr id=\"L").count(), TEXT.lines().count() + 1);
+    let scored = TEXT.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(html.matches("<rect").count(), scored, "{html}");
     let other = crate::infill_cmd()
         .args([
             "score",
