@@ -14,7 +14,7 @@ HF_HUB_OFFLINE=1 XDG_STATE_HOME="$dir/state" "$infill" score "$file" --html "$di
 lines=$(sed -n 's/.* \([0-9]*\) lines in the margin.*/\1/p' "$dir/wrote")
 [[ -n $lines && $lines -gt 0 ]] || fail "no margin reported: $(cat "$dir/wrote")"
 
-chrome=(chromium --headless --no-sandbox --disable-gpu --user-data-dir="$dir/profile")
+chrome=(chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$dir/profile")
 timeout 120 "${chrome[@]}" --enable-logging=stderr --v=0 --dump-dom "file://$dir/stats.html" \
     > "$dir/dom.html" 2> "$dir/console"
 grep -q '<table class="code">' "$dir/dom.html" || fail "the page did not render"
