@@ -26,6 +26,12 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<()> {
             args.window
         );
     }
+    if (args.fim || args.html.is_some()) && args.fim_context < 16 {
+        anyhow::bail!(
+            "--fim-context must be at least 16 tokens (got {})",
+            args.fim_context
+        );
+    }
     let text = crate::files::read_source(&args.file)?;
     let mut model = super::open_model(&args.model)?;
     if args.fim {
@@ -94,12 +100,7 @@ fn page(
     summary: &score::ScoreSummary,
     model: &mut crate::model::Model,
 ) -> anyhow::Result<()> {
-    let bar = crate::progress::bar("scoring lines", Some(0));
-    let lines = crate::complete::score_lines_fim(model, text, args.fim_context, None, |i, n| {
-        bar.set_length(n as u64);
-        bar.set_position(i as u64);
-    })?;
-    bar.finish_and_clear();
+    let lines = score_lines(args, text, model)?;
     let name = args.file.display().to_string();
     let page = crate::report::gltr_page(&name, text, scores, summary, &lines);
     crate::files::write_atomic(html, page.as_bytes())?;
@@ -133,20 +134,24 @@ fn write_coloured(
     Ok(())
 }
 
-/// `--fim`: every line scored between the rest of the file; the most surprising lines first.
-fn fim(args: &ScoreArgs, text: &str, model: &mut crate::model::Model) -> anyhow::Result<()> {
-    if args.fim_context < 16 {
-        anyhow::bail!(
-            "--fim-context must be at least 16 tokens (got {})",
-            args.fim_context
-        );
-    }
+/// Every line scored as the middle between the code around it, with a progress bar.
+fn score_lines(
+    args: &ScoreArgs,
+    text: &str,
+    model: &mut crate::model::Model,
+) -> anyhow::Result<Vec<crate::complete::LineScore>> {
     let bar = crate::progress::bar("scoring lines", Some(0));
     let lines = crate::complete::score_lines_fim(model, text, args.fim_context, None, |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
     })?;
     bar.finish_and_clear();
+    Ok(lines)
+}
+
+/// `--fim`: every line scored between the rest of the file; the most surprising lines first.
+fn fim(args: &ScoreArgs, text: &str, model: &mut crate::model::Model) -> anyhow::Result<()> {
+    let lines = score_lines(args, text, model)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "lines": lines }))?;
