@@ -482,6 +482,11 @@ pub struct EvalArgs {
     /// Write every task and result here as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the results as a self-contained HTML page with charts: exact match and edit
+    /// similarity per task kind with 95% intervals (and the baseline), raw against trimmed, the
+    /// first token's calibration, latency histograms and the worst proposals.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Print the report as Markdown.
     #[arg(long)]
     pub markdown: bool,

@@ -54,6 +54,10 @@ pub struct Outcome {
     /// trimmer knows the proposal is closed (the whole raw generation when it never is).
     pub shown_tokens: usize,
     pub shown_latency_ms: f64,
+    /// Milliseconds to the first generated token, and its probability (what the editor's
+    /// confidence cut and colours rest on).
+    pub first_token_ms: f64,
+    pub first_token_prob: f32,
     pub tokens_per_s: f64,
     /// Prompt tokens computed, and those reused out of place from the previous prompt's cache
     /// (with `typed`).
@@ -196,6 +200,7 @@ pub fn run(
         let mut closer = Trimmer::new(&task.prefix, &task.suffix, lang);
         let mut shown: Option<(usize, f64)> = None;
         let mut seen = 0;
+        let mut first_token_ms = None;
         let started = Instant::now();
         let c = complete::complete(
             model,
@@ -206,6 +211,7 @@ pub fn run(
             None,
             |_, so_far| {
                 seen += 1;
+                first_token_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
                 if shown.is_none() && closer.is_closed(so_far) {
                     shown = Some((seen, started.elapsed().as_secs_f64() * 1e3));
                 }
@@ -234,6 +240,8 @@ pub fn run(
             latency_ms,
             shown_tokens,
             shown_latency_ms,
+            first_token_ms: first_token_ms.unwrap_or(latency_ms),
+            first_token_prob: c.generation.tokens.first().map_or(0.0, |t| t.prob),
             tokens_per_s: c.generation.timings.tokens_per_s,
             prompt_tokens_computed: c.generation.timings.prompt_tokens
                 - c.generation.timings.reused_tokens,

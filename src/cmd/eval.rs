@@ -354,6 +354,22 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         model.len(),
         started.elapsed().as_secs_f64()
     )?;
+    if let Some(path) = &args.report {
+        let title: Vec<String> = match &args.tasks_file {
+            Some(file) => vec![file.display().to_string()],
+            None => args.repo.iter().map(|r| r.display().to_string()).collect(),
+        };
+        let page = crate::report::eval_page(
+            &title.join(", "),
+            &tasks[..model.len()],
+            &reports,
+            &model,
+            baseline.as_deref(),
+            args.seed,
+        );
+        crate::files::write_atomic(path, page.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(path) = &args.json {
         eval::write_json(
             path,
