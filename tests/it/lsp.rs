@@ -112,6 +112,16 @@ impl Client {
 
     /// The first message `pick` accepts, of those already read or the next ones (the others are
     /// kept in `seen`).
+    /// Waits for a `window/logMessage` that contains `text`.
+    fn wait_for_log(&mut self, text: &str) -> Value {
+        self.wait_for(|m| {
+            m["method"] == "window/logMessage"
+                && m["params"]["message"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(text))
+        })
+    }
+
     fn wait_for(&mut self, pick: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.seen.iter().position(&pick) {
             return self.seen.remove(i);
@@ -617,12 +627,7 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
         "{watch}"
     );
     c.send(json!({ "jsonrpc": "2.0", "id": watch["id"], "result": null }));
-    let said = c.wait_for(|m| {
-        m["method"] == "window/logMessage"
-            && m["params"]["message"]
-                .as_str()
-                .is_some_and(|s| s.contains("repository memory"))
-    });
+    let said = c.wait_for_log("repository memory");
     assert!(
         said["params"]["message"]
             .as_str()
@@ -661,12 +666,7 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
         "textDocument/didSave",
         json!({ "textDocument": { "uri": format!("{root}/retry.py") } }),
     );
-    c.wait_for(|m| {
-        m["method"] == "window/logMessage"
-            && m["params"]["message"]
-                .as_str()
-                .is_some_and(|s| s.contains("repository memory: 7 files"))
-    });
+    c.wait_for_log("repository memory: 7 files");
     let uri = format!("{root}/again.py");
     c.open(&uri, "def retry_later(job):\n    return reschedule_");
     let list = c.request(3, "textDocument/completion", at(&uri, 1, 22));
@@ -685,12 +685,7 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
         }),
     );
     c.request(4, "textDocument/completion", at(&uri, 1, 11));
-    c.wait_for(|m| {
-        m["method"] == "window/logMessage"
-            && m["params"]["message"]
-                .as_str()
-                .is_some_and(|s| s.contains("repository memory: 8 files"))
-    });
+    c.wait_for_log("repository memory: 8 files");
     let uri = format!("{root}/third.py");
     c.open(&uri, "def drain_all(queue):\n    return flush_");
     let list = c.request(5, "textDocument/completion", at(&uri, 1, 17));
@@ -712,12 +707,7 @@ fn the_workspace_is_indexed_and_its_code_is_proposed() {
             { "uri": format!("{root}/pulled.py"), "type": 1 },
         ]}),
     );
-    c.wait_for(|m| {
-        m["method"] == "window/logMessage"
-            && m["params"]["message"]
-                .as_str()
-                .is_some_and(|s| s.contains("repository memory: 9 files"))
-    });
+    c.wait_for_log("repository memory: 9 files");
     let uri = format!("{root}/fourth.py");
     c.open(&uri, "def again(x):\n    return recompute_");
     let list = c.request(6, "textDocument/completion", at(&uri, 1, 21));
