@@ -96,10 +96,7 @@ fn a_line_the_repository_holds_is_proposed_from_the_index() {
 
 #[test]
 fn eval_with_memory_reports_the_index_the_weights_and_the_comparison() {
-    let dir = tempfile::tempdir().unwrap();
-    for (i, text) in repository().iter().enumerate() {
-        std::fs::write(dir.path().join(format!("handlers_{i}.py")), text).unwrap();
-    }
+    let dir = repository_on_disk();
     let out = crate::infill_cmd()
         .args(["eval", "--repo"])
         .arg(dir.path())
