@@ -235,10 +235,19 @@ pub struct TokenizerTrainArgs {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Repositories to learn from (repeatable).
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "watch", num_args = 1..)]
     pub repo: Vec<PathBuf>,
+    /// Draw the run going on in RUN_DIR (the --out of an `infill train` in another terminal, or
+    /// a folder another machine's run writes) instead of training; q stops watching, not the run.
+    /// With --plain or no terminal, prints its train.log lines as they come until the run ends.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "dry_run", "resume"])]
+    pub watch: Option<PathBuf>,
+    /// Report progress as train.log's JSON lines on stderr instead of the dashboard (the default
+    /// when stderr is not a terminal).
+    #[arg(long)]
+    pub plain: bool,
     /// Output model directory (Hugging Face layout; pass it to --model).
-    #[arg(long, required_unless_present = "dry_run")]
+    #[arg(long, required_unless_present_any = ["dry_run", "watch"])]
     pub out: Option<PathBuf>,
     /// Read and filter the repositories, say what training would use (file by file with
     /// --explain), and stop.

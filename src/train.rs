@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod export;
 pub mod fim;
 pub mod licence;
+pub mod log;
 pub mod optim;
 pub mod schedule;
 pub mod split;
@@ -178,7 +179,6 @@ pub struct TrainOptions {
     pub held_out: f64,
     pub corpus: CorpusChoice,
     pub explain: bool,
-    pub progress: bool,
     /// Replace a model or run already in `out` (without it, and without resuming, such an `out`
     /// is refused: nothing a person trained is lost by mistake).
     pub overwrite: bool,
@@ -229,28 +229,6 @@ fn claim_out(out: &Path, start: &Start, overwrite: bool) -> anyhow::Result<()> {
             }
             _ => {}
         }
-    }
-    Ok(())
-}
-
-/// Keeps the lines of `train.log` up to `step`: a resumed run goes on from its checkpoint, and
-/// the steps logged after it were lost with the process that made them.
-fn truncate_log(path: &Path, step: usize) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v.get("step")?.as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
-    if kept.len() != text.len() {
-        crate::files::write_atomic(path, kept.as_bytes())?;
     }
     Ok(())
 }
@@ -464,7 +442,6 @@ impl Survey {
     }
 }
 
-/// Runs `infill train` end to end; returns the report written to `training.json`.
 /// What a run starts from: the model's shape, its tokenizer, the weights to start from (none: new
 /// ones, or the checkpoint's), how it began, and its settings.
 struct Beginning {
@@ -574,7 +551,7 @@ fn resume(
         return Ok(());
     };
     trainer.restore(checkpoint)?;
-    truncate_log(&opts.out.join("train.log"), trainer.step)?;
+    log::truncate(&opts.out.join("train.log"), trainer.step)?;
     if trainer.origin.is_empty() {
         trainer.origin = "resumed (an older checkpoint did not record how it began)".into();
     }
@@ -623,33 +600,36 @@ fn resume(
     Ok(())
 }
 
-/// Trains until the schedule's end, the time budget or Ctrl-C: a line of `train.log` per step,
-/// held-out figures every `eval_every` steps, checkpoints by steps and by time. `before` is the
-/// held-out figure at the start.
+/// Where a run's lines go: `train.log`, and the caller's observer (the dashboard, or stderr).
+struct Reporter<'a> {
+    file: std::fs::File,
+    observer: &'a mut dyn FnMut(&log::Line),
+}
+
+impl Reporter<'_> {
+    fn report(&mut self, line: log::Line) -> anyhow::Result<()> {
+        writeln!(self.file, "{}", line.to_json())?;
+        (self.observer)(&line);
+        Ok(())
+    }
+}
+
+/// Trains until the schedule's end, the time budget or Ctrl-C: a `step` line per step, held-out
+/// figures every `eval_every` steps, checkpoints by steps and by time.
 fn train_loop(
     trainer: &mut Trainer,
     tokenizer: &Tokenizer,
     opts: &TrainOptions,
     ckpt_dir: &Path,
-    before: &HeldOut,
+    reporter: &mut Reporter,
 ) -> anyhow::Result<()> {
-    let mut log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(opts.out.join("train.log"))?;
     let budget = opts
         .minutes
         .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
     let loop_start = Instant::now();
     let packing_before = trainer.packing_seconds();
     let first_step = trainer.step;
-    let mut last_held = Some(before.clone());
     let mut last_checkpoint = Instant::now();
-    let bar = match opts.progress {
-        true => crate::progress::bar("step", Some(trainer.settings.steps as u64)),
-        false => indicatif::ProgressBar::hidden(),
-    };
-    bar.set_position(trainer.step as u64);
     while trainer.step < trainer.settings.steps {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break;
@@ -680,33 +660,33 @@ fn train_loop(
             let held = trainer.evaluate()?;
             entry.held_out = Some(held.clone());
             if let Some(last) = trainer.log.last_mut() {
-                last.held_out = Some(held.clone());
+                last.held_out = Some(held);
             }
-            last_held = Some(held);
         }
-        writeln!(log_file, "{}", serde_json::to_string(&entry)?)?;
-        if trainer.step.is_multiple_of(s.checkpoint_every.max(1))
-            || last_checkpoint.elapsed() >= opts.checkpoint_interval
-        {
+        let s = &trainer.settings;
+        let checkpoint = trainer.step.is_multiple_of(s.checkpoint_every.max(1))
+            || last_checkpoint.elapsed() >= opts.checkpoint_interval;
+        if checkpoint {
             let saved = trainer.save_checkpoint(ckpt_dir)?;
             tracing::info!("checkpoint {} (loss {:.3})", saved.display(), entry.loss);
             last_checkpoint = Instant::now();
         }
-        let held = last_held.as_ref().map_or(String::new(), |h| {
-            format!(" held-out {:.3} ({:.2} bits/byte)", h.loss, h.bits_per_byte)
-        });
-        bar.set_length(s.steps as u64);
-        bar.set_position(trainer.step as u64);
-        bar.set_message(format!(
-            "loss {:.3}{held} {:.0} tok/s",
-            entry.loss, entry.tokens_per_s
-        ));
+        reporter.report(log::Line::Step(log::Step {
+            entry,
+            steps: trainer.settings.steps,
+            elapsed_s: trainer.wall_seconds(),
+            checkpoint,
+        }))?;
     }
-    bar.finish_and_clear();
     Ok(())
 }
 
-pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
+/// Runs `infill train` end to end; each line of `train.log` also goes to `observer` as it is
+/// written. Returns the report written to `training.json`.
+pub fn run(
+    opts: &TrainOptions,
+    observer: &mut dyn FnMut(&log::Line),
+) -> anyhow::Result<TrainingReport> {
     let started = Instant::now();
     claim_out(&opts.out, &opts.start, opts.overwrite)?;
     let Survey {
@@ -776,9 +756,36 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
         crate::files::write_atomic(&ckpt_dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     }
     let before = trainer.evaluate()?;
-    train_loop(&mut trainer, &tokenizer, opts, &ckpt_dir, &before)?;
+    let mut reporter = Reporter {
+        file: std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.out.join("train.log"))?,
+        observer,
+    };
+    reporter.report(log::Line::Start(log::Start {
+        step: trainer.step,
+        steps: trainer.settings.steps,
+        tokens_seen: trainer.tokens_seen,
+        elapsed_s: trainer.wall_seconds(),
+        origin: trainer.origin.clone(),
+        eval_every: trainer.settings.eval_every,
+        checkpoint_every: trainer.settings.checkpoint_every,
+        checkpoint_interval_s: opts.checkpoint_interval.as_secs_f64(),
+        held_out: before.clone(),
+    }))?;
+    train_loop(&mut trainer, &tokenizer, opts, &ckpt_dir, &mut reporter)?;
     let interrupted = trainer.step < trainer.settings.steps;
     trainer.save_checkpoint(&ckpt_dir)?;
+    let after = trainer.evaluate()?;
+    reporter.report(log::Line::End(log::End {
+        step: trainer.step,
+        steps: trainer.settings.steps,
+        tokens_seen: trainer.tokens_seen,
+        elapsed_s: trainer.wall_seconds(),
+        interrupted,
+        held_out: after.clone(),
+    }))?;
     if interrupted {
         eprintln!(
             "stopped at step {}; continue with: infill train --resume --out {} --repo ...",
@@ -786,7 +793,6 @@ pub fn run(opts: &TrainOptions) -> anyhow::Result<TrainingReport> {
             opts.out.display()
         );
     }
-    let after = trainer.evaluate()?;
     write_model_dir(&opts.out, &trainer, &tokenizer_json)?;
     let report = TrainingReport {
         repos: opts.repos.iter().map(|r| r.display().to_string()).collect(),

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod input;
 pub mod view;
 
@@ -183,23 +184,43 @@ pub fn guarded(
 }
 
 /// The terminal in raw mode on the alternate screen; restored on drop (and by the panic hook).
-struct TerminalGuard;
+/// The editor draws on stdout; a command whose stdout is its result (`infill train`'s dashboard)
+/// draws on stderr.
+pub(crate) struct TerminalGuard {
+    screen: Screen,
+}
+
+/// The stream a full-screen view is drawn on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Screen {
+    Stdout,
+    Stderr,
+}
+
+impl Screen {
+    pub(crate) fn writer(self) -> Box<dyn std::io::Write + Send> {
+        match self {
+            Screen::Stdout => Box::new(std::io::stdout()),
+            Screen::Stderr => Box::new(std::io::stderr()),
+        }
+    }
+}
 
 impl TerminalGuard {
-    fn enter() -> anyhow::Result<Self> {
+    pub(crate) fn enter(screen: Screen) -> anyhow::Result<Self> {
         crossterm::terminal::enable_raw_mode().context("cannot switch the terminal to raw mode")?;
-        let guard = Self;
+        let guard = Self { screen };
         crossterm::execute!(
-            std::io::stdout(),
+            screen.writer(),
             crossterm::terminal::EnterAlternateScreen,
             crossterm::event::EnableBracketedPaste
         )?;
         Ok(guard)
     }
 
-    fn restore() {
+    fn restore(screen: Screen) {
         let _ = crossterm::execute!(
-            std::io::stdout(),
+            screen.writer(),
             crossterm::event::DisableBracketedPaste,
             crossterm::terminal::LeaveAlternateScreen,
             crossterm::cursor::Show
@@ -210,7 +231,7 @@ impl TerminalGuard {
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        Self::restore();
+        Self::restore(self.screen);
     }
 }
 
@@ -264,11 +285,11 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
     // Panics on the UI thread restore the terminal first, then print one line (no backtrace).
     std::panic::set_hook(Box::new(|info| {
         if std::thread::current().name() == Some("main") {
-            TerminalGuard::restore();
+            TerminalGuard::restore(Screen::Stdout);
         }
         let _ = info;
     }));
-    let guard = TerminalGuard::enter()?;
+    let guard = TerminalGuard::enter(Screen::Stdout)?;
     // The input thread starts after the terminal is set up: it would swallow the replies to the
     // terminal queries made while setting up.
     let mut terminal = Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;

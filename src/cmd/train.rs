@@ -5,8 +5,13 @@ use std::io::IsTerminal;
 use crate::cli::{TokenizerTrainArgs, TrainArgs};
 use crate::train::trainer::TrainSettings;
 use crate::train::{self, Start, TrainOptions};
+use crate::tui::dashboard::Live;
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let terminal = std::io::stderr().is_terminal() && !args.plain;
+    if let Some(dir) = &args.watch {
+        return crate::tui::dashboard::watch(dir, !terminal);
+    }
     if !(0.0..1.0).contains(&args.held_out) {
         anyhow::bail!("--held-out must be in [0, 1) (got {})", args.held_out);
     }
@@ -107,13 +112,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         held_out: args.held_out,
         corpus: corpus_options(args),
         explain: args.explain,
-        progress: std::io::stderr().is_terminal(),
         overwrite: args.overwrite,
         checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_minutes * 60.0),
     };
     ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;
-    let report = train::run(&opts)?;
+    let report = train::run(&opts, &mut progress(terminal, &out))?;
     crate::outln!(
         "trained {} steps on {} files ({} tokens, {:.0} s); held-out loss {:.3} -> {:.3}, bits/byte {:.3} -> {:.3}",
         report.steps,
@@ -168,6 +172,39 @@ pub fn tokenizer(args: &TokenizerTrainArgs) -> anyhow::Result<()> {
         args.out.display()
     )?;
     Ok(())
+}
+
+/// Where the run's lines go as they are written: the dashboard on stderr's terminal (opened at the
+/// run's first line, so what is said before it stays readable, and closed at its last), or the
+/// lines themselves on stderr.
+fn progress(terminal: bool, out: &std::path::Path) -> impl FnMut(&train::log::Line) {
+    let title = out.display().to_string();
+    let mut dashboard: Option<Live> = None;
+    let mut plain = !terminal;
+    move |line| {
+        if plain {
+            eprintln!("{}", line.to_json());
+            return;
+        }
+        if dashboard.is_none() {
+            match Live::start(&title, &train::INTERRUPTED) {
+                Ok(live) => dashboard = Some(live),
+                Err(e) => {
+                    tracing::warn!("no dashboard ({e:#}); progress goes to stderr as JSON lines");
+                    plain = true;
+                    eprintln!("{}", line.to_json());
+                    return;
+                }
+            }
+        }
+        if let Some(live) = &mut dashboard {
+            live.send(line);
+            if matches!(line, train::log::Line::End(_)) {
+                let _ = live.finish();
+                dashboard = None;
+            }
+        }
+    }
 }
 
 fn corpus_options(args: &TrainArgs) -> train::CorpusChoice {

@@ -96,7 +96,7 @@ pub struct Doc {
 }
 
 /// One line of the loss curve.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     pub step: usize,
     pub loss: f64,

@@ -573,16 +573,7 @@ fn train_command_writes_a_model_directory_that_loads() {
     // The report describes the whole run: how it began and the time of both sessions.
     assert_eq!(report["start"], origin);
     assert!(report["wall_seconds"].as_f64() > report["session_seconds"].as_f64());
-    let log = std::fs::read_to_string(out.as_path().join("train.log")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    assert_eq!(logged_steps(out.as_path()), [1, 2, 3, 4, 5]);
 
     // --resume --minutes goes on from a finished run for that long, not zero steps, and
     // --batch-size changes the sequences per step from there.
@@ -692,8 +683,8 @@ fn a_resumed_run_can_learn_a_longer_context_and_cool_down() {
     assert_eq!(report["settings"]["fim_rate"], 0.9);
     assert_eq!(report["settings"]["spm_rate"], 0.8);
     assert!((report["settings"]["min_lr"].as_f64().unwrap() - 1e-5).abs() < 1e-12);
-    let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
-    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    let log = log_lines(out.path());
+    let last = log.iter().rfind(|l| l["event"] == "step").unwrap();
     assert!(last["lr"].as_f64().unwrap() <= 1e-4, "{last}");
 
     let too_long = resume(&["--steps", "4", "--seq-len", "1024"]);
@@ -1100,17 +1091,109 @@ fn a_new_run_does_not_replace_a_trained_model_without_being_asked() {
     assert_eq!(logged_steps(out.path()), [1, 2, 3]);
 }
 
-/// The steps `train.log` holds, in order.
-fn logged_steps(out: &std::path::Path) -> Vec<u64> {
+/// The lines of `train.log`, parsed.
+fn log_lines(out: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("train.log"))
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The steps `train.log` holds, in order.
+fn logged_steps(out: &std::path::Path) -> Vec<u64> {
+    log_lines(out)
+        .iter()
+        .filter(|l| l["event"] == "step")
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Not on a terminal, a run reports its progress as train.log's own JSON lines on stderr: a
+/// `start` line with the held-out figure before the first step, a line per step, and an `end`
+/// line with the final figure; `--watch` on the run's folder prints the same lines and returns
+/// at the end. A resumed session adds its own start and end.
+#[test]
+fn progress_off_a_terminal_is_the_logs_json_lines_and_watch_follows_them() {
+    let out = tempfile::tempdir().unwrap();
+    let run = succeeded(
+        crate::infill_cmd()
+            .args([
+                "train",
+                "--from-scratch",
+                "--preset",
+                "tiny",
+                "--plain",
+                "--out",
+            ])
+            .arg(out.path())
+            .args(["--repo", FIXTURES])
+            .args(["--steps", "3", "--seq-len", "48", "--eval-every", "2"])
+            .args(["--checkpoint-every", "2"]),
+    );
+    let log = std::fs::read_to_string(out.path().join("train.log")).unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let reported: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(reported, log.lines().collect::<Vec<_>>(), "{stderr}");
+    let lines = log_lines(out.path());
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["start", "step", "step", "step", "end"]);
+    let (start, end) = (&lines[0], &lines[4]);
+    assert_eq!(
+        (start["step"].as_u64(), start["steps"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert!(start["held_out"]["bits_per_byte"].as_f64().unwrap() > 0.0);
+    assert_eq!(end["interrupted"], false);
+    assert!(
+        end["held_out"]["bits_per_byte"].as_f64() < start["held_out"]["bits_per_byte"].as_f64()
+    );
+    // Held-out figures where they were measured; the checkpoint where it was written.
+    assert!(lines[2]["held_out"]["bits_per_byte"].as_f64().is_some());
+    assert!(lines[1].get("held_out").is_none());
+    assert_eq!(lines[2]["checkpoint"], true);
+    assert!(lines[1].get("checkpoint").is_none());
+    for step in &lines[1..4] {
+        assert!(step["elapsed_s"].as_f64().unwrap() > 0.0);
+        assert!(step["tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+
+    let watched = succeeded(
+        crate::infill_cmd()
+            .arg("train")
+            .arg("--watch")
+            .arg(out.path()),
+    );
+    assert_eq!(String::from_utf8_lossy(&watched.stdout), log);
+
+    succeeded(
+        crate::infill_cmd()
+            .args(["train", "--resume", "--steps", "4", "--out"])
+            .arg(out.path())
+            .args(["--repo", FIXTURES]),
+    );
+    let events: Vec<String> = log_lines(out.path())
+        .iter()
+        .map(|l| format!("{}{}", l["event"].as_str().unwrap(), l["step"]))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "start0", "step1", "step2", "step3", "end3", "start3", "step4", "end4"
+        ]
+    );
+
+    let missing = crate::infill_cmd()
+        .args(["train", "--watch", "/no/such/run"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("/no/such/run") && err.contains("--out"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// A run killed with SIGKILL long before its step checkpoint keeps the work of its last minutes:
