@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the editor: runs the real binary in tmux with the tiny-python fixture model,
 # types, waits for ghost text, accepts it with Tab, saves, and checks the file on disk; then kills
-# an editor with SIGTERM and checks that the unsaved text is offered back on the next open; and,
-# when the binary has a built-in default model, that it loads and completes with no --model.
+# an editor with SIGTERM and checks that the unsaved text is offered back on the next open; runs
+# `infill train`'s dashboard and stops it with Ctrl-C; and, when the binary has a built-in default
+# model, that it loads and completes with no --model.
 #
 #   tests/e2e/editor.sh [path/to/infill]      (default: target/debug/infill)
 set -euo pipefail
@@ -131,7 +132,30 @@ wait_for "EXITED=0"
 echo "ok: Esc then Down moved down and typed nothing"
 tmux kill-session -t "$session"
 
-# 5. No --model: the built-in default model (when this binary has one) loads and completes.
+# 5. infill train's dashboard: drawn on a terminal, with a resize; Ctrl-C (a key in raw mode)
+# checkpoints and stops the run, and `--watch` draws the same run from its log.
+run=$work/run
+tmux new-session -d -s "$session" -x 110 -y 36 \
+    "'$bin' train --from-scratch --preset tiny --out '$run' --repo '$root/tests/fixtures' --steps 100000 --seq-len 48 --eval-every 20; echo EXITED=\$?; sleep 60"
+wait_for "┌ held-out bits/byte" 60
+wait_for "q or Ctrl-C: checkpoint and stop"
+tmux resize-window -t "$session" -x 70 -y 40
+wait_for "┌ training loss (nats)"
+tmux send-keys -t "$session" C-c
+wait_for "stopped at step" 60
+wait_for "EXITED=0"
+[[ -f $run/checkpoints/latest ]] || fail "no checkpoint after Ctrl-C"
+tail -n 1 "$run/train.log" | grep -q '"event":"end".*"interrupted":true' || fail "no end line in train.log"
+tmux kill-session -t "$session"
+tmux new-session -d -s "$session" -x 100 -y 30 "'$bin' train --watch '$run'; echo EXITED=\$?; sleep 60"
+wait_for "stopped at step"
+wait_for "held-out bits/byte"
+tmux send-keys -t "$session" q
+wait_for "EXITED=0"
+echo "ok: the training dashboard drew, resized, stopped on Ctrl-C with a checkpoint, and --watch drew the run"
+tmux kill-session -t "$session"
+
+# 6. No --model: the built-in default model (when this binary has one) loads and completes.
 if "$bin" --version | grep -q "default model: built in"; then
     printf 'import os\n\n\ndef list_files(root):\n    names = []\n    for name in os.listdir(root):\n' > "$work/c.py"
     start "$work/c.py" ""
