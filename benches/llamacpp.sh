@@ -23,12 +23,14 @@ cd "$work"
 
 if [ ! -x llama.cpp/build/bin/llama-bench ]; then
     python3 - "$version" "$sha256" <<'EOF'
-import hashlib, json, sys, urllib.parse, urllib.request
+import hashlib, re, sys, urllib.parse, urllib.request
 version, pinned = sys.argv[1], sys.argv[2]
-base = f"https://pypi.org/pypi/llama-cpp-python/{version}/json"
-meta = json.load(urllib.request.urlopen(base, timeout=60))
-sdist = next(f for f in meta["urls"] if f["packagetype"] == "sdist")
-data = urllib.request.urlopen(urllib.parse.urljoin(base, sdist["url"]), timeout=600).read()
+# The simple index (PEP 503), which mirrors and proxies serve as well as PyPI itself.
+index = "https://pypi.org/simple/llama-cpp-python/"
+html = urllib.request.urlopen(index, timeout=60).read().decode()
+name = re.escape(f"llama_cpp_python-{version}.tar.gz")
+url = re.search(f'href="([^"]*{name}[^"]*)"', html).group(1)
+data = urllib.request.urlopen(urllib.parse.urljoin(index, url), timeout=600).read()
 if hashlib.sha256(data).hexdigest() != pinned:
     sys.exit(f"llama-cpp-python {version}: the download's sha256 is not the pinned {pinned}")
 open("llama-cpp-python.tar.gz", "wb").write(data)

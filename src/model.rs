@@ -14,6 +14,7 @@ pub mod llama;
 pub mod load;
 pub mod network;
 pub mod ops;
+pub mod q8_linear;
 pub mod score;
 pub mod tokenizer;
 

@@ -32,7 +32,7 @@ pub enum Backing {
 }
 
 impl Backing {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Self::Mapped(m) => m,
             Self::Static(b) => b,

@@ -26,6 +26,7 @@ use serde_json::Value as Json;
 use super::config::{Family, LlamaConfig, ModelConfig};
 use super::llama::{Llama, Quantized};
 use super::load::{LoadError, LoadOptions};
+use super::q8_linear::{self, Q8Linear};
 use super::tokenizer::{FimOrder, Tokenizer};
 use super::{Model, Network};
 
@@ -190,6 +191,59 @@ impl GgufFile {
 
     fn has(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Q8_0 matrices read into one set of tiles for our kernels (see [`Q8Linear::joint`]), their
+    /// rows read from the file a tile at a time, so no copy of the file's bytes is held. Each is
+    /// `(name, head_dim)`: `head_dim` where the converter permuted a `llama` file's Q or K rows,
+    /// which are read back in transformers' order. `None` unless every one is a Q8_0 matrix of one
+    /// width.
+    fn q8(&mut self, group: &[(&str, Option<usize>)]) -> Result<Option<Vec<Q8Linear>>, LoadError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut parts = Vec::new();
+        for (name, heads) in group {
+            let Some(info) = self.content.tensor_infos.get(*name) else {
+                return Err(self.err(format!("no tensor \"{name}\"; is the file complete?")));
+            };
+            let (&[rows, cols], GgmlDType::Q8_0) = (info.shape.dims(), info.ggml_dtype) else {
+                return Ok(None);
+            };
+            if parts.first().is_some_and(|&(_, c, _, _)| c != cols) {
+                return Ok(None);
+            }
+            let start = self.content.tensor_data_offset + info.offset;
+            parts.push((rows, cols, start, *heads));
+        }
+        let Some(&(_, cols, _, _)) = parts.first() else {
+            return Ok(None);
+        };
+        let row_bytes = cols / q8_linear::BLOCK * q8_linear::BLOCK_BYTES;
+        let reader = &mut self.reader;
+        let rows: Vec<usize> = parts.iter().map(|p| p.0).collect();
+        let layers = Q8Linear::read(&rows, cols, |part, first, buf| {
+            let (_, _, start, head_dim) = parts[part];
+            let at = |row: usize| start + (row * row_bytes) as u64;
+            match head_dim {
+                None => {
+                    reader.seek(SeekFrom::Start(at(first)))?;
+                    reader.read_exact(buf)?;
+                }
+                Some(head_dim) => {
+                    for (i, row) in buf.chunks_exact_mut(row_bytes).enumerate() {
+                        reader.seek(SeekFrom::Start(at(unpermuted(first + i, head_dim))))?;
+                        reader.read_exact(row)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        let names: Vec<&str> = group.iter().map(|g| g.0).collect();
+        layers.map(Some).map_err(|e| {
+            gguf_error(
+                &self.path,
+                &format!("tensor \"{}\": {e}", names.join("\", \"")),
+            )
+        })
     }
 
     fn tensor(&mut self, name: &str) -> Result<QTensor, LoadError> {
@@ -409,15 +463,50 @@ impl GgufFile {
             .collect();
         let mut quantized = Quantized::default();
         let mut small = HashMap::new();
-        for (gguf, hf) in names {
-            let mut t = self.tensor(&gguf)?;
-            let heads = if hf.contains(".q_proj.") {
+        let heads = |hf: &str| {
+            if hf.contains(".q_proj.") {
                 Some(c.num_attention_heads)
             } else if hf.contains(".k_proj.") {
                 Some(c.num_key_value_heads)
             } else {
                 None
+            }
+        };
+        // Q8_0 matrices of one input are read together, so each group runs as one product.
+        let mut groups: Vec<Vec<(String, String)>> = Vec::new();
+        for (gguf, hf) in &names {
+            let key = group_of(hf);
+            match groups
+                .iter_mut()
+                .find(|g| key.is_some() && group_of(&g[0].1) == key)
+            {
+                Some(group) => group.push((gguf.clone(), hf.clone())),
+                None => groups.push(vec![(gguf.clone(), hf.clone())]),
+            }
+        }
+        for group in groups {
+            let members: Vec<(&str, Option<usize>)> = group
+                .iter()
+                .map(|(gguf, hf)| {
+                    (
+                        gguf.as_str(),
+                        heads(hf).filter(|_| permute).map(|_| c.head_dim),
+                    )
+                })
+                .collect();
+            let Some(layers) = self.q8(&members)? else {
+                continue;
             };
+            for ((_, hf), layer) in group.iter().zip(layers) {
+                quantized.q8.insert(hf.clone(), layer);
+            }
+        }
+        for (gguf, hf) in names {
+            if quantized.q8.contains_key(&hf) {
+                continue;
+            }
+            let heads = heads(&hf);
+            let mut t = self.tensor(&gguf)?;
             if let (true, Some(heads)) = (permute, heads) {
                 t = unpermute_rows(&t, heads, c.head_dim).map_err(|e| self.err(e.to_string()))?;
             }
@@ -435,7 +524,15 @@ impl GgufFile {
             } else {
                 let t =
                     with_fast_kernel(t).map_err(|e| self.err(format!("tensor \"{gguf}\": {e}")))?;
-                quantized.tensors.insert(hf, Arc::new(t));
+                if let (GgmlDType::Q8_0, &[rows, cols]) = (t.dtype(), t.shape().dims()) {
+                    let layer = t
+                        .data()
+                        .and_then(|data| Q8Linear::from_rows(&data, (rows, cols), None))
+                        .map_err(|e| self.err(format!("tensor \"{gguf}\": {e}")))?;
+                    quantized.q8.insert(hf, layer);
+                } else {
+                    quantized.tensors.insert(hf, Arc::new(t));
+                }
             }
         }
         Ok((quantized, small))
@@ -484,6 +581,12 @@ pub fn dequantized(
     let tokenizer = file.tokenizer(config.vocab_size)?;
     check_shapes(&file, &config)?;
     let (quantized, mut weights) = file.decoder_tensors(&config, false)?;
+    for (name, layer) in quantized.q8 {
+        let values = layer
+            .dequantize(&Device::Cpu)
+            .map_err(|e| file.err(format!("tensor \"{name}\": {e}")))?;
+        weights.insert(name, values);
+    }
     for (name, t) in quantized.tensors {
         let values = t
             .dequantize(&Device::Cpu)
@@ -593,6 +696,24 @@ fn unpermute_rows(t: &QTensor, heads: usize, head_dim: usize) -> candle_core::Re
     }
     let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, t.dtype())?;
     QTensor::new(storage, dims)
+}
+
+/// The matrices read together (see [`GgufFile::q8`]): a layer's q, k and v; its gate and up.
+fn group_of(hf: &str) -> Option<(&str, &'static str)> {
+    let layer = hf.strip_prefix("model.layers.")?.split('.').next()?;
+    match hf.rsplit('.').nth(1)? {
+        "q_proj" | "k_proj" | "v_proj" => Some((layer, "qkv")),
+        "gate_proj" | "up_proj" => Some((layer, "gate_up")),
+        _ => None,
+    }
+}
+
+/// The GGUF row of a `llama` file's Q or K matrix that holds transformers' row `row`: within each
+/// head, transformers' row `j * head_dim / 2 + i` is GGUF row `2i + j` (see [`unpermute_rows`]).
+fn unpermuted(row: usize, head_dim: usize) -> usize {
+    let (head, within) = (row / head_dim, row % head_dim);
+    let half = head_dim / 2;
+    head * head_dim + 2 * (within % half) + within / half
 }
 
 /// `t`, or for the types candle has no SIMD vector product for (Q4_1, Q5_0, Q5_1: llama.cpp's

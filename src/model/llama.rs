@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::bf16_linear::{Backing, Bf16Linear};
 use super::config::LlamaConfig;
+use super::q8_linear::Q8Linear;
 
 /// A projection: candle's `Linear` (f32/f16, differentiable), our bf16 inference kernel, or a
 /// GGUF matrix in its stored type on candle's quantized kernels.
@@ -29,6 +30,7 @@ enum Proj {
     Candle(Linear),
     Bf16(Bf16Linear),
     Quant(QMatMul, Option<Tensor>),
+    Q8(Q8Linear),
 }
 
 impl Proj {
@@ -44,6 +46,7 @@ impl Proj {
             }
             Self::Candle(l) => l.forward(xs),
             Self::Bf16(l) => l.forward(xs),
+            Self::Q8(l) => l.forward(xs),
             Self::Quant(m, bias) => {
                 let product = quantized_product(m, xs)?;
                 match bias {
@@ -53,6 +56,18 @@ impl Proj {
             }
         }
     }
+}
+
+/// Projections of one input as one Q8_0 product, where their weights lie together.
+fn joint(projs: &[&Proj]) -> Option<Q8Linear> {
+    let layers: Option<Vec<&Q8Linear>> = projs
+        .iter()
+        .map(|p| match p {
+            Proj::Q8(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    Q8Linear::joint(&layers?)
 }
 
 /// Input rows from which a quantized projection runs as a GEMM over its dequantized weights
@@ -78,21 +93,17 @@ fn quantized_product(m: &QMatMul, xs: &Tensor) -> Result<Tensor> {
     let data = q.data()?;
     let row_bytes = data.len() / n;
     let x = xs.reshape((rows, k))?;
-    // Widening is one pass over the bytes per chunk; the chunks widen in parallel, then each
-    // multiplies on candle's (itself parallel) GEMM.
-    use rayon::prelude::*;
-    let starts: Vec<usize> = (0..n).step_by(GEMM_CHUNK).collect();
-    let parts = starts
-        .par_iter()
-        .map(|&start| {
+    // One chunk widened at a time (so the f32 copy never exceeds a chunk), each multiplied on
+    // candle's parallel GEMM.
+    let parts = (0..n)
+        .step_by(GEMM_CHUNK)
+        .map(|start| {
             let len = GEMM_CHUNK.min(n - start);
             let bytes = &data[start * row_bytes..(start + len) * row_bytes];
             let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, q.dtype())?;
-            QTensor::new(storage, (len, k))?.dequantize(&Device::Cpu)
+            let w = QTensor::new(storage, (len, k))?.dequantize(&Device::Cpu)?;
+            x.matmul(&w.t()?)
         })
-        .collect::<Result<Vec<_>>>()?
-        .iter()
-        .map(|w| x.matmul(&w.t()?))
         .collect::<Result<Vec<_>>>()?;
     let mut dims = xs.dims().to_vec();
     if let Some(last) = dims.last_mut() {
@@ -130,6 +141,9 @@ fn linear(
             let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
             if let Some(layer) = q.bf16_layer(&vb, (out_dim, in_dim), bias.as_ref())? {
                 return Ok(Proj::Bf16(layer));
+            }
+            if let Some(layer) = q.q8_layer(&vb, (out_dim, in_dim), bias.as_ref())? {
+                return Ok(Proj::Q8(layer));
             }
             let weight = q.matrix(&vb, (out_dim, in_dim))?;
             Ok(Proj::Quant(QMatMul::from_arc(weight)?, bias))
@@ -171,9 +185,38 @@ pub struct InPlace {
 pub struct Quantized {
     pub tensors: HashMap<String, Arc<QTensor>>,
     pub bf16: HashMap<String, Arc<[u16]>>,
+    /// Q8_0 matrices, on our own kernels (read in place from the file where they can be).
+    pub q8: HashMap<String, Q8Linear>,
 }
 
 impl Quantized {
+    /// Whether the file has this matrix, in any type.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+            || self.bf16.contains_key(name)
+            || self.q8.contains_key(name)
+    }
+
+    /// `vb`'s `weight` as a Q8_0 layer with `bias`, if it is one of the Q8_0 matrices.
+    fn q8_layer(
+        &self,
+        vb: &VarBuilder,
+        shape: (usize, usize),
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Q8Linear>> {
+        let name = format!("{}.weight", vb.prefix());
+        let Some(layer) = self.q8.get(&name) else {
+            return Ok(None);
+        };
+        if layer.shape() != shape {
+            candle_core::bail!(
+                "tensor \"{name}\" has shape {:?}, expected {shape:?}",
+                layer.shape()
+            )
+        }
+        layer.with_bias(bias).map(Some)
+    }
+
     /// `vb`'s `weight` as a bf16 layer, if it is one of the 16-bit matrices.
     fn bf16_layer(
         &self,
@@ -211,6 +254,7 @@ enum Embed {
     Table(Embedding),
     Bf16(Bf16Linear),
     Quant(QMatMul),
+    Q8(Q8Linear),
 }
 
 impl Embed {
@@ -218,6 +262,11 @@ impl Embed {
         match self {
             Self::Table(e) => e.forward(ids),
             Self::Bf16(m) => {
+                let (b, t) = ids.dims2()?;
+                let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                m.rows(&flat, ids.device())?.reshape((b, t, ()))
+            }
+            Self::Q8(m) => {
                 let (b, t) = ids.dims2()?;
                 let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
                 m.rows(&flat, ids.device())?.reshape((b, t, ()))
@@ -456,6 +505,8 @@ struct Attention {
     q_proj: Proj,
     k_proj: Proj,
     v_proj: Proj,
+    /// q, k and v as one product, where their Q8_0 weights lie together.
+    qkv: Option<Q8Linear>,
     o_proj: Proj,
     num_heads: usize,
     num_kv_heads: usize,
@@ -465,28 +516,32 @@ struct Attention {
 impl Attention {
     fn new(cfg: &LlamaConfig, vb: VarBuilder, p: Projections) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let q_proj = linear(
+            h,
+            cfg.num_attention_heads * d,
+            cfg.qkv_bias,
+            vb.pp("q_proj"),
+            p,
+        )?;
+        let k_proj = linear(
+            h,
+            cfg.num_key_value_heads * d,
+            cfg.qkv_bias,
+            vb.pp("k_proj"),
+            p,
+        )?;
+        let v_proj = linear(
+            h,
+            cfg.num_key_value_heads * d,
+            cfg.qkv_bias,
+            vb.pp("v_proj"),
+            p,
+        )?;
         Ok(Self {
-            q_proj: linear(
-                h,
-                cfg.num_attention_heads * d,
-                cfg.qkv_bias,
-                vb.pp("q_proj"),
-                p,
-            )?,
-            k_proj: linear(
-                h,
-                cfg.num_key_value_heads * d,
-                cfg.qkv_bias,
-                vb.pp("k_proj"),
-                p,
-            )?,
-            v_proj: linear(
-                h,
-                cfg.num_key_value_heads * d,
-                cfg.qkv_bias,
-                vb.pp("v_proj"),
-                p,
-            )?,
+            qkv: joint(&[&q_proj, &k_proj, &v_proj]),
+            q_proj,
+            k_proj,
+            v_proj,
             o_proj: linear(
                 cfg.num_attention_heads * d,
                 h,
@@ -507,9 +562,28 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(xs, ctx.kernels)?, self.num_heads)?;
-        let k = split(self.k_proj.forward(xs, ctx.kernels)?, self.num_kv_heads)?;
-        let v = split(self.v_proj.forward(xs, ctx.kernels)?, self.num_kv_heads)?;
+        let (q, k, v) = match &self.qkv {
+            Some(qkv) => {
+                let all = qkv.forward(xs)?;
+                let (q, kv) = (
+                    self.num_heads * self.head_dim,
+                    self.num_kv_heads * self.head_dim,
+                );
+                (
+                    all.narrow(D::Minus1, 0, q)?,
+                    all.narrow(D::Minus1, q, kv)?,
+                    all.narrow(D::Minus1, q + kv, kv)?,
+                )
+            }
+            None => (
+                self.q_proj.forward(xs, ctx.kernels)?,
+                self.k_proj.forward(xs, ctx.kernels)?,
+                self.v_proj.forward(xs, ctx.kernels)?,
+            ),
+        };
+        let q = split(q, self.num_heads)?;
+        let k = split(k, self.num_kv_heads)?;
+        let v = split(v, self.num_kv_heads)?;
         let q = ctx.rope.apply(&q, ctx.offset, ctx.kernels)?;
         let k = ctx.rope.apply(&k, ctx.offset, ctx.kernels)?;
         let (k, v) = match ctx.cache.as_deref_mut() {
@@ -566,24 +640,36 @@ impl Attention {
 struct Mlp {
     gate_proj: Proj,
     up_proj: Proj,
+    /// gate and up as one product, where their Q8_0 weights lie together.
+    gate_up: Option<Q8Linear>,
     down_proj: Proj,
 }
 
 impl Mlp {
     fn new(cfg: &LlamaConfig, vb: VarBuilder, p: Projections) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let gate_proj = linear(h, i, bias, vb.pp("gate_proj"), p)?;
+        let up_proj = linear(h, i, bias, vb.pp("up_proj"), p)?;
         Ok(Self {
-            gate_proj: linear(h, i, bias, vb.pp("gate_proj"), p)?,
-            up_proj: linear(h, i, bias, vb.pp("up_proj"), p)?,
+            gate_up: joint(&[&gate_proj, &up_proj]),
+            gate_proj,
+            up_proj,
             down_proj: linear(i, h, bias, vb.pp("down_proj"), p)?,
         })
     }
 
     fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let (gate, up) = (
-            self.gate_proj.forward(xs, kernels)?,
-            self.up_proj.forward(xs, kernels)?,
-        );
+        let (gate, up) = match &self.gate_up {
+            Some(gate_up) => {
+                let both = gate_up.forward(xs)?;
+                let i = both.dim(D::Minus1)? / 2;
+                (both.narrow(D::Minus1, 0, i)?, both.narrow(D::Minus1, i, i)?)
+            }
+            None => (
+                self.gate_proj.forward(xs, kernels)?,
+                self.up_proj.forward(xs, kernels)?,
+            ),
+        };
         let act = match kernels {
             Kernels::Differentiable if gate.dtype() == DType::F32 => {
                 super::ops::swiglu(&gate, &up)?
@@ -660,8 +746,7 @@ impl Llama {
         vb: VarBuilder,
         quantized: &Quantized,
     ) -> Result<Self> {
-        let tie = !quantized.tensors.contains_key("lm_head.weight")
-            && !quantized.bf16.contains_key("lm_head.weight");
+        let tie = !quantized.contains("lm_head.weight");
         Self::build(
             config,
             vb,
@@ -697,9 +782,12 @@ impl Llama {
             )?),
             Projections::Quantized(q) => {
                 let vb_e = vb_m.pp("embed_tokens");
-                match q.bf16_layer(&vb_e, (v, h), None)? {
-                    Some(layer) => Embed::Bf16(layer),
-                    None => Embed::Quant(QMatMul::from_arc(q.matrix(&vb_e, (v, h))?)?),
+                if let Some(layer) = q.bf16_layer(&vb_e, (v, h), None)? {
+                    Embed::Bf16(layer)
+                } else if let Some(layer) = q.q8_layer(&vb_e, (v, h), None)? {
+                    Embed::Q8(layer)
+                } else {
+                    Embed::Quant(QMatMul::from_arc(q.matrix(&vb_e, (v, h))?)?)
                 }
             }
         };
@@ -728,6 +816,7 @@ impl Llama {
             // The same bits: a tied head costs no memory.
             (true, Embed::Bf16(m)) => Proj::Bf16(m.clone()),
             (true, Embed::Quant(m)) => Proj::Quant(m.clone(), None),
+            (true, Embed::Q8(m)) => Proj::Q8(m.clone()),
             (false, _) => linear(h, v, false, vb.pp("lm_head"), p)?,
         };
         let rope = Rope::new(config, vb.dtype(), vb.device())?;

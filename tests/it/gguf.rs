@@ -578,24 +578,26 @@ fn relative_error(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// the same model, one token at a time or all at once.
 #[test]
 fn prompt_and_decoding_paths_agree_on_a_quantized_file() {
-    let model = open_gguf(&gguf_fixture("qwen2-q8_0.gguf"));
-    let g = golden("qwen2");
-    let all = logits_all(&model, &g.ids);
-    let llama = model.network.as_llama().unwrap();
-    let mut cache = llama.new_cache();
-    let mut rows = Vec::new();
-    for (pos, &id) in g.ids.iter().enumerate() {
-        let input = candle_core::Tensor::new(&[id], llama.device())
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let out = llama.forward_all(&input, pos, Some(&mut cache)).unwrap();
-        rows.push(out.squeeze(0).unwrap());
+    for name in ["qwen2", "llama"] {
+        let model = open_gguf(&gguf_fixture(&format!("{name}-q8_0.gguf")));
+        let g = golden(name);
+        let all = logits_all(&model, &g.ids);
+        let llama = model.network.as_llama().unwrap();
+        let mut cache = llama.new_cache();
+        let mut rows = Vec::new();
+        for (pos, &id) in g.ids.iter().enumerate() {
+            let input = candle_core::Tensor::new(&[id], llama.device())
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let out = llama.forward_all(&input, pos, Some(&mut cache)).unwrap();
+            rows.push(out.squeeze(0).unwrap());
+        }
+        let stepwise = candle_core::Tensor::cat(&rows, 0).unwrap();
+        let error = relative_error(&stepwise, &all);
+        // The vector products round activations to 8 bits; the GEMM does not.
+        assert!(error < 0.05, "{name}: {error}");
     }
-    let stepwise = candle_core::Tensor::cat(&rows, 0).unwrap();
-    let error = relative_error(&stepwise, &all);
-    // The vector products round activations to 8 bits; the GEMM does not.
-    assert!(error < 0.05, "{error}");
 }
 
 /// A GGUF file starts a fine-tune: its weights dequantized under their transformers names equal

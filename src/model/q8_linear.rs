@@ -1,0 +1,777 @@
+//! A linear layer over Q8_0 weights (GGUF's 8-bit type) with our own CPU kernels, for inference.
+//!
+//! Decoding a token reads every weight once, so decoding speed is how fast the cores turn weight
+//! bytes into dot products. In the file's layout (per row, per 32 values: an f16 scale, then 32
+//! `i8`) a dot product needs a horizontal sum and a scalar scale conversion per block and row,
+//! which kept candle's kernel, and a first kernel of ours on that layout, at about 10 GB/s on two
+//! cores that stream 34 GB/s. So the rows are repacked as they are read, the way llama.cpp's CPU
+//! backend repacks them:
+//!
+//! - Tiles of 16 rows: for each 32-value block, the 16 rows' scales side by side (one vector of
+//!   f16), then their values in 8 groups of 4 per row, so one 64-byte load holds 4 values of each
+//!   of 16 rows and one AVX-512 VNNI instruction (`vpdpbusd`) adds their products with 4 activation
+//!   values to 16 running sums: no horizontal sums, the scales converted 16 at a time.
+//! - Values are stored offset by 128 as `u8`, the unsigned operand `vpdpbusd` takes; the offset's
+//!   contribution (`128 * sum(x)` per block) is subtracted by starting each block's sums at its
+//!   negation.
+//! - Activations are quantized once per product to 8 bits per 32-value block with an f32 scale
+//!   (what llama.cpp does), so a block's products are integer arithmetic.
+//! - AVX2 (without VNNI) undoes the offset and uses `vpmaddubsw`; other processors run portable
+//!   Rust. The level is chosen at run time. Tiles are split across threads.
+//!
+//! The repacked matrix is the same size as the file's (Q8_0 is 34 bytes per 32 values either way)
+//! and is the only copy: rows are read from the file a tile at a time. Prompts (many activation
+//! rows) dequantize the tiles a chunk at a time into candle's f32 GEMM, which batches where
+//! vector products cannot.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+/// Bytes per block in the file: an f16 scale and 32 `i8`.
+pub const BLOCK_BYTES: usize = 34;
+/// Rows per tile.
+const TILE: usize = 16;
+/// Groups of 4 values in a block.
+const GROUPS: usize = BLOCK / 4;
+
+/// From this many activation rows on (a prompt), the weights are widened into candle's GEMM.
+pub const GEMM_ROWS: usize = 16;
+/// Weight rows widened at a time, which bounds the f32 copy (a vocabulary-sized head is never
+/// widened whole).
+const GEMM_CHUNK: usize = 2048;
+/// Tiles per work item handed to a thread.
+const TILES_PER_TASK: usize = 4;
+
+/// 64 bytes, aligned for AVX-512 loads: 4 values of each of a tile's 16 rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A Q8_0 matrix in tiles of 16 rows (the last tile padded with zero rows).
+#[derive(Clone)]
+struct Tiles {
+    /// `[tile][block][group]`: each line holds 4 values of each of the tile's rows, plus 128.
+    values: Vec<Line>,
+    /// `[tile][block][row]`: the f16 scales' bits.
+    scales: Vec<u16>,
+    blocks: usize,
+}
+
+impl Tiles {
+    fn tile_lines(&self) -> usize {
+        self.blocks * GROUPS
+    }
+
+    /// Tile `t` dequantized into `out`: its 16 rows of `blocks * 32` values, row-major.
+    fn dequantize_tile(&self, t: usize, out: &mut [f32]) {
+        let k = self.blocks * BLOCK;
+        for b in 0..self.blocks {
+            let tb = t * self.blocks + b;
+            let d: [f32; TILE] = std::array::from_fn(|lane| f16(self.scales[tb * TILE + lane]));
+            for (g, line) in self.values[tb * GROUPS..][..GROUPS].iter().enumerate() {
+                for (lane, four) in line.0.chunks_exact(4).enumerate() {
+                    let at = lane * k + b * BLOCK + 4 * g;
+                    for (o, &v) in out[at..at + 4].iter_mut().zip(four) {
+                        *o = d[lane] * f32::from(v.wrapping_sub(128) as i8);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row `r`'s values and scales, dequantized, appended to `out`.
+    fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
+        let (t, lane) = (r / TILE, r % TILE);
+        for b in 0..self.blocks {
+            let d = f16(self.scales[(t * self.blocks + b) * TILE + lane]);
+            let lines = &self.values[(t * self.blocks + b) * GROUPS..][..GROUPS];
+            for line in lines {
+                let four = &line.0[lane * 4..lane * 4 + 4];
+                out.extend(
+                    four.iter()
+                        .map(|&v| d * f32::from(v.wrapping_sub(128) as i8)),
+                );
+            }
+        }
+    }
+}
+
+fn f16(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// `y = x W^T + b` with `W` in Q8_0, `(out_dim, in_dim)`: a run of whole tiles in a set of tiles
+/// that several layers may share (a layer's q, k and v projections are read into one, so that
+/// [`Q8Linear::joint`] can compute them in one pass).
+#[derive(Clone)]
+pub struct Q8Linear {
+    tiles: Arc<Tiles>,
+    /// The first of this matrix's tiles.
+    first_tile: usize,
+    bias: Option<Vec<f32>>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl std::fmt::Debug for Q8Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Q8Linear({}, {})", self.out_dim, self.in_dim)
+    }
+}
+
+impl Q8Linear {
+    /// A layer over the file's Q8_0 rows (`out_dim` rows of `in_dim / 32` blocks).
+    pub fn from_rows(rows: &[u8], shape: (usize, usize), bias: Option<&Tensor>) -> Result<Self> {
+        let row_bytes = shape.1 / BLOCK * BLOCK_BYTES;
+        if rows.len() != shape.0 * row_bytes {
+            candle_core::bail!(
+                "{} bytes for a ({}, {}) Q8_0 matrix, not {}",
+                rows.len(),
+                shape.0,
+                shape.1,
+                shape.0 * row_bytes
+            );
+        }
+        let mut layers = Self::read(&[shape.0], shape.1, |_, first, buf| {
+            buf.copy_from_slice(&rows[first * row_bytes..][..buf.len()]);
+            Ok(())
+        })?;
+        match layers.pop() {
+            Some(layer) => layer.with_bias(bias),
+            None => candle_core::bail!("no matrix read"),
+        }
+    }
+
+    /// Matrices of `parts[i]` rows each, all of `in_dim` values, read into one set of tiles:
+    /// `read(i, first, buf)` fills `buf` with whole rows of matrix `i` from row `first`, a tile's
+    /// rows at a time, so no second copy of a matrix is ever held. Each matrix starts a tile.
+    pub fn read(
+        parts: &[usize],
+        in_dim: usize,
+        mut read: impl FnMut(usize, usize, &mut [u8]) -> Result<()>,
+    ) -> Result<Vec<Self>> {
+        if in_dim == 0 || !in_dim.is_multiple_of(BLOCK) {
+            candle_core::bail!("a Q8_0 row of {in_dim} values is not whole blocks of {BLOCK}");
+        }
+        let blocks = in_dim / BLOCK;
+        let row_bytes = blocks * BLOCK_BYTES;
+        let total: usize = parts.iter().map(|rows| rows.div_ceil(TILE)).sum();
+        let mut values = vec![Line([128; 64]); total * blocks * GROUPS];
+        let mut scales = vec![0u16; total * blocks * TILE];
+        let mut buf = vec![0u8; TILE * row_bytes];
+        let mut t = 0;
+        let mut firsts = Vec::with_capacity(parts.len());
+        for (part, &rows) in parts.iter().enumerate() {
+            firsts.push(t);
+            for first in (0..rows).step_by(TILE) {
+                let count = TILE.min(rows - first);
+                read(part, first, &mut buf[..count * row_bytes])?;
+                for (lane, row) in buf[..count * row_bytes].chunks_exact(row_bytes).enumerate() {
+                    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+                        scales[(t * blocks + b) * TILE + lane] =
+                            u16::from_le_bytes([block[0], block[1]]);
+                        let lines = &mut values[(t * blocks + b) * GROUPS..][..GROUPS];
+                        for (g, line) in lines.iter_mut().enumerate() {
+                            for j in 0..4 {
+                                line.0[lane * 4 + j] = block[2 + 4 * g + j].wrapping_add(128);
+                            }
+                        }
+                    }
+                }
+                t += 1;
+            }
+        }
+        let tiles = Arc::new(Tiles {
+            values,
+            scales,
+            blocks,
+        });
+        Ok(parts
+            .iter()
+            .zip(firsts)
+            .map(|(&out_dim, first_tile)| Self {
+                tiles: Arc::clone(&tiles),
+                first_tile,
+                bias: None,
+                in_dim,
+                out_dim,
+            })
+            .collect())
+    }
+
+    /// The same weights with `bias` (the weights are shared, not copied).
+    pub fn with_bias(&self, bias: Option<&Tensor>) -> Result<Self> {
+        let bias = bias
+            .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != self.out_dim) {
+            candle_core::bail!("a bias of the wrong length for {} rows", self.out_dim);
+        }
+        Ok(Self {
+            bias,
+            ..self.clone()
+        })
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
+    }
+
+    /// `layers` as one matrix whose rows are theirs in turn, when they lie that way in one set of
+    /// tiles (read together, each a whole number of tiles): computing it computes them all in
+    /// one pass over the weights and one dispatch to the threads.
+    pub fn joint(layers: &[&Q8Linear]) -> Option<Q8Linear> {
+        let first = layers.first()?;
+        let mut next = first.first_tile;
+        for l in layers {
+            let whole = l.out_dim.is_multiple_of(TILE);
+            if !Arc::ptr_eq(&l.tiles, &first.tiles) || l.first_tile != next || !whole {
+                return None;
+            }
+            next += l.out_dim / TILE;
+        }
+        let bias = layers.iter().any(|l| l.bias.is_some()).then(|| {
+            layers
+                .iter()
+                .flat_map(|l| match &l.bias {
+                    Some(b) => b.clone(),
+                    None => vec![0.0; l.out_dim],
+                })
+                .collect()
+        });
+        Some(Q8Linear {
+            tiles: Arc::clone(&first.tiles),
+            first_tile: first.first_tile,
+            bias,
+            in_dim: first.in_dim,
+            out_dim: layers.iter().map(|l| l.out_dim).sum(),
+        })
+    }
+
+    /// Rows `ids` of the matrix dequantized, `(ids.len(), in_dim)`: an embedding lookup (the table
+    /// shared with a tied head).
+    pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let mut out = Vec::with_capacity(ids.len() * self.in_dim);
+        for &id in ids {
+            if id as usize >= self.out_dim {
+                candle_core::bail!("token id {id} is outside the {} rows", self.out_dim);
+            }
+            self.tiles
+                .dequantize_row(self.first_tile * TILE + id as usize, &mut out);
+        }
+        Tensor::from_vec(out, (ids.len(), self.in_dim), device)
+    }
+
+    /// Rows `range` dequantized, `(len, in_dim)`: whole tiles at a time (a tile's values lie
+    /// together, a row's do not), in parallel.
+    fn dequantize_rows(&self, range: std::ops::Range<usize>, device: &Device) -> Result<Tensor> {
+        let k = self.in_dim;
+        let (first, last) = (range.start / TILE, range.end.div_ceil(TILE));
+        let mut widened = vec![0f32; (last - first) * TILE * k];
+        widened
+            .par_chunks_mut(TILE * k)
+            .enumerate()
+            .for_each(|(i, out)| self.tiles.dequantize_tile(self.first_tile + first + i, out));
+        let skip = (range.start - first * TILE) * k;
+        let len = range.len();
+        let out = match skip {
+            0 => {
+                widened.truncate(len * k);
+                widened
+            }
+            _ => widened[skip..skip + len * k].to_vec(),
+        };
+        Tensor::from_vec(out, (len, k), device)
+    }
+
+    /// The whole matrix in f32 (a fine-tune's starting weights).
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        self.dequantize_rows(0..self.out_dim, device)
+    }
+
+    /// `x` of shape `(..., in)`; returns `(..., out)` in f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let Some((&last, lead)) = dims.split_last() else {
+            candle_core::bail!("Q8_0 linear on a scalar")
+        };
+        if last != self.in_dim {
+            candle_core::bail!("Q8_0 linear expects {} inputs, got {last}", self.in_dim);
+        }
+        let rows = lead.iter().product::<usize>();
+        let mut out = if rows >= GEMM_ROWS {
+            self.gemm(&x.to_dtype(DType::F32)?.reshape((rows, last))?)?
+        } else {
+            let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            self.products(&xs, rows)
+        };
+        if let Some(bias) = &self.bias {
+            for row in out.chunks_exact_mut(self.out_dim) {
+                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
+        }
+        let mut shape = lead.to_vec();
+        shape.push(self.out_dim);
+        Tensor::from_vec(out, shape, x.device())
+    }
+
+    /// `x` (`(rows, in_dim)`) times the weights through candle's f32 GEMM, the weights widened
+    /// `GEMM_CHUNK` rows at a time, the chunks in parallel: `(rows, out_dim)` row-major.
+    fn gemm(&self, x: &Tensor) -> Result<Vec<f32>> {
+        // One chunk widened at a time: the f32 copy never exceeds a chunk.
+        let parts = (0..self.out_dim)
+            .step_by(GEMM_CHUNK)
+            .map(|start| {
+                let end = self.out_dim.min(start + GEMM_CHUNK);
+                x.matmul(&self.dequantize_rows(start..end, x.device())?.t()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)?.flatten_all()?.to_vec1()
+    }
+
+    /// `rows` activation rows `xs` times the weights: `(rows, out_dim)` row-major.
+    fn products(&self, xs: &[f32], rows: usize) -> Vec<f32> {
+        let acts: Vec<Activations> = xs
+            .chunks_exact(self.in_dim)
+            .map(Activations::quantize)
+            .collect();
+        let tiles = &*self.tiles;
+        let level = level();
+        let padded = self.out_dim.next_multiple_of(TILE);
+        // (rows, padded) while computing: each task owns whole tiles of every row.
+        let mut out = vec![0f32; rows * padded];
+        let lines = tiles.tile_lines();
+        let task_tiles = TILES_PER_TASK.min(padded / TILE);
+        let tasks = padded / TILE;
+        let per_task: Vec<Vec<f32>> = (0..tasks.div_ceil(task_tiles))
+            .into_par_iter()
+            .map(|task| {
+                let first = self.first_tile + task * task_tiles;
+                let count = task_tiles.min(tasks - task * task_tiles);
+                let values = &tiles.values[first * lines..(first + count) * lines];
+                let scales =
+                    &tiles.scales[first * tiles.blocks * TILE..][..count * tiles.blocks * TILE];
+                let mut part = vec![0f32; rows * count * TILE];
+                for (a, y) in acts.iter().zip(part.chunks_exact_mut(count * TILE)) {
+                    dots(level, values, scales, tiles.blocks, a, y);
+                }
+                part
+            })
+            .collect();
+        for (task, part) in per_task.iter().enumerate() {
+            let first = task * task_tiles * TILE;
+            let width = part.len() / rows;
+            for (r, y) in part.chunks_exact(width).enumerate() {
+                out[r * padded + first..][..width].copy_from_slice(y);
+            }
+        }
+        if padded == self.out_dim {
+            return out;
+        }
+        out.chunks_exact(padded)
+            .flat_map(|row| &row[..self.out_dim])
+            .copied()
+            .collect()
+    }
+}
+
+/// One activation row quantized per 32-value block: `q`, each block's scale `d`, so that
+/// `x[i] ~= d[i / 32] * q[i]`, and each block's `-128 * sum(q)`, which cancels the weights' offset.
+#[derive(Debug, Clone)]
+struct Activations {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    offset: Vec<i32>,
+}
+
+impl Activations {
+    fn quantize(x: &[f32]) -> Self {
+        let blocks = x.len() / BLOCK;
+        let mut q = vec![0i8; blocks * BLOCK];
+        let mut d = vec![0f32; blocks];
+        let mut offset = vec![0i32; blocks];
+        for (b, values) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            d[b] = scale;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let block = &mut q[b * BLOCK..(b + 1) * BLOCK];
+            for (dst, &v) in block.iter_mut().zip(values) {
+                // Within [-127, 127] by construction: the AVX2 kernel relies on it.
+                *dst = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+            offset[b] = -128 * block.iter().map(|&v| i32::from(v)).sum::<i32>();
+        }
+        Self { q, d, offset }
+    }
+}
+
+/// The instruction sets the kernels can use, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+/// The best level this processor runs, found once. `INFILL_KERNELS=avx2|portable` caps it (for
+/// comparing kernels on one machine).
+fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = std::env::var("INFILL_KERNELS").unwrap_or_default();
+        let available = levels();
+        let capped = |l: &Level| match cap.as_str() {
+            "portable" => *l == Level::Portable,
+            #[cfg(target_arch = "x86_64")]
+            "avx2" => *l != Level::Avx512Vnni,
+            _ => true,
+        };
+        available
+            .into_iter()
+            .rev()
+            .find(capped)
+            .unwrap_or(Level::Portable)
+    })
+}
+
+/// The levels this processor can run, worst first.
+fn levels() -> Vec<Level> {
+    let mut all = vec![Level::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            all.push(Level::Avx2);
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                all.push(Level::Avx512Vnni);
+            }
+        }
+    }
+    all
+}
+
+/// `out[16 * t + lane]` = row `lane` of tile `t` (of `values` and `scales`, whole tiles of
+/// `blocks` blocks) dotted with `a`.
+fn dots(
+    level: Level,
+    values: &[Line],
+    scales: &[u16],
+    blocks: usize,
+    a: &Activations,
+    out: &mut [f32],
+) {
+    match level {
+        // SAFETY: `level()` chose these only where the processor has the features they enable.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Level::Avx512Vnni => unsafe { x86::dots_avx512(values, scales, blocks, a, out) },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        Level::Avx2 => unsafe { x86::dots_avx2(values, scales, blocks, a, out) },
+        Level::Portable => dots_portable(values, scales, blocks, a, out),
+    }
+}
+
+fn dots_portable(values: &[Line], scales: &[u16], blocks: usize, a: &Activations, out: &mut [f32]) {
+    for (t, y) in out.chunks_exact_mut(TILE).enumerate() {
+        let mut acc = [0f32; TILE];
+        for b in 0..blocks {
+            let mut sums = [a.offset[b]; TILE];
+            let lines = &values[(t * blocks + b) * GROUPS..][..GROUPS];
+            for (g, line) in lines.iter().enumerate() {
+                let x = &a.q[b * BLOCK + 4 * g..][..4];
+                for (sum, four) in sums.iter_mut().zip(line.0.chunks_exact(4)) {
+                    for (&w, &v) in four.iter().zip(x) {
+                        *sum += i32::from(w) * i32::from(v);
+                    }
+                }
+            }
+            let s = &scales[(t * blocks + b) * TILE..][..TILE];
+            for lane in 0..TILE {
+                acc[lane] += sums[lane] as f32 * (f16(s[lane]) * a.d[b]);
+            }
+        }
+        y.copy_from_slice(&acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    //! The x86 kernels. Every access stays inside `values`, `scales` and the activations: the
+    //! callers pass whole tiles of `blocks` blocks, and activations of `blocks` blocks.
+
+    use std::arch::x86_64::*;
+
+    use super::{Activations, BLOCK, GROUPS, Line, TILE};
+
+    /// # Safety
+    /// The processor must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dots_avx512(
+        values: &[Line],
+        scales: &[u16],
+        blocks: usize,
+        a: &Activations,
+        out: &mut [f32],
+    ) {
+        let tiles = out.len() / TILE;
+        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
+        assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks && a.offset.len() >= blocks);
+        // SAFETY: the asserts above bound every index below.
+        unsafe {
+            let x = a.q.as_ptr();
+            // Two tiles at a time, each block's groups split over two sums: four independent
+            // chains of `vpdpbusd`, whose latency one chain would wait on.
+            let mut t = 0;
+            while t < tiles {
+                let pair = usize::from(t + 1 < tiles);
+                let mut acc = [_mm512_setzero_ps(); 2];
+                for b in 0..blocks {
+                    let tb = [t * blocks + b, (t + pair) * blocks + b];
+                    let lines = tb.map(|tb| values.as_ptr().add(tb * GROUPS));
+                    let start = _mm512_set1_epi32(*a.offset.get_unchecked(b));
+                    let zero = _mm512_setzero_si512();
+                    let mut sums = [[start, zero]; 2];
+                    for g in 0..GROUPS {
+                        let four = std::ptr::read_unaligned(x.add(b * BLOCK + 4 * g).cast::<i32>());
+                        let xv = _mm512_set1_epi32(four);
+                        for (sums, lines) in sums.iter_mut().zip(lines) {
+                            let w = _mm512_load_si512(lines.add(g).cast());
+                            sums[g % 2] = _mm512_dpbusd_epi32(sums[g % 2], w, xv);
+                        }
+                    }
+                    let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+                    for ((acc, sums), tb) in acc.iter_mut().zip(sums).zip(tb) {
+                        let bits = _mm256_loadu_si256(scales.as_ptr().add(tb * TILE).cast());
+                        let s = _mm512_mul_ps(_mm512_cvtph_ps(bits), da);
+                        let sum = _mm512_add_epi32(sums[0], sums[1]);
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, *acc);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate().take(1 + pair) {
+                    _mm512_storeu_ps(out.as_mut_ptr().add((t + i) * TILE), *acc);
+                }
+                t += 1 + pair;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The processor must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots_avx2(
+        values: &[Line],
+        scales: &[u16],
+        blocks: usize,
+        a: &Activations,
+        out: &mut [f32],
+    ) {
+        let tiles = out.len() / TILE;
+        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
+        assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks);
+        // SAFETY: the asserts above bound every index below.
+        unsafe {
+            let x = a.q.as_ptr();
+            let ones = _mm256_set1_epi16(1);
+            let flip = _mm256_set1_epi8(-128);
+            for t in 0..tiles {
+                // Rows 0-7 and 8-15 of the tile: each 64-byte line is two halves of 8 rows.
+                let mut acc = [_mm256_setzero_ps(); 2];
+                for b in 0..blocks {
+                    let tb = t * blocks + b;
+                    let lines = values.as_ptr().add(tb * GROUPS).cast::<u8>();
+                    let mut sums = [_mm256_setzero_si256(); 2];
+                    for g in 0..GROUPS {
+                        let four = std::ptr::read_unaligned(x.add(b * BLOCK + 4 * g).cast::<i32>());
+                        let xv = _mm256_set1_epi32(four);
+                        let magnitude = _mm256_sign_epi8(xv, xv);
+                        for (h, sum) in sums.iter_mut().enumerate() {
+                            let raw = _mm256_load_si256(lines.add(g * 64 + h * 32).cast());
+                            // Back to signed values, then |x| * (w with x's sign): |x| <= 127 and
+                            // |w| <= 128 keep each pair of products inside i16.
+                            let w = _mm256_xor_si256(raw, flip);
+                            let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(w, xv));
+                            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                    let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+                    for (h, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+                        let bits = _mm_loadu_si128(scales.as_ptr().add(tb * TILE + 8 * h).cast());
+                        let s = _mm256_mul_ps(_mm256_cvtph_ps(bits), da);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), s, *acc);
+                    }
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(t * TILE), acc[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(t * TILE + 8), acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+
+    use super::*;
+
+    /// Q8_0 rows of random blocks, extreme values included (-127 and 127 in every block).
+    fn matrix(out_dim: usize, in_dim: usize, seed: u64) -> Vec<u8> {
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut bytes = Vec::new();
+        for _ in 0..out_dim * in_dim / BLOCK {
+            let d = half::f16::from_f32(0.001 + rng.next_f64() as f32 * 0.01);
+            bytes.extend(d.to_le_bytes());
+            for i in 0..BLOCK {
+                let q = match i {
+                    0 => -127,
+                    1 => 127,
+                    _ => (rng.next_f64() * 254.0 - 127.0).round() as i8,
+                };
+                bytes.push(q as u8);
+            }
+        }
+        bytes
+    }
+
+    fn randn(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32 * 3.0)
+            .collect()
+    }
+
+    /// The file's rows dequantized by candle: the reference for every product and lookup.
+    fn reference(rows: &[u8], shape: (usize, usize)) -> Tensor {
+        let storage = QStorage::from_data(
+            std::borrow::Cow::Borrowed(rows),
+            &Device::Cpu,
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
+        QTensor::new(storage, shape)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+    }
+
+    /// Each kernel this processor runs gives the exact integer dot product of each block, scaled:
+    /// the same as f64 arithmetic on the quantized values within f32 rounding, for row counts
+    /// that do not fill a tile and for one block or many.
+    #[test]
+    fn every_kernel_equals_the_quantized_arithmetic() {
+        for (out_dim, in_dim) in [(1, 32), (7, 96), (16, 64), (40, 896)] {
+            let rows = matrix(out_dim, in_dim, out_dim as u64);
+            let layer = Q8Linear::from_rows(&rows, (out_dim, in_dim), None).unwrap();
+            let x = randn(in_dim, 9);
+            let a = Activations::quantize(&x);
+            let rb = in_dim / BLOCK * BLOCK_BYTES;
+            let want: Vec<f64> = (0..out_dim)
+                .map(|o| {
+                    rows[o * rb..(o + 1) * rb]
+                        .chunks_exact(BLOCK_BYTES)
+                        .enumerate()
+                        .map(|(b, block)| {
+                            let dot: f64 = block[2..]
+                                .iter()
+                                .zip(&a.q[b * BLOCK..])
+                                .map(|(&q, &x)| f64::from(q as i8) * f64::from(x))
+                                .sum();
+                            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f64();
+                            dot * d * f64::from(a.d[b])
+                        })
+                        .sum()
+                })
+                .collect();
+            let t = &*layer.tiles;
+            for level in levels() {
+                let mut got = vec![0f32; out_dim.next_multiple_of(TILE)];
+                dots(level, &t.values, &t.scales, t.blocks, &a, &mut got);
+                for (g, e) in got.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*g) - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                        "{level:?} {out_dim}x{in_dim}: {g} vs {e}"
+                    );
+                }
+                assert!(
+                    got[out_dim..].iter().all(|&v| v == 0.0),
+                    "padding rows are zero"
+                );
+            }
+        }
+    }
+
+    /// Activations are quantized as llama.cpp quantizes them: each value within half a step of
+    /// its block's scale, the largest magnitude at exactly 127; the offset cancels 128 per value.
+    #[test]
+    fn activations_round_to_their_blocks_scale() {
+        let x = randn(96, 3);
+        let a = Activations::quantize(&x);
+        for (b, values) in x.chunks_exact(BLOCK).enumerate() {
+            let q = &a.q[b * BLOCK..(b + 1) * BLOCK];
+            assert_eq!(q.iter().map(|v| v.unsigned_abs()).max(), Some(127));
+            for (v, &q) in values.iter().zip(q) {
+                assert!((v - a.d[b] * f32::from(q)).abs() <= a.d[b] * 0.5 + 1e-6);
+            }
+            let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+            assert_eq!(a.offset[b], -128 * sum);
+        }
+        let zeros = Activations::quantize(&[0.0; 32]);
+        assert!(zeros.q.iter().all(|&q| q == 0) && zeros.d[0] == 0.0);
+    }
+
+    /// The layer against candle's f32 matmul on the dequantized weights, for decoding rows (our
+    /// kernels, off by the activations' 8-bit rounding) and prompt rows (dequantized GEMM, exact
+    /// to f32 rounding), with a bias; embedding rows and the whole matrix equal candle's
+    /// dequantization exactly.
+    #[test]
+    fn the_layer_matches_a_matmul_on_the_dequantized_weights() {
+        let dev = Device::Cpu;
+        let (out_dim, in_dim) = (70, 160);
+        let rows = matrix(out_dim, in_dim, 5);
+        let reference = reference(&rows, (out_dim, in_dim));
+        let bias = Tensor::new(randn(out_dim, 4).as_slice(), &dev).unwrap();
+        let layer = Q8Linear::from_rows(&rows, (out_dim, in_dim), Some(&bias)).unwrap();
+        for (count, tolerance) in [(1, 0.02), (3, 0.02), (GEMM_ROWS + 1, 1e-5)] {
+            let x = Tensor::new(randn(count * in_dim, count as u64), &dev)
+                .unwrap()
+                .reshape((1, count, in_dim))
+                .unwrap();
+            let want = x
+                .broadcast_matmul(&reference.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
+            let got = layer.forward(&x).unwrap();
+            assert_eq!(got.dims(), [1, count, out_dim]);
+            let scale = crate::model::max_abs(&want);
+            let diff = crate::model::max_abs(&(got - want).unwrap());
+            assert!(diff <= tolerance * scale, "{count} rows: {diff} of {scale}");
+        }
+        let ids = [3u32, 0, 69];
+        let looked_up = layer.rows(&ids, &dev).unwrap();
+        let want = reference
+            .index_select(&Tensor::new(&ids, &dev).unwrap(), 0)
+            .unwrap();
+        assert_eq!(crate::model::max_abs(&(looked_up - want).unwrap()), 0.0);
+        assert!(layer.rows(&[70], &dev).is_err());
+        let whole = layer.dequantize(&dev).unwrap();
+        assert_eq!(crate::model::max_abs(&(whole - &reference).unwrap()), 0.0);
+    }
+
+    #[test]
+    fn a_matrix_of_the_wrong_size_is_refused() {
+        let bytes = vec![0u8; 34 * 3];
+        assert!(Q8Linear::from_rows(&bytes, (1, 96), None).is_ok());
+        assert!(Q8Linear::from_rows(&bytes, (2, 96), None).is_err());
+        assert!(Q8Linear::from_rows(&bytes, (3, 33), None).is_err());
+    }
+}
