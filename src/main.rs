@@ -6,6 +6,7 @@ use clap::{CommandFactory, Parser};
 use infill::cli::{Cli, Command, TokenizerCommand};
 
 fn main() -> ExitCode {
+    infill::model::keep_freed_memory();
     let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
     infill::logging::init(cli.log_level.level());
     tracing::info!(

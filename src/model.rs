@@ -23,6 +23,23 @@ pub use load::{LoadError, LoadOptions, ModelSource};
 pub use network::Network;
 pub use tokenizer::{FimOrder, Tokenizer};
 
+/// Keeps memory that is freed in glibc's heap for reuse, instead of each large allocation getting
+/// its own mapping that is returned on free. A forward pass allocates and frees tensors of
+/// megabytes (attention scores, a chunk of widened weights) layer after layer; fresh mappings
+/// cost a page fault and the zeroing of every page each time, which took a sixth of a prompt's
+/// time. The process's memory stays at its peak (which it reaches anyway): a 512-token prompt of
+/// a 0.5B Q8_0 model went from 195 to 243 tokens/s for 7 MB more. Call first thing in `main`.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation settings, and any value is valid (it
+    // returns 0 when it refuses one).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// The largest absolute value in `t` (tests compare tensors with it).
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

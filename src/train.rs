@@ -70,13 +70,12 @@ pub fn tune_process() {
             };
         }
     }
+    crate::model::keep_freed_memory();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation settings; it is called before other threads
     // allocate, and any value is valid (it returns 0 when it refuses one).
     #[allow(unsafe_code)]
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     // Fails only when the pool already exists (a second call): it keeps its threads.
