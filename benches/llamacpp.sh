@@ -8,9 +8,9 @@
 # 0.3.36 source distribution on PyPI (its sha256 is checked), built with GGML_NATIVE for this
 # processor (AMX off). The model is Qwen2.5-Coder-0.5B's exact shape with random bf16 weights
 # (benches/random_checkpoint.py), exported by infill to GGUF as F16, Q8_0 and Q4_K_M; each file is
-# then run by `llama-bench -p 512 -n 64 -t 2 -r 2` and by infill (`complete --json` with a 512-token
-# window and 64 generated tokens), in turn, ROUNDS times. Prints prompt and decoding tokens/s and
-# peak RSS for each; also checks that llama.cpp tokenizes a text as infill does with each file.
+# then run by llama-bench and by infill (`complete --json`), in turn, ROUNDS times: prompts of 512
+# and 2,048 tokens, 64 tokens decoded at depth 0 and 1,024, and peak RSS. Also checks that
+# llama.cpp tokenizes a text as infill does with each file.
 set -euo pipefail
 rounds=${1:-3}
 work=${2:-$(mktemp -d)}
@@ -62,28 +62,43 @@ for t in f16 q8_0 q4_k; do
     echo "q05-$t.gguf: llama.cpp and infill tokenize a sample alike: $same"
 done
 
-for r in $(seq "$rounds"); do
-    for t in f16 q8_0 q4_k; do
-        err=$(mktemp)
-        if ! out=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "q05-$t.gguf" -p 512 -n 64 -t 2 -r 2 -o json 2>"$err"); then
-            echo "round $r  llama.cpp q05-$t.gguf: failed: $(tail -2 "$err" | tr '\n' ' ')"
-        else
-            rss=$(tail -1 "$err")
-            echo "$out" | python3 -c "
-import json, sys
-runs = json.load(sys.stdin)
-pp = next(r for r in runs if r['n_prompt'] > 0)
-tg = next(r for r in runs if r['n_gen'] > 0)
-print(f\"round $r  llama.cpp q05-$t.gguf: prompt 512 at {pp['avg_ts']:.0f} tok/s, decoding {tg['avg_ts']:.1f} tok/s, peak RSS {$rss / 1024:.0f} MiB\")"
-        fi
-        out=$(/usr/bin/time -f "%M" "$infill" complete --model "q05-$t.gguf" --file "$here/src/text.rs" \
-            --line 40 --column 5 --max-tokens 64 --context 576 --no-trim --json 2>"$err")
-        rss=$(tail -1 "$err")
-        rm -f "$err"
-        echo "$out" | python3 -c "
+# One line per measure: prompts of 512 and 2,048 tokens, decoding 64 tokens at depth 0 and 1,024,
+# peak RSS (the 512-token run's). llama.cpp: llama-bench. infill: `complete --json` on windows
+# that give those prompts (its decoding depth is the prompt's length).
+infill_run() { # CONTEXT MAX_TOKENS -> "prompt_tokens prompt_tok/s decode_tok/s rss_mib"
+    local err out rss
+    err=$(mktemp)
+    out=$(/usr/bin/time -f "%M" "$infill" complete --model "$model" --file "$here/src/model/llama.rs" \
+        --line 600 --column 1 --max-tokens "$2" --context "$1" --no-trim --json 2>"$err")
+    rss=$(tail -1 "$err")
+    rm -f "$err"
+    echo "$out" | python3 -c "
 import json, sys
 t = json.load(sys.stdin)['timings']
-print(f\"round $r  infill    q05-$t.gguf: prompt {t['prompt_tokens']} at {t['prompt_tokens'] / t['prefill_ms'] * 1000:.0f} tok/s, \"
-      f\"decoding {t['tokens_per_s']:.1f} tok/s, peak RSS {$rss / 1024:.0f} MiB\")"
+print(t['prompt_tokens'], round(t['prompt_tokens'] / t['prefill_ms'] * 1000), round(t['tokens_per_s'], 1), round($rss / 1024))"
+}
+for r in $(seq "$rounds"); do
+    for t in f16 q8_0 q4_k; do
+        model=q05-$t.gguf
+        err=$(mktemp)
+        if ! pp=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "$model" -p 512,2048 -n 0 -t 2 -r 1 -o json 2>"$err"); then
+            echo "round $r  llama.cpp $model: failed: $(tail -2 "$err" | tr '\n' ' ')"
+            continue
+        fi
+        rss=$(tail -1 "$err")
+        tg=$("$bin/llama-bench" -m "$model" -p 0 -n 64 -d 0,1024 -t 2 -r 1 -o json 2>/dev/null)
+        rm -f "$err"
+        python3 -c "
+import json, sys
+pp, tg = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+rate = lambda runs, key, n: next(r['avg_ts'] for r in runs if r[key] == n and (key != 'n_gen' or r['n_prompt'] == 0))
+print(f\"round $r  llama.cpp $model: prompt 512 {rate(pp, 'n_prompt', 512):.0f} tok/s, 2048 {rate(pp, 'n_prompt', 2048):.0f}; \"
+      f\"decoding at depth 0 {next(x['avg_ts'] for x in tg if x.get('n_depth', 0) == 0):.1f} tok/s, \"
+      f\"1024 {next(x['avg_ts'] for x in tg if x.get('n_depth', 0) == 1024):.1f}; peak RSS {$rss / 1024:.0f} MiB\")" "$pp" "$tg"
+        read -r _ _ tg0 _ <<< "$(infill_run 80 64)"
+        read -r n512 pp512 _ rss512 <<< "$(infill_run 576 64)"
+        read -r _ _ tg1024 _ <<< "$(infill_run 1088 64)"
+        read -r n2048 pp2048 _ _ <<< "$(infill_run 2112 1)"
+        echo "round $r  infill    $model: prompt $n512 $pp512 tok/s, $n2048 $pp2048; decoding at depth 0 $tg0 tok/s, 1024 $tg1024; peak RSS $rss512 MiB"
     done
 done

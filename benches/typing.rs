@@ -8,7 +8,9 @@
 //!
 //! Without `INFILL_BENCH_MODEL` the built-in model runs (its context is shorter: the window is
 //! scaled to it). `INFILL_BENCH_ROUNDS` sets the rounds (5). The two ways alternate within each
-//! round; figures are printed, never asserted.
+//! round; figures are printed, never asserted. `INFILL_BENCH_WINDOW=FILE` also writes the window
+//! and the typed text as JSON (`prefix`, `suffix`, `typed`), which `benches/llama_server_typing.py`
+//! replays against llama-server.
 
 #![allow(clippy::string_slice, clippy::expect_used)]
 
@@ -83,6 +85,14 @@ fn main() {
     let byte = cursor_after_tokens(&model, &text, prefix_tokens);
     let suffix_end = byte + cursor_after_tokens(&model, &text[byte..], suffix_tokens);
     let text = &text[..suffix_end];
+    if let Ok(path) = std::env::var("INFILL_BENCH_WINDOW") {
+        let window = serde_json::json!({
+            "prefix": &text[..byte],
+            "suffix": &text[byte..],
+            "typed": TYPED,
+        });
+        std::fs::write(&path, window.to_string()).expect("the window file is written");
+    }
     let settings = Settings {
         limits: Limits {
             max_tokens: 1,
