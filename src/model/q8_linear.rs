@@ -21,8 +21,9 @@
 //!
 //! The repacked matrix is the same size as the file's (Q8_0 is 34 bytes per 32 values either way)
 //! and is the only copy: rows are read from the file a tile at a time. Prompts (many activation
-//! rows) dequantize the tiles a chunk at a time into candle's f32 GEMM, which batches where
-//! vector products cannot.
+//! rows) run on the integer kernel too where the processor has VNNI, four activation rows per
+//! pass over a tile (the tile stays in cache across them); elsewhere they dequantize the tiles a
+//! chunk at a time into candle's f32 GEMM, which batches where vector products cannot.
 
 use std::sync::{Arc, OnceLock};
 
@@ -38,7 +39,8 @@ const TILE: usize = 16;
 /// Groups of 4 values in a block.
 const GROUPS: usize = BLOCK / 4;
 
-/// From this many activation rows on (a prompt), the weights are widened into candle's GEMM.
+/// From this many activation rows on (a prompt), processors without VNNI widen the weights into
+/// candle's GEMM.
 pub const GEMM_ROWS: usize = 16;
 /// Weight rows widened at a time, which bounds the f32 copy (a vocabulary-sized head is never
 /// widened whole).
@@ -303,7 +305,7 @@ impl Q8Linear {
             candle_core::bail!("Q8_0 linear expects {} inputs, got {last}", self.in_dim);
         }
         let rows = lead.iter().product::<usize>();
-        let mut out = if rows >= GEMM_ROWS && level() != Level::Avx512Vnni {
+        let mut out = if rows >= GEMM_ROWS && !integer_prompts(level()) {
             self.gemm(&x.to_dtype(DType::F32)?.reshape((rows, last))?)?
         } else {
             let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -452,6 +454,16 @@ fn level() -> Level {
             .find(capped)
             .unwrap_or(Level::Portable)
     })
+}
+
+/// Whether prompts run on the integer kernels at `level`: only VNNI's has a several-row form.
+fn integer_prompts(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512Vnni {
+        return true;
+    }
+    let _ = level;
+    false
 }
 
 /// The levels this processor can run, worst first.
