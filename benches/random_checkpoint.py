@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes a Qwen2 checkpoint of Qwen2.5-Coder-0.5B's shape with random bf16 weights, for timing
-and memory comparisons without a download (pure Python, no packages).
+"""Writes a Qwen2 checkpoint of Qwen2.5-Coder-0.5B's (or -1.5B's) shape with random bf16 weights,
+for timing and memory comparisons without a download (pure Python, no packages).
 
-    python3 benches/random_checkpoint.py OUT_DIR [--tokenizer tokenizer.json]
+    python3 benches/random_checkpoint.py OUT_DIR [--shape 0.5b|1.5b] [--tokenizer tokenizer.json]
 
 The tokenizer defaults to the test fixture's (a small vocabulary inside the 151,936 rows; the
 weights, not the words, are what is measured). The values are one random block of bf16 numbers in
@@ -16,7 +16,12 @@ import random
 import shutil
 import struct
 
-HIDDEN, INTER, LAYERS, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 896, 4864, 24, 151936, 14, 2, 64
+# hidden, intermediate, layers, vocabulary, heads, KV heads, head dimension.
+SHAPES = {
+    "0.5b": (896, 4864, 24, 151936, 14, 2, 64),
+    "1.5b": (1536, 8960, 28, 151936, 12, 2, 128),
+}
+HIDDEN, INTER, LAYERS, VOCAB, HEADS, KV_HEADS, HEAD_DIM = SHAPES["0.5b"]
 
 
 def tensors():
@@ -51,7 +56,11 @@ def main():
         type=pathlib.Path,
         default=root / "tests/fixtures/models/tiny-python/tokenizer.json",
     )
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="0.5b",
+                    help="Qwen2.5-Coder-0.5B's shape (the default) or -1.5B's")
     args = ap.parse_args()
+    global HIDDEN, INTER, LAYERS, VOCAB, HEADS, KV_HEADS, HEAD_DIM
+    HIDDEN, INTER, LAYERS, VOCAB, HEADS, KV_HEADS, HEAD_DIM = SHAPES[args.shape]
     args.out.mkdir(parents=True, exist_ok=True)
     random.seed(0)
     block = b"".join(bf16(random.uniform(-0.05, 0.05)) for _ in range(32768))

@@ -245,6 +245,18 @@ impl Bf16Linear {
 fn compute(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, rows: usize) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above), which is the
+            // only requirement `compute_avx512` adds to the portable version.
+            #[allow(unsafe_code)]
+            unsafe {
+                compute_avx512(w, xs, out, in_dim, rows)
+            };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is the only
@@ -326,6 +338,8 @@ macro_rules! kernels {
 kernels!(compute_portable, |a, b, c| a * b + c);
 #[cfg(target_arch = "x86_64")]
 kernels!(compute_avx2, f32::mul_add, #[target_feature(enable = "avx2,fma")]);
+#[cfg(target_arch = "x86_64")]
+kernels!(compute_avx512, f32::mul_add, #[target_feature(enable = "avx512f,avx2,fma")]);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
