@@ -456,6 +456,12 @@ fn level() -> Level {
     })
 }
 
+/// Whether this processor runs the AVX-512 VNNI kernels, where Q8_0 is the fastest type to hold
+/// a quantized matrix in (prompts and decoding both on integer kernels).
+pub fn vnni() -> bool {
+    integer_prompts(level())
+}
+
 /// Whether prompts run on the integer kernels at `level`: only VNNI's has a several-row form.
 fn integer_prompts(level: Level) -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -47,13 +47,28 @@ fn f32_files_compute_what_transformers_computes() {
 
 /// A copy of `src` with every tensor dequantized to F32: the model a quantized file stands for.
 fn dequantized_copy(src: &Path, dir: &Path) -> PathBuf {
+    converted_copy(src, dir, GgmlDType::F32, "dequantized.gguf")
+}
+
+/// A copy of `src` with every matrix in `dtype` (vectors, and rows that are not whole blocks of
+/// it, in F32).
+fn converted_copy(src: &Path, dir: &Path, dtype: GgmlDType, file: &str) -> PathBuf {
     let mut reader = std::fs::File::open(src).unwrap();
     let content = gguf_file::Content::read(&mut reader).unwrap();
     let mut tensors = Vec::new();
     for name in content.tensor_infos.keys() {
         let t = content.tensor(&mut reader, name, &Device::Cpu).unwrap();
         let f = t.dequantize(&Device::Cpu).unwrap();
-        tensors.push((name.clone(), QTensor::quantize(&f, GgmlDType::F32).unwrap()));
+        let whole_blocks = f
+            .dims()
+            .last()
+            .is_some_and(|&k| k % dtype.block_size() == 0);
+        let ty = if f.rank() == 2 && whole_blocks {
+            dtype
+        } else {
+            GgmlDType::F32
+        };
+        tensors.push((name.clone(), QTensor::quantize(&f, ty).unwrap()));
     }
     let metadata: Vec<(&str, &gguf_file::Value)> = content
         .metadata
@@ -61,7 +76,7 @@ fn dequantized_copy(src: &Path, dir: &Path) -> PathBuf {
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let out = dir.join("dequantized.gguf");
+    let out = dir.join(file);
     let mut w = std::fs::File::create(&out).unwrap();
     gguf_file::write(&mut w, &metadata, &tensors).unwrap();
     out
@@ -97,6 +112,49 @@ fn f16_and_q8_0_files_compute_their_dequantized_weights() {
             let drift = golden_gap(&model, name);
             assert!(drift < drift_bound * range, "{name} {kind}: {drift}");
         }
+    }
+}
+
+/// Q5_0 (llama.cpp's fallback where K blocks do not divide a row) runs requantized to Q8_0 on
+/// infill's kernels, read into the same joint tiles as Q8_0 (a layer's q, k and v together; a
+/// `llama` file's Q and K rows permuted back before requantizing): its logits equal the Q5_0
+/// file's dequantized weights' within the 8-bit rounding of weights and activations, for a
+/// prompt and for decoding steps.
+#[test]
+fn q5_0_files_run_requantized_on_the_q8_0_kernels() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2", "llama"] {
+        let g = golden(name);
+        let f32_file = gguf_fixture(&format!("{name}-f32.gguf"));
+        let q5 = converted_copy(
+            &f32_file,
+            tmp.path(),
+            GgmlDType::Q5_0,
+            &format!("{name}-q5_0.gguf"),
+        );
+        let model = open_gguf(&q5);
+        let reference = open_gguf(&dequantized_copy(&q5, tmp.path()));
+        let all = logits_all(&model, &g.ids);
+        let range = max_abs(&g.logits);
+        let gap = max_abs_diff(&all, &logits_all(&reference, &g.ids));
+        assert!(gap <= 0.1 * range, "{name}: {gap} of {range}");
+        let llama = model.network.as_llama().unwrap();
+        let mut cache = llama.new_cache();
+        let rows: Vec<_> = g
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| {
+                let input = candle_core::Tensor::new(&[id], llama.device())
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let out = llama.forward_all(&input, pos, Some(&mut cache)).unwrap();
+                out.squeeze(0).unwrap()
+            })
+            .collect();
+        let stepwise = candle_core::Tensor::cat(&rows, 0).unwrap();
+        assert!(relative_error(&stepwise, &all) < 0.05, "{name}");
     }
 }
 
