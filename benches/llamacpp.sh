@@ -3,6 +3,7 @@
 # in CI; needs python3, cmake and a C++ compiler, and reaches PyPI once for llama.cpp's source).
 #
 #   benches/llamacpp.sh ROUNDS [WORKDIR]
+#   LLAMACPP_SHAPE=1.5b LLAMACPP_TYPES="q8_0 q4_k" benches/llamacpp.sh ROUNDS [WORKDIR]
 #
 # llama.cpp is built from source at a pinned version: the copy vendored in the llama-cpp-python
 # 0.3.36 source distribution on PyPI (its sha256 is checked), built with GGML_NATIVE for this
@@ -47,19 +48,22 @@ EOF
 fi
 bin=llama.cpp/build/bin
 
-[ -f q05/model.safetensors ] || python3 "$here/benches/random_checkpoint.py" q05
-for t in f16 q8_0 q4_k; do
-    [ -f "q05-$t.gguf" ] || "$infill" models export --model q05 --out "q05-$t.gguf" --dtype "$t"
+shape=${LLAMACPP_SHAPE:-0.5b}
+types=${LLAMACPP_TYPES:-f16 q8_0 q4_k}
+name=q${shape//[.b]/}
+[ -f "$name/model.safetensors" ] || python3 "$here/benches/random_checkpoint.py" "$name" --shape "$shape"
+for t in $types; do
+    [ -f "$name-$t.gguf" ] || "$infill" models export --model "$name" --out "$name-$t.gguf" --dtype "$t"
 done
 
 # The same text tokenized by llama.cpp and by infill (`infill score --json` lists its tokens).
 printf 'fn main() {\n    let values = vec![1, 2, 3];\n    println!("{}", values.len());\n}\n' > sample.rs
-for t in f16 q8_0 q4_k; do
-    theirs=$("$bin/llama-tokenize" -m "q05-$t.gguf" -f sample.rs --ids --no-bos --log-disable 2>/dev/null | tail -1)
-    ours=$("$infill" score sample.rs --model "q05-$t.gguf" --json | python3 -c \
+for t in $types; do
+    theirs=$("$bin/llama-tokenize" -m "$name-$t.gguf" -f sample.rs --ids --no-bos --log-disable 2>/dev/null | tail -1)
+    ours=$("$infill" score sample.rs --model "$name-$t.gguf" --json | python3 -c \
         "import json, sys; print([t['id'] for t in json.load(sys.stdin)['tokens']])")
     if [ "$theirs" = "$ours" ]; then same=same; else same="DIFFERENT: $theirs vs $ours"; fi
-    echo "q05-$t.gguf: llama.cpp and infill tokenize a sample alike: $same"
+    echo "$name-$t.gguf: llama.cpp and infill tokenize a sample alike: $same"
 done
 
 # One line per measure: prompts of 512 and 2,048 tokens, decoding 64 tokens at depth 0 and 1,024,
@@ -78,8 +82,8 @@ t = json.load(sys.stdin)['timings']
 print(t['prompt_tokens'], round(t['prompt_tokens'] / t['prefill_ms'] * 1000), round(t['tokens_per_s'], 1), round($rss / 1024))"
 }
 for r in $(seq "$rounds"); do
-    for t in f16 q8_0 q4_k; do
-        model=q05-$t.gguf
+    for t in $types; do
+        model=$name-$t.gguf
         err=$(mktemp)
         if ! pp=$(/usr/bin/time -f "%M" "$bin/llama-bench" -m "$model" -p 512,2048 -n 0 -t 2 -r 1 -o json 2>"$err"); then
             echo "round $r  llama.cpp $model: failed: $(tail -2 "$err" | tr '\n' ' ')"
