@@ -178,14 +178,7 @@ impl Bf16Linear {
 
     /// `x` of shape `(..., in)` in any float dtype; returns `(..., out)` in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let Some((&last, lead)) = dims.split_last() else {
-            candle_core::bail!("bf16 linear on a scalar")
-        };
-        if last != self.in_dim {
-            candle_core::bail!("bf16 linear expects {} inputs, got {last}", self.in_dim);
-        }
-        let rows = lead.iter().product::<usize>();
+        let (lead, rows) = input_rows(x, self.in_dim, "bf16")?;
         if rows >= GEMM_ROWS {
             return self.forward_gemm(x);
         }
@@ -201,7 +194,7 @@ impl Bf16Linear {
                 compute(w, &xs, chunk, self.in_dim, rows);
             });
         // out_t is (out, rows); the caller wants (rows, out).
-        let mut out = if rows == 1 {
+        let out = if rows == 1 {
             out_t
         } else {
             let mut t = vec![0f32; rows * self.out_dim];
@@ -212,15 +205,39 @@ impl Bf16Linear {
             }
             t
         };
-        if let Some(bias) = &self.bias {
-            for row in out.chunks_exact_mut(self.out_dim) {
-                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-            }
-        }
-        let mut shape = lead.to_vec();
-        shape.push(self.out_dim);
-        Tensor::from_vec(out, shape, x.device())
+        output(out, self.bias.as_deref(), &lead, self.out_dim, x.device())
     }
+}
+
+/// The leading dimensions of a linear layer's input `x` (`(..., in_dim)`) and their product, the
+/// rows to compute; an error names the layer (`what`) when the last dimension is not `in_dim`.
+pub(crate) fn input_rows(x: &Tensor, in_dim: usize, what: &str) -> Result<(Vec<usize>, usize)> {
+    let dims = x.dims();
+    let Some((&last, lead)) = dims.split_last() else {
+        candle_core::bail!("{what} linear on a scalar")
+    };
+    if last != in_dim {
+        candle_core::bail!("{what} linear expects {in_dim} inputs, got {last}");
+    }
+    Ok((lead.to_vec(), lead.iter().product()))
+}
+
+/// A linear layer's `(rows, out_dim)` products with `bias` added, shaped `(...lead, out_dim)`.
+pub(crate) fn output(
+    mut out: Vec<f32>,
+    bias: Option<&[f32]>,
+    lead: &[usize],
+    out_dim: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(out_dim) {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+    }
+    let mut shape = lead.to_vec();
+    shape.push(out_dim);
+    Tensor::from_vec(out, shape, device)
 }
 
 impl Bf16Linear {

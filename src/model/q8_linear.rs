@@ -30,6 +30,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use super::bf16_linear::{input_rows, output};
+
 /// Values per block.
 pub const BLOCK: usize = 32;
 /// Bytes per block in the file: an f16 scale and 32 `i8`.
@@ -297,28 +299,14 @@ impl Q8Linear {
 
     /// `x` of shape `(..., in)`; returns `(..., out)` in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let Some((&last, lead)) = dims.split_last() else {
-            candle_core::bail!("Q8_0 linear on a scalar")
-        };
-        if last != self.in_dim {
-            candle_core::bail!("Q8_0 linear expects {} inputs, got {last}", self.in_dim);
-        }
-        let rows = lead.iter().product::<usize>();
-        let mut out = if rows >= GEMM_ROWS && !integer_prompts(level()) {
-            self.gemm(&x.to_dtype(DType::F32)?.reshape((rows, last))?)?
+        let (lead, rows) = input_rows(x, self.in_dim, "Q8_0")?;
+        let out = if rows >= GEMM_ROWS && !integer_prompts(level()) {
+            self.gemm(&x.to_dtype(DType::F32)?.reshape((rows, self.in_dim))?)?
         } else {
             let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             self.products(&xs, rows)
         };
-        if let Some(bias) = &self.bias {
-            for row in out.chunks_exact_mut(self.out_dim) {
-                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-            }
-        }
-        let mut shape = lead.to_vec();
-        shape.push(self.out_dim);
-        Tensor::from_vec(out, shape, x.device())
+        output(out, self.bias.as_deref(), &lead, self.out_dim, x.device())
     }
 
     /// `x` (`(rows, in_dim)`) times the weights through candle's f32 GEMM, the weights widened
