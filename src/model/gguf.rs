@@ -541,6 +541,14 @@ impl GgufFile {
                 continue;
             }
             let heads = heads(&hf);
+            // A matrix whose group mixes types: alone, from the file or requantized.
+            let head_dim = heads.filter(|_| permute).map(|_| c.head_dim);
+            if let Some(mut layer) = self.q8(&[(gguf.as_str(), head_dim)])? {
+                if let Some(layer) = layer.pop() {
+                    quantized.q8.insert(hf, layer);
+                }
+                continue;
+            }
             let mut t = self.tensor(&gguf)?;
             if let (true, Some(heads)) = (permute, heads) {
                 t = unpermute_rows(&t, heads, c.head_dim).map_err(|e| self.err(e.to_string()))?;
@@ -557,21 +565,7 @@ impl GgufFile {
                     bf16_bits(&t).map_err(|e| self.err(format!("tensor \"{gguf}\": {e}")))?;
                 quantized.bf16.insert(hf, bits);
             } else {
-                // A matrix of another type than its group's: alone, as Q8_0 where its type runs
-                // so (see `requantized`).
-                if let (true, &[rows, cols]) = (
-                    t.dtype() == GgmlDType::Q8_0 || requantized(t.dtype()),
-                    t.shape().dims(),
-                ) {
-                    let layer = t
-                        .dequantize(&Device::Cpu)
-                        .and_then(|f| QTensor::quantize(&f, GgmlDType::Q8_0))
-                        .and_then(|q| Q8Linear::from_rows(&q.data()?, (rows, cols), None))
-                        .map_err(|e| self.err(format!("tensor \"{gguf}\": {e}")))?;
-                    quantized.q8.insert(hf, layer);
-                } else {
-                    quantized.tensors.insert(hf, Arc::new(t));
-                }
+                quantized.tensors.insert(hf, Arc::new(t));
             }
         }
         Ok((quantized, small))

@@ -23,8 +23,8 @@ use super::bf16_linear::{Backing, Bf16Linear};
 use super::config::LlamaConfig;
 use super::q8_linear::Q8Linear;
 
-/// A projection: candle's `Linear` (f32/f16, differentiable), our bf16 inference kernel, or a
-/// GGUF matrix in its stored type on candle's quantized kernels.
+/// A projection: candle's `Linear` (f32/f16, differentiable), our bf16 inference kernel, a GGUF
+/// matrix on our Q8_0 kernels, or one in its stored type on candle's quantized kernels.
 #[derive(Debug, Clone)]
 enum Proj {
     Candle(Linear),
@@ -185,7 +185,7 @@ pub struct InPlace {
 pub struct Quantized {
     pub tensors: HashMap<String, Arc<QTensor>>,
     pub bf16: HashMap<String, Arc<[u16]>>,
-    /// Q8_0 matrices, on our own kernels (read in place from the file where they can be).
+    /// Q8_0 matrices (and those requantized to Q8_0), in tiles for our own kernels.
     pub q8: HashMap<String, Q8Linear>,
 }
 

@@ -531,6 +531,15 @@ mod x86 {
 
     use super::{Activations, BLOCK, GROUPS, Line, TILE};
 
+    /// Panics unless `values` and `scales` hold `tiles` whole tiles of `blocks` blocks and each
+    /// activation row `blocks` blocks: what every kernel's unchecked indexing relies on.
+    fn bounds(values: &[Line], scales: &[u16], blocks: usize, tiles: usize, acts: &[Activations]) {
+        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
+        for a in acts {
+            assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks && a.offset.len() >= blocks);
+        }
+    }
+
     /// How far ahead of the loads (in 64-byte lines, about 2 KB) each tile's values are
     /// prefetched: the hardware's prefetchers alone left two cores at 18 GB/s of the 34 the
     /// memory streams; this added 10% (`cargo bench --bench q8`).
@@ -547,9 +556,8 @@ mod x86 {
         out: &mut [f32],
     ) {
         let tiles = out.len() / TILE;
-        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
-        assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks && a.offset.len() >= blocks);
-        // SAFETY: the asserts above bound every index below.
+        bounds(values, scales, blocks, tiles, std::slice::from_ref(a));
+        // SAFETY: `bounds` bounds every index below.
         unsafe {
             let x = a.q.as_ptr();
             // Two tiles at a time, each block's groups split over two sums: four independent
@@ -610,12 +618,9 @@ mod x86 {
         let rows = acts.len();
         let width = out.len() / rows.max(1);
         let tiles = width / TILE;
-        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
         assert!(out.len() == rows * width);
-        for a in acts {
-            assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks && a.offset.len() >= blocks);
-        }
-        // SAFETY: the asserts above bound every index below.
+        bounds(values, scales, blocks, tiles, acts);
+        // SAFETY: `bounds` and the assert above bound every index below.
         unsafe {
             for t in 0..tiles {
                 for first in (0..rows).step_by(ROWS) {
@@ -667,9 +672,8 @@ mod x86 {
         out: &mut [f32],
     ) {
         let tiles = out.len() / TILE;
-        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
-        assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks);
-        // SAFETY: the asserts above bound every index below.
+        bounds(values, scales, blocks, tiles, std::slice::from_ref(a));
+        // SAFETY: `bounds` bounds every index below.
         unsafe {
             let x = a.q.as_ptr();
             let ones = _mm256_set1_epi16(1);
