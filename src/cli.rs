@@ -154,6 +154,24 @@ pub enum ModelsCommand {
     /// halves the size without changing what infill computes from them), or as one GGUF file for
     /// llama.cpp, ollama and LM Studio.
     Export(ExportArgs),
+    /// Bring a run of the scale-out trainer (scale/, infill_scale) back as a model directory:
+    /// its LoRA adapter merged into the base model, or its fully trained model, checked to load.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The run directory (infill_scale's --out), or a LoRA adapter folder (peft's).
+    pub run: PathBuf,
+    /// Where to write the model: a new or empty directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The base model of a LoRA adapter (default: the one the run recorded).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub base: Option<String>,
+    /// Storage precision of the weights (default: as the base stores them).
+    #[arg(long, value_enum)]
+    pub dtype: Option<StorageDtype>,
 }
 
 #[derive(Debug, Args)]
@@ -247,8 +265,20 @@ pub struct TrainArgs {
     #[arg(long)]
     pub plain: bool,
     /// Output model directory (Hugging Face layout; pass it to --model).
-    #[arg(long, required_unless_present_any = ["dry_run", "watch"])]
+    #[arg(long, required_unless_present_any = ["dry_run", "watch", "export"])]
     pub out: Option<PathBuf>,
+    /// Instead of training, write what training would learn from (the same files, split, FIM
+    /// examples and tokens, for --init's tokenizer) to DIR as token shards and a manifest, for
+    /// the scale-out trainer (scale/: transformers on GPUs). Run again, it finishes an export that
+    /// was cut short.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "watch", "resume", "from_scratch", "dry_run"])]
+    pub export: Option<PathBuf>,
+    /// With --export: epochs to write, each with fresh FIM holes (default 1).
+    #[arg(long, requires = "export")]
+    pub epochs: Option<u64>,
+    /// With --export: shards per epoch, packed side by side (default: one per 32 MiB of text).
+    #[arg(long, requires = "export")]
+    pub shards: Option<usize>,
     /// Read and filter the repositories, say what training would use (file by file with
     /// --explain), and stop.
     #[arg(long)]
@@ -276,7 +306,8 @@ pub struct TrainArgs {
     /// Continue the run checkpointed in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Replace the model or run already in --out (its checkpoints and log go too).
+    /// Replace the model or run already in --out (its checkpoints and log go too), or the
+    /// dataset of other settings in --export.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
     /// List the files used and skipped, and why.
@@ -293,7 +324,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "MB")]
     pub package_cap_mb: Option<f64>,
     /// Tokens per training sequence, the context the model learns (default 256; with --resume,
-    /// the run's own unless given, at most the model's positions).
+    /// the run's own unless given, at most the model's positions; with --export, the model's
+    /// context up to 1,024).
     #[arg(long)]
     pub seq_len: Option<usize>,
     /// Sequences per step (default 4; with --resume, the run's own unless given). Each step
@@ -355,6 +387,11 @@ pub struct ModelArgs {
     /// Without it the default model built into infill is used.
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: Option<String>,
+    /// A LoRA adapter for --model (the adapter/ folder of an infill_scale run, or any peft LoRA
+    /// adapter): merged into a copy of the model in infill's cache the first time, then loaded
+    /// from there.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Precision of the weights in memory. auto: bf16 when a Qwen2/Llama-family checkpoint stores
     /// bf16 weights (lossless, about twice as fast to decode on CPU), f32 otherwise. StarCoder2
     /// and GPT-BigCode run in f32 only. A GGUF file's quantized weights run in their own type, its

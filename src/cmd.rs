@@ -38,7 +38,13 @@ pub fn open_model_reporting(args: &ModelArgs, downloads: Downloads) -> anyhow::R
         ..LoadOptions::default()
     };
     let started = std::time::Instant::now();
-    let model = Model::open(&source, online, &opts)?;
+    let model = match &args.adapter {
+        Some(dir) => {
+            let files = crate::model::adapter::merged(&source, dir, online, &opts.downloads)?;
+            crate::model::load::load(&files, &opts)?
+        }
+        None => Model::open(&source, online, &opts)?,
+    };
     tracing::info!(
         "loaded {} ({}, context {}) in {:.0} ms",
         model.name,

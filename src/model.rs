@@ -5,6 +5,7 @@
 //! Nothing here knows about the editor or the terminal; the pipeline in `complete` and the commands
 //! drive it.
 
+pub mod adapter;
 pub mod bf16_linear;
 pub mod config;
 pub mod embedded;

@@ -6,6 +6,7 @@
 //! tokens -> packed windows -> AdamW steps`, seeded throughout.
 
 pub mod corpus;
+pub mod dataset;
 pub mod dedup;
 pub mod export;
 pub mod fim;

@@ -305,6 +305,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let baseline_spec = match &args.baseline {
         Some(b) => Some(ModelArgs {
             model: Some(b.clone()),
+            adapter: None,
             ..args.model.clone()
         }),
         None if args.baseline_exact_cache || with_memory.is_some() => Some(args.model.clone()),

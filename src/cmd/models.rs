@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use clap::ValueEnum;
 
-use crate::cli::{ExportArgs, ExportFormat, ModelsCommand, StorageDtype};
+use crate::cli::{ExportArgs, ExportFormat, ImportArgs, ModelsCommand, StorageDtype};
 use crate::model::config::FIM_ORDER_FIELD;
 use crate::model::embedded;
 use crate::model::load::{
@@ -20,6 +20,7 @@ use crate::model::load::{
 pub fn run(command: Option<&ModelsCommand>) -> anyhow::Result<()> {
     match command {
         Some(ModelsCommand::Export(args)) => export(args),
+        Some(ModelsCommand::Import(args)) => import(args),
         None => list(),
     }
 }
@@ -256,6 +257,103 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         )?;
     }
     let written = locate_dir(&args.out)?;
+    crate::outln!("{}: {}", args.out.display(), describe(&written)?)?;
+    Ok(())
+}
+
+/// `infill models import RUN --out MODEL`.
+fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    use crate::model::adapter::{self, Adapter};
+    use crate::model::load::{self, ModelSource};
+    if args.out.join("model.safetensors").exists() {
+        anyhow::bail!(
+            "{}: already holds a model; choose a new or empty directory",
+            args.out.display()
+        );
+    }
+    let dtype = match args.dtype {
+        None => None,
+        Some(StorageDtype::F32) => Some(DType::F32),
+        Some(StorageDtype::F16) => Some(DType::F16),
+        Some(StorageDtype::Bf16) => Some(DType::BF16),
+        Some(_) => anyhow::bail!(
+            "--dtype: a GGUF type; import to f32, f16 or bf16, then infill models export --format gguf"
+        ),
+    };
+    let run: Option<Value> = match std::fs::read_to_string(args.run.join("run.json")) {
+        Ok(text) => Some(
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: run.json is not JSON", args.run.display()))?,
+        ),
+        Err(_) => None,
+    };
+    let field = |name: &str| {
+        run.as_ref()
+            .and_then(|r| r.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let (adapter_dir, model_dir) = match field("output").as_deref() {
+        Some("model") => (None, Some(args.run.join("model"))),
+        Some(_) => (Some(args.run.join("adapter")), None),
+        None if args.run.join("adapter_config.json").exists() => (Some(args.run.clone()), None),
+        None if args.run.join("checkpoints").is_dir() => anyhow::bail!(
+            "{}: the run has not finished (no run.json); continue it with --resume, then import it",
+            args.run.display()
+        ),
+        None => anyhow::bail!(
+            "{}: neither an infill_scale run (run.json) nor a LoRA adapter (adapter_config.json)",
+            args.run.display()
+        ),
+    };
+    let summary = if let Some(dir) = model_dir {
+        // A full fine-tune is a model directory already: copied, in the precision asked.
+        let files = locate_dir(&dir)?;
+        let mut weights = adapter::read_weights(&files)?;
+        if let Some(dtype) = dtype {
+            for t in weights.values_mut() {
+                if t.dtype().is_float() {
+                    *t = t.to_dtype(dtype)?;
+                }
+            }
+        }
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("{}: cannot create the directory", args.out.display()))?;
+        let tmp = args.out.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(&weights, &tmp)?;
+        std::fs::rename(&tmp, args.out.join("model.safetensors"))?;
+        crate::files::write_atomic(&args.out.join("config.json"), &files.config.read()?)?;
+        crate::files::write_atomic(&args.out.join("tokenizer.json"), &files.tokenizer.read()?)?;
+        format!("the fully trained model of {}", args.run.display())
+    } else {
+        let dir = adapter_dir.unwrap_or_else(|| args.run.clone());
+        let adapter = Adapter::read(&dir)?;
+        let base = args
+            .base
+            .clone()
+            .or_else(|| field("base"))
+            .or_else(|| adapter.base.clone())
+            .with_context(|| {
+                format!(
+                    "{}: the run does not name its base model; pass --base DIR|HUB_ID",
+                    args.run.display()
+                )
+            })?;
+        let source = ModelSource::parse(Some(&base))?;
+        let files = load::locate(&source, load::online_allowed(), &load::Downloads::default())?;
+        adapter::write_merged(&files, &adapter, &args.out, dtype)?;
+        format!(
+            "{} with the LoRA adapter of {} merged into {} modules",
+            files.name,
+            dir.display(),
+            adapter.modules()
+        )
+    };
+    // Loading it is the check that infill runs what was written.
+    let written = locate_dir(&args.out)?;
+    crate::model::load::load(&written, &crate::model::LoadOptions::default())
+        .with_context(|| format!("{}: the imported model does not load", args.out.display()))?;
+    crate::outln!("{}: {summary}", args.out.display())?;
     crate::outln!("{}: {}", args.out.display(), describe(&written)?)?;
     Ok(())
 }

@@ -21,6 +21,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--package-cap-mb must be a positive number of megabytes");
     }
+    if let Some(dir) = &args.export {
+        return export(args, dir);
+    }
     let Some(out) = args.out.clone().filter(|_| !args.dry_run) else {
         let survey = train::Survey::new(&args.repo, &corpus_options(args), args.held_out)?;
         match args.explain {
@@ -151,6 +154,57 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         "model written to {} (use it with --model {})",
         out.display(),
         out.display()
+    )?;
+    Ok(())
+}
+
+/// `infill train --export DIR`.
+fn export(args: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let defaults = TrainSettings::new_run(true);
+    let fim = train::fim::FimSettings {
+        fim_rate: args.fim_rate.unwrap_or(defaults.fim_rate),
+        spm_rate: args.spm_rate.unwrap_or(defaults.spm_rate),
+    };
+    for (name, rate) in [("--fim-rate", fim.fim_rate), ("--spm-rate", fim.spm_rate)] {
+        if !(0.0..=1.0).contains(&rate) {
+            anyhow::bail!("{name} must be between 0 and 1 (got {rate})");
+        }
+    }
+    if args.epochs == Some(0) || args.shards == Some(0) {
+        anyhow::bail!("--epochs and --shards must be at least 1");
+    }
+    let opts = train::dataset::ExportOptions {
+        repos: args.repo.clone(),
+        out: dir.to_path_buf(),
+        model: args.init.clone(),
+        corpus: corpus_options(args),
+        held_out: args.held_out,
+        seq_len: args.seq_len,
+        fim,
+        seed: args.seed,
+        epochs: args.epochs.unwrap_or(1),
+        shards: args.shards,
+        overwrite: args.overwrite,
+        explain: args.explain,
+    };
+    let done = train::dataset::export(&opts, &mut |line: &str| eprintln!("{line}"))?;
+    let m = &done.manifest;
+    let kept = match done.kept {
+        0 => String::new(),
+        n => format!(" ({n} kept from an earlier run)"),
+    };
+    crate::outln!(
+        "dataset written to {}: {} files ({:.1} MB) in {} epoch(s) of {} shard(s), {} tokens{kept}; \
+         {} held-out files; windows of {} tokens for {}",
+        dir.display(),
+        m.corpus.files_trained,
+        m.corpus.bytes_trained as f64 / 1e6,
+        m.settings.epochs,
+        m.settings.shards,
+        m.train_tokens(),
+        m.corpus.files_held_out,
+        m.settings.seq_len,
+        m.settings.model,
     )?;
     Ok(())
 }

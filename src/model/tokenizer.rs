@@ -126,6 +126,12 @@ const TEMPLATES: &[TemplateNames] = &[
     ),
 ];
 
+/// A text every tokenizer check encodes: code of several languages, non-ASCII text, runs of
+/// spaces and tabs. Two tokenizers that encode it alike are taken for the same (a dataset's, an adapter's).
+pub const PROBE: &str = "def área(width, height):\n    return width * height  # m²\n\n\
+    fn main() {\n\tlet v: Vec<u8> = vec![1, 2];\n        println!(\"{:?} → {}\", v, \"日本\");\n}\n\
+    const f = async (x) => { await x?.y ?? 0; };\n";
+
 /// How a vocabulary entry maps to bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PieceEncoding {

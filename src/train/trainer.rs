@@ -26,7 +26,7 @@ pub use checkpoint::{Checkpoint, CheckpointState};
 pub use data::DataPosition;
 use data::{Data, PackKey, windows};
 use held_out::HeldOutSet;
-pub use held_out::{HeldOut, LanguageHeldOut};
+pub use held_out::{HeldOut, LanguageHeldOut, plain_tokens};
 
 /// Training hyper-parameters: defaults in one place, as nanoGPT keeps them.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -140,6 +140,25 @@ impl Scored {
     }
 }
 
+/// A held-out file as it is read for held-out figures: the lead, its text and end-of-text, with
+/// the bytes each token stands for (none for special tokens), for bits per byte.
+pub fn plain_tokens(
+    tokenizer: &Tokenizer,
+    text: &str,
+) -> Result<(Vec<u32>, Vec<usize>), crate::model::tokenizer::TokenizerError> {
+    let mut ids = tokenizer.fim().lead.clone();
+    ids.extend(tokenizer.encode(text)?);
+    ids.extend(tokenizer.fim().eos);
+    let bytes = ids
+        .iter()
+        .map(|&id| match tokenizer.is_special(id) {
+            true => 0,
+            false => tokenizer.token_bytes(id).len(),
+        })
+        .collect();
+    Ok((ids, bytes))
+}
+
 impl HeldOutSet {
     pub(super) fn new(tokenizer: &Tokenizer, docs: &[Doc], seq_len: usize) -> anyhow::Result<Self> {
         let mut tokens = Vec::with_capacity(docs.len());
@@ -153,16 +172,7 @@ impl HeldOutSet {
                     languages.len() - 1
                 }
             };
-            let mut ids = tokenizer.fim().lead.clone();
-            ids.extend(tokenizer.encode(&doc.text)?);
-            ids.extend(tokenizer.fim().eos);
-            let bytes = ids
-                .iter()
-                .map(|&id| match tokenizer.is_special(id) {
-                    true => 0,
-                    false => tokenizer.token_bytes(id).len(),
-                })
-                .collect();
+            let (ids, bytes) = plain_tokens(tokenizer, &doc.text)?;
             tokens.push((ids, bytes, index));
         }
         let mut set = Self {
