@@ -11,6 +11,7 @@ mod gguf;
 mod loading;
 mod lsp;
 mod memory;
+mod scale;
 mod score;
 mod train;
 mod trim;
