@@ -1,24 +1,27 @@
-//! The training data of `infill train` for another trainer (`examples/torch/train.py`: PyTorch, on
-//! a GPU or on CPUs): the same corpus, split, FIM examples and tokens, computed by infill's own code
-//! so that the two trainers learn the same task.
+//! The corpus of `infill train` as bundles, for a machine that has neither the repositories nor
+//! a Rust toolchain (a GPU machine training with the scale/ package): the bundles and this binary
+//! travel, and there it writes the dataset `infill train --export` would, an epoch at a time,
+//! while `python -m infill_scale.train --follow` trains on each epoch once it is written.
 //!
 //! ```text
 //! corpus_export bundle OUT_DIR [--held-out 0.05] [--permissive-only] [--package-cap-mb MB] REPO...
-//! corpus_export pack BUNDLE MODEL_DIR OUT --epoch K [--shard I --shards N] [--fim-rate 0.9]
-//!            [--spm-rate 0.8] [--seq-len 512] [--seed 7]
+//! corpus_export dataset BUNDLE_DIR MODEL_DIR OUT [--epochs 1] [--shards N] [--fim-rate 0.9]
+//!            [--spm-rate 0.5] [--seq-len 512] [--seed 0]
 //! ```
 //!
 //! `bundle` runs `infill train`'s corpus walk, filters and held-out split and writes the documents
-//! to train on (`train.bundle`) and the held-out ones (`held.bundle`); `pack` writes one shard of
-//! one epoch of a bundle as a u16 token stream. The formats are `infill::train::export`'s.
+//! to train on (`train.bundle`) and the held-out ones (`held.bundle`); `dataset` writes the
+//! dataset directory of `infill::train::dataset` from them, for MODEL_DIR's tokenizer (run again,
+//! it finishes a dataset cut short).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use infill::model::Tokenizer;
-use infill::train::export::{self, ShardSpec};
+use infill::train::corpus::SourceFile;
+use infill::train::dataset::{self, ExportOptions};
+use infill::train::export;
 use infill::train::fim::FimSettings;
 use infill::train::{CorpusChoice, Survey};
 
@@ -45,25 +48,24 @@ enum Command {
         #[arg(long)]
         package_cap_mb: Option<f64>,
     },
-    /// Writes one shard of one epoch of a bundle as a u16 token stream.
-    Pack {
-        bundle: PathBuf,
+    /// Writes the dataset of BUNDLE_DIR's train.bundle and held.bundle for MODEL_DIR's tokenizer.
+    Dataset {
+        bundle_dir: PathBuf,
         /// The model folder whose tokenizer.json (and config.json's vocab_size) to use.
         model_dir: PathBuf,
         out: PathBuf,
-        #[arg(long)]
-        epoch: u64,
-        #[arg(long, default_value_t = 0)]
-        shard: usize,
         #[arg(long, default_value_t = 1)]
-        shards: usize,
+        epochs: u64,
+        /// Shards per epoch (default: one per 32 MiB of text).
+        #[arg(long)]
+        shards: Option<usize>,
         #[arg(long, default_value_t = 0.9)]
         fim_rate: f64,
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = 0.5)]
         spm_rate: f64,
         #[arg(long, default_value_t = 512)]
         seq_len: usize,
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 0)]
         seed: u64,
     },
 }
@@ -90,27 +92,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let choice = CorpusChoice::from_flags(permissive_only, package_cap_mb);
             bundle(&out_dir, &repos, &choice, held_out)
         }
-        Command::Pack {
-            bundle,
+        Command::Dataset {
+            bundle_dir,
             model_dir,
             out,
-            epoch,
-            shard,
+            epochs,
             shards,
             fim_rate,
             spm_rate,
             seq_len,
             seed,
         } => {
-            let spec = ShardSpec {
-                epoch,
-                shard,
-                shards,
-                seed,
+            let opts = ExportOptions {
+                repos: vec![bundle_dir.clone()],
+                out,
+                model: Some(model_dir.display().to_string()),
+                corpus: CorpusChoice::default(),
+                held_out: 0.0,
+                seq_len: Some(seq_len),
                 fim: FimSettings { fim_rate, spm_rate },
-                seq_len,
+                seed,
+                epochs,
+                shards,
+                overwrite: false,
+                explain: false,
             };
-            pack(&bundle, &model_dir, &out, spec)
+            dataset(&bundle_dir, &opts)
         }
     }
 }
@@ -137,20 +144,33 @@ fn bundle(
     Ok(())
 }
 
-fn pack(bundle: &Path, model: &Path, out: &Path, spec: ShardSpec) -> anyhow::Result<()> {
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model.join("config.json"))?)?;
-    let vocab = config["vocab_size"]
-        .as_u64()
-        .context("config.json: no vocab_size")? as usize;
-    let tokenizer = Tokenizer::from_bytes(&std::fs::read(model.join("tokenizer.json"))?, vocab)?;
-    let bytes = std::fs::read(bundle)
-        .with_context(|| format!("{}: cannot read the bundle", bundle.display()))?;
-    let docs = export::read_bundle(&bytes).with_context(|| format!("{}", bundle.display()))?;
-    let stream = export::pack_shard(&tokenizer, &docs, spec)?;
-    let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-    export::write_u16(&mut w, &stream)?;
-    w.flush()?;
-    eprintln!("{}: {} tokens", out.display(), stream.len());
+fn dataset(bundles: &Path, opts: &ExportOptions) -> anyhow::Result<()> {
+    let read = |name: &str| -> anyhow::Result<Vec<SourceFile>> {
+        let path = bundles.join(name);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{}: cannot read the bundle", path.display()))?;
+        let docs = export::read_bundle(&bytes).with_context(|| format!("{}", path.display()))?;
+        Ok(docs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (language, text))| SourceFile {
+                path: format!("{name}#{i}"),
+                language,
+                text,
+            })
+            .collect())
+    };
+    let (train, held) = (read("train.bundle")?, read("held.bundle")?);
+    let train: Vec<&SourceFile> = train.iter().collect();
+    let held: Vec<&SourceFile> = held.iter().collect();
+    let done = dataset::write(opts, &train, &held, 0, &mut |line: &str| {
+        eprintln!("{line}")
+    })?;
+    eprintln!(
+        "{}: {} epoch(s), {} tokens",
+        opts.out.display(),
+        done.manifest.settings.epochs,
+        done.manifest.train_tokens()
+    );
     Ok(())
 }

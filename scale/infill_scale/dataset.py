@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,26 +40,17 @@ class HeldWindow:
 
 
 class Dataset:
-    def __init__(self, path, verify=False):
+    """An export; with `follow`, one still being written: each epoch is read once its shards
+    are all written (the exporter rewrites the manifest after every shard)."""
+
+    def __init__(self, path, verify=False, follow=False):
         self.path = path
-        manifest = os.path.join(path, "manifest.json")
-        try:
-            with open(manifest, encoding="utf-8") as f:
-                m = json.load(f)
-        except FileNotFoundError:
+        self.follow = follow
+        m = self._read_manifest()
+        if not m.get("complete") and not follow:
             raise DatasetError(
-                f"{path}: no manifest.json; write the dataset with infill train --export {path} --repo ..."
-            ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{manifest}: not a manifest ({e}); export it again") from None
-        if m.get("format") != FORMAT or m.get("version", 0) > VERSION:
-            raise DatasetError(
-                f"{manifest}: a {m.get('format')} manifest of version {m.get('version')}; "
-                f"this package reads {FORMAT} up to version {VERSION}"
-            )
-        if not m.get("complete"):
-            raise DatasetError(
-                f"{path}: the export is not finished; run the same infill train --export again to complete it"
+                f"{path}: the export is not finished; run the same infill train --export again to complete it "
+                f"(or train with --follow while it is written)"
             )
         self.manifest = m
         s = m["settings"]
@@ -78,6 +70,38 @@ class Dataset:
             if verify and _sha256(full) != sha:
                 raise DatasetError(f"{full}: its bytes differ from the manifest's hash; export it again")
         self._epoch_cache = {}
+
+    def _read_manifest(self):
+        path = self.path
+        manifest = os.path.join(path, "manifest.json")
+        while self.follow and not os.path.exists(manifest):
+            time.sleep(2)
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                m = json.load(f)
+        except FileNotFoundError:
+            raise DatasetError(
+                f"{path}: no manifest.json; write the dataset with infill train --export {path} --repo ..."
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{manifest}: not a manifest ({e}); export it again") from None
+        if m.get("format") != FORMAT or m.get("version", 0) > VERSION:
+            raise DatasetError(
+                f"{manifest}: a {m.get('format')} manifest of version {m.get('version')}; "
+                f"this package reads {FORMAT} up to version {VERSION}"
+            )
+        return m
+
+    def _epoch_shards(self, k):
+        """Epoch k's shards, waiting for them with `follow`."""
+        while True:
+            shards = sorted((x for x in self.manifest["train"] if x["epoch"] == k), key=lambda x: x["shard"])
+            if len(shards) == self.manifest["settings"]["shards"]:
+                return shards
+            if not self.follow or self.manifest["complete"]:
+                raise DatasetError(f"{self.path}: epoch {k} is not all written; run the export again to finish it")
+            time.sleep(2)
+            self.manifest = self._read_manifest()
 
     # --- the tokenizer check -------------------------------------------------------------------
 
@@ -118,7 +142,7 @@ class Dataset:
         """The token stream of `epoch` (an epoch past the written ones reuses them in turn)."""
         k = epoch % self.epochs
         if k not in self._epoch_cache:
-            shards = sorted((x for x in self.manifest["train"] if x["epoch"] == k), key=lambda x: x["shard"])
+            shards = self._epoch_shards(k)
             parts = [np.fromfile(os.path.join(self.path, x["file"]), dtype=np.dtype(self.dtype).newbyteorder("<"))
                      for x in shards]
             self._epoch_cache = {k: np.concatenate(parts).astype(np.int64)}

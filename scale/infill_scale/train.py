@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--save-dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="--full: the weights' type in model/ (auto: the base's)")
     p.add_argument("--verify", action="store_true", help="check every dataset file against its hash first")
+    p.add_argument("--follow", action="store_true",
+                   help="train on an export still being written: each epoch once its shards are written")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (faster steps after a warm-up)")
     args = p.parse_args(argv)
     if args.config and not args.full:
         args.full = True
@@ -112,14 +115,18 @@ def load_model(args, ds, accelerator):
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     if args.config:
         config = AutoConfig.from_pretrained(os.path.dirname(os.path.abspath(args.config)))
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         torch.manual_seed(args.seed)
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         tokenizer_dir = args.data
         base = os.path.abspath(args.config)
     else:
+        stored = stored_dtype(args.model, offline)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, local_files_only=offline)
         tokenizer_dir = args.model if os.path.isdir(args.model) else snapshot_dir(args.model, offline)
         base = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    # The type the base stores its weights in, for --save-dtype auto (training runs in f32).
+    args.stored_bf16 = "bfloat16" in str(stored)
     vocab = model.get_input_embeddings().weight.shape[0]
     how = ds.check_tokenizer(tokenizer_dir, vocab)
     accelerator.print(f"tokenizer: {how} as the dataset's ({ds.manifest['settings']['model']})")
@@ -139,6 +146,13 @@ def load_model(args, ds, accelerator):
         if not args.full:
             model.enable_input_require_grads()
     return model, base, origin
+
+
+def stored_dtype(model, offline):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, local_files_only=offline)
+    return getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
 
 
 def snapshot_dir(repo_id, offline):
@@ -250,10 +264,8 @@ def save_result(accelerator, model, args, ds, base, out, state, before, after):
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         shutil.rmtree(target, ignore_errors=True)
-    if args.full and args.save_dtype != "fp32":
-        base_dtype = getattr(unwrapped.config, "dtype", None) or getattr(unwrapped.config, "torch_dtype", None)
-        if args.save_dtype == "bf16" or str(base_dtype).endswith("bfloat16"):
-            state_dict = {k: v.to(torch.bfloat16) for k, v in state_dict.items()}
+    if args.full and (args.save_dtype == "bf16" or args.save_dtype == "auto" and args.stored_bf16):
+        state_dict = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict.items()}
     if args.full:
         unwrapped.config.dtype = unwrapped.config.torch_dtype = (
             "bfloat16" if next(iter(state_dict.values())).dtype == torch.bfloat16 else "float32")
@@ -293,7 +305,7 @@ def main(argv=None):
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if args.precision == "bf16" else "no")
     try:
-        ds = Dataset(args.data, verify=args.verify)
+        ds = Dataset(args.data, verify=args.verify, follow=args.follow)
     except DatasetError as e:
         accelerator.print(f"infill_scale: {e}")
         return 2
@@ -326,6 +338,8 @@ def main(argv=None):
     except DatasetError as e:
         accelerator.print(f"infill_scale: {e}")
         return 2
+    if args.compile:
+        model = torch.compile(model)
     peak = args.lr or (3e-5 if args.full and args.model else 1e-3 if args.full else 2e-4)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=peak, betas=(0.9, 0.95), weight_decay=args.weight_decay)

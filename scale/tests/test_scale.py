@@ -261,3 +261,40 @@ def test_a_preempted_run_checkpoints_and_resumes_where_it_stopped(dataset, tmp_p
     b = {x["step"]: x["loss"] for x in resumed if x["event"] == "step"}
     assert max(abs(a[s] - b[s]) for s in a) < 1e-4
     assert resumed[-1]["held_out"]["loss"] == pytest.approx(log_lines(straight)[-1]["held_out"]["loss"], abs=1e-4)
+
+
+def test_a_run_follows_an_export_still_being_written(dataset, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(dataset, partial)
+    with open(partial / "manifest.json") as f:
+        whole = json.load(f)
+    cut = dict(whole, complete=False, train=[s for s in whole["train"] if s["epoch"] == 0])
+    (partial / "manifest.json").write_text(json.dumps(cut))
+    # One epoch is written: a run that needs the second waits for it, then goes on.
+    per_epoch = Dataset(dataset).windows_per_epoch()
+    steps = per_epoch // 8 + 3
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=SCALE, OMP_NUM_THREADS="1")
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "infill_scale.train", "--data", str(partial), "--follow", "--model", BASE,
+           "--out", out, "--batch", "8", "--steps", str(steps), "--eval-every", "1000"]
+    proc = subprocess.Popen(cmd, cwd=SCALE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = os.path.join(out, "train.log")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(log) and
+                                          sum(1 for _ in open(log)) >= per_epoch // 8 + 1):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the run waits for the second epoch"
+    written = sum(1 for _ in open(log))
+    assert written == per_epoch // 8 + 1, written
+    (partial / "manifest.json").write_text(json.dumps(whole))
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert log_lines(out)[-1]["step"] == steps
+    # Without --follow an unfinished export is refused at once.
+    (partial / "manifest.json").write_text(json.dumps(cut))
+    refused = subprocess.run([c for c in cmd if c != "--follow"] + ["--overwrite"], cwd=SCALE, env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--follow" in refused.stdout + refused.stderr

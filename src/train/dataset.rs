@@ -269,6 +269,19 @@ pub fn export(
             files.len()
         );
     }
+    write(opts, &train, &held, survey.corpus.skipped.len(), progress)
+}
+
+/// Writes (or completes) the dataset of `train` and `held` files, already walked, filtered and
+/// split (by [`export`] from repositories, or read from bundles), as `opts` says; its `repos`,
+/// `corpus` and `held_out` are recorded, not applied. `skipped` is what the walk left out.
+pub fn write(
+    opts: &ExportOptions,
+    train: &[&corpus::SourceFile],
+    held: &[&corpus::SourceFile],
+    skipped: usize,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<Exported> {
     let (tokenizer, tokenizer_json, vocab_size, context, name) = target(opts.model.as_deref())?;
     let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
     let dtype = if width == 2 { "u16" } else { "u32" };
@@ -294,7 +307,7 @@ pub fn export(
     }
     let fingerprint = {
         let mut h = Sha256::new();
-        for (what, docs) in [("train", &train), ("held", &held)] {
+        for (what, docs) in [("train", train), ("held", held)] {
             for f in docs.iter() {
                 h.update(format!(
                     "{what}\0{}\0{}\0",
@@ -351,7 +364,7 @@ pub fn export(
             fingerprint,
             files_trained: train.len(),
             files_held_out: held.len(),
-            files_skipped: survey.corpus.skipped.len(),
+            files_skipped: skipped,
             bytes_trained,
             languages,
         },
@@ -378,7 +391,7 @@ pub fn export(
         .with_context(|| format!("{}: cannot create the dataset folders", dir.display()))?;
     crate::files::write_atomic(&dir.join("tokenizer.json"), &tokenizer_json)?;
     if manifest.held.docs.is_empty() {
-        write_held(dir, &tokenizer, &held, width, &mut manifest.held)?;
+        write_held(dir, &tokenizer, held, width, &mut manifest.held)?;
     }
     manifest.write(dir)?;
 
@@ -398,45 +411,20 @@ pub fn export(
         .collect();
     let written = todo.len();
     let shared = Mutex::new((manifest, progress));
-    todo.par_iter().try_for_each(|&(epoch, shard)| {
-        let spec = ShardSpec {
-            epoch,
-            shard,
-            shards: settings.shards,
-            seed: settings.seed,
-            fim: FimSettings {
-                fim_rate: settings.fim_rate,
-                spm_rate: settings.spm_rate,
-            },
-            seq_len: settings.seq_len,
-        };
-        let stream = pack_shard(&tokenizer, &docs, spec)?;
-        let file = format!("train/e{epoch}.s{shard}.{}", settings.dtype);
-        let bytes = encode(&stream, width)?;
-        crate::files::write_atomic(&dir.join(&file), &bytes)?;
-        let info = ShardInfo {
-            epoch,
-            shard,
-            file,
-            tokens: stream.len(),
-            sha256: hex(&Sha256::digest(&bytes)),
-        };
-        let mut guard = shared
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a shard writer failed"))?;
-        let (manifest, progress) = &mut *guard;
-        progress(&format!(
-            "epoch {}/{}, shard {}/{}: {} tokens",
-            epoch + 1,
-            settings.epochs,
-            shard + 1,
-            settings.shards,
-            info.tokens
-        ));
-        manifest.train.push(info);
-        manifest.train.sort_by_key(|s| (s.epoch, s.shard));
-        manifest.write(dir)
-    })?;
+    // An epoch's shards side by side, the epochs in order: a trainer following the export
+    // starts on each epoch as soon as it is whole.
+    for epoch in 0..settings.epochs {
+        let shards: Vec<usize> = todo
+            .iter()
+            .filter(|(e, _)| *e == epoch)
+            .map(|&(_, shard)| shard)
+            .collect();
+        shards.par_iter().try_for_each(|&shard| {
+            write_shard(
+                dir, &tokenizer, &docs, &settings, width, epoch, shard, &shared,
+            )
+        })?;
+    }
     let (mut manifest, _) = shared
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a shard writer failed"))?;
@@ -447,6 +435,60 @@ pub fn export(
         kept,
         written,
     })
+}
+
+/// The manifest being written and where progress goes, shared by the shard writers.
+type Shared<'p> = Mutex<(Manifest, &'p mut (dyn FnMut(&str) + Send))>;
+
+/// Packs and writes one shard, and records it in the manifest.
+#[allow(clippy::too_many_arguments)]
+fn write_shard(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    docs: &[(String, String)],
+    settings: &Settings,
+    width: usize,
+    epoch: u64,
+    shard: usize,
+    shared: &Shared<'_>,
+) -> anyhow::Result<()> {
+    let spec = ShardSpec {
+        epoch,
+        shard,
+        shards: settings.shards,
+        seed: settings.seed,
+        fim: FimSettings {
+            fim_rate: settings.fim_rate,
+            spm_rate: settings.spm_rate,
+        },
+        seq_len: settings.seq_len,
+    };
+    let stream = pack_shard(tokenizer, docs, spec)?;
+    let file = format!("train/e{epoch}.s{shard}.{}", settings.dtype);
+    let bytes = encode(&stream, width)?;
+    crate::files::write_atomic(&dir.join(&file), &bytes)?;
+    let info = ShardInfo {
+        epoch,
+        shard,
+        file,
+        tokens: stream.len(),
+        sha256: hex(&Sha256::digest(&bytes)),
+    };
+    let mut guard = shared
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a shard writer failed"))?;
+    let (manifest, progress) = &mut *guard;
+    progress(&format!(
+        "epoch {}/{}, shard {}/{}: {} tokens",
+        epoch + 1,
+        settings.epochs,
+        shard + 1,
+        settings.shards,
+        info.tokens
+    ));
+    manifest.train.push(info);
+    manifest.train.sort_by_key(|s| (s.epoch, s.shard));
+    manifest.write(dir)
 }
 
 /// The target model's tokenizer, its JSON, vocabulary, context and name.

@@ -1,13 +1,13 @@
-//! The training data of `infill train` for a trainer elsewhere (`examples/torch/train.py`, PyTorch
-//! on a GPU or on CPUs): the same corpus, split, FIM examples and tokens, made by this crate's own
-//! code so that the two trainers learn the same task.
+//! The pieces of a dataset for a trainer elsewhere ([`super::dataset`], which the scale/ package
+//! trains on): the same corpus, split, FIM examples and tokens as `infill train`, made by this
+//! crate's own code so that the two trainers learn the same task.
 //!
 //! A *bundle* holds documents as records of a language and a text, each a little-endian u32 length
 //! and its UTF-8 bytes. It is mostly source text, so it compresses well for the trip to a machine
 //! that has neither the repositories nor their licence files. A *shard* of an epoch is every
 //! `shards`th document from the `shard`th, packed by [`super::fim::pack`] with a generator seeded
 //! from the seed, the epoch and the shard: shards pack side by side on a machine's cores, and
-//! every epoch draws fresh holes. Its tokens are written as little-endian u16.
+//! every epoch draws fresh holes.
 
 use std::io::Write;
 
@@ -24,8 +24,6 @@ pub enum ExportError {
     NotUtf8(usize),
     #[error("a field of {0} bytes is too long for a bundle")]
     TooLong(usize),
-    #[error("token {0} does not fit a u16 stream: the vocabulary is over 65,536 tokens")]
-    WideToken(u32),
     #[error("shard {shard} of {shards}: the shard must be below the number of shards")]
     NoSuchShard { shard: usize, shards: usize },
     #[error(transparent)]
@@ -118,15 +116,6 @@ pub fn pack_shard(
     )?)
 }
 
-/// Writes a token stream as little-endian u16.
-pub fn write_u16(out: &mut impl Write, stream: &[u32]) -> Result<(), ExportError> {
-    for &id in stream {
-        let id = u16::try_from(id).map_err(|_| ExportError::WideToken(id))?;
-        out.write_all(&id.to_le_bytes())?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -200,16 +189,5 @@ mod tests {
         let one = |epoch| pack_shard(&tok, &docs, spec(epoch, 0, 1)).unwrap();
         assert_eq!(one(1), one(1));
         assert_ne!(one(1), one(2));
-    }
-
-    #[test]
-    fn streams_are_little_endian_u16_and_wider_tokens_are_refused() {
-        let mut out = Vec::new();
-        write_u16(&mut out, &[1, 258, 65535]).unwrap();
-        assert_eq!(out, [1, 0, 2, 1, 255, 255]);
-        assert!(matches!(
-            write_u16(&mut Vec::new(), &[65536]),
-            Err(ExportError::WideToken(65536))
-        ));
     }
 }
