@@ -315,6 +315,8 @@ def main(argv=None):
         accelerator.print(f"infill_scale: --batch {args.batch} does not split over {world} processes")
         return 2
     per_rank = args.batch // world
+    accelerator.print(f"{world} process(es), {accelerator.distributed_type.value.lower()}, "
+                      f"{args.precision}, on {accelerator.device.type}")
     os.makedirs(args.out, exist_ok=True)
     checkpoint = newest_checkpoint(args.out) if args.resume else None
     if args.resume and checkpoint is None:
