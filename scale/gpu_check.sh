@@ -105,10 +105,15 @@ print(f"infill vs transformers on the merged 0.5B model: {len(want)} tokens, max
 sys.exit(0 if len(got) == len(want) and diff < 5e-2 else 1)
 EOF
 
-stage fsdp-0.5b env ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP \
-    FSDP_STATE_DICT_TYPE=FULL_STATE_DICT bash -c "cd scale && accelerate launch --num_processes 1 \
-    -m infill_scale.train --data '$OUT/data' --model '$OUT/base05' --out '$OUT/fsdp05' --full \
-    --steps $STEPS_FSDP --batch $BATCH --micro-batch $MICRO --eval-every 1000 --gradient-checkpointing"
+fsdp() { # accelerate's FSDP on the GPU (on CPUs accelerate runs it as one plain process)
+    env ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_AUTO_WRAP_POLICY=TRANSFORMER_BASED_WRAP \
+        FSDP_STATE_DICT_TYPE=FULL_STATE_DICT bash -c "cd scale && accelerate launch --num_processes 1 \
+        -m infill_scale.train --data '$OUT/data' --model '$OUT/base05' --out '$OUT/fsdp05' --full \
+        --steps $STEPS_FSDP --batch $BATCH --micro-batch $MICRO --eval-every 1000 --gradient-checkpointing" |
+        tee "$OUT/fsdp.out"
+    [[ ${SMALL:-0} == 1 ]] || grep -q ', fsdp,' "$OUT/fsdp.out"
+}
+stage fsdp-0.5b fsdp
 
 stage lora-builtin train --data "$OUT/data" --model ../assets/model --out "$OUT/lora-builtin" --lora \
     --steps "$STEPS_BUILTIN" --batch "$BATCH" --micro-batch "$BATCH" --lr 1e-3 --eval-every 100
