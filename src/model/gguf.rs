@@ -31,6 +31,7 @@ use super::tokenizer::{FimOrder, Tokenizer};
 use super::{Model, Network};
 
 pub mod export;
+mod layernorm;
 mod vocab;
 
 use vocab::{TOKEN_NORMAL, byte_level_json, byte_level_pre_tokenizer, sentencepiece_json};
@@ -40,7 +41,7 @@ use vocab::{TOKEN_NORMAL, byte_level_json, byte_level_pre_tokenizer, sentencepie
 pub const FIM_ORDER_KEY: &str = "infill.fim_order";
 
 /// The architectures (`general.architecture`) infill runs from a GGUF file.
-pub const SUPPORTED_ARCHITECTURES: &str = "qwen2, llama";
+pub const SUPPORTED_ARCHITECTURES: &str = "qwen2, llama, starcoder2, starcoder (GPT-BigCode)";
 
 /// Whether `path` is a GGUF file, by its magic bytes.
 pub fn is_gguf(path: &Path) -> bool {
@@ -296,6 +297,12 @@ impl GgufFile {
         let family = match arch {
             "qwen2" => Family::Qwen2,
             "llama" => Family::Llama,
+            other if layernorm::handles(other) => {
+                return Err(self.err(format!(
+                    "architecture \"{other}\" runs from GGUF, but infill fine-tunes and exports \
+                     qwen2 and llama models only"
+                )));
+            }
             other => {
                 return Err(self.err(format!(
                     "architecture \"{other}\" is not supported from GGUF (supported: \
@@ -575,6 +582,9 @@ impl GgufFile {
 /// Loads a GGUF file into a ready model.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
     let mut file = GgufFile::open(path)?;
+    if layernorm::handles(file.architecture()?) {
+        return layernorm::load(file, path, opts);
+    }
     let config = file.llama_config()?;
     let tokenizer = file.tokenizer(config.vocab_size)?;
     // 16-bit matrices run on our bf16 kernel unless f32 is asked for; quantized ones always run

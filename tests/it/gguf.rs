@@ -45,6 +45,57 @@ fn f32_files_compute_what_transformers_computes() {
     }
 }
 
+/// StarCoder2 and GPT-BigCode files (architectures `starcoder2` and `starcoder`) run on
+/// candle-transformers' models: token by token through the cache, each step's logits are
+/// transformers' (F32 file) or the dequantized file's (Q8_0, widened to f32 as read, so exact).
+#[test]
+fn starcoder2_and_gpt_bigcode_files_compute_what_transformers_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["starcoder2", "gpt_bigcode"] {
+        let g = golden(name);
+        let steps = |path: &Path| -> Vec<candle_core::Tensor> {
+            let mut model = open_gguf(path);
+            (g.prompt_len..=g.ids.len())
+                .map(|end| model.network.logits_after(&g.ids[..end]).unwrap().0)
+                .collect()
+        };
+        let f32_file = steps(&gguf_fixture(&format!("{name}-f32.gguf")));
+        for (i, logits) in f32_file.iter().enumerate() {
+            let want = g.logits.get(g.prompt_len + i - 1).unwrap();
+            let gap = max_abs_diff(logits, &want);
+            assert!(gap < 1e-4, "{name} f32, step {i}: {gap}");
+        }
+        let q8 = gguf_fixture(&format!("{name}-q8_0.gguf"));
+        let reference = steps(&dequantized_copy(&q8, tmp.path()));
+        for (a, b) in steps(&q8).iter().zip(&reference) {
+            assert!(max_abs_diff(a, b) < 1e-5, "{name} q8_0");
+        }
+        // The tokenizer and FIM template come from the metadata as for the other families.
+        let model = open_gguf(&q8);
+        let hf = crate::open(&crate::fixture(name));
+        assert_eq!(model.tokenizer.fim(), hf.tokenizer.fim(), "{name}");
+        assert_eq!(
+            model
+                .tokenizer
+                .encode("def f(x):\n    return x  # é")
+                .unwrap(),
+            hf.tokenizer.encode("def f(x):\n    return x  # é").unwrap()
+        );
+        // They run, but infill fine-tunes qwen2 and llama models only, and says so.
+        let err = gguf::dequantized(&q8).unwrap_err().to_string();
+        assert!(err.contains("qwen2 and llama models only"), "{err}");
+    }
+    // --dtype other than f32 is refused with the reason.
+    let bf16 = LoadOptions {
+        dtype: Some(candle_core::DType::BF16),
+        ..LoadOptions::default()
+    };
+    let err = gguf::load(&gguf_fixture("starcoder2-q8_0.gguf"), &bf16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("run in f32"), "{err}");
+}
+
 /// A copy of `src` with every tensor dequantized to F32: the model a quantized file stands for.
 fn dequantized_copy(src: &Path, dir: &Path) -> PathBuf {
     converted_copy(src, dir, GgmlDType::F32, "dequantized.gguf")
