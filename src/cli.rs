@@ -480,8 +480,13 @@ pub struct TrimArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Repositories whose held-out files (the training split) become tasks.
-    #[arg(long, num_args = 1.., required_unless_present = "tasks_file")]
+    #[arg(long, num_args = 1.., required_unless_present_any = ["tasks_file", "dataset"])]
     pub repo: Vec<PathBuf>,
+    /// The held-out files of a dataset `infill train --export` wrote: its repositories, held-out
+    /// share and licence filter, so a model trained on it (by scale/) is measured on exactly the
+    /// files it never saw.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tasks_file", "repo", "held_out", "permissive_only"])]
+    pub dataset: Option<PathBuf>,
     /// HumanEval-infilling JSONL tasks instead of repository tasks.
     #[arg(long, conflicts_with = "repo")]
     pub tasks_file: Option<PathBuf>,

@@ -18,6 +18,36 @@ use crate::train::{corpus, split};
 /// A held-out file: path, language, text.
 type HeldFile = (String, Option<String>, String);
 
+/// The manifest of `--dataset`, if given.
+fn dataset(args: &EvalArgs) -> anyhow::Result<Option<crate::train::dataset::Manifest>> {
+    let Some(dir) = &args.dataset else {
+        return Ok(None);
+    };
+    let manifest = crate::train::dataset::Manifest::read(dir)?.with_context(|| {
+        format!(
+            "{}: no manifest.json; --dataset takes a folder infill train --export wrote",
+            dir.display()
+        )
+    })?;
+    Ok(Some(manifest))
+}
+
+/// The repositories the tasks come from: `--repo`'s, or those `--dataset` was made from.
+fn repositories(
+    args: &EvalArgs,
+    dataset: Option<&crate::train::dataset::Manifest>,
+) -> Vec<std::path::PathBuf> {
+    match dataset {
+        Some(m) => m
+            .corpus
+            .repos
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect(),
+        None => args.repo.clone(),
+    }
+}
+
 /// A training file: path and text.
 type TrainFile = (String, String);
 
@@ -47,12 +77,36 @@ fn build_tasks(
                 .with_context(|| path.display().to_string())?
         }
         None => {
-            let options = corpus::Options {
-                permissive_only: args.permissive_only,
+            let dataset = dataset(args)?;
+            let (repos, held_out, permissive_only) = match &dataset {
+                Some(m) => (
+                    repositories(args, Some(m)),
+                    m.settings.held_out,
+                    m.settings.permissive_only,
+                ),
+                None => (args.repo.clone(), args.held_out, args.permissive_only),
             };
-            let corpus = corpus::collect(&args.repo, options)?;
+            let options = corpus::Options { permissive_only };
+            let corpus = corpus::collect(&repos, options)?;
             let paths: Vec<&str> = corpus.files.iter().map(|f| f.path.as_str()).collect();
-            let split = split::split(&paths, args.held_out);
+            let split = split::split(&paths, held_out);
+            if let Some(m) = &dataset {
+                let now: std::collections::BTreeSet<&str> = split
+                    .held
+                    .iter()
+                    .filter_map(|&i| paths.get(i).copied())
+                    .collect();
+                let then: std::collections::BTreeSet<&str> =
+                    m.held.docs.iter().map(|d| d.path.as_str()).collect();
+                if now != then {
+                    eprintln!(
+                        "note: the held-out files differ from the dataset's ({} now, {} then, {} in both): the repositories changed since the export",
+                        now.len(),
+                        then.len(),
+                        now.intersection(&then).count()
+                    );
+                }
+            }
             if let Some(&first) = split.shadowed.first() {
                 eprintln!(
                     "note: {} held-out files are not evaluated: another version of each is a training file (e.g. {})",
@@ -273,8 +327,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         MemoryMode::Off => None,
         mode => {
             let memory: Arc<Memory> = Arc::new(repository_memory(&args.model, &train)?);
-            let name = args
-                .repo
+            let repos = repositories(args, dataset(args)?.as_ref());
+            let name = repos
                 .first()
                 .and_then(|r| std::path::absolute(r).ok())
                 .and_then(|r| r.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -358,7 +412,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.report {
         let title: Vec<String> = match &args.tasks_file {
             Some(file) => vec![file.display().to_string()],
-            None => args.repo.iter().map(|r| r.display().to_string()).collect(),
+            None => repositories(args, dataset(args)?.as_ref())
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect(),
         };
         let page = crate::report::eval_page(
             &title.join(", "),

@@ -360,7 +360,13 @@ pub fn write(
             probe_ids: tokenizer.encode(PROBE)?,
         },
         corpus: CorpusInfo {
-            repos: opts.repos.iter().map(|r| r.display().to_string()).collect(),
+            // Absolute, so `infill eval --dataset` finds them from anywhere.
+            repos: opts
+                .repos
+                .iter()
+                .map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()))
+                .map(|r| r.display().to_string())
+                .collect(),
             fingerprint,
             files_trained: train.len(),
             files_held_out: held.len(),

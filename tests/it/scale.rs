@@ -170,6 +170,77 @@ fn an_export_is_reproducible_resumable_and_holds_the_corpus() {
 }
 
 #[test]
+fn eval_on_a_dataset_takes_its_held_out_files() {
+    let repo = repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    assert!(export(repo.path(), &data, &[]).status.success());
+    let m = Manifest::read(&data).unwrap().unwrap();
+    let held: Vec<&str> = m.held.docs.iter().map(|d| d.path.as_str()).collect();
+    let json = tmp.path().join("eval.json");
+    // From another folder: the manifest names the repositories by absolute path.
+    let out = succeeded(
+        infill_cmd()
+            .current_dir(tmp.path())
+            .args(["eval", "--dataset"])
+            .arg(&data)
+            .arg("--model")
+            .arg(fixture("qwen2"))
+            .args(["--tasks", "12", "--score-kb", "0", "--json"])
+            .arg(&json),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("12 tasks"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for task in report["tasks"].as_array().unwrap() {
+        let id = task["id"].as_str().unwrap();
+        let file = id.rsplit_once(':').unwrap().0;
+        assert!(
+            held.contains(&file),
+            "{id} is not from a held-out file {held:?}"
+        );
+    }
+    // A changed repository is said to differ from the export.
+    std::fs::write(
+        repo.path().join("src/new_file.rs"),
+        "pub fn n() {}\n".repeat(40),
+    )
+    .unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            repo.path().join(format!("extra{i}.py")),
+            format!("x_{i} = {i}\n"),
+        )
+        .unwrap();
+    }
+    let out = succeeded(
+        infill_cmd()
+            .args(["eval", "--dataset"])
+            .arg(&data)
+            .arg("--model")
+            .arg(fixture("qwen2"))
+            .args(["--tasks", "4", "--score-kb", "0"]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("differ from the dataset's"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A folder that is not a dataset gets one line.
+    let out = infill_cmd()
+        .args(["eval", "--dataset"])
+        .arg(tmp.path())
+        .arg("--model")
+        .arg(fixture("qwen2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--dataset takes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_export_for_a_gguf_file_is_refused_with_the_reason() {
     let repo = repo();
     let tmp = tempfile::tempdir().unwrap();
