@@ -340,6 +340,11 @@ def main(argv=None):
     except DatasetError as e:
         accelerator.print(f"infill_scale: {e}")
         return 2
+    except (OSError, ValueError) as e:
+        # transformers' own messages (a missing folder, a hub id not cached offline, a bad config).
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        accelerator.print(f"infill_scale: cannot load {args.model or args.config}: {first}")
+        return 2
     if args.compile:
         model = torch.compile(model)
     peak = args.lr or (3e-5 if args.full and args.model else 1e-3 if args.full else 2e-4)

@@ -138,6 +138,12 @@ def test_the_model_tokenizer_is_checked_before_training(dataset, tmp_path):
         capture_output=True, text=True, cwd=SCALE, env=dict(os.environ, PYTHONPATH=SCALE, HF_HUB_OFFLINE="1"))
     assert res.returncode == 2 and "encodes text differently" in res.stdout + res.stderr
     assert not os.path.exists(tmp_path / "run" / "train.log")
+    # A model that is not there gets one line, not a traceback.
+    res = subprocess.run(
+        [sys.executable, "-m", "infill_scale.train", "--data", dataset, "--model", str(tmp_path / "nothing"),
+         "--out", str(tmp_path / "run2"), "--steps", "2"],
+        capture_output=True, text=True, cwd=SCALE, env=dict(os.environ, PYTHONPATH=SCALE, HF_HUB_OFFLINE="1"))
+    assert res.returncode == 2 and "cannot load" in res.stdout and "Traceback" not in res.stderr
     # An export cut short is refused until it is finished.
     with open(os.path.join(dataset, "manifest.json")) as f:
         m = json.load(f)
