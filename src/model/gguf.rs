@@ -209,6 +209,18 @@ impl GgufFile {
         }
         let mut parts: Vec<(usize, Rows)> = Vec::new();
         let mut width = None;
+        // Q5_0 matrices stay in five bits where the kernels have that form, when the whole group
+        // is Q5_0 (a group shares one set of tiles, so one format).
+        let all_q5 = group.iter().all(|(name, _)| {
+            self.content
+                .tensor_infos
+                .get(*name)
+                .is_some_and(|i| i.ggml_dtype == GgmlDType::Q5_0)
+        });
+        let format = match all_q5 && q8_linear::q5_tiles() {
+            true => q8_linear::Format::Q5,
+            false => q8_linear::Format::Q8,
+        };
         for &(name, head_dim) in group {
             let Some(info) = self.content.tensor_infos.get(name) else {
                 return Err(self.err(format!("no tensor \"{name}\"; is the file complete?")));
@@ -220,7 +232,7 @@ impl GgufFile {
                 return Ok(None);
             }
             let source = match dtype {
-                GgmlDType::Q8_0 => Rows::File {
+                GgmlDType::Q8_0 | GgmlDType::Q5_0 if format.file_type() == dtype => Rows::File {
                     start: self.content.tensor_data_offset + info.offset,
                     head_dim,
                 },
@@ -246,10 +258,10 @@ impl GgufFile {
         let Some(cols) = width else {
             return Ok(None);
         };
-        let row_bytes = cols / q8_linear::BLOCK * q8_linear::BLOCK_BYTES;
+        let row_bytes = cols / q8_linear::BLOCK * format.block_bytes();
         let reader = &mut self.reader;
         let rows: Vec<usize> = parts.iter().map(|p| p.0).collect();
-        let layers = Q8Linear::read(&rows, cols, |part, first, buf| {
+        let layers = Q8Linear::read_format(&rows, cols, format, |part, first, buf| {
             match &parts[part].1 {
                 Rows::Requantized(bytes) => {
                     buf.copy_from_slice(&bytes[first * row_bytes..][..buf.len()]);
@@ -761,7 +773,9 @@ fn unpermuted(row: usize, head_dim: usize) -> usize {
 
 /// Whether matrices of `dtype` run as Q8_0 on infill's kernels rather than in their own type on
 /// candle's: Q4_1, Q5_0 and Q5_1 always (llama.cpp's fallbacks where K blocks do not divide a
-/// row, as in Qwen2.5-Coder-0.5B's Q4_K_M file; candle has no SIMD product for them), and the K
+/// row, as in Qwen2.5-Coder-0.5B's Q4_K_M file; candle has no SIMD product for them; where the
+/// processor has VNNI a group of Q5_0 matrices stays in five bits instead, see
+/// [`q8_linear::q5_tiles`]), and the K
 /// types where the processor has AVX-512 VNNI, on which infill's Q8_0 kernels decode a 1.5B
 /// Q4_K_M file 1.2x and prompt it 1.8x faster than candle's own K kernels (its RSS falls too:
 /// candle keeps a repacked second copy). Requantizing moves each value by at most half an 8-bit

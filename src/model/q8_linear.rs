@@ -55,32 +55,139 @@ const TILES_PER_TASK: usize = 4;
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// A Q8_0 matrix in tiles of 16 rows (the last tile padded with zero rows).
+/// How a set of tiles holds its values. In both, a block of a tile is its 16 rows' f16 scales
+/// and their 32 values each in 8 groups of 4, stored unsigned with an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Q8_0's values: 8 lines a block, line `g` holding group `g` of every row, plus 128. 34
+    /// bytes per 32 values, as in the file.
+    Q8,
+    /// Q5_0's values (0..32, offset 16; exactly the file's): 5 lines a block. Line `g % 4` holds
+    /// the low 4 bits of group `g` (in the low half of each byte for `g < 4`, the high half
+    /// otherwise); line 4 holds their fifth bits, bit `g` of a byte for group `g`. 22 bytes per
+    /// 32 values, as in the file, where Q8 would take 34.
+    Q5,
+}
+
+impl Format {
+    /// Lines per block of a tile.
+    fn lines(self) -> usize {
+        match self {
+            Self::Q8 => GROUPS,
+            Self::Q5 => 5,
+        }
+    }
+
+    /// What the stored values exceed the signed ones by.
+    fn offset(self) -> i32 {
+        match self {
+            Self::Q8 => 128,
+            Self::Q5 => 16,
+        }
+    }
+
+    /// The GGUF type whose blocks this format holds as they are.
+    pub fn file_type(self) -> candle_core::quantized::GgmlDType {
+        match self {
+            Self::Q8 => candle_core::quantized::GgmlDType::Q8_0,
+            Self::Q5 => candle_core::quantized::GgmlDType::Q5_0,
+        }
+    }
+
+    /// Bytes per 32-value block in a GGUF file.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q8 => BLOCK_BYTES,
+            Self::Q5 => 22,
+        }
+    }
+
+    /// Group `g` of a block's `lines` as Q8's layout holds it: 4 stored values of each row.
+    fn group(self, lines: &[Line], g: usize) -> [u8; 64] {
+        match self {
+            Self::Q8 => lines[g].0,
+            Self::Q5 => std::array::from_fn(|k| {
+                let nibbles = lines[g % 4].0[k];
+                let low = if g < 4 { nibbles & 15 } else { nibbles >> 4 };
+                low | ((lines[4].0[k] >> g) & 1) << 4
+            }),
+        }
+    }
+
+    /// One file block's 32 stored values (0..256 for Q8, 0..32 for Q5) and its scale's bits.
+    fn unpack(self, block: &[u8]) -> ([u8; BLOCK], u16) {
+        let d = u16::from_le_bytes([block[0], block[1]]);
+        let values = match self {
+            Self::Q8 => std::array::from_fn(|i| block[2 + i].wrapping_add(128)),
+            Self::Q5 => {
+                let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                std::array::from_fn(|i| {
+                    let low = match i < 16 {
+                        true => block[6 + i] & 15,
+                        false => block[6 + i - 16] >> 4,
+                    };
+                    low | (((high >> i) & 1) as u8) << 4
+                })
+            }
+        };
+        (values, d)
+    }
+
+    /// Stores `values` (a row's block, stored values) as row `lane` of a tile's block `lines`.
+    fn pack(self, lines: &mut [Line], lane: usize, values: &[u8; BLOCK]) {
+        for (i, &v) in values.iter().enumerate() {
+            let (g, k) = (i / 4, lane * 4 + i % 4);
+            match self {
+                Self::Q8 => lines[g].0[k] = v,
+                Self::Q5 => {
+                    let shift = if g < 4 { 0 } else { 4 };
+                    lines[g % 4].0[k] |= (v & 15) << shift;
+                    lines[4].0[k] |= ((v >> 4) & 1) << g;
+                }
+            }
+        }
+    }
+
+    /// A line of padding rows (zero weights).
+    fn empty(self) -> Line {
+        match self {
+            Self::Q8 => Line([128; 64]),
+            // Padding rows have zero scales, so what their values stand for never counts.
+            Self::Q5 => Line([0; 64]),
+        }
+    }
+}
+
+/// A quantized matrix in tiles of 16 rows (the last tile padded).
 #[derive(Clone)]
 struct Tiles {
-    /// `[tile][block][group]`: each line holds 4 values of each of the tile's rows, plus 128.
+    /// `[tile][block][line]`: see [`Format`].
     values: Vec<Line>,
     /// `[tile][block][row]`: the f16 scales' bits.
     scales: Vec<u16>,
     blocks: usize,
+    format: Format,
 }
 
 impl Tiles {
     fn tile_lines(&self) -> usize {
-        self.blocks * GROUPS
+        self.blocks * self.format.lines()
     }
 
     /// Tile `t` dequantized into `out`: its 16 rows of `blocks * 32` values, row-major.
     fn dequantize_tile(&self, t: usize, out: &mut [f32]) {
         let k = self.blocks * BLOCK;
+        let (n, offset) = (self.format.lines(), self.format.offset());
         for b in 0..self.blocks {
             let tb = t * self.blocks + b;
             let d: [f32; TILE] = std::array::from_fn(|lane| f16(self.scales[tb * TILE + lane]));
-            for (g, line) in self.values[tb * GROUPS..][..GROUPS].iter().enumerate() {
-                for (lane, four) in line.0.chunks_exact(4).enumerate() {
+            let lines = &self.values[tb * n..][..n];
+            for g in 0..GROUPS {
+                let group = self.format.group(lines, g);
+                for (lane, four) in group.chunks_exact(4).enumerate() {
                     let at = lane * k + b * BLOCK + 4 * g;
                     for (o, &v) in out[at..at + 4].iter_mut().zip(four) {
-                        *o = d[lane] * f32::from(v.wrapping_sub(128) as i8);
+                        *o = d[lane] * (i32::from(v) - offset) as f32;
                     }
                 }
             }
@@ -90,15 +197,14 @@ impl Tiles {
     /// Row `r`'s values and scales, dequantized, appended to `out`.
     fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
         let (t, lane) = (r / TILE, r % TILE);
+        let (n, offset) = (self.format.lines(), self.format.offset());
         for b in 0..self.blocks {
             let d = f16(self.scales[(t * self.blocks + b) * TILE + lane]);
-            let lines = &self.values[(t * self.blocks + b) * GROUPS..][..GROUPS];
-            for line in lines {
-                let four = &line.0[lane * 4..lane * 4 + 4];
-                out.extend(
-                    four.iter()
-                        .map(|&v| d * f32::from(v.wrapping_sub(128) as i8)),
-                );
+            let lines = &self.values[(t * self.blocks + b) * n..][..n];
+            for g in 0..GROUPS {
+                let group = self.format.group(lines, g);
+                let four = &group[lane * 4..lane * 4 + 4];
+                out.extend(four.iter().map(|&v| d * (i32::from(v) - offset) as f32));
             }
         }
     }
@@ -156,15 +262,27 @@ impl Q8Linear {
     pub fn read(
         parts: &[usize],
         in_dim: usize,
+        read: impl FnMut(usize, usize, &mut [u8]) -> Result<()>,
+    ) -> Result<Vec<Self>> {
+        Self::read_format(parts, in_dim, Format::Q8, read)
+    }
+
+    /// [`read`](Self::read) for rows in `format`'s file layout (Q8_0, or Q5_0 kept in five bits
+    /// where the processor has VNNI: see [`q5_tiles`]).
+    pub fn read_format(
+        parts: &[usize],
+        in_dim: usize,
+        format: Format,
         mut read: impl FnMut(usize, usize, &mut [u8]) -> Result<()>,
     ) -> Result<Vec<Self>> {
         if in_dim == 0 || !in_dim.is_multiple_of(BLOCK) {
-            candle_core::bail!("a Q8_0 row of {in_dim} values is not whole blocks of {BLOCK}");
+            candle_core::bail!("a row of {in_dim} values is not whole blocks of {BLOCK}");
         }
         let blocks = in_dim / BLOCK;
-        let row_bytes = blocks * BLOCK_BYTES;
+        let row_bytes = blocks * format.block_bytes();
+        let n = format.lines();
         let total: usize = parts.iter().map(|rows| rows.div_ceil(TILE)).sum();
-        let mut values = vec![Line([128; 64]); total * blocks * GROUPS];
+        let mut values = vec![format.empty(); total * blocks * n];
         let mut scales = vec![0u16; total * blocks * TILE];
         let mut buf = vec![0u8; TILE * row_bytes];
         let mut t = 0;
@@ -175,15 +293,10 @@ impl Q8Linear {
                 let count = TILE.min(rows - first);
                 read(part, first, &mut buf[..count * row_bytes])?;
                 for (lane, row) in buf[..count * row_bytes].chunks_exact(row_bytes).enumerate() {
-                    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-                        scales[(t * blocks + b) * TILE + lane] =
-                            u16::from_le_bytes([block[0], block[1]]);
-                        let lines = &mut values[(t * blocks + b) * GROUPS..][..GROUPS];
-                        for (g, line) in lines.iter_mut().enumerate() {
-                            for j in 0..4 {
-                                line.0[lane * 4 + j] = block[2 + 4 * g + j].wrapping_add(128);
-                            }
-                        }
+                    for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
+                        let (stored, d) = format.unpack(block);
+                        scales[(t * blocks + b) * TILE + lane] = d;
+                        format.pack(&mut values[(t * blocks + b) * n..][..n], lane, &stored);
                     }
                 }
                 t += 1;
@@ -193,6 +306,7 @@ impl Q8Linear {
             values,
             scales,
             blocks,
+            format,
         });
         Ok(parts
             .iter()
@@ -351,11 +465,18 @@ impl Q8Linear {
                     #[cfg(target_arch = "x86_64")]
                     #[allow(unsafe_code)]
                     Level::Avx512Vnni if rows > 1 => unsafe {
-                        x86::rows_avx512(values, scales, tiles.blocks, &acts, &mut part)
+                        match tiles.format {
+                            Format::Q8 => {
+                                x86::rows_avx512(values, scales, tiles.blocks, &acts, &mut part)
+                            }
+                            Format::Q5 => {
+                                x86::rows_q5_avx512(values, scales, tiles.blocks, &acts, &mut part)
+                            }
+                        }
                     },
                     _ => {
                         for (a, y) in acts.iter().zip(part.chunks_exact_mut(count * TILE)) {
-                            dots(level, values, scales, tiles.blocks, a, y);
+                            dots(level, tiles.format, values, scales, tiles.blocks, a, y);
                         }
                     }
                 }
@@ -386,6 +507,8 @@ struct Activations {
     q: Vec<i8>,
     d: Vec<f32>,
     offset: Vec<i32>,
+    /// Each block's `-16 * sum(q)`, which cancels Q5's offset.
+    offset5: Vec<i32>,
 }
 
 impl Activations {
@@ -394,6 +517,7 @@ impl Activations {
         let mut q = vec![0i8; blocks * BLOCK];
         let mut d = vec![0f32; blocks];
         let mut offset = vec![0i32; blocks];
+        let mut offset5 = vec![0i32; blocks];
         for (b, values) in x.chunks_exact(BLOCK).enumerate() {
             let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
@@ -407,9 +531,16 @@ impl Activations {
                 let r = (v * inv).clamp(-127.0, 127.0);
                 *dst = (r + 0.5f32.copysign(r)) as i8;
             }
-            offset[b] = -128 * block.iter().map(|&v| i32::from(v)).sum::<i32>();
+            let sum = block.iter().map(|&v| i32::from(v)).sum::<i32>();
+            offset[b] = -128 * sum;
+            offset5[b] = -16 * sum;
         }
-        Self { q, d, offset }
+        Self {
+            q,
+            d,
+            offset,
+            offset5,
+        }
     }
 }
 
@@ -450,6 +581,13 @@ pub fn vnni() -> bool {
     integer_prompts(level())
 }
 
+/// Whether Q5_0 matrices are kept in five bits ([`Format::Q5`]) rather than requantized to Q8_0:
+/// where the VNNI kernels run (the only ones with a Q5 form), unless `INFILL_Q5=q8` asks for the
+/// eight-bit form (to compare the two on one machine).
+pub fn q5_tiles() -> bool {
+    vnni() && std::env::var("INFILL_Q5").map_or(true, |v| v != "q8")
+}
+
 /// Whether prompts run on the integer kernels at `level`: only VNNI's has a several-row form.
 fn integer_prompts(level: Level) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -480,33 +618,56 @@ fn levels() -> Vec<Level> {
 /// `blocks` blocks) dotted with `a`.
 fn dots(
     level: Level,
+    format: Format,
     values: &[Line],
     scales: &[u16],
     blocks: usize,
     a: &Activations,
     out: &mut [f32],
 ) {
-    match level {
+    match (level, format) {
         // SAFETY: `level()` chose these only where the processor has the features they enable.
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        Level::Avx512Vnni => unsafe { x86::dots_avx512(values, scales, blocks, a, out) },
+        (Level::Avx512Vnni, Format::Q8) => unsafe {
+            x86::dots_avx512(values, scales, blocks, a, out)
+        },
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        Level::Avx2 => unsafe { x86::dots_avx2(values, scales, blocks, a, out) },
-        Level::Portable => dots_portable(values, scales, blocks, a, out),
+        (Level::Avx512Vnni, Format::Q5) => unsafe {
+            x86::dots_q5_avx512(values, scales, blocks, a, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        (Level::Avx2, Format::Q8) => unsafe { x86::dots_avx2(values, scales, blocks, a, out) },
+        // Q5 tiles are made only where VNNI runs them (see `q5_tiles`); elsewhere, as for
+        // tests, portable Rust.
+        _ => dots_portable(format, values, scales, blocks, a, out),
     }
 }
 
-fn dots_portable(values: &[Line], scales: &[u16], blocks: usize, a: &Activations, out: &mut [f32]) {
+fn dots_portable(
+    format: Format,
+    values: &[Line],
+    scales: &[u16],
+    blocks: usize,
+    a: &Activations,
+    out: &mut [f32],
+) {
+    let n = format.lines();
     for (t, y) in out.chunks_exact_mut(TILE).enumerate() {
         let mut acc = [0f32; TILE];
         for b in 0..blocks {
-            let mut sums = [a.offset[b]; TILE];
-            let lines = &values[(t * blocks + b) * GROUPS..][..GROUPS];
-            for (g, line) in lines.iter().enumerate() {
+            let start = match format {
+                Format::Q8 => a.offset[b],
+                Format::Q5 => a.offset5[b],
+            };
+            let mut sums = [start; TILE];
+            let lines = &values[(t * blocks + b) * n..][..n];
+            for g in 0..GROUPS {
+                let line = format.group(lines, g);
                 let x = &a.q[b * BLOCK + 4 * g..][..4];
-                for (sum, four) in sums.iter_mut().zip(line.0.chunks_exact(4)) {
+                for (sum, four) in sums.iter_mut().zip(line.chunks_exact(4)) {
                     for (&w, &v) in four.iter().zip(x) {
                         *sum += i32::from(w) * i32::from(v);
                     }
@@ -534,9 +695,22 @@ mod x86 {
     /// Panics unless `values` and `scales` hold `tiles` whole tiles of `blocks` blocks and each
     /// activation row `blocks` blocks: what every kernel's unchecked indexing relies on.
     fn bounds(values: &[Line], scales: &[u16], blocks: usize, tiles: usize, acts: &[Activations]) {
-        assert!(values.len() >= tiles * blocks * GROUPS && scales.len() >= tiles * blocks * TILE);
+        bounds_lines(values, scales, blocks, tiles, acts, GROUPS);
+    }
+
+    /// [`bounds`] for tiles of `lines` lines a block.
+    fn bounds_lines(
+        values: &[Line],
+        scales: &[u16],
+        blocks: usize,
+        tiles: usize,
+        acts: &[Activations],
+        lines: usize,
+    ) {
+        assert!(values.len() >= tiles * blocks * lines && scales.len() >= tiles * blocks * TILE);
         for a in acts {
-            assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks && a.offset.len() >= blocks);
+            assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks);
+            assert!(a.offset.len() >= blocks && a.offset5.len() >= blocks);
         }
     }
 
@@ -598,6 +772,85 @@ mod x86 {
         }
     }
 
+    /// [`dots_avx512`] over tiles in [`super::Format::Q5`]: each of a block's four nibble lines
+    /// gives two groups (its low and high halves), each completed with its fifth bits from the
+    /// block's last line (shifted into bit 4), so one load of 64 bytes feeds two `vpdpbusd`.
+    ///
+    /// # Safety
+    /// The processor must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dots_q5_avx512(
+        values: &[Line],
+        scales: &[u16],
+        blocks: usize,
+        a: &Activations,
+        out: &mut [f32],
+    ) {
+        const LINES: usize = 5;
+        let tiles = out.len() / TILE;
+        bounds_lines(
+            values,
+            scales,
+            blocks,
+            tiles,
+            std::slice::from_ref(a),
+            LINES,
+        );
+        // SAFETY: `bounds_lines` bounds every index below.
+        unsafe {
+            let x = a.q.as_ptr();
+            let low = _mm512_set1_epi8(15);
+            let fifth = _mm512_set1_epi8(16);
+            // Two tiles at a time: four independent chains of `vpdpbusd`.
+            let mut t = 0;
+            while t < tiles {
+                let pair = usize::from(t + 1 < tiles);
+                let mut acc = [_mm512_setzero_ps(); 2];
+                for b in 0..blocks {
+                    let tb = [t * blocks + b, (t + pair) * blocks + b];
+                    let lines = tb.map(|tb| values.as_ptr().add(tb * LINES));
+                    let start = _mm512_set1_epi32(*a.offset5.get_unchecked(b));
+                    let zero = _mm512_setzero_si512();
+                    let mut sums = [[start, zero]; 2];
+                    let high = lines.map(|l| _mm512_load_si512(l.add(4).cast()));
+                    for g in 0..4 {
+                        let xs = x.add(b * BLOCK + 4 * g);
+                        let x_low = _mm512_set1_epi32(std::ptr::read_unaligned(xs.cast::<i32>()));
+                        let x_high =
+                            _mm512_set1_epi32(std::ptr::read_unaligned(xs.add(16).cast::<i32>()));
+                        // Fifth bits of group g to bit 4: left by 4 - g; of group g + 4: right by g.
+                        let up = _mm_set_epi64x(0, 4 - g as i64);
+                        let down = _mm_set_epi64x(0, g as i64);
+                        for i in 0..2 {
+                            let ahead = lines[i].wrapping_add(g + 2 * PREFETCH_LINES / 3);
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                            let n = _mm512_load_si512(lines[i].add(g).cast());
+                            let h_low = _mm512_and_si512(_mm512_sll_epi16(high[i], up), fifth);
+                            let h_high = _mm512_and_si512(_mm512_srl_epi16(high[i], down), fifth);
+                            // (n & 15) | h, and ((n >> 4) & 15) | h: 0xEA is (a & b) | c.
+                            let w_low = _mm512_ternarylogic_epi32::<0xEA>(n, low, h_low);
+                            let n_high = _mm512_srli_epi16::<4>(n);
+                            let w_high = _mm512_ternarylogic_epi32::<0xEA>(n_high, low, h_high);
+                            sums[i][0] = _mm512_dpbusd_epi32(sums[i][0], w_low, x_low);
+                            sums[i][1] = _mm512_dpbusd_epi32(sums[i][1], w_high, x_high);
+                        }
+                    }
+                    let da = _mm512_set1_ps(*a.d.get_unchecked(b));
+                    for ((acc, sums), tb) in acc.iter_mut().zip(sums).zip(tb) {
+                        let bits = _mm256_loadu_si256(scales.as_ptr().add(tb * TILE).cast());
+                        let s = _mm512_mul_ps(_mm512_cvtph_ps(bits), da);
+                        let sum = _mm512_add_epi32(sums[0], sums[1]);
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), s, *acc);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate().take(1 + pair) {
+                    _mm512_storeu_ps(out.as_mut_ptr().add((t + i) * TILE), *acc);
+                }
+                t += 1 + pair;
+            }
+        }
+    }
+
     /// Activation rows at a time in a prompt: each line of weights loaded once for this many.
     const ROWS: usize = 4;
 
@@ -641,6 +894,79 @@ mod x86 {
                                 let x = a[r].q.as_ptr().add(b * BLOCK + 4 * g);
                                 let four = std::ptr::read_unaligned(x.cast::<i32>());
                                 sums[r] = _mm512_dpbusd_epi32(sums[r], w, _mm512_set1_epi32(four));
+                            }
+                        }
+                        let bits = _mm256_loadu_si256(scales.as_ptr().add(tb * TILE).cast());
+                        let d = _mm512_cvtph_ps(bits);
+                        for r in 0..ROWS {
+                            let s = _mm512_mul_ps(d, _mm512_set1_ps(*a[r].d.get_unchecked(b)));
+                            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[r]), s, acc[r]);
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate().take(count) {
+                        _mm512_storeu_ps(
+                            out.as_mut_ptr().add((first + r) * width + t * TILE),
+                            *acc,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`rows_avx512`] over tiles in [`super::Format::Q5`], the groups unpacked as in
+    /// [`dots_q5_avx512`] once per four activation rows.
+    ///
+    /// # Safety
+    /// The processor must have AVX-512 F, BW and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn rows_q5_avx512(
+        values: &[Line],
+        scales: &[u16],
+        blocks: usize,
+        acts: &[Activations],
+        out: &mut [f32],
+    ) {
+        const LINES: usize = 5;
+        let rows = acts.len();
+        let width = out.len() / rows.max(1);
+        let tiles = width / TILE;
+        assert!(out.len() == rows * width);
+        bounds_lines(values, scales, blocks, tiles, acts, LINES);
+        // SAFETY: `bounds_lines` and the assert above bound every index below.
+        unsafe {
+            let low = _mm512_set1_epi8(15);
+            let fifth = _mm512_set1_epi8(16);
+            for t in 0..tiles {
+                for first in (0..rows).step_by(ROWS) {
+                    let count = ROWS.min(rows - first);
+                    // Rows past the end repeat the last one; their results are not stored.
+                    let a: [&Activations; ROWS] =
+                        std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                    let mut acc = [_mm512_setzero_ps(); ROWS];
+                    for b in 0..blocks {
+                        let tb = t * blocks + b;
+                        let lines = values.as_ptr().add(tb * LINES);
+                        let mut sums: [__m512i; ROWS] = std::array::from_fn(|r| {
+                            _mm512_set1_epi32(*a[r].offset5.get_unchecked(b))
+                        });
+                        let high = _mm512_load_si512(lines.add(4).cast());
+                        for g in 0..4 {
+                            let up = _mm_set_epi64x(0, 4 - g as i64);
+                            let down = _mm_set_epi64x(0, g as i64);
+                            let n = _mm512_load_si512(lines.add(g).cast());
+                            let h_low = _mm512_and_si512(_mm512_sll_epi16(high, up), fifth);
+                            let h_high = _mm512_and_si512(_mm512_srl_epi16(high, down), fifth);
+                            let w_low = _mm512_ternarylogic_epi32::<0xEA>(n, low, h_low);
+                            let n_high = _mm512_srli_epi16::<4>(n);
+                            let w_high = _mm512_ternarylogic_epi32::<0xEA>(n_high, low, h_high);
+                            for r in 0..ROWS {
+                                let x = a[r].q.as_ptr().add(b * BLOCK + 4 * g);
+                                let x_low = _mm512_set1_epi32(std::ptr::read_unaligned(x.cast()));
+                                let x_high =
+                                    _mm512_set1_epi32(std::ptr::read_unaligned(x.add(16).cast()));
+                                sums[r] = _mm512_dpbusd_epi32(sums[r], w_low, x_low);
+                                sums[r] = _mm512_dpbusd_epi32(sums[r], w_high, x_high);
                             }
                         }
                         let bits = _mm256_loadu_si256(scales.as_ptr().add(tb * TILE).cast());
@@ -792,7 +1118,9 @@ mod tests {
             let t = &*layer.tiles;
             for level in levels() {
                 let mut got = vec![0f32; out_dim.next_multiple_of(TILE)];
-                dots(level, &t.values, &t.scales, t.blocks, &a, &mut got);
+                dots(
+                    level, t.format, &t.values, &t.scales, t.blocks, &a, &mut got,
+                );
                 for (g, e) in got.iter().zip(&want) {
                     assert!(
                         (f64::from(*g) - e).abs() <= 1e-5 * (1.0 + e.abs()),
@@ -833,12 +1161,42 @@ mod tests {
                 let mut got = vec![0f32; out_dim];
                 dots(
                     Level::Avx512Vnni,
+                    Format::Q8,
                     &t.values,
                     &t.scales,
                     t.blocks,
                     a,
                     &mut got,
                 );
+                assert_eq!(got, want, "{rows} rows");
+            }
+        }
+    }
+
+    /// The Q5 prompt kernel gives each row what the Q5 decoding kernel gives it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_q5_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
+        if !levels().contains(&Level::Avx512Vnni) {
+            return;
+        }
+        let (out_dim, in_dim) = (48, 192);
+        let layer = q5_layer(&q5_matrix(out_dim, in_dim, 4).0, (out_dim, in_dim));
+        let t = &*layer.tiles;
+        for rows in [2, 4, 7, 9] {
+            let acts: Vec<Activations> = (0..rows)
+                .map(|r| Activations::quantize(&randn(in_dim, 200 + r as u64)))
+                .collect();
+            let mut together = vec![0f32; rows * out_dim];
+            // SAFETY: the processor has VNNI (checked above).
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::rows_q5_avx512(&t.values, &t.scales, t.blocks, &acts, &mut together)
+            };
+            for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
+                let mut got = vec![0f32; out_dim];
+                let (v, s) = (&t.values, &t.scales);
+                dots(Level::Avx512Vnni, Format::Q5, v, s, t.blocks, a, &mut got);
                 assert_eq!(got, want, "{rows} rows");
             }
         }
@@ -907,6 +1265,113 @@ mod tests {
         assert!(layer.rows(&[70], &dev).is_err());
         let whole = layer.dequantize(&dev).unwrap();
         assert_eq!(crate::model::max_abs(&(whole - &reference).unwrap()), 0.0);
+    }
+
+    /// Q5_0 rows of random blocks (every fifth bit pattern, 0 and 31 in every block), as GGUF
+    /// stores them, and the same values as Q8_0 rows (exact: 5 bits fit in 8).
+    fn q5_matrix(out_dim: usize, in_dim: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut rng = crate::rng::Rng::new(seed);
+        let (mut q5, mut q8) = (Vec::new(), Vec::new());
+        for _ in 0..out_dim * in_dim / BLOCK {
+            let d = half::f16::from_f32(0.001 + rng.next_f64() as f32 * 0.01);
+            let q: [u8; BLOCK] = std::array::from_fn(|i| match i {
+                0 => 0,
+                1 => 31,
+                _ => (rng.next_f64() * 32.0) as u8 % 32,
+            });
+            q5.extend(d.to_le_bytes());
+            let high = (0..BLOCK).fold(0u32, |h, i| h | u32::from(q[i] >> 4) << i);
+            q5.extend(high.to_le_bytes());
+            q5.extend((0..16).map(|j| (q[j] & 15) | (q[j + 16] & 15) << 4));
+            q8.extend(d.to_le_bytes());
+            q8.extend(q.iter().map(|&v| (v as i8 - 16) as u8));
+        }
+        (q5, q8)
+    }
+
+    fn q5_layer(rows: &[u8], shape: (usize, usize)) -> Q8Linear {
+        let row_bytes = shape.1 / BLOCK * 22;
+        let mut layers = Q8Linear::read_format(&[shape.0], shape.1, Format::Q5, |_, first, buf| {
+            buf.copy_from_slice(&rows[first * row_bytes..][..buf.len()]);
+            Ok(())
+        })
+        .unwrap();
+        layers.pop().unwrap()
+    }
+
+    /// Five-bit tiles hold the file's Q5_0 values exactly: every kernel gives what the same
+    /// values in Q8_0 tiles give (the same integer sums), the rows and the whole matrix
+    /// dequantize to candle's reading of the Q5_0 bytes, and the layer matches the matmul.
+    #[test]
+    fn q5_tiles_compute_what_the_same_values_in_q8_tiles_compute() {
+        let dev = Device::Cpu;
+        for (out_dim, in_dim) in [(1, 32), (7, 96), (16, 64), (40, 896)] {
+            let (q5, q8) = q5_matrix(out_dim, in_dim, 11 + out_dim as u64);
+            let five = q5_layer(&q5, (out_dim, in_dim));
+            let eight = Q8Linear::from_rows(&q8, (out_dim, in_dim), None).unwrap();
+            let storage =
+                QStorage::from_data(std::borrow::Cow::Borrowed(&q5[..]), &dev, GgmlDType::Q5_0)
+                    .unwrap();
+            let reference = QTensor::new(storage, (out_dim, in_dim))
+                .unwrap()
+                .dequantize(&dev)
+                .unwrap();
+            assert_eq!(
+                crate::model::max_abs(&(five.dequantize(&dev).unwrap() - &reference).unwrap()),
+                0.0
+            );
+            let ids: Vec<u32> = (0..out_dim as u32).rev().collect();
+            let want = eight.rows(&ids, &dev).unwrap();
+            let got = five.rows(&ids, &dev).unwrap();
+            assert_eq!(crate::model::max_abs(&(got - want).unwrap()), 0.0);
+            let a = Activations::quantize(&randn(in_dim, 3));
+            let (t5, t8) = (&*five.tiles, &*eight.tiles);
+            for level in levels() {
+                // The same integer sums; scaled and added up block by block as the Q8 kernel of
+                // the level does (the same instructions on VNNI, so the same bits there).
+                let mut want = vec![0f32; out_dim.next_multiple_of(TILE)];
+                dots(
+                    level,
+                    Format::Q8,
+                    &t8.values,
+                    &t8.scales,
+                    t8.blocks,
+                    &a,
+                    &mut want,
+                );
+                let mut got = vec![0f32; want.len()];
+                dots(
+                    level,
+                    Format::Q5,
+                    &t5.values,
+                    &t5.scales,
+                    t5.blocks,
+                    &a,
+                    &mut got,
+                );
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "{level:?} {out_dim}x{in_dim}: {g} vs {w}"
+                    );
+                }
+                #[cfg(target_arch = "x86_64")]
+                if level == Level::Avx512Vnni {
+                    assert_eq!(got, want, "{out_dim}x{in_dim}");
+                }
+            }
+            for count in [1, 3, GEMM_ROWS + 1] {
+                let x = Tensor::new(randn(count * in_dim, count as u64), &dev)
+                    .unwrap()
+                    .reshape((count, in_dim))
+                    .unwrap();
+                let want = x.matmul(&reference.t().unwrap()).unwrap();
+                let got = five.forward(&x).unwrap();
+                let scale = crate::model::max_abs(&want);
+                let diff = crate::model::max_abs(&(got - want).unwrap());
+                assert!(diff <= 0.02 * scale, "{count} rows: {diff} of {scale}");
+            }
+        }
     }
 
     #[test]

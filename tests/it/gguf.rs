@@ -166,13 +166,14 @@ fn f16_and_q8_0_files_compute_their_dequantized_weights() {
     }
 }
 
-/// Q5_0 (llama.cpp's fallback where K blocks do not divide a row) runs requantized to Q8_0 on
-/// infill's kernels, read into the same joint tiles as Q8_0 (a layer's q, k and v together; a
-/// `llama` file's Q and K rows permuted back before requantizing): its logits equal the Q5_0
-/// file's dequantized weights' within the 8-bit rounding of weights and activations, for a
-/// prompt and for decoding steps.
+/// Q5_0 (llama.cpp's fallback where K blocks do not divide a row) runs on infill's integer
+/// kernels: kept in five bits where the processor has VNNI, else requantized to Q8_0, in both
+/// cases read into joint tiles (a layer's q, k and v together; a `llama` file's Q and K rows
+/// permuted back as they are read): its logits equal the Q5_0 file's dequantized weights' within
+/// the 8-bit rounding of the activations (and of the weights, where requantized), for a prompt
+/// and for decoding steps.
 #[test]
-fn q5_0_files_run_requantized_on_the_q8_0_kernels() {
+fn q5_0_files_run_on_the_integer_kernels() {
     let tmp = tempfile::tempdir().unwrap();
     for name in ["qwen2", "llama"] {
         let g = golden(name);
