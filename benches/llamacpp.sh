@@ -46,7 +46,8 @@ EOF
         -DLLAMA_BUILD_TESTS=OFF >/dev/null
     cmake --build llama.cpp/build -j"$(nproc)" --target llama-bench llama-tokenize >/dev/null
 fi
-bin=llama.cpp/build/bin
+# LLAMACPP_BIN: another build of the same source (an AVX2-only one, say), relative to WORKDIR.
+bin=${LLAMACPP_BIN:-llama.cpp/build/bin}
 
 shape=${LLAMACPP_SHAPE:-0.5b}
 types=${LLAMACPP_TYPES:-f16 q8_0 q4_k}

@@ -582,10 +582,10 @@ pub fn vnni() -> bool {
 }
 
 /// Whether Q5_0 matrices are kept in five bits ([`Format::Q5`]) rather than requantized to Q8_0:
-/// where the VNNI kernels run (the only ones with a Q5 form), unless `INFILL_Q5=q8` asks for the
-/// eight-bit form (to compare the two on one machine).
+/// where the AVX2 or VNNI kernels run (portable Rust has no fast form of them), unless
+/// `INFILL_Q5=q8` asks for the eight-bit form (to compare the two on one machine).
 pub fn q5_tiles() -> bool {
-    vnni() && std::env::var("INFILL_Q5").map_or(true, |v| v != "q8")
+    level() != Level::Portable && std::env::var("INFILL_Q5").map_or(true, |v| v != "q8")
 }
 
 /// Whether prompts run on the integer kernels at `level`: only VNNI's has a several-row form.
@@ -640,9 +640,12 @@ fn dots(
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
         (Level::Avx2, Format::Q8) => unsafe { x86::dots_avx2(values, scales, blocks, a, out) },
-        // Q5 tiles are made only where VNNI runs them (see `q5_tiles`); elsewhere, as for
-        // tests, portable Rust.
-        _ => dots_portable(format, values, scales, blocks, a, out),
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        (Level::Avx2, Format::Q5) => unsafe {
+            x86::dots_q5_avx2(values, scales, blocks, a, out)
+        },
+        (Level::Portable, _) => dots_portable(format, values, scales, blocks, a, out),
     }
 }
 
@@ -983,6 +986,75 @@ mod x86 {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// [`dots_avx2`] over tiles in [`super::Format::Q5`]: the stored values are unsigned and
+    /// small (0..31), so `vpmaddubsw` takes them as they are, with the activations as its signed
+    /// operand (a pair of products stays within 2 * 31 * 127), and the offset is cancelled as
+    /// in the VNNI kernels.
+    ///
+    /// # Safety
+    /// The processor must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dots_q5_avx2(
+        values: &[Line],
+        scales: &[u16],
+        blocks: usize,
+        a: &Activations,
+        out: &mut [f32],
+    ) {
+        const LINES: usize = 5;
+        let tiles = out.len() / TILE;
+        bounds_lines(values, scales, blocks, tiles, std::slice::from_ref(a), LINES);
+        // SAFETY: `bounds_lines` bounds every index below.
+        unsafe {
+            let x = a.q.as_ptr();
+            let ones = _mm256_set1_epi16(1);
+            let low = _mm256_set1_epi8(15);
+            let fifth = _mm256_set1_epi8(16);
+            for t in 0..tiles {
+                // Rows 0-7 and 8-15 of the tile: each 64-byte line is two halves of 8 rows.
+                let mut acc = [_mm256_setzero_ps(); 2];
+                for b in 0..blocks {
+                    let tb = t * blocks + b;
+                    let lines = values.as_ptr().add(tb * LINES).cast::<u8>();
+                    let start = _mm256_set1_epi32(*a.offset5.get_unchecked(b));
+                    let mut sums = [start; 2];
+                    let high = [0, 1].map(|h| _mm256_load_si256(lines.add(4 * 64 + h * 32).cast()));
+                    for g in 0..4 {
+                        let xs = x.add(b * BLOCK + 4 * g);
+                        let x_low = _mm256_set1_epi32(std::ptr::read_unaligned(xs.cast::<i32>()));
+                        let x_high =
+                            _mm256_set1_epi32(std::ptr::read_unaligned(xs.add(16).cast::<i32>()));
+                        let up = _mm_set_epi64x(0, 4 - g as i64);
+                        let down = _mm_set_epi64x(0, g as i64);
+                        let ahead = lines.wrapping_add((g + 2 * PREFETCH_LINES / 3) * 64);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                        for (h, sum) in sums.iter_mut().enumerate() {
+                            let n = _mm256_load_si256(lines.add(g * 64 + h * 32).cast());
+                            let h_low = _mm256_and_si256(_mm256_sll_epi16(high[h], up), fifth);
+                            let h_high = _mm256_and_si256(_mm256_srl_epi16(high[h], down), fifth);
+                            let w_low = _mm256_or_si256(_mm256_and_si256(n, low), h_low);
+                            let n_high = _mm256_and_si256(_mm256_srli_epi16::<4>(n), low);
+                            let w_high = _mm256_or_si256(n_high, h_high);
+                            let pairs = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(w_low, x_low),
+                                _mm256_maddubs_epi16(w_high, x_high),
+                            );
+                            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                    let da = _mm256_set1_ps(*a.d.get_unchecked(b));
+                    for (h, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+                        let bits = _mm_loadu_si128(scales.as_ptr().add(tb * TILE + 8 * h).cast());
+                        let s = _mm256_mul_ps(_mm256_cvtph_ps(bits), da);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), s, *acc);
+                    }
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(t * TILE), acc[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(t * TILE + 8), acc[1]);
             }
         }
     }
