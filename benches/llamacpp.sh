@@ -60,7 +60,7 @@ done
 # The same text tokenized by llama.cpp and by infill (`infill score --json` lists its tokens).
 printf 'fn main() {\n    let values = vec![1, 2, 3];\n    println!("{}", values.len());\n}\n' > sample.rs
 for t in $types; do
-    theirs=$("$bin/llama-tokenize" -m "$name-$t.gguf" -f sample.rs --ids --no-bos --log-disable 2>/dev/null | tail -1)
+    theirs=$(llama.cpp/build/bin/llama-tokenize -m "$name-$t.gguf" -f sample.rs --ids --no-bos --log-disable 2>/dev/null | tail -1)
     ours=$("$infill" score sample.rs --model "$name-$t.gguf" --json | python3 -c \
         "import json, sys; print([t['id'] for t in json.load(sys.stdin)['tokens']])")
     if [ "$theirs" = "$ours" ]; then same=same; else same="DIFFERENT: $theirs vs $ours"; fi

@@ -218,7 +218,8 @@ impl TerminalGuard {
         Ok(guard)
     }
 
-    fn restore(screen: Screen) {
+    /// Leaves raw mode and the alternate screen on `screen`; harmless when already left.
+    pub(crate) fn restore(screen: Screen) {
         let _ = crossterm::execute!(
             screen.writer(),
             crossterm::event::DisableBracketedPaste,

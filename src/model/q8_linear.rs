@@ -642,9 +642,7 @@ fn dots(
         (Level::Avx2, Format::Q8) => unsafe { x86::dots_avx2(values, scales, blocks, a, out) },
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        (Level::Avx2, Format::Q5) => unsafe {
-            x86::dots_q5_avx2(values, scales, blocks, a, out)
-        },
+        (Level::Avx2, Format::Q5) => unsafe { x86::dots_q5_avx2(values, scales, blocks, a, out) },
         (Level::Portable, _) => dots_portable(format, values, scales, blocks, a, out),
     }
 }
@@ -1007,7 +1005,14 @@ mod x86 {
     ) {
         const LINES: usize = 5;
         let tiles = out.len() / TILE;
-        bounds_lines(values, scales, blocks, tiles, std::slice::from_ref(a), LINES);
+        bounds_lines(
+            values,
+            scales,
+            blocks,
+            tiles,
+            std::slice::from_ref(a),
+            LINES,
+        );
         // SAFETY: `bounds_lines` bounds every index below.
         unsafe {
             let x = a.q.as_ptr();

@@ -620,23 +620,34 @@ fn terminal() -> anyhow::Result<(TerminalGuard, Term)> {
 pub struct Live {
     lines: Option<Sender<Line>>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Said by the thread once it gave the terminal back.
+    done: Receiver<()>,
 }
+
+/// How long closing the dashboard waits for its thread. A thread waiting in crossterm's
+/// `event::read` (which has no timeout, and was once seen to wait there after `poll` said an
+/// event was ready) is left behind rather than keeping the run from ending.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
 
 impl Live {
     /// Takes over stderr's terminal; an error (no terminal, say) leaves it as it was.
     pub fn start(title: &str, stop: &'static AtomicBool) -> anyhow::Result<Live> {
         let (guard, mut terminal) = terminal()?;
         let (tx, rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
         let mut dashboard = Dashboard::new(title, Mode::Live);
         let thread = std::thread::Builder::new()
             .name("dashboard".into())
             .spawn(move || {
-                let _guard = guard;
-                live_loop(&mut terminal, &mut dashboard, &rx, stop)
+                let result = live_loop(&mut terminal, &mut dashboard, &rx, stop);
+                drop(guard);
+                let _ = done_tx.send(());
+                result
             })?;
         Ok(Live {
             lines: Some(tx),
             thread: Some(thread),
+            done,
         })
     }
 
@@ -649,6 +660,15 @@ impl Live {
     /// Closes the dashboard and gives the terminal back.
     pub fn finish(&mut self) -> anyhow::Result<()> {
         self.lines = None;
+        if self.thread.is_some() && self.done.recv_timeout(FINISH_WAIT).is_err() {
+            // The thread is stuck reading a key: give the terminal back from here and leave it.
+            tracing::warn!(
+                "the dashboard did not close in time; the terminal is restored without it"
+            );
+            TerminalGuard::restore(Screen::Stderr);
+            self.thread = None;
+            return Ok(());
+        }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => anyhow::bail!("the training dashboard failed; train.log has the run"),
