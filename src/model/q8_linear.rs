@@ -773,6 +773,23 @@ mod x86 {
         }
     }
 
+    /// Groups `g` and `g + 4` of a Q5 block as the stored values (0..31) `vpdpbusd` takes: the
+    /// low and high halves of nibble line `n`, each joined with its fifth bits from `high`
+    /// (group g's are bit g of each byte: left by 4 - g to bit 4; group g + 4's, right by g).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn q5_groups(n: __m512i, high: __m512i, g: usize) -> (__m512i, __m512i) {
+        let (low, fifth) = (_mm512_set1_epi8(15), _mm512_set1_epi8(16));
+        let up = _mm_set_epi64x(0, 4 - g as i64);
+        let down = _mm_set_epi64x(0, g as i64);
+        let h_low = _mm512_and_si512(_mm512_sll_epi16(high, up), fifth);
+        let h_high = _mm512_and_si512(_mm512_srl_epi16(high, down), fifth);
+        // (n & 15) | h and ((n >> 4) & 15) | h: 0xEA is (a & b) | c.
+        let w_low = _mm512_ternarylogic_epi32::<0xEA>(n, low, h_low);
+        let w_high = _mm512_ternarylogic_epi32::<0xEA>(_mm512_srli_epi16::<4>(n), low, h_high);
+        (w_low, w_high)
+    }
+
     /// [`dots_avx512`] over tiles in [`super::Format::Q5`]: each of a block's four nibble lines
     /// gives two groups (its low and high halves), each completed with its fifth bits from the
     /// block's last line (shifted into bit 4), so one load of 64 bytes feeds two `vpdpbusd`.
@@ -800,8 +817,6 @@ mod x86 {
         // SAFETY: `bounds_lines` bounds every index below.
         unsafe {
             let x = a.q.as_ptr();
-            let low = _mm512_set1_epi8(15);
-            let fifth = _mm512_set1_epi8(16);
             // Two tiles at a time: four independent chains of `vpdpbusd`.
             let mut t = 0;
             while t < tiles {
@@ -819,19 +834,11 @@ mod x86 {
                         let x_low = _mm512_set1_epi32(std::ptr::read_unaligned(xs.cast::<i32>()));
                         let x_high =
                             _mm512_set1_epi32(std::ptr::read_unaligned(xs.add(16).cast::<i32>()));
-                        // Fifth bits of group g to bit 4: left by 4 - g; of group g + 4: right by g.
-                        let up = _mm_set_epi64x(0, 4 - g as i64);
-                        let down = _mm_set_epi64x(0, g as i64);
                         for i in 0..2 {
                             let ahead = lines[i].wrapping_add(g + 2 * PREFETCH_LINES / 3);
                             _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                             let n = _mm512_load_si512(lines[i].add(g).cast());
-                            let h_low = _mm512_and_si512(_mm512_sll_epi16(high[i], up), fifth);
-                            let h_high = _mm512_and_si512(_mm512_srl_epi16(high[i], down), fifth);
-                            // (n & 15) | h, and ((n >> 4) & 15) | h: 0xEA is (a & b) | c.
-                            let w_low = _mm512_ternarylogic_epi32::<0xEA>(n, low, h_low);
-                            let n_high = _mm512_srli_epi16::<4>(n);
-                            let w_high = _mm512_ternarylogic_epi32::<0xEA>(n_high, low, h_high);
+                            let (w_low, w_high) = q5_groups(n, high[i], g);
                             sums[i][0] = _mm512_dpbusd_epi32(sums[i][0], w_low, x_low);
                             sums[i][1] = _mm512_dpbusd_epi32(sums[i][1], w_high, x_high);
                         }
@@ -936,8 +943,6 @@ mod x86 {
         bounds_lines(values, scales, blocks, tiles, acts, LINES);
         // SAFETY: `bounds_lines` and the assert above bound every index below.
         unsafe {
-            let low = _mm512_set1_epi8(15);
-            let fifth = _mm512_set1_epi8(16);
             for t in 0..tiles {
                 for first in (0..rows).step_by(ROWS) {
                     let count = ROWS.min(rows - first);
@@ -953,14 +958,8 @@ mod x86 {
                         });
                         let high = _mm512_load_si512(lines.add(4).cast());
                         for g in 0..4 {
-                            let up = _mm_set_epi64x(0, 4 - g as i64);
-                            let down = _mm_set_epi64x(0, g as i64);
                             let n = _mm512_load_si512(lines.add(g).cast());
-                            let h_low = _mm512_and_si512(_mm512_sll_epi16(high, up), fifth);
-                            let h_high = _mm512_and_si512(_mm512_srl_epi16(high, down), fifth);
-                            let w_low = _mm512_ternarylogic_epi32::<0xEA>(n, low, h_low);
-                            let n_high = _mm512_srli_epi16::<4>(n);
-                            let w_high = _mm512_ternarylogic_epi32::<0xEA>(n_high, low, h_high);
+                            let (w_low, w_high) = q5_groups(n, high, g);
                             for r in 0..ROWS {
                                 let x = a[r].q.as_ptr().add(b * BLOCK + 4 * g);
                                 let x_low = _mm512_set1_epi32(std::ptr::read_unaligned(x.cast()));
