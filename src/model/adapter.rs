@@ -206,10 +206,11 @@ pub fn write_merged(
     out: &Path,
     dtype: Option<DType>,
 ) -> anyhow::Result<()> {
+    let tokenizer = base.tokenizer.read()?;
     if let Ok(own) = std::fs::read(adapter.dir.join("tokenizer.json"))
-        && own != *base.tokenizer.read()?
+        && own != *tokenizer
     {
-        let base_tok = super::Tokenizer::from_bytes(&base.tokenizer.read()?, usize::MAX)?;
+        let base_tok = super::Tokenizer::from_bytes(&tokenizer, usize::MAX)?;
         let own_tok = super::Tokenizer::from_bytes(&own, usize::MAX)?;
         let probe = super::tokenizer::PROBE;
         if base_tok.encode(probe)? != own_tok.encode(probe)? {
@@ -249,7 +250,7 @@ pub fn write_merged(
         &out.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
-    crate::files::write_atomic(&out.join("tokenizer.json"), &base.tokenizer.read()?)?;
+    crate::files::write_atomic(&out.join("tokenizer.json"), &tokenizer)?;
     Ok(())
 }
 
