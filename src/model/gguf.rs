@@ -197,8 +197,9 @@ impl GgufFile {
     /// Q8_0 matrices read into one set of tiles for our kernels (see [`Q8Linear::joint`]), their
     /// rows read from the file a tile at a time, so no copy of the file's bytes is held. Each is
     /// `(name, head_dim)`: `head_dim` where the converter permuted a `llama` file's Q or K rows,
-    /// which are read back in transformers' order. `None` unless every one is a Q8_0 matrix of one
-    /// width.
+    /// which are read back in transformers' order. `None` unless every one is a matrix of one
+    /// width in a type these kernels run (as it is, or requantized to Q8_0), and for a group that
+    /// mixes Q4_K with other types (its matrices are then read one at a time).
     fn q8(&mut self, group: &[(&str, Option<usize>)]) -> Result<Option<Vec<Q8Linear>>, LoadError> {
         use std::io::{Read, Seek, SeekFrom};
         // Where each matrix's Q8_0 rows come from: the file, or (for a type requantized to
@@ -209,17 +210,23 @@ impl GgufFile {
         }
         let mut parts: Vec<(usize, Rows)> = Vec::new();
         let mut width = None;
-        // Q5_0 matrices stay in five bits where the kernels have that form, when the whole group
-        // is Q5_0 (a group shares one set of tiles, so one format).
-        let all_q5 = group.iter().all(|(name, _)| {
-            self.content
-                .tensor_infos
-                .get(*name)
-                .is_some_and(|i| i.ggml_dtype == GgmlDType::Q5_0)
-        });
-        let format = match all_q5 && q8_linear::q5_tiles() {
-            true => q8_linear::Format::Q5,
-            false => q8_linear::Format::Q8,
+        // Q5_0 and Q4_K matrices stay in their own bits where the kernels have those forms, when
+        // the whole group is of the type (a group shares one set of tiles, so one format); a
+        // group that mixes Q4_K with another type is read a matrix at a time, so that its Q4_K
+        // ones keep their four bits.
+        let dtypes: Vec<Option<GgmlDType>> = group
+            .iter()
+            .map(|(name, _)| self.content.tensor_infos.get(*name).map(|i| i.ggml_dtype))
+            .collect();
+        let all = |t: GgmlDType| dtypes.iter().all(|d| *d == Some(t));
+        let format = if all(GgmlDType::Q5_0) && q8_linear::q5_tiles() {
+            q8_linear::Format::Q5
+        } else if all(GgmlDType::Q4K) && q8_linear::q4k_tiles() {
+            q8_linear::Format::Q4K
+        } else if dtypes.contains(&Some(GgmlDType::Q4K)) && q8_linear::q4k_tiles() {
+            return Ok(None);
+        } else {
+            q8_linear::Format::Q8
         };
         for &(name, head_dim) in group {
             let Some(info) = self.content.tensor_infos.get(name) else {
@@ -232,10 +239,14 @@ impl GgufFile {
                 return Ok(None);
             }
             let source = match dtype {
-                GgmlDType::Q8_0 | GgmlDType::Q5_0 if format.file_type() == dtype => Rows::File {
-                    start: self.content.tensor_data_offset + info.offset,
-                    head_dim,
-                },
+                GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K
+                    if format.file_type() == dtype =>
+                {
+                    Rows::File {
+                        start: self.content.tensor_data_offset + info.offset,
+                        head_dim,
+                    }
+                }
                 dtype if requantized(dtype) => {
                     let mut t = self.tensor(name)?;
                     if let Some(head_dim) = head_dim {
@@ -258,7 +269,7 @@ impl GgufFile {
         let Some(cols) = width else {
             return Ok(None);
         };
-        let row_bytes = cols / q8_linear::BLOCK * format.block_bytes();
+        let row_bytes = format.row_bytes(cols);
         let reader = &mut self.reader;
         let rows: Vec<usize> = parts.iter().map(|p| p.0).collect();
         let layers = Q8Linear::read_format(&rows, cols, format, |part, first, buf| {
