@@ -266,6 +266,14 @@ fn compute(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, rows: usize) {
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
         {
+            if rows <= 2 {
+                // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    decode_avx512(w, xs, out, in_dim, rows)
+                };
+                return;
+            }
             // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above), which is the
             // only requirement `compute_avx512` adds to the portable version.
             #[allow(unsafe_code)]
@@ -352,6 +360,66 @@ macro_rules! kernels {
     };
 }
 
+/// Weights (bf16 values) a row's stream is prefetched ahead of its loads: the hardware's
+/// prefetchers alone, on four interleaved streams, left decoding well short of the bandwidth.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 512;
+
+/// Decoding (one or two activation rows) with AVX-512: four weight rows at a time, each activation
+/// vector loaded once for the four, two accumulators a row (eight FMA chains in flight where one
+/// would wait on its latency), and each row's weights prefetched 1 KB ahead.
+///
+/// # Safety
+/// The processor must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn decode_avx512(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, rows: usize) {
+    use std::arch::x86_64::*;
+    let n = w.len() / in_dim;
+    assert!(xs.len() >= rows * in_dim && out.len() >= n * rows && w.len() >= n * in_dim);
+    let whole = in_dim - in_dim % 32;
+    // 16 bf16 values from `at` widened to f32: a zero-extension and a 16-bit shift.
+    // SAFETY (for each use below): `at` points at 16 values inside `w`.
+    let widen16 = |at: *const u16| unsafe {
+        let bits = _mm256_loadu_si256(at.cast());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    };
+    let mut o = 0;
+    while o < n {
+        let block = (n - o).min(4);
+        // Rows past the matrix's last repeat it; their sums are not stored.
+        let rows_at: [usize; 4] = std::array::from_fn(|b| (o + b.min(block - 1)) * in_dim);
+        for r in 0..rows {
+            let x = &xs[r * in_dim..(r + 1) * in_dim];
+            // SAFETY: every load below is inside `w` (rows of `in_dim`, `i + 32 <= whole`) or
+            // `x`; the prefetched addresses are only hints and are never dereferenced.
+            let sums = unsafe {
+                let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+                let mut i = 0;
+                while i < whole {
+                    let xa = _mm512_loadu_ps(x.as_ptr().add(i));
+                    let xb = _mm512_loadu_ps(x.as_ptr().add(i + 16));
+                    for (acc, &at) in acc.iter_mut().zip(&rows_at) {
+                        let p = w.as_ptr().add(at + i);
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD).cast());
+                        acc[0] = _mm512_fmadd_ps(widen16(p), xa, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(widen16(p.add(16)), xb, acc[1]);
+                    }
+                    i += 32;
+                }
+                acc.map(|[a, b]| _mm512_reduce_add_ps(_mm512_add_ps(a, b)))
+            };
+            for (b, &at) in rows_at.iter().enumerate().take(block) {
+                let tail = w[at + whole..at + in_dim].iter().zip(&x[whole..]);
+                let sum = tail.fold(sums[b], |s, (&w, &x)| widen(w).mul_add(x, s));
+                out[(o + b) * rows + r] = sum;
+            }
+        }
+        o += block;
+    }
+}
+
 kernels!(compute_portable, |a, b, c| a * b + c);
 #[cfg(target_arch = "x86_64")]
 kernels!(compute_avx2, f32::mul_add, #[target_feature(enable = "avx2,fma")]);
@@ -409,7 +477,14 @@ mod tests {
     #[test]
     fn matches_an_f32_matmul_on_bf16_rounded_weights() {
         let dev = Device::Cpu;
-        for (rows, in_dim, out_dim) in [(1, 37, 21), (2, 64, 40), (7, 100, 9), (33, 19, 70)] {
+        for (rows, in_dim, out_dim) in [
+            (1, 37, 21),
+            (2, 64, 40),
+            (1, 75, 5),
+            (2, 300, 13),
+            (7, 100, 9),
+            (33, 19, 70),
+        ] {
             let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap();
             let x = Tensor::randn(0f32, 1.0, (1, rows, in_dim), &dev).unwrap();

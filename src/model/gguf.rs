@@ -253,12 +253,11 @@ impl GgufFile {
                         t = unpermute_rows(&t, rows / head_dim, head_dim)
                             .map_err(|e| self.err(e.to_string()))?;
                     }
-                    let q8 = QTensor::quantize(
-                        &t.dequantize(&Device::Cpu)
-                            .map_err(|e| self.err(e.to_string()))?,
-                        GgmlDType::Q8_0,
-                    )
-                    .and_then(|q| q.data().map(|d| d.into_owned()))
+                    let q8 = by_rows(&t, |part| {
+                        QTensor::quantize(part, GgmlDType::Q8_0)?
+                            .data()
+                            .map(|d| d.into_owned())
+                    })
                     .map_err(|e| self.err(format!("tensor \"{name}\": {e}")))?;
                     Rows::Requantized(q8)
                 }
@@ -784,13 +783,13 @@ fn unpermuted(row: usize, head_dim: usize) -> usize {
 
 /// Whether matrices of `dtype` run as Q8_0 on infill's kernels rather than in their own type on
 /// candle's: Q4_1, Q5_0 and Q5_1 always (llama.cpp's fallbacks where K blocks do not divide a
-/// row, as in Qwen2.5-Coder-0.5B's Q4_K_M file; candle has no SIMD product for them; where the
-/// processor has VNNI a group of Q5_0 matrices stays in five bits instead, see
-/// [`q8_linear::q5_tiles`]), and the K
+/// row, as in Qwen2.5-Coder-0.5B's Q4_K_M file; candle has no SIMD product for them), and the K
 /// types where the processor has AVX-512 VNNI, on which infill's Q8_0 kernels decode a 1.5B
-/// Q4_K_M file 1.2x and prompt it 1.8x faster than candle's own K kernels (its RSS falls too:
-/// candle keeps a repacked second copy). Requantizing moves each value by at most half an 8-bit
-/// step of its block; the cost is memory, 8.5 bits a weight against Q4_K's 4.5.
+/// Q4_K_M file 1.2x and prompt it 1.8x faster than candle's own K kernels (which also keep a
+/// repacked second copy). Requantizing moves each value by at most half an 8-bit step of its
+/// block; the cost is memory, 8.5 bits a weight. Where the AVX2 or VNNI kernels run, groups of
+/// Q5_0 and Q4_K matrices are not requantized but kept in their own bits
+/// ([`q8_linear::Format`]), which leaves Q6_K (and the rarer K types) to this.
 fn requantized(dtype: GgmlDType) -> bool {
     match dtype {
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,
@@ -803,7 +802,36 @@ fn requantized(dtype: GgmlDType) -> bool {
 
 /// A 16-bit matrix as bf16 bits (exact for BF16; F16 values rounded to bf16's 8-bit mantissa).
 fn bf16_bits(t: &QTensor) -> candle_core::Result<Arc<[u16]>> {
-    super::bf16_linear::to_bf16_bits(&t.dequantize(&Device::Cpu)?).map(Into::into)
+    by_rows(t, super::bf16_linear::to_bf16_bits).map(Into::into)
+}
+
+/// Rows of a matrix dequantized at a time while it is converted: whole, a 151,936-word
+/// embedding's f32 copy would take 0.9 GB, the largest allocation of a load by far.
+const CONVERT_ROWS: usize = 1024;
+
+/// `convert` applied to `t`'s rows dequantized [`CONVERT_ROWS`] at a time, the results joined in
+/// order: a matrix converted without an f32 copy of the whole of it.
+fn by_rows<T>(
+    t: &QTensor,
+    mut convert: impl FnMut(&Tensor) -> candle_core::Result<Vec<T>>,
+) -> candle_core::Result<Vec<T>> {
+    let dims = t.shape().dims();
+    let Some((&rows, rest)) = dims.split_first().filter(|(rows, _)| **rows > 0) else {
+        return convert(&t.dequantize(&Device::Cpu)?);
+    };
+    let data = t.data()?;
+    let row_bytes = data.len() / rows;
+    let mut out = Vec::new();
+    for first in (0..rows).step_by(CONVERT_ROWS) {
+        let count = CONVERT_ROWS.min(rows - first);
+        let bytes = &data[first * row_bytes..][..count * row_bytes];
+        let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, t.dtype())?;
+        let shape: Vec<usize> = std::iter::once(count).chain(rest.iter().copied()).collect();
+        out.extend(convert(
+            &QTensor::new(storage, shape)?.dequantize(&Device::Cpu)?,
+        )?);
+    }
+    Ok(out)
 }
 
 /// A one-line reason from candle's GGUF reader (without the backtrace candle appends when
@@ -859,4 +887,32 @@ fn ggml_type_name(id: u32) -> String {
         _ => return format!("{id}"),
     };
     name.to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Converting a matrix a chunk of rows at a time gives exactly what converting it whole
+    /// gives (requantized to Q8_0, or narrowed to bf16), for fewer rows than a chunk, a chunk,
+    /// and more.
+    #[test]
+    fn a_matrix_converted_by_rows_equals_it_converted_whole() {
+        let q8 = |t: &Tensor| -> candle_core::Result<Vec<u8>> {
+            QTensor::quantize(t, GgmlDType::Q8_0)?
+                .data()
+                .map(|d| d.into_owned())
+        };
+        for rows in [1, CONVERT_ROWS, CONVERT_ROWS + 3] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 256), &Device::Cpu).unwrap();
+            for dtype in [GgmlDType::Q6K, GgmlDType::F16] {
+                let t = QTensor::quantize(&x, dtype).unwrap();
+                let whole = t.dequantize(&Device::Cpu).unwrap();
+                assert_eq!(by_rows(&t, q8).unwrap(), q8(&whole).unwrap(), "{rows} rows");
+                let narrowed = super::super::bf16_linear::to_bf16_bits(&whole).unwrap();
+                assert_eq!(&*bf16_bits(&t).unwrap(), &narrowed[..], "{rows} rows");
+            }
+        }
+    }
 }
