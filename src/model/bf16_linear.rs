@@ -258,11 +258,25 @@ impl Bf16Linear {
     }
 }
 
+/// Whether `INFILL_KERNELS` (`avx2` or `portable`, as for the quantized kernels) leaves this
+/// instruction-set level to the kernels, read once: for comparing kernels on one machine.
+#[cfg(target_arch = "x86_64")]
+fn allowed(level: &str) -> bool {
+    static CAP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let cap = CAP.get_or_init(|| std::env::var("INFILL_KERNELS").unwrap_or_default());
+    match cap.as_str() {
+        "portable" => false,
+        "avx2" => level == "avx2",
+        _ => true,
+    }
+}
+
 /// Fills `out` (`n` weight rows x `rows` activation rows) with dot products.
 fn compute(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, rows: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
+        if allowed("avx512")
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
         {
@@ -282,8 +296,18 @@ fn compute(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, rows: usize) {
             };
             return;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if allowed("avx2")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
+            if rows <= 2 {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    decode_avx2(w, xs, out, in_dim, rows)
+                };
+                return;
+            }
             // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is the only
             // requirement `compute_avx2` adds to the portable version.
             #[allow(unsafe_code)]
@@ -420,6 +444,66 @@ unsafe fn decode_avx512(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, r
     }
 }
 
+/// [`decode_avx512`] with AVX2: the same four rows and eight chains, 8 lanes wide.
+///
+/// # Safety
+/// The processor must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn decode_avx2(w: &[u16], xs: &[f32], out: &mut [f32], in_dim: usize, rows: usize) {
+    use std::arch::x86_64::*;
+    let n = w.len() / in_dim;
+    assert!(xs.len() >= rows * in_dim && out.len() >= n * rows && w.len() >= n * in_dim);
+    let whole = in_dim - in_dim % 16;
+    // 8 bf16 values from `at` widened to f32.
+    // SAFETY (for each use below): `at` points at 8 values inside `w`.
+    let widen8 = |at: *const u16| unsafe {
+        let bits = _mm_loadu_si128(at.cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    };
+    let mut o = 0;
+    while o < n {
+        let block = (n - o).min(4);
+        // Rows past the matrix's last repeat it; their sums are not stored.
+        let rows_at: [usize; 4] = std::array::from_fn(|b| (o + b.min(block - 1)) * in_dim);
+        for r in 0..rows {
+            let x = &xs[r * in_dim..(r + 1) * in_dim];
+            // SAFETY: every load below is inside `w` (rows of `in_dim`, `i + 16 <= whole`) or
+            // `x`; the prefetched addresses are only hints and are never dereferenced.
+            let sums = unsafe {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                let mut i = 0;
+                while i < whole {
+                    let xa = _mm256_loadu_ps(x.as_ptr().add(i));
+                    let xb = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+                    for (acc, &at) in acc.iter_mut().zip(&rows_at) {
+                        let p = w.as_ptr().add(at + i);
+                        if i % 32 == 0 {
+                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD).cast());
+                        }
+                        acc[0] = _mm256_fmadd_ps(widen8(p), xa, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(widen8(p.add(8)), xb, acc[1]);
+                    }
+                    i += 16;
+                }
+                acc.map(|[a, b]| {
+                    let v = _mm256_add_ps(a, b);
+                    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                    let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+                })
+            };
+            for (b, &at) in rows_at.iter().enumerate().take(block) {
+                let tail = w[at + whole..at + in_dim].iter().zip(&x[whole..]);
+                let sum = tail.fold(sums[b], |s, (&w, &x)| widen(w).mul_add(x, s));
+                out[(o + b) * rows + r] = sum;
+            }
+        }
+        o += block;
+    }
+}
+
 kernels!(compute_portable, |a, b, c| a * b + c);
 #[cfg(target_arch = "x86_64")]
 kernels!(compute_avx2, f32::mul_add, #[target_feature(enable = "avx2,fma")]);
@@ -513,6 +597,31 @@ mod tests {
             compute(lin.weight.get(), &xs, &mut fast, in_dim, rows);
             for (a, b) in portable.iter().zip(&fast) {
                 assert!((a - b).abs() < 1e-3);
+            }
+            // Each decoding kernel this processor runs, whichever `compute` chose.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            if rows <= 2 {
+                use std::arch::is_x86_feature_detected as has;
+                let mut kernels: Vec<unsafe fn(&[u16], &[f32], &mut [f32], usize, usize)> =
+                    Vec::new();
+                if has!("avx2") && has!("fma") {
+                    kernels.push(decode_avx2);
+                }
+                if has!("avx512f") && has!("avx2") && has!("fma") {
+                    kernels.push(decode_avx512);
+                }
+                for kernel in kernels {
+                    let mut got = vec![0f32; out_dim * rows];
+                    // SAFETY: the processor has the kernel's features (checked above).
+                    unsafe { kernel(lin.weight.get(), &xs, &mut got, in_dim, rows) };
+                    for (a, b) in portable.iter().zip(&got) {
+                        assert!(
+                            (a - b).abs() < 1e-3,
+                            "{rows}x{in_dim}x{out_dim}: {a} vs {b}"
+                        );
+                    }
+                }
             }
         }
     }
