@@ -603,8 +603,8 @@ mod tests {
             #[allow(unsafe_code)]
             if rows <= 2 {
                 use std::arch::is_x86_feature_detected as has;
-                let mut kernels: Vec<unsafe fn(&[u16], &[f32], &mut [f32], usize, usize)> =
-                    Vec::new();
+                type Kernel = unsafe fn(&[u16], &[f32], &mut [f32], usize, usize);
+                let mut kernels: Vec<Kernel> = Vec::new();
                 if has!("avx2") && has!("fma") {
                     kernels.push(decode_avx2);
                 }
