@@ -656,33 +656,39 @@ impl Attention {
         let total = k.dim(2)?;
         let q = q.reshape((b, kv_heads, n_rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let raw = q.matmul(&k.t()?)?;
-        let probs = match ctx.kernels {
-            // Scale, causal mask and softmax in one pass over the scores, masked keys skipped
-            // (with its own backward for training). Separate ops would write the
-            // `(rows, keys)` scores three more times: 126 MB a layer for a 1,500-token prompt of
-            // a 0.5B model.
-            Kernels::Differentiable if raw.dtype() == DType::F32 => {
-                super::ops::causal_softmax(&raw, scale, t, total - t)?
-            }
-            Kernels::Fused if raw.dtype() == DType::F32 && raw.device().is_cpu() => {
-                super::ops::causal_softmax(&raw, scale, t, total - t)?
-            }
-            _ => {
-                let mut scores = (raw * scale)?.to_dtype(DType::F32)?;
-                if let Some(mask) = ctx.mask {
-                    scores = scores
-                        .reshape((b, kv_heads, n_rep, t, total))?
-                        .broadcast_add(mask)?
-                        .reshape((b, kv_heads, n_rep * t, total))?;
+        // A decoded token sees every key: one pass over them (see `ops::decode_attention`).
+        let fast = t == 1 && ctx.kernels == Kernels::Fused && q.device().is_cpu();
+        let out = if fast && q.dtype() == DType::F32 && k.dtype() == DType::F32 {
+            super::ops::decode_attention(&q, &k, &v, scale)?
+        } else {
+            let raw = q.matmul(&k.t()?)?;
+            let probs = match ctx.kernels {
+                // Scale, causal mask and softmax in one pass over the scores, masked keys skipped
+                // (with its own backward for training). Separate ops would write the
+                // `(rows, keys)` scores three more times: 126 MB a layer for a 1,500-token prompt of
+                // a 0.5B model.
+                Kernels::Differentiable if raw.dtype() == DType::F32 => {
+                    super::ops::causal_softmax(&raw, scale, t, total - t)?
                 }
-                match ctx.kernels {
-                    Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-                    Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
+                Kernels::Fused if raw.dtype() == DType::F32 && raw.device().is_cpu() => {
+                    super::ops::causal_softmax(&raw, scale, t, total - t)?
                 }
-            }
+                _ => {
+                    let mut scores = (raw * scale)?.to_dtype(DType::F32)?;
+                    if let Some(mask) = ctx.mask {
+                        scores = scores
+                            .reshape((b, kv_heads, n_rep, t, total))?
+                            .broadcast_add(mask)?
+                            .reshape((b, kv_heads, n_rep * t, total))?;
+                    }
+                    match ctx.kernels {
+                        Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+                        Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
+                    }
+                }
+            };
+            probs.to_dtype(v.dtype())?.matmul(&v)?
         };
-        let out = probs.to_dtype(v.dtype())?.matmul(&v)?;
         let out = out
             .reshape((b, self.num_heads, t, d))?
             .transpose(1, 2)?
