@@ -373,8 +373,8 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, t: usize, offset: usize) -> R
 /// rows, d)` (the query heads that share a KV head, folded into rows, as the model folds them),
 /// `k` and `v` are `(batch, kv_heads, keys, d)` in any layout whose `d` values lie together (the
 /// KV cache's views of its buffers), all f32, and every row sees every key. Two matrix products
-/// and a softmax over the same keys cost a 1.5B model a tenth of its decoding time 1,000 tokens
-/// deep, most of it dispatching threads for products of a few rows.
+/// of a few rows and a softmax over the same keys made a 0.5B model 1,000 tokens deep decode 36
+/// tokens/s; this, 46.
 struct DecodeAttention {
     scale: f32,
 }
