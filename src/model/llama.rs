@@ -276,6 +276,13 @@ impl Embed {
     }
 }
 
+/// Queries per block of a long prompt's attention (see `Attention::forward`); small in unit
+/// tests, so that the tiny models' prompts take the blocked path.
+#[cfg(not(test))]
+const PROMPT_BLOCK: usize = 256;
+#[cfg(test)]
+const PROMPT_BLOCK: usize = 8;
+
 /// Which implementation of norm, softmax and RoPE a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
@@ -654,12 +661,33 @@ impl Attention {
             self.head_dim,
         );
         let total = k.dim(2)?;
-        let q = q.reshape((b, kv_heads, n_rep * t, d))?;
+        let heads = q;
+        let q = heads.reshape((b, kv_heads, n_rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        // A decoded token sees every key: one pass over them (see `ops::decode_attention`).
-        let fast = t == 1 && ctx.kernels == Kernels::Fused && q.device().is_cpu();
-        let out = if fast && q.dtype() == DType::F32 && k.dtype() == DType::F32 {
+        let cpu_f32 = ctx.kernels == Kernels::Fused
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+            && k.dtype() == DType::F32;
+        let out = if cpu_f32 && t == 1 {
+            // A decoded token sees every key: one pass over them (see `ops::decode_attention`).
             super::ops::decode_attention(&q, &k, &v, scale)?
+        } else if cpu_f32 && t > PROMPT_BLOCK {
+            // A long prompt's queries a block at a time, each against the keys it may see: the
+            // products skip most of what the causal mask would zero (half of a whole prompt's
+            // scores), and a block's scores are all that is held at once.
+            let past = total - t;
+            let mut blocks = Vec::with_capacity(t.div_ceil(PROMPT_BLOCK));
+            for start in (0..t).step_by(PROMPT_BLOCK) {
+                let len = PROMPT_BLOCK.min(t - start);
+                let seen = past + start + len;
+                let q = heads.narrow(2, start, len)?.contiguous()?;
+                let q = q.reshape((b, kv_heads, n_rep * len, d))?;
+                let raw = q.matmul(&k.narrow(2, 0, seen)?.t()?)?;
+                let probs = super::ops::causal_softmax(&raw, scale, len, past + start)?;
+                let out = probs.matmul(&v.narrow(2, 0, seen)?)?;
+                blocks.push(out.reshape((b, self.num_heads, len, d))?);
+            }
+            Tensor::cat(&blocks, 2)?
         } else {
             let raw = q.matmul(&k.t()?)?;
             let probs = match ctx.kernels {
@@ -1261,6 +1289,31 @@ mod tests {
             .forward_last(&ids(&[5]), 12, Some(&mut second))
             .unwrap();
         assert!(max_abs_diff(&b3, &fresh(&with(&[11, 4, 5]))) < 1e-5);
+    }
+
+    /// A prompt's attention a block of queries at a time (the inference kernels) computes what
+    /// the whole causal product computes (the training kernels), from an empty cache and after
+    /// cached positions, for prompts of several blocks and a part of one.
+    #[test]
+    fn a_prompt_attended_in_blocks_equals_the_whole_causal_product() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let cfg = tiny(Family::Qwen2);
+        let fused = Llama::new(&cfg, vb.clone(), false, Kernels::Fused).unwrap();
+        let plain = Llama::new(&cfg, vb, false, Kernels::Differentiable).unwrap();
+        let seq: Vec<u32> = (0..45).map(|i| (i * 7 + 3) % 50).collect();
+        let whole = |m: &Llama| m.forward_all(&ids(&seq), 0, None).unwrap();
+        assert!(max_abs_diff(&whole(&fused), &whole(&plain)) < 1e-5);
+        for m in [&fused, &plain] {
+            let mut cache = m.new_cache();
+            m.forward_hidden(&ids(&seq[..11]), 0, Some(&mut cache))
+                .unwrap();
+            let rest = m
+                .forward_all(&ids(&seq[11..]), 11, Some(&mut cache))
+                .unwrap();
+            let want = whole(&plain).narrow(1, 11, seq.len() - 11).unwrap();
+            assert!(max_abs_diff(&rest, &want) < 1e-5);
+        }
     }
 
     #[test]
