@@ -507,29 +507,25 @@ type AttentionKernel = fn(
     &mut [f32],
 );
 
-fn attention_portable(
-    q: &[f32],
-    kv: (HeadRows, HeadRows),
-    keys: usize,
-    softmax: (f32, ExpKernel),
-    scratch: &mut (Vec<f32>, Vec<f32>),
-    out: &mut [f32],
-) {
-    head_attention(q, kv, keys, softmax, scratch, out)
+macro_rules! attention_kernel {
+    ($name:ident $(, #[$attr:meta])?) => {
+        $(#[$attr])?
+        fn $name(
+            q: &[f32],
+            kv: (HeadRows, HeadRows),
+            keys: usize,
+            softmax: (f32, ExpKernel),
+            scratch: &mut (Vec<f32>, Vec<f32>),
+            out: &mut [f32],
+        ) {
+            head_attention(q, kv, keys, softmax, scratch, out)
+        }
+    };
 }
 
+attention_kernel!(attention_portable);
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn attention_avx2_body(
-    q: &[f32],
-    kv: (HeadRows, HeadRows),
-    keys: usize,
-    softmax: (f32, ExpKernel),
-    scratch: &mut (Vec<f32>, Vec<f32>),
-    out: &mut [f32],
-) {
-    head_attention(q, kv, keys, softmax, scratch, out)
-}
+attention_kernel!(attention_avx2_body, #[target_feature(enable = "avx2,fma")]);
 
 #[cfg(target_arch = "x86_64")]
 fn attention_avx2(

@@ -90,72 +90,6 @@ fn every_kernel_equals_the_quantized_arithmetic() {
     }
 }
 
-/// A prompt's kernel, several activation rows per pass over the weights, gives each row
-/// exactly what the one-row kernel gives it: the same integer sums, scaled the same way.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn the_prompt_kernel_equals_the_decoding_kernel_row_by_row() {
-    if !levels().contains(&Level::Avx512Vnni) {
-        return;
-    }
-    let (out_dim, in_dim) = (48, 192);
-    let layer = Q8Linear::from_rows(&matrix(out_dim, in_dim, 2), (out_dim, in_dim), None).unwrap();
-    let t = &*layer.tiles;
-    for rows in [2, 4, 7, 9] {
-        let acts: Vec<Activations> = (0..rows)
-            .map(|r| Activations::quantize(&randn(in_dim, 100 + r as u64)))
-            .collect();
-        let mut together = vec![0f32; rows * out_dim];
-        // SAFETY: the processor has VNNI (checked above).
-        #[allow(unsafe_code)]
-        unsafe {
-            x86::rows_avx512(&t.values, &t.scales, t.blocks, &acts, &mut together)
-        };
-        for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
-            let mut got = vec![0f32; out_dim];
-            dots(
-                Level::Avx512Vnni,
-                Format::Q8,
-                &t.values,
-                &t.scales,
-                t.blocks,
-                a,
-                &mut got,
-            );
-            assert_eq!(got, want, "{rows} rows");
-        }
-    }
-}
-
-/// The Q5 prompt kernel gives each row what the Q5 decoding kernel gives it.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn the_q5_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
-    if !levels().contains(&Level::Avx512Vnni) {
-        return;
-    }
-    let (out_dim, in_dim) = (48, 192);
-    let layer = q5_layer(&q5_matrix(out_dim, in_dim, 4).0, (out_dim, in_dim));
-    let t = &*layer.tiles;
-    for rows in [2, 4, 7, 9] {
-        let acts: Vec<Activations> = (0..rows)
-            .map(|r| Activations::quantize(&randn(in_dim, 200 + r as u64)))
-            .collect();
-        let mut together = vec![0f32; rows * out_dim];
-        // SAFETY: the processor has VNNI (checked above).
-        #[allow(unsafe_code)]
-        unsafe {
-            x86::rows_q5_avx512(&t.values, &t.scales, t.blocks, &acts, &mut together)
-        };
-        for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
-            let mut got = vec![0f32; out_dim];
-            let (v, s) = (&t.values, &t.scales);
-            dots(Level::Avx512Vnni, Format::Q5, v, s, t.blocks, a, &mut got);
-            assert_eq!(got, want, "{rows} rows");
-        }
-    }
-}
-
 /// Activations are quantized as llama.cpp quantizes them: each value within half a step of
 /// its block's scale, the largest magnitude at exactly 127; the offset cancels 128 per value.
 #[test]
@@ -432,39 +366,6 @@ fn q4k_tiles_hold_the_files_values_and_every_kernel_computes_their_products() {
     }
 }
 
-/// The Q4_K prompt kernel gives each row exactly what the Q4_K decoding kernel gives it.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn the_q4k_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
-    if !levels().contains(&Level::Avx512Vnni) {
-        return;
-    }
-    let (out_dim, in_dim) = (48, 512);
-    let four = layer(
-        Format::Q4K,
-        &q4k_matrix(out_dim, in_dim, 6),
-        (out_dim, in_dim),
-    );
-    let t = &*four.tiles;
-    for rows in [2, 4, 7, 9] {
-        let acts: Vec<Activations> = (0..rows)
-            .map(|r| Activations::quantize(&randn(in_dim, 300 + r as u64)))
-            .collect();
-        let mut together = vec![0f32; rows * out_dim];
-        // SAFETY: the processor has VNNI (checked above).
-        #[allow(unsafe_code)]
-        unsafe {
-            x86::rows_q4k_avx512(&t.values, &t.scales, t.blocks, &acts, &mut together)
-        };
-        for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
-            let mut got = vec![0f32; out_dim];
-            let (v, s) = (&t.values, &t.scales);
-            dots(Level::Avx512Vnni, Format::Q4K, v, s, t.blocks, a, &mut got);
-            assert_eq!(got, want, "{rows} rows");
-        }
-    }
-}
-
 #[test]
 fn a_q4k_row_that_is_not_whole_super_blocks_is_refused() {
     let read = |in_dim| {
@@ -476,4 +377,47 @@ fn a_q4k_row_that_is_not_whole_super_blocks_is_refused() {
     assert!(read(256).is_ok());
     let err = read(96).unwrap_err().to_string();
     assert!(err.contains("not whole blocks of 256"), "{err}");
+}
+
+/// Each format's prompt kernel, several activation rows per pass over the weights, gives each
+/// row exactly what the format's decoding kernel gives it: the same integer sums, scaled the
+/// same way.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
+    if !levels().contains(&Level::Avx512Vnni) {
+        return;
+    }
+    let out_dim = 48;
+    let layers = [
+        Q8Linear::from_rows(&matrix(out_dim, 192, 2), (out_dim, 192), None).unwrap(),
+        q5_layer(&q5_matrix(out_dim, 192, 4).0, (out_dim, 192)),
+        layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512)),
+    ];
+    type Kernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
+    for layer in &layers {
+        let t = &*layer.tiles;
+        let kernel: Kernel = match t.format {
+            Format::Q8 => x86::rows_avx512,
+            Format::Q5 => x86::rows_q5_avx512,
+            Format::Q4K => x86::rows_q4k_avx512,
+        };
+        for rows in [2, 4, 7, 9] {
+            let acts: Vec<Activations> = (0..rows)
+                .map(|r| Activations::quantize(&randn(layer.in_dim, 100 + r as u64)))
+                .collect();
+            let mut together = vec![0f32; rows * out_dim];
+            // SAFETY: the processor has VNNI (checked above).
+            #[allow(unsafe_code)]
+            unsafe {
+                kernel(&t.values, &t.scales, t.blocks, &acts, &mut together)
+            };
+            for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
+                let mut got = vec![0f32; out_dim];
+                let (v, s) = (&t.values, &t.scales);
+                dots(Level::Avx512Vnni, t.format, v, s, t.blocks, a, &mut got);
+                assert_eq!(got, want, "{:?}, {rows} rows", t.format);
+            }
+        }
+    }
 }
