@@ -155,6 +155,23 @@ fn the_layer_matches_a_matmul_on_the_dequantized_weights() {
     assert_eq!(crate::model::max_abs(&(whole - &reference).unwrap()), 0.0);
 }
 
+/// The layer against a matmul on `reference`, its weights dequantized, for decoding rows and a
+/// prompt's: within the activations' 8-bit rounding.
+fn matches_the_matmul(layer: &Q8Linear, reference: &Tensor) {
+    let in_dim = layer.in_dim;
+    for count in [1, 3, GEMM_ROWS + 1] {
+        let x = Tensor::new(randn(count * in_dim, count as u64), &Device::Cpu)
+            .unwrap()
+            .reshape((count, in_dim))
+            .unwrap();
+        let want = x.matmul(&reference.t().unwrap()).unwrap();
+        let got = layer.forward(&x).unwrap();
+        let scale = crate::model::max_abs(&want);
+        let diff = crate::model::max_abs(&(got - want).unwrap());
+        assert!(diff <= 0.02 * scale, "{count} rows: {diff} of {scale}");
+    }
+}
+
 /// Q5_0 rows of random blocks (every fifth bit pattern, 0 and 31 in every block), as GGUF
 /// stores them, and the same values as Q8_0 rows (exact: 5 bits fit in 8).
 fn q5_matrix(out_dim: usize, in_dim: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
@@ -253,17 +270,7 @@ fn q5_tiles_compute_what_the_same_values_in_q8_tiles_compute() {
                 assert_eq!(got, want, "{out_dim}x{in_dim}");
             }
         }
-        for count in [1, 3, GEMM_ROWS + 1] {
-            let x = Tensor::new(randn(count * in_dim, count as u64), &dev)
-                .unwrap()
-                .reshape((count, in_dim))
-                .unwrap();
-            let want = x.matmul(&reference.t().unwrap()).unwrap();
-            let got = five.forward(&x).unwrap();
-            let scale = crate::model::max_abs(&want);
-            let diff = crate::model::max_abs(&(got - want).unwrap());
-            assert!(diff <= 0.02 * scale, "{count} rows: {diff} of {scale}");
-        }
+        matches_the_matmul(&five, &reference);
     }
 }
 
@@ -352,17 +359,7 @@ fn q4k_tiles_hold_the_files_values_and_every_kernel_computes_their_products() {
                 "padding rows are zero"
             );
         }
-        for count in [1, 3, GEMM_ROWS + 1] {
-            let x = Tensor::new(randn(count * in_dim, count as u64), &dev)
-                .unwrap()
-                .reshape((count, in_dim))
-                .unwrap();
-            let want = x.matmul(&reference.t().unwrap()).unwrap();
-            let got = four.forward(&x).unwrap();
-            let scale = crate::model::max_abs(&want);
-            let diff = crate::model::max_abs(&(got - want).unwrap());
-            assert!(diff <= 0.02 * scale, "{count} rows: {diff} of {scale}");
-        }
+        matches_the_matmul(&four, &reference);
     }
 }
 
