@@ -303,8 +303,9 @@ pub struct KvCache {
 }
 
 /// One layer's keys and values, `(batch, kv_heads, capacity, head_dim)`, with room past the
-/// cache's positions so that a decoded token is written in place: copying the whole cache for
-/// each token (`Tensor::cat`) cost a 1.5B model a third of its decoding speed 1,000 tokens deep.
+/// cache's positions so that a decoded token is written in place instead of the whole cache
+/// being copied for it (`Tensor::cat`): a 0.5B model 1,000 tokens deep decoded 32-37 tokens/s
+/// with the copies and 38 without.
 ///
 /// The buffers are shared by the cache's clones and the segments taken from it, so none of them
 /// may write where another can look: `written` (shared too) marks the positions ever written,
