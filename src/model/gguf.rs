@@ -210,10 +210,10 @@ impl GgufFile {
         }
         let mut parts: Vec<(usize, Rows)> = Vec::new();
         let mut width = None;
-        // Q5_0 and Q4_K matrices stay in their own bits where the kernels have those forms, when
-        // the whole group is of the type (a group shares one set of tiles, so one format); a
-        // group that mixes Q4_K with another type is read a matrix at a time, so that its Q4_K
-        // ones keep their four bits.
+        // Q5_0, Q4_K and Q6_K matrices stay in their own bits where the kernels have those
+        // forms, when the whole group is of the type (a group shares one set of tiles, so one
+        // format); a group that mixes a K type with another type is read a matrix at a time, so
+        // that its K matrices keep their bits.
         let dtypes: Vec<Option<GgmlDType>> = group
             .iter()
             .map(|(name, _)| self.content.tensor_infos.get(*name).map(|i| i.ggml_dtype))
@@ -223,7 +223,11 @@ impl GgufFile {
             q8_linear::Format::Q5
         } else if all(GgmlDType::Q4K) && q8_linear::q4k_tiles() {
             q8_linear::Format::Q4K
-        } else if dtypes.contains(&Some(GgmlDType::Q4K)) && q8_linear::q4k_tiles() {
+        } else if all(GgmlDType::Q6K) && q8_linear::q6k_tiles() {
+            q8_linear::Format::Q6K
+        } else if (dtypes.contains(&Some(GgmlDType::Q4K)) && q8_linear::q4k_tiles())
+            || (dtypes.contains(&Some(GgmlDType::Q6K)) && q8_linear::q6k_tiles())
+        {
             return Ok(None);
         } else {
             q8_linear::Format::Q8
@@ -239,7 +243,7 @@ impl GgufFile {
                 return Ok(None);
             }
             let source = match dtype {
-                GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K
+                GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K | GgmlDType::Q6K
                     if format.file_type() == dtype =>
                 {
                     Rows::File {
@@ -788,8 +792,8 @@ fn unpermuted(row: usize, head_dim: usize) -> usize {
 /// Q4_K_M file 1.2x and prompt it 1.8x faster than candle's own K kernels (which also keep a
 /// repacked second copy). Requantizing moves each value by at most half an 8-bit step of its
 /// block; the cost is memory, 8.5 bits a weight. Where the AVX2 or VNNI kernels run, groups of
-/// Q5_0 and Q4_K matrices are not requantized but kept in their own bits
-/// ([`q8_linear::Format`]), which leaves Q6_K (and the rarer K types) to this.
+/// Q5_0, Q4_K and Q6_K matrices are not requantized but kept in their own bits
+/// ([`q8_linear::Format`]), which leaves the rarer K types to this.
 fn requantized(dtype: GgmlDType) -> bool {
     match dtype {
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => true,

@@ -79,13 +79,24 @@ pub enum Format {
     /// factors (`d`, then `dmin`) take 32 scales a unit. A value is `d * scale * q - dmin * min`:
     /// 4.625 bits a weight where the file takes 4.5 and Q8 8.5.
     Q4K,
+    /// Q6_K's values (0..64, offset 32) and scales, exactly the file's, in units of its 256-value
+    /// super-blocks: 52 lines a unit. Lines `6j..6j + 4` hold block `j`'s low four bits as Q4_K's
+    /// do, lines `6j + 4` and `6j + 5` their top two bits (group `g`'s at bits `2 * (g % 4)` of
+    /// line `6j + 4 + g / 4`); line `48 + j / 2` holds the signed 8-bit scales of block `j`'s two
+    /// halves of 16 values (`j` even: bytes 0..16 and 16..32, one a row; `j` odd: 32..64). Each
+    /// row's super-block factor `d` takes 16 scales a unit. A value is `d * scale * (q - 32)`:
+    /// 6.5625 bits a weight, as in the file, where Q8 takes 8.5.
+    Q6K,
 }
 
 /// Bytes of a Q4_K super-block in a GGUF file: `d`, `dmin`, 12 bytes of packed 6-bit scales and
 /// mins, 128 of nibbles.
 const Q4K_BYTES: usize = 144;
-/// Values in a Q4_K super-block.
+/// Values in a K super-block (Q4_K's, Q6_K's).
 const Q4K_VALUES: usize = 256;
+/// Bytes of a Q6_K super-block in a GGUF file: 128 of low nibbles, 64 of top two bits, 16 signed
+/// scales, `d`.
+const Q6K_BYTES: usize = 210;
 
 /// Block `j`'s 6-bit scale and min from a Q4_K super-block's 12 packed bytes (as ggml packs them:
 /// the first four blocks' in the low 6 bits of bytes 0..8, the last four's split between the
@@ -100,12 +111,26 @@ fn q4k_scale_min(j: usize, packed: &[u8]) -> (u8, u8) {
     }
 }
 
+/// A Q6_K super-block's 256 values (0..64, before the offset of 32), in order: as ggml lays them
+/// out, each half of 128 takes its low four bits from 64 bytes (values `l` and `l + 64` from byte
+/// `l`'s low and high nibbles, `l + 32` and `l + 96` from byte `l + 32`'s) and its top two bits
+/// from 32 (value `l + 32 * i` from bits `2i..2i + 2` of byte `l`).
+fn q6k_values(unit: &[u8]) -> [u8; Q4K_VALUES] {
+    std::array::from_fn(|v| {
+        let (half, quarter, l) = (v / 128, v % 128 / 32, v % 32);
+        let low = unit[64 * half + l + 32 * (quarter % 2)];
+        let low = if quarter < 2 { low & 15 } else { low >> 4 };
+        let high = (unit[128 + 32 * half + l] >> (2 * quarter)) & 3;
+        low | high << 4
+    })
+}
+
 impl Format {
     /// Values per unit.
     pub fn unit(self) -> usize {
         match self {
             Self::Q8 | Self::Q5 => BLOCK,
-            Self::Q4K => Q4K_VALUES,
+            Self::Q4K | Self::Q6K => Q4K_VALUES,
         }
     }
 
@@ -115,13 +140,14 @@ impl Format {
             Self::Q8 => GROUPS,
             Self::Q5 => 5,
             Self::Q4K => 36,
+            Self::Q6K => 52,
         }
     }
 
     /// Scales (f16 bits) per unit of a tile.
     fn unit_scales(self) -> usize {
         match self {
-            Self::Q8 | Self::Q5 => TILE,
+            Self::Q8 | Self::Q5 | Self::Q6K => TILE,
             Self::Q4K => 2 * TILE,
         }
     }
@@ -132,6 +158,7 @@ impl Format {
             Self::Q8 => 128,
             Self::Q5 => 16,
             Self::Q4K => 0,
+            Self::Q6K => 32,
         }
     }
 
@@ -141,6 +168,7 @@ impl Format {
             Self::Q8 => candle_core::quantized::GgmlDType::Q8_0,
             Self::Q5 => candle_core::quantized::GgmlDType::Q5_0,
             Self::Q4K => candle_core::quantized::GgmlDType::Q4K,
+            Self::Q6K => candle_core::quantized::GgmlDType::Q6K,
         }
     }
 
@@ -150,6 +178,7 @@ impl Format {
             Self::Q8 => BLOCK_BYTES,
             Self::Q5 => 22,
             Self::Q4K => Q4K_BYTES,
+            Self::Q6K => Q6K_BYTES,
         }
     }
 
@@ -168,12 +197,27 @@ impl Format {
             Self::Q8 => lines[g].0,
             Self::Q5 => std::array::from_fn(|k| nibble(k) | ((lines[4].0[k] >> g) & 1) << 4),
             Self::Q4K => std::array::from_fn(nibble),
+            Self::Q6K => std::array::from_fn(|k| {
+                nibble(k) | ((lines[4 + g / 4].0[k] >> (2 * (g % 4))) & 3) << 4
+            }),
         }
     }
 
     /// One file unit (`unit_bytes` bytes) of one row, stored as row `lane` of a tile's unit:
     /// its `lines` and `scales`.
     fn store(self, lines: &mut [Line], scales: &mut [u16], lane: usize, unit: &[u8]) {
+        if self == Self::Q6K {
+            scales[lane] = u16::from_le_bytes([unit[208], unit[209]]);
+            let values = q6k_values(unit);
+            for j in 0..Q4K_VALUES / BLOCK {
+                let block = std::array::from_fn(|i| values[j * BLOCK + i]);
+                self.pack(&mut lines[6 * j..6 * j + 6], lane, &block);
+                let at = &mut lines[48 + j / 2].0[j % 2 * 32..];
+                at[lane] = unit[192 + 2 * j];
+                at[TILE + lane] = unit[192 + 2 * j + 1];
+            }
+            return;
+        }
         let d = u16::from_le_bytes([unit[0], unit[1]]);
         scales[lane] = d;
         if self != Self::Q4K {
@@ -202,7 +246,7 @@ impl Format {
     fn unpack(self, block: &[u8]) -> [u8; BLOCK] {
         match self {
             Self::Q8 => std::array::from_fn(|i| block[2 + i].wrapping_add(128)),
-            Self::Q5 | Self::Q4K => {
+            Self::Q5 | Self::Q4K | Self::Q6K => {
                 let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
                 std::array::from_fn(|i| {
                     let low = match i < 16 {
@@ -221,11 +265,13 @@ impl Format {
             let (g, k) = (i / 4, lane * 4 + i % 4);
             match self {
                 Self::Q8 => lines[g].0[k] = v,
-                Self::Q5 | Self::Q4K => {
+                Self::Q5 | Self::Q4K | Self::Q6K => {
                     let shift = if g < 4 { 0 } else { 4 };
                     lines[g % 4].0[k] |= (v & 15) << shift;
-                    if self == Self::Q5 {
-                        lines[4].0[k] |= ((v >> 4) & 1) << g;
+                    match self {
+                        Self::Q5 => lines[4].0[k] |= ((v >> 4) & 1) << g,
+                        Self::Q6K => lines[4 + g / 4].0[k] |= ((v >> 4) & 3) << (2 * (g % 4)),
+                        _ => {}
                     }
                 }
             }
@@ -237,7 +283,7 @@ impl Format {
         match self {
             Self::Q8 => Line([128; 64]),
             // Padding rows have zero scales, so what their values stand for never counts.
-            Self::Q5 | Self::Q4K => Line([0; 64]),
+            Self::Q5 | Self::Q4K | Self::Q6K => Line([0; 64]),
         }
     }
 }
@@ -267,32 +313,40 @@ impl Tiles {
         self.units() * self.format.unit_scales()
     }
 
-    /// Row `lane` of block `b` of tile `t` in Q4_K tiles: its 32 values, and the `(factor,
-    /// min)` that turn a value `q` into `factor * q - min`, computed as ggml computes them.
-    fn q4k_block(&self, t: usize, b: usize, lane: usize) -> ([u8; BLOCK], f32, f32) {
+    /// Row `lane` of block `b` of tile `t` in K tiles (Q4_K's, Q6_K's), dequantized as ggml
+    /// dequantizes it (the same operations in the same order, so the same bits).
+    fn k_block(&self, t: usize, b: usize, lane: usize) -> [f32; BLOCK] {
         let (u, j) = (b / 8, b % 8);
         let tu = t * self.units() + u;
-        let lines = &self.values[tu * 36..][..36];
-        let scales = &self.scales[tu * 2 * TILE..][..2 * TILE];
-        let at = &lines[32 + j / 2].0[j % 2 * 32..];
-        let factor = f16(scales[lane]) * f32::from(at[lane]);
+        let format = self.format;
+        let lines = &self.values[tu * format.lines()..][..format.lines()];
+        let scales = &self.scales[tu * format.unit_scales()..][..format.unit_scales()];
+        let (block, at) = match format {
+            Format::Q6K => (&lines[6 * j..6 * j + 6], &lines[48 + j / 2].0[j % 2 * 32..]),
+            _ => (&lines[4 * j..4 * j + 4], &lines[32 + j / 2].0[j % 2 * 32..]),
+        };
+        let q = |i: usize| format.group(block, i / 4)[lane * 4 + i % 4];
+        let d = f16(scales[lane]);
+        if format == Format::Q6K {
+            let factor = [0, 1].map(|h| d * f32::from(at[h * TILE + lane] as i8));
+            return std::array::from_fn(|i| factor[i / 16] * f32::from(q(i) as i8 - 32));
+        }
+        let factor = d * f32::from(at[lane]);
         let min = f16(scales[TILE + lane]) * f32::from(at[TILE + lane]);
-        let values = std::array::from_fn(|i| {
-            Format::Q4K.group(&lines[4 * j..4 * j + 4], i / 4)[lane * 4 + i % 4]
-        });
-        (values, factor, min)
+        std::array::from_fn(|i| factor * f32::from(q(i)) - min)
+    }
+
+    fn is_k(&self) -> bool {
+        matches!(self.format, Format::Q4K | Format::Q6K)
     }
 
     /// Tile `t` dequantized into `out`: its 16 rows of `blocks * 32` values, row-major.
     fn dequantize_tile(&self, t: usize, out: &mut [f32]) {
         let k = self.blocks * BLOCK;
-        if self.format == Format::Q4K {
+        if self.is_k() {
             for (lane, row) in out.chunks_exact_mut(k).enumerate().take(TILE) {
                 for (b, block) in row.chunks_exact_mut(BLOCK).enumerate() {
-                    let (values, factor, min) = self.q4k_block(t, b, lane);
-                    for (o, &q) in block.iter_mut().zip(&values) {
-                        *o = factor * f32::from(q) - min;
-                    }
+                    block.copy_from_slice(&self.k_block(t, b, lane));
                 }
             }
             return;
@@ -317,10 +371,9 @@ impl Tiles {
     /// Row `r`'s values and scales, dequantized, appended to `out`.
     fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
         let (t, lane) = (r / TILE, r % TILE);
-        if self.format == Format::Q4K {
+        if self.is_k() {
             for b in 0..self.blocks {
-                let (values, factor, min) = self.q4k_block(t, b, lane);
-                out.extend(values.iter().map(|&q| factor * f32::from(q) - min));
+                out.extend(self.k_block(t, b, lane));
             }
             return;
         }
@@ -603,6 +656,9 @@ impl Q8Linear {
                             Format::Q4K => {
                                 x86::rows_q4k_avx512(values, scales, tiles.blocks, &acts, &mut part)
                             }
+                            Format::Q6K => {
+                                x86::rows_q6k_avx512(values, scales, tiles.blocks, &acts, &mut part)
+                            }
                         }
                     },
                     _ => {
@@ -642,6 +698,8 @@ struct Activations {
     offset5: Vec<i32>,
     /// Each block's `d * sum(q)`, what its sum stands for: Q4_K's mins are scaled by it.
     sum: Vec<f32>,
+    /// Each half block's `-32 * sum(q)` (two a block), which cancels Q6_K's offset.
+    offset6: Vec<i32>,
 }
 
 impl Activations {
@@ -652,6 +710,7 @@ impl Activations {
         let mut offset = vec![0i32; blocks];
         let mut offset5 = vec![0i32; blocks];
         let mut sums = vec![0f32; blocks];
+        let mut offset6 = vec![0i32; 2 * blocks];
         for (b, values) in x.chunks_exact(BLOCK).enumerate() {
             let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
@@ -665,7 +724,16 @@ impl Activations {
                 let r = (v * inv).clamp(-127.0, 127.0);
                 *dst = (r + 0.5f32.copysign(r)) as i8;
             }
-            let sum = block.iter().map(|&v| i32::from(v)).sum::<i32>();
+            let half = |h: usize| {
+                block[h * 16..][..16]
+                    .iter()
+                    .map(|&v| i32::from(v))
+                    .sum::<i32>()
+            };
+            let (low, high) = (half(0), half(1));
+            offset6[2 * b] = -32 * low;
+            offset6[2 * b + 1] = -32 * high;
+            let sum = low + high;
             offset[b] = -128 * sum;
             offset5[b] = -16 * sum;
             sums[b] = scale * sum as f32;
@@ -676,6 +744,7 @@ impl Activations {
             offset,
             offset5,
             sum: sums,
+            offset6,
         }
     }
 }
@@ -729,6 +798,13 @@ pub fn q5_tiles() -> bool {
 /// kernels run, unless `INFILL_Q4K=q8` asks for the earlier forms (to compare on one machine).
 pub fn q4k_tiles() -> bool {
     level() != Level::Portable && std::env::var("INFILL_Q4K").map_or(true, |v| v != "q8")
+}
+
+/// Whether Q6_K matrices are kept in their own six bits ([`Format::Q6K`]) rather than
+/// requantized to Q8_0 (with VNNI) or left to candle's K kernel (without): where the AVX2 or VNNI
+/// kernels run, unless `INFILL_Q6K=q8` asks for the earlier forms (to compare on one machine).
+pub fn q6k_tiles() -> bool {
+    level() != Level::Portable && std::env::var("INFILL_Q6K").map_or(true, |v| v != "q8")
 }
 
 /// Whether prompts run on the integer kernels at `level`: only VNNI's has a several-row form.
@@ -794,7 +870,16 @@ fn dots(
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
         (Level::Avx2, Format::Q4K) => unsafe { x86::dots_q4k_avx2(values, scales, blocks, a, out) },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        (Level::Avx512Vnni, Format::Q6K) => unsafe {
+            x86::dots_q6k_avx512(values, scales, blocks, a, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        (Level::Avx2, Format::Q6K) => unsafe { x86::dots_q6k_avx2(values, scales, blocks, a, out) },
         (Level::Portable, Format::Q4K) => dots_q4k_portable(values, scales, blocks, a, out),
+        (Level::Portable, Format::Q6K) => dots_q6k_portable(values, scales, blocks, a, out),
         (Level::Portable, _) => dots_portable(format, values, scales, blocks, a, out),
     }
 }
@@ -838,6 +923,51 @@ fn dots_q4k_portable(
             for lane in 0..TILE {
                 acc[lane] += scaled[lane] * f16(factors[lane]);
                 acc[lane] -= mins[lane] * f16(factors[TILE + lane]);
+            }
+        }
+        y.copy_from_slice(&acc);
+    }
+}
+
+/// [`dots_portable`] for [`Format::Q6K`]: per block, the integer sums of its two halves (started
+/// at the negation of the offset's share) times their signed scales, times the activations'
+/// scale; per unit, times `d`.
+fn dots_q6k_portable(
+    values: &[Line],
+    scales: &[u16],
+    blocks: usize,
+    a: &Activations,
+    out: &mut [f32],
+) {
+    let units = blocks * BLOCK / Q4K_VALUES;
+    for (t, y) in out.chunks_exact_mut(TILE).enumerate() {
+        let mut acc = [0f32; TILE];
+        for u in 0..units {
+            let tu = t * units + u;
+            let lines = &values[tu * 52..][..52];
+            let d = &scales[tu * TILE..][..TILE];
+            let mut scaled = [0f32; TILE];
+            for j in 0..8 {
+                let b = u * 8 + j;
+                let mut sums = [[a.offset6[2 * b], a.offset6[2 * b + 1]]; TILE];
+                for g in 0..GROUPS {
+                    let line = Format::Q6K.group(&lines[6 * j..6 * j + 6], g);
+                    let x = &a.q[b * BLOCK + 4 * g..][..4];
+                    for (sum, four) in sums.iter_mut().zip(line.chunks_exact(4)) {
+                        for (&w, &v) in four.iter().zip(x) {
+                            sum[g / 4] += i32::from(w) * i32::from(v);
+                        }
+                    }
+                }
+                let at = &lines[48 + j / 2].0[j % 2 * 32..];
+                for lane in 0..TILE {
+                    let [low, high] = sums[lane].map(|s| s as f32);
+                    let (sl, sh) = (f32::from(at[lane] as i8), f32::from(at[TILE + lane] as i8));
+                    scaled[lane] += (low * sl + high * sh) * a.d[b];
+                }
+            }
+            for lane in 0..TILE {
+                acc[lane] += scaled[lane] * f16(d[lane]);
             }
         }
         y.copy_from_slice(&acc);

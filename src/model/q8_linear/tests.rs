@@ -307,6 +307,29 @@ fn q4k_matrix(out_dim: usize, in_dim: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
+/// Q6_K rows of random super-blocks as GGUF stores them: random bits, signed scales of both
+/// signs including -128 and 127, and 0 and 63 among the first block's values.
+fn q6k_matrix(out_dim: usize, in_dim: usize, seed: u64) -> Vec<u8> {
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut byte = || (rng.next_f64() * 256.0) as u8;
+    let mut bytes = Vec::new();
+    for _ in 0..out_dim * in_dim / 256 {
+        let mut block: Vec<u8> = (0..208).map(|_| byte()).collect();
+        // Value l of the first 32 (l < 32): low nibble of byte l, top bits 0..2 of byte 128 + l.
+        for l in 0..32 {
+            let v = (l * 2 + l / 16) as u8 % 64;
+            block[l] = (block[l] & 0xF0) | (v & 15);
+            block[128 + l] = (block[128 + l] & !3) | (v >> 4);
+        }
+        block[192] = 0x80;
+        block[193] = 0x7F;
+        let d = half::f16::from_f32(0.0005 + f32::from(byte()) * 2e-5);
+        block.extend(d.to_le_bytes());
+        bytes.extend(block);
+    }
+    bytes
+}
+
 /// Candle's reading of `rows` in `dtype`: the reference for the tiles' values.
 fn dequantized(dtype: GgmlDType, rows: &[u8], shape: (usize, usize)) -> Tensor {
     let storage = QStorage::from_data(std::borrow::Cow::Borrowed(rows), &Device::Cpu, dtype);
@@ -316,16 +339,22 @@ fn dequantized(dtype: GgmlDType, rows: &[u8], shape: (usize, usize)) -> Tensor {
         .unwrap()
 }
 
-/// Four-bit tiles hold the file's Q4_K values and scales exactly: rows and the whole matrix
-/// dequantize to candle's reading of the bytes; every kernel this processor runs gives each row's
-/// product with the quantized activations to f32 rounding; the layer matches the matmul.
+/// K tiles (Q4_K's four bits, Q6_K's six) hold the file's values and scales exactly: rows and
+/// the whole matrix dequantize to candle's reading of the bytes; every kernel this processor runs
+/// gives each row's product with the quantized activations to f32 rounding; the layer matches
+/// the matmul.
 #[test]
-fn q4k_tiles_hold_the_files_values_and_every_kernel_computes_their_products() {
+fn k_tiles_hold_the_files_values_and_every_kernel_computes_their_products() {
     let dev = Device::Cpu;
-    for (out_dim, in_dim) in [(1, 256), (7, 512), (16, 256), (40, 1536)] {
-        let bytes = q4k_matrix(out_dim, in_dim, 21 + out_dim as u64);
-        let four = layer(Format::Q4K, &bytes, (out_dim, in_dim));
-        let reference = dequantized(GgmlDType::Q4K, &bytes, (out_dim, in_dim));
+    type Matrix = fn(usize, usize, u64) -> Vec<u8>;
+    let formats: [(Format, Matrix); 2] = [(Format::Q4K, q4k_matrix), (Format::Q6K, q6k_matrix)];
+    for ((out_dim, in_dim), (format, matrix)) in [(1, 256), (7, 512), (16, 256), (40, 1536)]
+        .into_iter()
+        .flat_map(|shape| formats.map(|f| (shape, f)))
+    {
+        let bytes = matrix(out_dim, in_dim, 21 + out_dim as u64);
+        let four = layer(format, &bytes, (out_dim, in_dim));
+        let reference = dequantized(format.file_type(), &bytes, (out_dim, in_dim));
         let whole = four.dequantize(&dev).unwrap();
         assert_eq!(crate::model::max_abs(&(whole - &reference).unwrap()), 0.0);
         let ids: Vec<u32> = (0..out_dim as u32).rev().collect();
@@ -351,7 +380,7 @@ fn q4k_tiles_hold_the_files_values_and_every_kernel_computes_their_products() {
                 let (e, size) = terms.fold((0.0, 0.0), |(s, m), v: f64| (s + v, m + v.abs()));
                 assert!(
                     (f64::from(*g) - e).abs() <= 1e-5 * (1.0 + size),
-                    "{level:?} {out_dim}x{in_dim}: {g} vs {e}"
+                    "{format:?} {level:?} {out_dim}x{in_dim}: {g} vs {e}"
                 );
             }
             assert!(
@@ -390,6 +419,7 @@ fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
         Q8Linear::from_rows(&matrix(out_dim, 192, 2), (out_dim, 192), None).unwrap(),
         q5_layer(&q5_matrix(out_dim, 192, 4).0, (out_dim, 192)),
         layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512)),
+        layer(Format::Q6K, &q6k_matrix(out_dim, 512, 8), (out_dim, 512)),
     ];
     type Kernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
     for layer in &layers {
@@ -398,6 +428,7 @@ fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
             Format::Q8 => x86::rows_avx512,
             Format::Q5 => x86::rows_q5_avx512,
             Format::Q4K => x86::rows_q4k_avx512,
+            Format::Q6K => x86::rows_q6k_avx512,
         };
         for rows in [2, 4, 7, 9] {
             let acts: Vec<Activations> = (0..rows)
