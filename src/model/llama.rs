@@ -691,29 +691,27 @@ impl Attention {
             Tensor::cat(&blocks, 2)?
         } else {
             let raw = q.matmul(&k.t()?)?;
-            let probs = match ctx.kernels {
+            let probs = if masks_in_softmax(ctx.kernels, raw.dtype(), raw.device()) {
                 // Scale, causal mask and softmax in one pass over the scores, masked keys skipped
                 // (with its own backward for training). Separate ops would write the
                 // `(rows, keys)` scores three more times: 126 MB a layer for a 1,500-token prompt of
                 // a 0.5B model.
-                Kernels::Differentiable if raw.dtype() == DType::F32 => {
-                    super::ops::causal_softmax(&raw, scale, t, total - t)?
-                }
-                Kernels::Fused if raw.dtype() == DType::F32 && raw.device().is_cpu() => {
-                    super::ops::causal_softmax(&raw, scale, t, total - t)?
-                }
-                _ => {
-                    let mut scores = (raw * scale)?.to_dtype(DType::F32)?;
-                    if let Some(mask) = ctx.mask {
+                super::ops::causal_softmax(&raw, scale, t, total - t)?
+            } else {
+                let mut scores = (raw * scale)?.to_dtype(DType::F32)?;
+                match ctx.mask {
+                    Some(mask) => {
                         scores = scores
                             .reshape((b, kv_heads, n_rep, t, total))?
                             .broadcast_add(mask)?
                             .reshape((b, kv_heads, n_rep * t, total))?;
                     }
-                    match ctx.kernels {
-                        Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-                        Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
-                    }
+                    None if t > 1 => candle_core::bail!("no causal mask for a {t}-token step"),
+                    None => {}
+                }
+                match ctx.kernels {
+                    Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+                    Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
                 }
             };
             probs.to_dtype(v.dtype())?.matmul(&v)?
@@ -999,7 +997,9 @@ impl Llama {
                 self.config.max_position_embeddings
             );
         }
-        let mask = (t > 1)
+        // Only the attention that adds a mask to its scores needs one (a 2,048-token prompt's
+        // is 16 MB); the f32 kernels mask inside their softmax.
+        let mask = (t > 1 && !masks_in_softmax(self.kernels, self.dtype(), self.device()))
             .then(|| causal_mask(t, offset, self.device()))
             .transpose()?;
         let mut ctx = StepContext {
@@ -1048,6 +1048,13 @@ impl Llama {
             .squeeze(1)?
             .to_dtype(DType::F32)
     }
+}
+
+/// Whether attention over scores of `dtype` on `device` masks the future inside its softmax
+/// (`ops::causal_softmax`, which has a CPU kernel and a differentiable form, both for f32) rather
+/// than adding [`causal_mask`]'s tensor to the scores.
+fn masks_in_softmax(kernels: Kernels, dtype: DType, device: &Device) -> bool {
+    dtype == DType::F32 && (kernels == Kernels::Differentiable || device.is_cpu())
 }
 
 /// `(seq, offset + seq)` additive mask: 0 where a query may attend, -inf in the future.
