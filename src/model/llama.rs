@@ -1009,15 +1009,20 @@ impl Llama {
             cache,
             kernels: self.kernels,
         };
-        // Embeddings kept in bf16 are widened row by row, as they are looked up.
-        let mut xs = self.embed_tokens.forward(ids)?.to_dtype(self.dtype())?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &mut ctx, i)?;
-        }
-        if let Some(cache) = ctx.cache {
-            cache.len = offset + t;
-        }
-        self.norm.forward(&xs, self.kernels)
+        // On one of rayon's threads: the layers' hundred-odd parallel steps then split their
+        // work within the pool, where from any other thread each would hand itself to the pool
+        // and sleep until it came back (two context switches a step).
+        rayon::scope(|_| {
+            // Embeddings kept in bf16 are widened row by row, as they are looked up.
+            let mut xs = self.embed_tokens.forward(ids)?.to_dtype(self.dtype())?;
+            for (i, layer) in self.layers.iter().enumerate() {
+                xs = layer.forward(&xs, &mut ctx, i)?;
+            }
+            if let Some(cache) = ctx.cache {
+                cache.len = offset + t;
+            }
+            self.norm.forward(&xs, self.kernels)
+        })
     }
 
     /// Logits for every position, `(batch, seq, vocab)` in f32: scoring and training.
