@@ -25,8 +25,8 @@
 //! pass over a tile (the tile stays in cache across them); elsewhere they dequantize the tiles a
 //! chunk at a time into candle's f32 GEMM, which batches where vector products cannot.
 //!
-//! Q5_0 and Q4_K matrices have tiles of their own ([`Format`]) that hold the file's values in as
-//! many bits as the file does, unpacked by the kernels into the same `vpdpbusd` operands.
+//! Q5_0, Q4_K and Q6_K matrices have tiles of their own ([`Format`]) that hold the file's values
+//! in as many bits as the file does, unpacked by the kernels into the same `vpdpbusd` operands.
 
 use std::sync::{Arc, OnceLock};
 
@@ -447,8 +447,8 @@ impl Q8Linear {
         Self::read_format(parts, in_dim, Format::Q8, read)
     }
 
-    /// [`read`](Self::read) for rows in `format`'s file layout (Q8_0, or Q5_0 kept in five bits
-    /// where the processor has VNNI: see [`q5_tiles`]).
+    /// [`read`](Self::read) for rows in `format`'s file layout (Q8_0, or Q5_0, Q4_K and Q6_K
+    /// kept in their own bits where the kernels have their forms: see [`q5_tiles`]).
     pub fn read_format(
         parts: &[usize],
         in_dim: usize,
