@@ -884,6 +884,22 @@ fn dots(
     }
 }
 
+/// Each row's integer products of a tile's block (its `lines` in `format`) with activation block
+/// `b` of `a`, stored values as they are (no offset), the block's two halves of 16 apart.
+fn half_sums(format: Format, lines: &[Line], a: &Activations, b: usize) -> [[i32; 2]; TILE] {
+    let mut sums = [[0i32; 2]; TILE];
+    for g in 0..GROUPS {
+        let line = format.group(lines, g);
+        let x = &a.q[b * BLOCK + 4 * g..][..4];
+        for (sum, four) in sums.iter_mut().zip(line.chunks_exact(4)) {
+            for (&w, &v) in four.iter().zip(x) {
+                sum[g / 4] += i32::from(w) * i32::from(v);
+            }
+        }
+    }
+    sums
+}
+
 /// [`dots_portable`] for [`Format::Q4K`]: per block, the integer sums times the block's scale, and
 /// its min times what the activations' block sums to; per unit, times `d` and `dmin`.
 fn dots_q4k_portable(
@@ -903,20 +919,11 @@ fn dots_q4k_portable(
             let (mut scaled, mut mins) = ([0f32; TILE], [0f32; TILE]);
             for j in 0..8 {
                 let b = u * 8 + j;
-                let mut sums = [0i32; TILE];
-                for g in 0..GROUPS {
-                    let line = Format::Q4K.group(&lines[4 * j..4 * j + 4], g);
-                    let x = &a.q[b * BLOCK + 4 * g..][..4];
-                    for (sum, four) in sums.iter_mut().zip(line.chunks_exact(4)) {
-                        for (&w, &v) in four.iter().zip(x) {
-                            *sum += i32::from(w) * i32::from(v);
-                        }
-                    }
-                }
+                let sums = half_sums(Format::Q4K, &lines[4 * j..4 * j + 4], a, b);
                 let at = &lines[32 + j / 2].0[j % 2 * 32..];
                 for lane in 0..TILE {
                     let s = f32::from(at[lane]) * a.d[b];
-                    scaled[lane] += sums[lane] as f32 * s;
+                    scaled[lane] += (sums[lane][0] + sums[lane][1]) as f32 * s;
                     mins[lane] += f32::from(at[TILE + lane]) * a.sum[b];
                 }
             }
@@ -949,19 +956,11 @@ fn dots_q6k_portable(
             let mut scaled = [0f32; TILE];
             for j in 0..8 {
                 let b = u * 8 + j;
-                let mut sums = [[a.offset6[2 * b], a.offset6[2 * b + 1]]; TILE];
-                for g in 0..GROUPS {
-                    let line = Format::Q6K.group(&lines[6 * j..6 * j + 6], g);
-                    let x = &a.q[b * BLOCK + 4 * g..][..4];
-                    for (sum, four) in sums.iter_mut().zip(line.chunks_exact(4)) {
-                        for (&w, &v) in four.iter().zip(x) {
-                            sum[g / 4] += i32::from(w) * i32::from(v);
-                        }
-                    }
-                }
+                let sums = half_sums(Format::Q6K, &lines[6 * j..6 * j + 6], a, b);
                 let at = &lines[48 + j / 2].0[j % 2 * 32..];
                 for lane in 0..TILE {
-                    let [low, high] = sums[lane].map(|s| s as f32);
+                    let low = (sums[lane][0] + a.offset6[2 * b]) as f32;
+                    let high = (sums[lane][1] + a.offset6[2 * b + 1]) as f32;
                     let (sl, sh) = (f32::from(at[lane] as i8), f32::from(at[TILE + lane] as i8));
                     scaled[lane] += (low * sl + high * sh) * a.d[b];
                 }
@@ -990,20 +989,11 @@ fn dots_portable(
                 Format::Q8 => a.offset[b],
                 _ => a.offset5[b],
             };
-            let mut sums = [start; TILE];
-            let lines = &values[(t * blocks + b) * n..][..n];
-            for g in 0..GROUPS {
-                let line = format.group(lines, g);
-                let x = &a.q[b * BLOCK + 4 * g..][..4];
-                for (sum, four) in sums.iter_mut().zip(line.chunks_exact(4)) {
-                    for (&w, &v) in four.iter().zip(x) {
-                        *sum += i32::from(w) * i32::from(v);
-                    }
-                }
-            }
+            let sums = half_sums(format, &values[(t * blocks + b) * n..][..n], a, b);
             let s = &scales[(t * blocks + b) * TILE..][..TILE];
             for lane in 0..TILE {
-                acc[lane] += sums[lane] as f32 * (f16(s[lane]) * a.d[b]);
+                let sum = start + sums[lane][0] + sums[lane][1];
+                acc[lane] += sum as f32 * (f16(s[lane]) * a.d[b]);
             }
         }
         y.copy_from_slice(&acc);
