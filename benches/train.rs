@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use candle_core::Device;
 use infill::model::Tokenizer;
 use infill::model::config::{Family, LlamaConfig};
 use infill::rng::Rng;
@@ -68,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         &tokenizer,
         docs.clone(),
         &docs,
+        &Device::Cpu,
     )?;
     let mut rng = Rng::new(1);
     let mut batch = || -> Vec<Vec<Vec<u32>>> {

@@ -14,7 +14,10 @@
 #    log-probabilities of a file against transformers' on the merged model;
 # 3. the same model fully trained for a few steps under FSDP (accelerate's, one process);
 # 4. the built-in model fine-tuned on the GPU (LoRA), imported, and `infill eval` against the
-#    built-in model on this repository's held-out files: the gain a person would see.
+#    built-in model on this repository's held-out files: the gain a person would see;
+# 5. where the bundle has infill built with `--features cuda`: its log-probabilities of the same
+#    file with `--device cuda` against the CPU build's, on the merged 0.5B model (f32 and bf16) and
+#    a GGUF export of it (Q8_0), a completion, and `infill train --device cuda` for a few steps.
 #
 # Every stage logs to OUT; a stage that fails is reported and the next one still runs. SMALL=1
 # runs the same stages on a tiny shape on CPUs (to check the script where there is no GPU).
@@ -120,5 +123,41 @@ stage lora-builtin train --data "$OUT/data" --model ../assets/model --out "$OUT/
 stage import-builtin "$INFILL" models import "$OUT/lora-builtin" --out "$OUT/builtin-tuned"
 stage eval-builtin "$INFILL" eval --repo . --model "$OUT/builtin-tuned" --baseline assets/model \
     --tasks "$TASKS" --json "$OUT/eval.json"
+cuda() { # infill's own kernels on the GPU against its CPU kernels
+    local gpu=$B/infill-cuda probe=$OUT/probe.rs model dtype
+    chmod +x "$gpu"
+    "$INFILL" models export --model "$OUT/merged05" --format gguf --dtype q8_0 \
+        --out "$OUT/merged05.gguf" ||
+        return 1
+    for model in "$OUT/merged05:f32" "$OUT/merged05:bf16" "$OUT/merged05.gguf:auto"; do
+        dtype=${model##*:} model=${model%:*}
+        python3 - "$INFILL" "$gpu" "$probe" "$model" "$dtype" <<'EOF' || return 1
+import json, subprocess, sys, time
+cpu, gpu, probe, model, dtype = sys.argv[1:]
+def score(binary, device):
+    started = time.time()
+    out = subprocess.run([binary, "score", probe, "--json", "--model", model, "--dtype", dtype,
+                          "--device", device], capture_output=True, text=True, check=True).stdout
+    return [t["logprob"] for t in json.loads(out)["tokens"]], time.time() - started
+want, cpu_s = score(cpu, "cpu")
+got, gpu_s = score(gpu, "cuda")
+diff = max(abs(a - b) for a, b in zip(got, want))
+# f32 on both sides differs by summation order only; bf16 and Q8_0 round differently on each.
+bound = 1e-3 if dtype == "f32" else 0.1
+print(f"{model} --dtype {dtype}: {len(want)} tokens, cuda against cpu max |logprob diff| {diff:.2e} "
+      f"(bound {bound}); {gpu_s:.1f} s on the GPU, {cpu_s:.1f} s on the CPU")
+sys.exit(0 if len(got) == len(want) and diff < bound else 1)
+EOF
+    done
+    "$gpu" complete --file "$probe" --line 20 --column 1 --model "$OUT/merged05" --device cuda \
+        --json --max-tokens 32 || return 1
+    "$gpu" train --repo . --init assets/model --out "$OUT/cuda-train" --device cuda --steps 20 \
+        --eval-every 10 --plain
+}
+if [[ -f $B/infill-cuda ]]; then
+    stage cuda cuda
+else
+    echo "== cuda: skipped (the bundle has no infill-cuda; gpu_bundle.sh builds it where nvcc is)"
+fi
 echo "== done: $([[ $status == 0 ]] && echo all stages passed || echo some stage failed)"
 exit $status

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::eval::tasks::Spread;
-use crate::model::FimOrder;
+use crate::model::{DeviceSpec, FimOrder};
 use crate::train::Preset;
 
 /// Command-line names for choices the domain types make: the types themselves know nothing of
@@ -361,6 +361,10 @@ pub struct TrainArgs {
     /// Also checkpoint whenever this many minutes passed since the last checkpoint.
     #[arg(long, default_value_t = 2.0, value_name = "MINUTES")]
     pub checkpoint_minutes: f64,
+    /// Where to train: cpu, cuda, cuda:N or metal (a GPU needs infill built with
+    /// `--features cuda` or `metal`). Bigger models train on scale/'s trainer instead.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|metal")]
+    pub device: DeviceSpec,
 }
 
 /// A cursor in a file, shared by the commands that work at one.
@@ -398,6 +402,10 @@ pub struct ModelArgs {
     /// 16-bit ones in bf16 unless f32 is asked for.
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub dtype: Precision,
+    /// Where the model runs: cpu, cuda, cuda:N (the N-th GPU) or metal. A GPU needs infill built
+    /// with `--features cuda` (or `metal`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]|metal")]
+    pub device: DeviceSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

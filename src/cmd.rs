@@ -24,6 +24,16 @@ pub fn open_model(args: &ModelArgs) -> anyhow::Result<Model> {
 
 /// [`open_model`], with hub downloads reported to `downloads`.
 pub fn open_model_reporting(args: &ModelArgs, downloads: Downloads) -> anyhow::Result<Model> {
+    load_model(args, args.device.open()?, downloads)
+}
+
+/// Loads the model `args` names onto `device` (opened before, so that a device that cannot be
+/// opened is reported before a command starts its work).
+pub fn load_model(
+    args: &ModelArgs,
+    device: candle_core::Device,
+    downloads: Downloads,
+) -> anyhow::Result<Model> {
     let source = ModelSource::parse(args.model.as_deref())?;
     let online = crate::model::load::online_allowed();
     let dtype = match args.dtype {
@@ -33,6 +43,7 @@ pub fn open_model_reporting(args: &ModelArgs, downloads: Downloads) -> anyhow::R
         Precision::Bf16 => Some(candle_core::DType::BF16),
     };
     let opts = LoadOptions {
+        device,
         dtype,
         downloads,
         ..LoadOptions::default()

@@ -8,6 +8,7 @@
 pub mod adapter;
 pub mod bf16_linear;
 pub mod config;
+pub mod device;
 pub mod embedded;
 pub mod generate;
 pub mod gguf;
@@ -20,6 +21,7 @@ pub mod score;
 pub mod tokenizer;
 
 pub use config::{Family, ModelConfig};
+pub use device::DeviceSpec;
 pub use load::{LoadError, LoadOptions, ModelSource};
 pub use network::Network;
 pub use tokenizer::{FimOrder, Tokenizer};

@@ -185,6 +185,8 @@ pub struct TrainOptions {
     /// Checkpoint at least this often, besides every `checkpoint_every` steps: a slow run
     /// killed before its first step checkpoint would lose everything.
     pub checkpoint_interval: std::time::Duration,
+    /// Where the model trains.
+    pub device: Device,
 }
 
 /// Files of a model directory or a training run: an `--out` holding any of them is not new.
@@ -745,7 +747,14 @@ pub fn run(
         settings.seq_len = config.max_position_embeddings;
     }
     let mut trainer = Trainer::new(
-        &config, tied, init, settings, &tokenizer, train_docs, &held_docs,
+        &config,
+        tied,
+        init,
+        settings,
+        &tokenizer,
+        train_docs,
+        &held_docs,
+        &opts.device,
     )?;
     trainer.origin = origin;
     trainer.session_start = started;

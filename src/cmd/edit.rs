@@ -12,9 +12,11 @@ pub fn run(args: &EditArgs) -> anyhow::Result<()> {
         config.completions = false;
     }
     let model_args = args.model.clone();
+    // A device that cannot be opened is said before the terminal changes.
+    let device = args.model.device.open()?;
     crate::tui::run(EditOptions {
         file: args.file.clone(),
         config,
-        model: Box::new(move || super::open_model(&model_args)),
+        model: Box::new(move || super::load_model(&model_args, device, Default::default())),
     })
 }

@@ -18,10 +18,11 @@ pub fn run(args: &LspArgs) -> anyhow::Result<()> {
         ..Options::default()
     };
     let model_args = args.model.clone();
+    let device = args.model.device.open()?;
     let exit = crate::lsp::serve(
         std::io::BufReader::new(std::io::stdin()),
         std::io::stdout().lock(),
-        Box::new(move |downloads| super::open_model_reporting(&model_args, downloads)),
+        Box::new(move |downloads| super::load_model(&model_args, device, downloads)),
         options,
     )?;
     tracing::info!("lsp: session ended ({exit:?})");

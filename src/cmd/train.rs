@@ -117,6 +117,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         explain: args.explain,
         overwrite: args.overwrite,
         checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_minutes * 60.0),
+        device: args.device.open()?,
     };
     ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed))
         .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))?;

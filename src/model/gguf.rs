@@ -519,6 +519,7 @@ impl GgufFile {
         &mut self,
         c: &LlamaConfig,
         sixteen_bits_as_bf16: bool,
+        tiles: bool,
     ) -> Result<(Quantized, HashMap<String, Tensor>), LoadError> {
         let permute = self.architecture()? == "llama";
         // Every weight the decoder needs must be there (a missing one is named when read); a
@@ -552,7 +553,7 @@ impl GgufFile {
                 None => groups.push(vec![(gguf.clone(), hf.clone())]),
             }
         }
-        for group in groups {
+        for group in groups.into_iter().filter(|_| tiles) {
             let members: Vec<(&str, Option<usize>)> = group
                 .iter()
                 .map(|(gguf, hf)| {
@@ -576,7 +577,7 @@ impl GgufFile {
             let heads = heads(&hf);
             // A matrix whose group mixes types: alone, from the file or requantized.
             let head_dim = heads.filter(|_| permute).map(|_| c.head_dim);
-            if let Some(mut layer) = self.q8(&[(gguf.as_str(), head_dim)])? {
+            if tiles && let Some(mut layer) = self.q8(&[(gguf.as_str(), head_dim)])? {
                 if let Some(layer) = layer.pop() {
                     quantized.q8.insert(hf, layer);
                 }
@@ -627,10 +628,19 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
         }
     };
     check_shapes(&file, &config)?;
-    let (quantized, small) = file.decoder_tensors(&config, sixteen_bits_as_bf16)?;
+    // Off the CPU (or with candle's kernels asked for) every matrix is a tensor in its stored
+    // type for candle's quantized kernels, on the device.
+    let host = opts.host_kernels();
+    let (mut quantized, small) =
+        file.decoder_tensors(&config, sixteen_bits_as_bf16 && host, host)?;
+    if !opts.device.is_cpu() {
+        quantized = quantized
+            .to_device(&opts.device)
+            .map_err(|e| file.err(e.to_string()))?;
+    }
     let vb = VarBuilder::from_tensors(small, DType::F32, &opts.device);
-    let model =
-        Llama::new_quantized(&config, vb, &quantized).map_err(|e| file.err(e.to_string()))?;
+    let model = Llama::new_quantized(&config, vb, &quantized, opts.inference_kernels())
+        .map_err(|e| file.err(e.to_string()))?;
     let name = path.display().to_string();
     Ok(Model {
         name,
@@ -649,7 +659,8 @@ pub fn dequantized(
     let config = file.llama_config()?;
     let tokenizer = file.tokenizer(config.vocab_size)?;
     check_shapes(&file, &config)?;
-    let (quantized, mut weights) = file.decoder_tensors(&config, false)?;
+    // Straight from the stored types: no tiles (a type the tiles requantize would lose bits).
+    let (quantized, mut weights) = file.decoder_tensors(&config, false, false)?;
     for (name, layer) in quantized.q8 {
         let values = layer
             .dequantize(&Device::Cpu)

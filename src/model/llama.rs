@@ -5,10 +5,11 @@
 //! tied or untied head), and tensor names mirror the checkpoint's so a `VarBuilder` over a safetensors
 //! file or over a `VarMap` builds the same model.
 //!
-//! Two kernel sets compute the same function: [`Kernels::Fused`] uses candle-nn's fast `rms_norm`,
-//! `softmax_last_dim` and `rope`, which have no backward pass; [`Kernels::Differentiable`] composes them
-//! from primitive ops that do. Training must use the latter or the norms and embeddings silently get
-//! no gradient (tested below).
+//! Four kernel sets compute the same function (see [`Kernels`]): for inference, candle-nn's fast
+//! `rms_norm`, `softmax_last_dim` and `rope`, which have no backward pass, with infill's own
+//! attention kernels on the CPU; for training, ops that have one (infill's f32 ops on the CPU,
+//! candle's primitives anywhere). Training must use the latter or the norms and embeddings
+//! silently get no gradient (tested below). Off the CPU, only candle's ops run.
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
@@ -48,7 +49,7 @@ impl Proj {
             Self::Bf16(l) => l.forward(xs),
             Self::Q8(l) => l.forward(xs),
             Self::Quant(m, bias) => {
-                let product = quantized_product(m, xs)?;
+                let product = quantized_product(m, xs, kernels)?;
                 match bias {
                     Some(bias) => product.broadcast_add(bias),
                     None => Ok(product),
@@ -78,15 +79,15 @@ const GEMM_ROWS: usize = 16;
 const GEMM_CHUNK: usize = 2048;
 
 /// `xs` times the transpose of a GGUF matrix. Decoding steps use candle's quantized vector
-/// products (which read the fewest bytes); prompts dequantize the matrix a chunk of rows at a
-/// time into candle's f32 GEMM, which batches where the vector products cannot.
-fn quantized_product(m: &QMatMul, xs: &Tensor) -> Result<Tensor> {
+/// products (which read the fewest bytes); prompts on the CPU dequantize the matrix a chunk of
+/// rows at a time into candle's f32 GEMM, which batches where the vector products cannot.
+fn quantized_product(m: &QMatMul, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
     let QMatMul::QTensor(q) = m else {
         return m.forward(xs);
     };
     let k = xs.dim(D::Minus1)?;
     let rows = xs.elem_count() / k.max(1);
-    if rows < GEMM_ROWS || !xs.device().is_cpu() {
+    if rows < GEMM_ROWS || !kernels.cpu() {
         return m.forward(xs);
     }
     let (n, _) = q.shape().dims2()?;
@@ -197,6 +198,26 @@ impl Quantized {
             || self.q8.contains_key(name)
     }
 
+    /// The same matrices on `device`, for candle's quantized kernels there (infill's tiles and
+    /// bf16 matrices are the CPU's own and are refused).
+    pub fn to_device(self, device: &Device) -> Result<Self> {
+        if !self.q8.is_empty() || !self.bf16.is_empty() {
+            candle_core::bail!("infill's CPU layouts of the weights cannot move to {device:?}");
+        }
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let storage = QStorage::from_data(t.data()?, device, t.dtype())?;
+                Ok((name, Arc::new(QTensor::new(storage, t.shape())?)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            tensors,
+            ..Self::default()
+        })
+    }
+
     /// `vb`'s `weight` as a Q8_0 layer with `bias`, if it is one of the Q8_0 matrices.
     fn q8_layer(
         &self,
@@ -283,13 +304,40 @@ const PROMPT_BLOCK: usize = 256;
 #[cfg(test)]
 const PROMPT_BLOCK: usize = 8;
 
-/// Which implementation of norm, softmax and RoPE a forward pass uses.
+/// Which implementation of norm, softmax, RoPE and attention a forward pass uses: for inference or
+/// for training, with infill's CPU kernels or with candle's ops only (each of which has a CPU, a
+/// CUDA and a Metal kernel). A model built off the CPU takes the candle-only set of its kind
+/// ([`Kernels::on`]); on the CPU that set computes what a GPU would, to check the CPU kernels by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Fast fused CPU/GPU kernels without gradients: inference.
+    /// Inference on the CPU: candle-nn's fused norm, softmax and RoPE, infill's attention
+    /// kernels (decoding in one pass over the keys, the causal mask inside the softmax, long
+    /// prompts by blocks) and its quantized prompt products. No gradients.
     Fused,
-    /// Primitive ops only, every one with a backward: training.
+    /// Inference on any device: candle-nn's fused ops and candle's attention (scores, an added
+    /// causal mask, softmax). No gradients.
+    Portable,
+    /// Training on the CPU: infill's f32 ops, each with its backward.
     Differentiable,
+    /// Training on any device: candle's primitive ops, each with a backward.
+    Composed,
+}
+
+impl Kernels {
+    /// This set where infill's CPU kernels can run (the model is on the CPU), else the set of
+    /// candle's ops for the same purpose.
+    pub fn on(self, device: &Device) -> Self {
+        match self {
+            Self::Fused if !device.is_cpu() => Self::Portable,
+            Self::Differentiable if !device.is_cpu() => Self::Composed,
+            kernels => kernels,
+        }
+    }
+
+    /// Whether infill's own CPU kernels run.
+    fn cpu(self) -> bool {
+        matches!(self, Self::Fused | Self::Differentiable)
+    }
 }
 
 /// Keys and values of every layer for the tokens seen so far.
@@ -476,11 +524,13 @@ impl RmsNorm {
 
     fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
         match kernels {
-            Kernels::Fused => candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32),
+            Kernels::Fused | Kernels::Portable => {
+                candle_nn::ops::rms_norm(xs, &self.weight, self.eps as f32)
+            }
             Kernels::Differentiable if xs.dtype() == DType::F32 => {
                 super::ops::rms_norm(xs, &self.weight, self.eps)
             }
-            Kernels::Differentiable => {
+            Kernels::Differentiable | Kernels::Composed => {
                 // transformers computes the norm in f32, then casts back before the weight.
                 let dtype = xs.dtype();
                 let x = xs.to_dtype(DType::F32)?;
@@ -548,9 +598,11 @@ impl Rope {
         let cos = self.cos.narrow(0, offset, seq)?;
         let sin = self.sin.narrow(0, offset, seq)?;
         match kernels {
-            Kernels::Fused => candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin),
+            Kernels::Fused | Kernels::Portable => {
+                candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)
+            }
             Kernels::Differentiable if xs.dtype() == DType::F32 => super::ops::rope(xs, &cos, &sin),
-            Kernels::Differentiable => {
+            Kernels::Differentiable | Kernels::Composed => {
                 let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
                 let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
                 let half = xs.dim(D::Minus1)? / 2;
@@ -665,10 +717,8 @@ impl Attention {
         let heads = q;
         let q = heads.reshape((b, kv_heads, n_rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let cpu_f32 = ctx.kernels == Kernels::Fused
-            && q.device().is_cpu()
-            && q.dtype() == DType::F32
-            && k.dtype() == DType::F32;
+        let cpu_f32 =
+            ctx.kernels == Kernels::Fused && q.dtype() == DType::F32 && k.dtype() == DType::F32;
         let out = if cpu_f32 && t == 1 {
             // A decoded token sees every key: one pass over them (see `ops::decode_attention`).
             super::ops::decode_attention(&q, &k, &v, scale)?
@@ -691,7 +741,7 @@ impl Attention {
             Tensor::cat(&blocks, 2)?
         } else {
             let raw = q.matmul(&k.t()?)?;
-            let probs = if masks_in_softmax(ctx.kernels, raw.dtype(), raw.device()) {
+            let probs = if masks_in_softmax(ctx.kernels, raw.dtype()) {
                 // Scale, causal mask and softmax in one pass over the scores, masked keys skipped
                 // (with its own backward for training). Separate ops would write the
                 // `(rows, keys)` scores three more times: 126 MB a layer for a 1,500-token prompt of
@@ -710,8 +760,11 @@ impl Attention {
                     None => {}
                 }
                 match ctx.kernels {
-                    Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+                    Kernels::Fused | Kernels::Portable => {
+                        candle_nn::ops::softmax_last_dim(&scores)?
+                    }
                     Kernels::Differentiable => super::ops::softmax_last_dim(&scores)?,
+                    Kernels::Composed => candle_nn::ops::softmax(&scores, D::Minus1)?,
                 }
             };
             probs.to_dtype(v.dtype())?.matmul(&v)?
@@ -833,15 +886,10 @@ impl Llama {
         config: &LlamaConfig,
         vb: VarBuilder,
         quantized: &Quantized,
+        kernels: Kernels,
     ) -> Result<Self> {
         let tie = !quantized.contains("lm_head.weight");
-        Self::build(
-            config,
-            vb,
-            tie,
-            Kernels::Fused,
-            Projections::Quantized(quantized),
-        )
+        Self::build(config, vb, tie, kernels, Projections::Quantized(quantized))
     }
 
     fn build(
@@ -851,6 +899,7 @@ impl Llama {
         kernels: Kernels,
         p: Projections,
     ) -> Result<Self> {
+        let kernels = kernels.on(vb.device());
         // In bf16, everything but the projections, the embeddings and the head is f32.
         let vb = match p {
             Projections::AsLoaded | Projections::Quantized(_) => vb,
@@ -928,6 +977,11 @@ impl Llama {
         self.tied
     }
 
+    /// The kernels this model's forwards run.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
     pub fn device(&self) -> &Device {
         self.rope.cos.device()
     }
@@ -999,7 +1053,7 @@ impl Llama {
         }
         // Only the attention that adds a mask to its scores needs one (a 2,048-token prompt's
         // is 16 MB); the f32 kernels mask inside their softmax.
-        let mask = (t > 1 && !masks_in_softmax(self.kernels, self.dtype(), self.device()))
+        let mask = (t > 1 && !masks_in_softmax(self.kernels, self.dtype()))
             .then(|| causal_mask(t, offset, self.device()))
             .transpose()?;
         let mut ctx = StepContext {
@@ -1055,11 +1109,11 @@ impl Llama {
     }
 }
 
-/// Whether attention over scores of `dtype` on `device` masks the future inside its softmax
-/// (`ops::causal_softmax`, which has a CPU kernel and a differentiable form, both for f32) rather
-/// than adding [`causal_mask`]'s tensor to the scores.
-fn masks_in_softmax(kernels: Kernels, dtype: DType, device: &Device) -> bool {
-    dtype == DType::F32 && (kernels == Kernels::Differentiable || device.is_cpu())
+/// Whether attention over scores of `dtype` masks the future inside its softmax
+/// (`ops::causal_softmax`, infill's CPU kernel for f32, with its own backward) rather than adding
+/// [`causal_mask`]'s tensor to the scores.
+fn masks_in_softmax(kernels: Kernels, dtype: DType) -> bool {
+    dtype == DType::F32 && kernels.cpu()
 }
 
 /// `(seq, offset + seq)` additive mask: 0 where a query may attend, -inf in the future.
@@ -1160,17 +1214,57 @@ mod tests {
         }
     }
 
+    /// The candle-only sets are what a GPU runs: on the CPU they must compute what infill's
+    /// kernels compute, prompts (longer than an attention block), cached decoding steps and,
+    /// for training, every gradient.
     #[test]
-    fn fused_and_differentiable_kernels_agree() {
+    fn every_kernel_set_computes_the_same_logits_and_gradients() {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let cfg = tiny(Family::Qwen2);
-        let train = Llama::new(&cfg, vb.clone(), false, Kernels::Differentiable).unwrap();
-        let infer = Llama::new(&cfg, vb, false, Kernels::Fused).unwrap();
-        let input = ids(&[3, 1, 4, 1, 5, 9, 2, 6]);
-        let a = train.forward_all(&input, 0, None).unwrap();
-        let b = infer.forward_all(&input, 0, None).unwrap();
-        assert!(close(&a, &b));
+        for var in varmap.all_vars() {
+            let noise = var.randn_like(0.0, 0.1).unwrap();
+            var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let sets = [
+            Kernels::Fused,
+            Kernels::Portable,
+            Kernels::Differentiable,
+            Kernels::Composed,
+        ];
+        let models = sets.map(|k| Llama::new(&cfg, vb.clone(), false, k).unwrap());
+        assert_eq!(models.each_ref().map(|m| m.kernels), sets, "on the CPU");
+        let seq = [3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7];
+        let want = models[0].forward_all(&ids(&seq), 0, None).unwrap();
+        for (model, kernels) in models.iter().zip(sets).skip(1) {
+            let got = model.forward_all(&ids(&seq), 0, None).unwrap();
+            assert!(close(&got, &want), "{kernels:?}");
+        }
+        let prompt = 11;
+        for model in &models[..2] {
+            let mut cache = model.new_cache();
+            model
+                .forward_last(&ids(&seq[..prompt]), 0, Some(&mut cache))
+                .unwrap();
+            for (pos, &tok) in seq.iter().enumerate().skip(prompt) {
+                let step = model
+                    .forward_last(&ids(&[tok]), pos, Some(&mut cache))
+                    .unwrap();
+                let want = want.narrow(1, pos, 1).unwrap().squeeze(1).unwrap();
+                assert!(close(&step, &want), "{:?} at {pos}", model.kernels);
+            }
+        }
+        let targets = Tensor::new(&seq[1..], &Device::Cpu).unwrap();
+        let gradients = |model: &Llama| {
+            let logits = model.forward_all(&ids(&seq[..13]), 0, None).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0).unwrap(), &targets);
+            loss.unwrap().backward().unwrap()
+        };
+        let (cpu, composed) = (gradients(&models[2]), gradients(&models[3]));
+        for var in varmap.all_vars() {
+            let want = cpu.get(var.as_tensor()).unwrap();
+            assert!(close(composed.get(var.as_tensor()).unwrap(), want));
+        }
     }
 
     #[test]

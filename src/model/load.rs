@@ -696,6 +696,10 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Where hub downloads report.
     pub downloads: Downloads,
+    /// Whether infill's own CPU kernels run where the device is the CPU (bf16 and quantized
+    /// products, attention); `false` runs candle's ops only, as on a GPU, which checks the one
+    /// against the other.
+    pub cpu_kernels: bool,
 }
 
 impl Default for LoadOptions {
@@ -704,6 +708,23 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             downloads: Downloads::default(),
+            cpu_kernels: true,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Whether infill's CPU kernels and their layouts of the weights are used.
+    pub fn host_kernels(&self) -> bool {
+        self.cpu_kernels && self.device.is_cpu()
+    }
+
+    /// The kernels an inference model runs.
+    pub fn inference_kernels(&self) -> Kernels {
+        if self.host_kernels() {
+            Kernels::Fused
+        } else {
+            Kernels::Portable
         }
     }
 }
@@ -744,18 +765,19 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
         }
     }
     let first = files.weights.first().map(Blob::label).unwrap_or_default();
-    // In bf16 our decoder reads its projections straight into its own bf16 kernel (candle's CPU
-    // matmul has none) and computes in f32; the other families compute in f32 only.
+    // In bf16 our decoder reads its projections on the CPU straight into its own bf16 kernel
+    // (candle's CPU matmul has none) and computes in f32; a GPU computes in bf16 itself. The
+    // other families compute in f32 only.
     let stored_bf16 = owner
         .get("model.layers.0.mlp.up_proj.weight")
         .is_some_and(|(_, t)| t.dtype == "BF16");
-    let dtype = opts
-        .dtype
-        .unwrap_or(if stored_bf16 && opts.device.is_cpu() {
+    let dtype = opts.dtype.unwrap_or(
+        if stored_bf16 && (opts.host_kernels() || !opts.device.is_cpu()) {
             DType::BF16
         } else {
             DType::F32
-        });
+        },
+    );
     // Candle's StarCoder2 and GPT-BigCode compute in the weights' dtype: GPT-BigCode cannot
     // upcast bf16 or f16, and StarCoder2's bf16 logits are off by up to 0.9 nats where
     // transformers' are off by 0.03. Refuse rather than run them wrong.
@@ -774,7 +796,7 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
         });
     }
     let llama_bf16 =
-        matches!(config, ModelConfig::Llama(_)) && dtype == DType::BF16 && opts.device.is_cpu();
+        matches!(config, ModelConfig::Llama(_)) && dtype == DType::BF16 && opts.host_kernels();
     let vb = var_builder(files, dtype, &opts.device)?;
     let candle = |e: candle_core::Error| LoadError::Weights {
         path: first.clone(),
@@ -788,7 +810,7 @@ pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Model, LoadError> 
                 let in_place = in_place_bf16(&owner, &blob_of)?;
                 Llama::new_bf16(c, vb, tie, &in_place)
             } else {
-                Llama::new(c, vb, tie, Kernels::Fused)
+                Llama::new(c, vb, tie, opts.inference_kernels())
             };
             Network::llama(model.map_err(candle)?)
         }

@@ -90,6 +90,13 @@ impl AdamW {
                 lr: lr as f32,
                 grad_scale: (grad_scale < 1.0).then_some(grad_scale as f32),
             };
+            if !var.device().is_cpu() {
+                // On a GPU the same arithmetic as tensor ops, where the values lie.
+                let (new_p, new_m, new_v) = update_tensors(var.as_tensor(), g, m, v, &k)?;
+                (*m, *v) = (new_m, new_v);
+                var.set(&new_p)?;
+                continue;
+            }
             let shape = var.shape().clone();
             let (new_p, new_m, new_v) = with_f32(var.as_tensor(), |param| {
                 with_f32(g, |grad| {
@@ -159,6 +166,27 @@ fn update(
             }
         });
     (np, nm, nv)
+}
+
+/// [`update`] as tensor ops (one tensor the size of the parameter each), for parameters off the
+/// CPU.
+fn update_tensors(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    k: &Coefficients,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let grad = match k.grad_scale {
+        Some(s) => (grad * f64::from(s))?,
+        None => grad.clone(),
+    };
+    let m1 = ((m * f64::from(k.beta1))? + (&grad * f64::from(k.one_minus_beta1))?)?;
+    let v1 = ((v * f64::from(k.beta2))? + (grad.sqr()? * f64::from(k.one_minus_beta2))?)?;
+    let denominator = ((&v1 / f64::from(k.bc2))?.sqrt()? + f64::from(k.eps))?;
+    let update = ((&m1 / f64::from(k.bc1))? / denominator)?;
+    let p1 = ((param * f64::from(k.decay))? - (update * f64::from(k.lr))?)?;
+    Ok((p1, m1, v1))
 }
 
 /// Runs `f` on the f32 values of `t` in row-major order: borrowed from the tensor's storage when
@@ -267,6 +295,52 @@ mod tests {
                     .max_all()
                     .unwrap();
                 assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "step {step}");
+            }
+        }
+    }
+
+    /// The update a GPU runs (tensor ops) equals the CPU's fused pass, clipped or not.
+    #[test]
+    fn the_tensor_update_equals_the_fused_one() {
+        let dev = Device::Cpu;
+        let draw = |seed: f32| {
+            (Tensor::randn(0f32, 1.0, 517, &dev).unwrap() * f64::from(seed))
+                .unwrap()
+                .abs()
+                .unwrap()
+        };
+        let (param, grad, m) = (draw(1.0), (draw(2.0) - 1.0).unwrap(), draw(0.1));
+        let v = draw(0.01);
+        for grad_scale in [None, Some(0.3f32)] {
+            let k = Coefficients {
+                beta1: 0.9,
+                one_minus_beta1: 0.1,
+                beta2: 0.95,
+                one_minus_beta2: 0.05,
+                bc1: 0.271,
+                bc2: 0.142_625,
+                eps: 1e-8,
+                decay: 0.999,
+                lr: 3e-3,
+                grad_scale,
+            };
+            let values = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+            let fused = update(
+                &values(&param),
+                &values(&grad),
+                &values(&m),
+                &values(&v),
+                &k,
+            );
+            let tensors = update_tensors(&param, &grad, &m, &v, &k).unwrap();
+            for (want, got) in [
+                (&fused.0, &tensors.0),
+                (&fused.1, &tensors.1),
+                (&fused.2, &tensors.2),
+            ] {
+                for (a, b) in want.iter().zip(values(got)) {
+                    assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} against {b}");
+                }
             }
         }
     }

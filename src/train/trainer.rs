@@ -159,8 +159,9 @@ fn named_vars(varmap: &VarMap) -> anyhow::Result<Vec<(String, candle_core::Var)>
 }
 
 impl Trainer {
-    /// A trainer over `train` documents with `held` documents for evaluation. `init` holds starting
-    /// weights by name (from a model directory); `None` starts from random weights.
+    /// A trainer over `train` documents with `held` documents for evaluation, on `device`. `init`
+    /// holds starting weights by name (from a model directory); `None` starts from random weights.
+    #[allow(clippy::too_many_arguments)] // each is one thing the run is made of
     pub fn new(
         config: &LlamaConfig,
         tied: bool,
@@ -169,8 +170,9 @@ impl Trainer {
         tokenizer: &Tokenizer,
         train: Vec<Doc>,
         held: &[Doc],
+        device: &Device,
     ) -> anyhow::Result<Self> {
-        let device = Device::Cpu;
+        let device = device.clone();
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let model = Llama::new(config, vb, tied, Kernels::Differentiable)?;
@@ -180,7 +182,11 @@ impl Trainer {
                 let t = init
                     .get(name)
                     .with_context(|| format!("the initial weights have no tensor {name:?}"))?;
-                var.set(&t.to_dtype(DType::F32)?.reshape(var.shape())?)?;
+                var.set(
+                    &t.to_dtype(DType::F32)?
+                        .reshape(var.shape())?
+                        .to_device(&device)?,
+                )?;
             }
         } else {
             // Seeded initialisation: normal(0, 0.02) for matrices, as transformers initialises.
@@ -312,11 +318,16 @@ impl Trainer {
             .flat_map(|w| w[1..=t].iter().copied())
             .collect();
         let b = batch.len();
-        let device = Device::Cpu;
-        let inputs = Tensor::from_vec(inputs, (b, t), &device)?;
+        let device = self.model.device();
+        let inputs = Tensor::from_vec(inputs, (b, t), device)?;
         let logits = self.model.forward_all(&inputs, 0, None)?;
         let v = logits.dim(D::Minus1)?;
-        let loss = crate::model::ops::cross_entropy(&logits.reshape((b * t, v))?, &targets)?;
+        let logits = logits.reshape((b * t, v))?;
+        let loss = if device.is_cpu() {
+            crate::model::ops::cross_entropy(&logits, &targets)?
+        } else {
+            candle_nn::loss::cross_entropy(&logits, &Tensor::new(targets, device)?)?
+        };
         Ok((loss, b * t))
     }
 

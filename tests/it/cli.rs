@@ -567,3 +567,39 @@ fn commands_log_to_the_state_directory_not_the_terminal() {
         "{text}"
     );
 }
+
+#[test]
+fn a_device_not_built_in_or_not_a_device_is_said_in_one_line() {
+    let model = fixture("qwen2");
+    let m = model.to_str().unwrap();
+    let src = source_file(b"x = 1\n");
+    let p = src.path().to_str().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let at = ["--file", p, "--line", "1", "--column", "1", "--model", m];
+    let commands: [Vec<&str>; 4] = [
+        [&["complete"][..], &at].concat(),
+        vec!["score", p, "--model", m],
+        vec!["edit", p, "--model", m],
+        vec!["train", "--repo", p, "--out", o, "--init", m],
+    ];
+    for command in &commands {
+        let with = |device: &str| infill(&[&command[..], &["--device", device]].concat());
+        // A name that is not a device is a usage error, said by clap on its first line.
+        for (name, needle) in [("tpu", "not a device"), ("cuda:x", "cuda:N")] {
+            let out = with(name);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.lines().next().unwrap().contains(needle), "{stderr}");
+        }
+        if !candle_core::utils::cuda_is_available() {
+            assert_one_line_error(&with("cuda:1"), "--features cuda");
+        }
+        if !candle_core::utils::metal_is_available() {
+            assert_one_line_error(&with("metal"), "--features metal");
+        }
+    }
+    // Nothing was trained, and the terminal was never taken.
+    assert!(!out.exists());
+}

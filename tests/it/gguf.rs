@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{Device, Module};
+use infill::model::llama::Kernels;
 use infill::model::load::{Downloads, LoadError, ModelSource};
 use infill::model::tokenizer::Tokenizer;
-use infill::model::{LoadOptions, Model, gguf};
+use infill::model::{LoadOptions, Model, gguf, load};
 
 use crate::{fixture, golden, infill_cmd, logits_all, max_abs, max_abs_diff, open, succeeded};
 
@@ -190,23 +191,64 @@ fn q5_0_files_run_on_the_integer_kernels() {
         let range = max_abs(&g.logits);
         let gap = max_abs_diff(&all, &logits_all(&reference, &g.ids));
         assert!(gap <= 0.1 * range, "{name}: {gap} of {range}");
-        let llama = model.network.as_llama().unwrap();
-        let mut cache = llama.new_cache();
-        let rows: Vec<_> = g
-            .ids
-            .iter()
-            .enumerate()
-            .map(|(pos, &id)| {
-                let input = candle_core::Tensor::new(&[id], llama.device())
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap();
-                let out = llama.forward_all(&input, pos, Some(&mut cache)).unwrap();
-                out.squeeze(0).unwrap()
-            })
-            .collect();
-        let stepwise = candle_core::Tensor::cat(&rows, 0).unwrap();
-        assert!(relative_error(&stepwise, &all) < 0.05, "{name}");
+        assert!(
+            relative_error(&stepwise(&model, &g.ids), &all) < 0.05,
+            "{name}"
+        );
+    }
+}
+
+/// The logits of `ids` decoded one token at a time through the KV cache.
+fn stepwise(model: &Model, ids: &[u32]) -> candle_core::Tensor {
+    let llama = model.network.as_llama().unwrap();
+    let mut cache = llama.new_cache();
+    let rows: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(pos, &id)| {
+            let input = candle_core::Tensor::new(&[id], llama.device())
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let out = llama.forward_all(&input, pos, Some(&mut cache)).unwrap();
+            out.squeeze(0).unwrap()
+        })
+        .collect();
+    candle_core::Tensor::cat(&rows, 0).unwrap()
+}
+
+/// Without infill's CPU kernels (`cpu_kernels: false`) a model runs candle's ops only, with its
+/// matrices in their stored types on candle's quantized kernels: what `--device cuda` and
+/// `--device metal` run. On the CPU that route computes what infill's kernels compute, within the
+/// rounding that tells them apart (the 16-bit matrices run in bf16 on infill's kernel, exact on
+/// candle's; both round Q8_0 products' activations to 8 bits, each off the dequantized weights'
+/// logits by up to a tenth of their range, as above), for a prompt and for cached decoding steps.
+#[test]
+fn candles_own_kernels_compute_what_infills_compute() {
+    let candle = LoadOptions {
+        cpu_kernels: false,
+        ..LoadOptions::default()
+    };
+    for name in ["qwen2", "llama"] {
+        let g = golden(name);
+        let range = max_abs(&g.logits);
+        for (kind, tolerance) in [("hf", 1e-5), ("f32", 1e-5), ("f16", 0.05), ("q8_0", 0.1)] {
+            let load = |opts: &LoadOptions| match kind {
+                "hf" => load::load(&load::locate_dir(&fixture(name)).unwrap(), opts).unwrap(),
+                _ => gguf::load(&gguf_fixture(&format!("{name}-{kind}.gguf")), opts).unwrap(),
+            };
+            let (ours, theirs) = (load(&LoadOptions::default()), load(&candle));
+            let (fused, portable) = (
+                ours.network.as_llama().unwrap().kernels(),
+                theirs.network.as_llama().unwrap().kernels(),
+            );
+            assert_eq!((fused, portable), (Kernels::Fused, Kernels::Portable));
+            let all = logits_all(&theirs, &g.ids);
+            let gap = max_abs_diff(&all, &logits_all(&ours, &g.ids));
+            assert!(gap <= tolerance * range, "{name} {kind}: {gap} of {range}");
+            let steps = stepwise(&theirs, &g.ids);
+            assert!(relative_error(&steps, &all) < 1e-3, "{name} {kind}");
+        }
     }
 }
 

@@ -94,6 +94,7 @@ fn training_matches_pytorch_for_the_first_steps() {
         &tokenizer,
         docs(),
         &docs()[..1],
+        &Device::Cpu,
     )
     .unwrap();
     let want: Vec<f64> = golden["losses"]
@@ -151,6 +152,7 @@ fn loss_goes_down_from_scratch_on_a_tiny_corpus() {
         &tokenizer,
         docs(),
         &docs()[..1],
+        &Device::Cpu,
     )
     .unwrap();
     let before = trainer.evaluate().unwrap();
@@ -193,6 +195,7 @@ fn interrupted_and_resumed_training_equals_an_uninterrupted_run() {
             &tokenizer,
             docs(),
             &docs()[..1],
+            &Device::Cpu,
         )
         .unwrap()
     };
@@ -342,6 +345,7 @@ fn sharded_steps_equal_one_thread_taking_the_whole_batch() {
                 &tokenizer,
                 docs(),
                 &docs()[..1],
+                &Device::Cpu,
             )
             .unwrap();
             let losses: Vec<f64> = (0..2)
@@ -718,6 +722,7 @@ fn held_out_windows_are_sampled_across_all_files() {
             &tokenizer,
             docs(),
             held,
+            &Device::Cpu,
         )
         .unwrap()
         .evaluate()
@@ -774,6 +779,7 @@ fn held_out_bits_per_byte_count_each_byte_once_at_any_length() {
         &tokenizer,
         docs(),
         &held,
+        &Device::Cpu,
     )
     .unwrap();
     let bytes = |h: &infill::train::trainer::HeldOut| {
@@ -816,6 +822,7 @@ fn held_out_figures_by_language_top_up_a_small_language() {
             &tokenizer,
             docs(),
             held,
+            &Device::Cpu,
         )
         .unwrap()
     };
@@ -1045,6 +1052,7 @@ fn too_little_text_to_fill_a_window_is_an_error_after_one_pack() {
         &tokenizer,
         tiny,
         &docs()[..1],
+        &Device::Cpu,
     )
     .unwrap();
     let err = trainer.train_step(&tokenizer).unwrap_err().to_string();

@@ -84,16 +84,16 @@ impl Trainer {
             let w = weights
                 .get(name)
                 .with_context(|| format!("checkpoint lacks {name}"))?;
-            var.set(w)?;
+            var.set(&w.to_device(var.device())?)?;
             if let (Some(m), Some(v)) = (
                 moments.get(&format!("m.{name}")),
                 moments.get(&format!("v.{name}")),
             ) {
                 if let Some(slot) = self.opt.m.get_mut(i) {
-                    *slot = m.clone();
+                    *slot = m.to_device(var.device())?;
                 }
                 if let Some(slot) = self.opt.v.get_mut(i) {
-                    *slot = v.clone();
+                    *slot = v.to_device(var.device())?;
                 }
             }
         }
