@@ -1,6 +1,7 @@
 //! LoRA adapters as peft writes them (`adapter_config.json`, `adapter_model.safetensors`): read,
 //! checked against a base model, and merged into its weights (`W + alpha/r * B A`, computed in
-//! f32), for `infill models import` and `--adapter`.
+//! f32), for `infill models import` and `--adapter`; or applied at run time, so that the editor
+//! switches adapters without loading the base again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -141,6 +142,30 @@ impl Adapter {
     /// Modules the adapter changes.
     pub fn modules(&self) -> usize {
         self.pairs.len() + self.replaced.len()
+    }
+
+    /// Applies the adapter to `network` at run time, in place of the one applied before (see
+    /// [`Llama::set_lora`](super::llama::Llama::set_lora)); the base's weights stay as they are.
+    /// Only infill's own decoder takes one, and only an adapter of low-rank updates: one that
+    /// replaces whole weights (peft's `modules_to_save`) is merged instead (`infill models
+    /// import`).
+    pub fn apply(&self, network: &mut super::Network) -> anyhow::Result<()> {
+        if let Some((name, _)) = self.replaced.first() {
+            anyhow::bail!(
+                "{}: the adapter replaces {name} whole, which only a merge applies: `infill models import`",
+                self.dir.display()
+            );
+        }
+        if self.transposed {
+            anyhow::bail!(
+                "{}: fan_in_fan_out is set (GPT-2 style weights), which infill's decoder does not have",
+                self.dir.display()
+            );
+        }
+        let updates = self.pairs.iter().map(|(n, a, b)| (n.as_str(), a, b));
+        network
+            .set_lora(updates, self.scale)
+            .with_context(|| format!("{}", self.dir.display()))
     }
 
     /// Adds the adapter into `weights` (the base model's, by name), each merged weight kept in

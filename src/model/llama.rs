@@ -297,6 +297,50 @@ impl Embed {
     }
 }
 
+/// A LoRA adapter's update of one projection, applied at run time: `x Aᵀ (scale Bᵀ)` is added
+/// to the projection's product, so adapters switch without touching the base's weights (which
+/// may be quantized or mapped read-only).
+#[derive(Debug, Clone)]
+struct Lora {
+    /// `Aᵀ`, `(in, r)`.
+    a_t: Tensor,
+    /// `scale * Bᵀ`, `(r, out)`.
+    b_t: Tensor,
+}
+
+impl Lora {
+    /// `product` plus this update of `xs`, `(..., in)`.
+    fn add(lora: Option<&Self>, product: Tensor, xs: &Tensor) -> Result<Tensor> {
+        match lora {
+            None => Ok(product),
+            Some(l) => {
+                let update = xs.broadcast_matmul(&l.a_t)?.broadcast_matmul(&l.b_t)?;
+                let update = update.to_dtype(product.dtype())?;
+                product + update
+            }
+        }
+    }
+}
+
+/// The projections of one layer that an adapter updates.
+#[derive(Debug, Clone, Default)]
+struct LayerLora {
+    q: Option<Lora>,
+    k: Option<Lora>,
+    v: Option<Lora>,
+    o: Option<Lora>,
+    gate: Option<Lora>,
+    up: Option<Lora>,
+    down: Option<Lora>,
+}
+
+/// An adapter's updates, by layer, and of the head.
+#[derive(Debug, Clone, Default)]
+struct Loras {
+    layers: Vec<LayerLora>,
+    head: Option<Lora>,
+}
+
 /// Queries per block of a long prompt's attention (see `Attention::forward`); small in unit
 /// tests, so that the tiny models' prompts take the blocked path.
 #[cfg(not(test))]
@@ -696,6 +740,15 @@ impl Attention {
                 self.v_proj.forward(xs, ctx.kernels)?,
             ),
         };
+        let lora = ctx.lora.and_then(|l| l.layers.get(layer));
+        let (q, k, v) = match lora {
+            None => (q, k, v),
+            Some(l) => (
+                Lora::add(l.q.as_ref(), q, xs)?,
+                Lora::add(l.k.as_ref(), k, xs)?,
+                Lora::add(l.v.as_ref(), v, xs)?,
+            ),
+        };
         let q = split(q, self.num_heads)?;
         let k = split(k, self.num_kv_heads)?;
         let v = split(v, self.num_kv_heads)?;
@@ -773,7 +826,8 @@ impl Attention {
             .reshape((b, self.num_heads, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * d))?;
-        self.o_proj.forward(&out, ctx.kernels)
+        let o = self.o_proj.forward(&out, ctx.kernels)?;
+        Lora::add(lora.and_then(|l| l.o.as_ref()), o, &out)
     }
 }
 
@@ -799,7 +853,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, kernels: Kernels, lora: Option<&LayerLora>) -> Result<Tensor> {
         let (gate, up) = match &self.gate_up {
             Some(gate_up) => {
                 let both = gate_up.forward(xs)?;
@@ -811,13 +865,21 @@ impl Mlp {
                 self.up_proj.forward(xs, kernels)?,
             ),
         };
+        let (gate, up) = match lora {
+            None => (gate, up),
+            Some(l) => (
+                Lora::add(l.gate.as_ref(), gate, xs)?,
+                Lora::add(l.up.as_ref(), up, xs)?,
+            ),
+        };
         let act = match kernels {
             Kernels::Differentiable if gate.dtype() == DType::F32 => {
                 super::ops::swiglu(&gate, &up)?
             }
             _ => (gate.silu()? * up)?,
         };
-        self.down_proj.forward(&act, kernels)
+        let down = self.down_proj.forward(&act, kernels)?;
+        Lora::add(lora.and_then(|l| l.down.as_ref()), down, &act)
     }
 }
 
@@ -834,7 +896,8 @@ impl Block {
         let h = self.input_layernorm.forward(xs, ctx.kernels)?;
         let xs = (xs + self.self_attn.forward(&h, ctx, layer)?)?;
         let h = self.post_attention_layernorm.forward(&xs, ctx.kernels)?;
-        xs + self.mlp.forward(&h, ctx.kernels)?
+        let lora = ctx.lora.and_then(|l| l.layers.get(layer));
+        xs + self.mlp.forward(&h, ctx.kernels, lora)?
     }
 }
 
@@ -845,6 +908,7 @@ struct StepContext<'a> {
     mask: Option<&'a Tensor>,
     cache: Option<&'a mut KvCache>,
     kernels: Kernels,
+    lora: Option<&'a Loras>,
 }
 
 /// The decoder with its language-model head.
@@ -858,6 +922,8 @@ pub struct Llama {
     config: LlamaConfig,
     kernels: Kernels,
     tied: bool,
+    /// The adapter applied at run time, if any ([`Llama::set_lora`]).
+    lora: Option<Arc<Loras>>,
 }
 
 impl Llama {
@@ -966,6 +1032,7 @@ impl Llama {
             config: config.clone(),
             kernels,
             tied: tie,
+            lora: None,
         })
     }
 
@@ -1062,6 +1129,7 @@ impl Llama {
             mask: mask.as_ref(),
             cache,
             kernels: self.kernels,
+            lora: self.lora.as_deref(),
         };
         // On one of rayon's threads: the layers' hundred-odd parallel steps then split their
         // work within the pool, where from any other thread each would hand itself to the pool
@@ -1087,9 +1155,7 @@ impl Llama {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let hidden = self.forward_hidden(ids, offset, cache)?;
-        self.lm_head
-            .forward(&hidden, self.kernels)?
-            .to_dtype(DType::F32)
+        self.head(&hidden)?.to_dtype(DType::F32)
     }
 
     /// Logits for the last position only, `(batch, vocab)` in f32: generation.
@@ -1102,10 +1168,92 @@ impl Llama {
         let hidden = self.forward_hidden(ids, offset, cache)?;
         let t = hidden.dim(1)?;
         let last = hidden.narrow(1, t - 1, 1)?;
-        self.lm_head
-            .forward(&last, self.kernels)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)
+        self.head(&last)?.squeeze(1)?.to_dtype(DType::F32)
+    }
+
+    /// The language-model head, with the adapter's update of it.
+    fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(hidden, self.kernels)?;
+        let lora = self.lora.as_deref().and_then(|l| l.head.as_ref());
+        Lora::add(lora, logits, hidden)
+    }
+
+    /// Applies a LoRA adapter at run time, replacing the one applied before. `updates` are `(base weight name, A (r x in), B (out x r))` as peft names and stores
+    /// them; `scale` multiplies `B A`. The base's weights are not touched, so switching back is
+    /// exact. A name that is not one of this model's projections, or a shape that does not fit
+    /// it, is an error naming it. Keys and values cached under another adapter are stale: the
+    /// caller clears its cache.
+    pub fn set_lora<'a>(
+        &mut self,
+        updates: impl IntoIterator<Item = (&'a str, &'a Tensor, &'a Tensor)>,
+        scale: f64,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q, kv) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let mut loras = Loras {
+            layers: vec![LayerLora::default(); c.num_hidden_layers],
+            head: None,
+        };
+        for (name, a, b) in updates {
+            let (slot, (fan_in, fan_out)) = match name.strip_suffix(".weight") {
+                Some("lm_head") => (&mut loras.head, (h, v)),
+                Some(module) => {
+                    let Some((layer, projection)) = module
+                        .strip_prefix("model.layers.")
+                        .and_then(|rest| rest.split_once('.'))
+                        .and_then(|(n, p)| Some((n.parse::<usize>().ok()?, p)))
+                    else {
+                        candle_core::bail!(
+                            "the adapter updates \"{name}\", which this model has no projection for"
+                        )
+                    };
+                    let Some(l) = loras.layers.get_mut(layer) else {
+                        candle_core::bail!(
+                            "the adapter updates \"{name}\", but the model has {} layers",
+                            c.num_hidden_layers
+                        )
+                    };
+                    match projection {
+                        "self_attn.q_proj" => (&mut l.q, (h, q)),
+                        "self_attn.k_proj" => (&mut l.k, (h, kv)),
+                        "self_attn.v_proj" => (&mut l.v, (h, kv)),
+                        "self_attn.o_proj" => (&mut l.o, (q, h)),
+                        "mlp.gate_proj" => (&mut l.gate, (h, i)),
+                        "mlp.up_proj" => (&mut l.up, (h, i)),
+                        "mlp.down_proj" => (&mut l.down, (i, h)),
+                        _ => candle_core::bail!(
+                            "the adapter updates \"{name}\", which this model has no projection for"
+                        ),
+                    }
+                }
+                None => candle_core::bail!("the adapter updates \"{name}\", which is not a weight"),
+            };
+            let (r, a_in) = a.dims2()?;
+            let (b_out, b_r) = b.dims2()?;
+            if a_in != fan_in || b_out != fan_out || b_r != r {
+                candle_core::bail!(
+                    "the adapter's update of \"{name}\" is {b_out}x{b_r} times {r}x{a_in}, but the \
+                     model's matrix is {fan_out}x{fan_in}: an adapter for another model"
+                )
+            }
+            let (device, dtype) = (self.device(), self.dtype());
+            let as_model = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(device);
+            *slot = Some(Lora {
+                a_t: as_model(a)?.t()?.contiguous()?.to_dtype(dtype)?,
+                b_t: (as_model(b)?.t()? * scale)?.contiguous()?.to_dtype(dtype)?,
+            });
+        }
+        self.lora = Some(Arc::new(loras));
+        Ok(())
+    }
+
+    /// Takes the adapter applied at run time off: the base model alone, exactly.
+    pub fn clear_lora(&mut self) {
+        self.lora = None;
     }
 }
 

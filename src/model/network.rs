@@ -175,6 +175,30 @@ impl Network {
         }
     }
 
+    /// Applies a LoRA adapter's updates at run time (see [`Llama::set_lora`]). The cache,
+    /// computed without them, is forgotten.
+    pub fn set_lora<'a>(
+        &mut self,
+        updates: impl IntoIterator<Item = (&'a str, &'a Tensor, &'a Tensor)>,
+        scale: f64,
+    ) -> candle_core::Result<()> {
+        let Inner::Llama { model, .. } = &mut self.inner else {
+            candle_core::bail!(
+                "adapters apply at run time to qwen2 and llama models only (merge it with `infill models import`)"
+            )
+        };
+        model.set_lora(updates, scale)?;
+        self.reset()
+    }
+
+    /// Back to the base model alone, and an empty cache.
+    pub fn clear_lora(&mut self) -> candle_core::Result<()> {
+        if let Inner::Llama { model, .. } = &mut self.inner {
+            model.clear_lora();
+        }
+        self.reset()
+    }
+
     /// Forgets the cached tokens.
     pub fn reset(&mut self) -> candle_core::Result<()> {
         self.truncate(0)

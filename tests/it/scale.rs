@@ -382,6 +382,106 @@ fn a_lora_adapter_merges_as_w_plus_alpha_over_r_b_a() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a model"));
 }
 
+/// An adapter applied at run time (the editor's way, which switches adapters without loading the
+/// base again) computes what its merge computes, on a safetensors base and on a GGUF one (whose
+/// Q8_0 q, k and v run as one product, the update added to q after it); decoding through the
+/// cache agrees with the prompt; taking it off gives the base's logits exactly.
+#[test]
+fn an_adapter_applied_at_run_time_computes_its_merge_and_comes_off_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter_dir = tmp.path().join("adapter");
+    write_adapter(&adapter_dir, lora_config());
+    let adapter = Adapter::read(&adapter_dir).unwrap();
+    let merged_dir = crate::scratch_copy("qwen2");
+    let mut weights =
+        candle_core::safetensors::load(fixture("qwen2").join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    adapter.merge(&mut weights).unwrap();
+    candle_core::safetensors::save(&weights, merged_dir.path().join("model.safetensors")).unwrap();
+    let g = crate::golden("qwen2");
+    let merged = crate::logits_all(&open(merged_dir.path()), &g.ids);
+    let range = crate::max_abs(&merged);
+    let gguf = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gguf")
+            .join(name);
+        infill::model::gguf::load(&path, &infill::model::LoadOptions::default()).unwrap()
+    };
+    // The Q8_0 file is the fixture model up to its 8-bit rounding, which moves these logits by
+    // up to a fifth of their range (see the GGUF tests); the adapter moves them by most of it.
+    for (base, tolerance) in [
+        (open(&fixture("qwen2")), 1e-5),
+        (gguf("qwen2-f32.gguf"), 1e-5),
+        (gguf("qwen2-q8_0.gguf"), 0.2),
+    ] {
+        let mut model = base;
+        let plain = crate::logits_all(&model, &g.ids);
+        adapter.apply(&mut model.network).unwrap();
+        let adapted = crate::logits_all(&model, &g.ids);
+        let gap = crate::max_abs_diff(&adapted, &merged);
+        assert!(gap <= tolerance * range, "{}: {gap} of {range}", model.name);
+        assert!(crate::max_abs_diff(&adapted, &plain) > 1e-2);
+        // Through the cache, a token at a time.
+        let llama = model.network.as_llama().unwrap();
+        let mut cache = llama.new_cache();
+        for (pos, &id) in g.ids.iter().enumerate() {
+            let input = Tensor::new(&[id], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let step = llama.forward_all(&input, pos, Some(&mut cache)).unwrap();
+            let want = adapted.narrow(0, pos, 1).unwrap();
+            let gap = crate::max_abs_diff(&step.squeeze(0).unwrap(), &want);
+            assert!(gap <= 1e-2 * range, "{} at {pos}: {gap}", model.name);
+        }
+        model.network.clear_lora().unwrap();
+        assert_eq!(
+            crate::max_abs_diff(&crate::logits_all(&model, &g.ids), &plain),
+            0.0
+        );
+    }
+    // An adapter of another model's shapes, or one that replaces whole weights, is refused by
+    // name and leaves the model as it was.
+    let mut model = open(&fixture("llama"));
+    let plain = crate::logits_all(&model, &g.ids);
+    let other = tmp.path().join("other");
+    write_adapter(&other, lora_config());
+    let tensors =
+        candle_core::safetensors::load(other.join("adapter_model.safetensors"), &Device::Cpu);
+    let mut tensors = tensors.unwrap();
+    let wide = "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight";
+    let fits = tensors[wide].clone();
+    tensors.insert(
+        wide.into(),
+        Tensor::zeros((2, 65), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, other.join("adapter_model.safetensors")).unwrap();
+    let err = Adapter::read(&other)
+        .unwrap()
+        .apply(&mut model.network)
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("model.layers.0.mlp.down_proj") && err.contains("another model"),
+        "{err}"
+    );
+    tensors.insert(
+        "base_model.model.lm_head.modules_to_save.default.weight".into(),
+        Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert(wide.into(), fits);
+    candle_core::safetensors::save(&tensors, other.join("adapter_model.safetensors")).unwrap();
+    let err = Adapter::read(&other)
+        .unwrap()
+        .apply(&mut model.network)
+        .unwrap_err();
+    assert!(err.to_string().contains("models import"), "{err}");
+    assert_eq!(
+        crate::max_abs_diff(&crate::logits_all(&model, &g.ids), &plain),
+        0.0
+    );
+}
+
 #[test]
 fn adapters_a_merge_would_get_wrong_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
