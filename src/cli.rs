@@ -393,9 +393,10 @@ pub struct ModelArgs {
     pub model: Option<String>,
     /// A LoRA adapter for --model (the adapter/ folder of an infill_scale run, or any peft LoRA
     /// adapter): merged into a copy of the model in infill's cache the first time, then loaded
-    /// from there.
+    /// from there. The editor applies it at run time instead, and takes several: F7 switches
+    /// between them and the base model without loading it again.
     #[arg(long, value_name = "DIR")]
-    pub adapter: Option<PathBuf>,
+    pub adapter: Vec<PathBuf>,
     /// Precision of the weights in memory. auto: bf16 when a Qwen2/Llama-family checkpoint stores
     /// bf16 weights (lossless, about twice as fast to decode on CPU), f32 otherwise. StarCoder2
     /// and GPT-BigCode run in f32 only. A GGUF file's quantized weights run in their own type, its

@@ -49,12 +49,16 @@ pub fn load_model(
         ..LoadOptions::default()
     };
     let started = std::time::Instant::now();
-    let model = match &args.adapter {
-        Some(dir) => {
+    let model = match args.adapter.as_slice() {
+        [dir] => {
             let files = crate::model::adapter::merged(&source, dir, online, &opts.downloads)?;
             crate::model::load::load(&files, &opts)?
         }
-        None => Model::open(&source, online, &opts)?,
+        [] => Model::open(&source, online, &opts)?,
+        [..] => anyhow::bail!(
+            "--adapter is given {} times; only the editor switches between adapters (F7), other commands take one",
+            args.adapter.len()
+        ),
     };
     tracing::info!(
         "loaded {} ({}, context {}) in {:.0} ms",

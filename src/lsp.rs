@@ -812,7 +812,8 @@ impl<W: Write> Server<W> {
                     ),
                 )?;
             }
-            Reply::Memory { .. } => {}
+            // The server asks for no adapter (it serves --adapter merged).
+            Reply::Memory { .. } | Reply::Adapter { .. } => {}
             Reply::Failed { id, message } if self.memory_job == Some(id) => {
                 self.memory_job = None;
                 self.memory_stale = false;

@@ -242,6 +242,9 @@ pub struct EditOptions {
     pub config: Config,
     /// Loads the model on the worker thread (the editor is drawn and usable while it loads).
     pub model: Loader,
+    /// LoRA adapters to apply at run time: the first once the model is ready, then F7 goes
+    /// through the others and the base model.
+    pub adapters: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for EditOptions {
@@ -259,6 +262,7 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
         file,
         config,
         model,
+        adapters,
     } = options;
     let completions = config.completions;
     let worker_options = WorkerOptions {
@@ -266,6 +270,7 @@ pub fn run(options: EditOptions) -> anyhow::Result<()> {
         ..WorkerOptions::default()
     };
     let mut app = open(&file, config)?;
+    app.set_adapters(adapters);
     tracing::info!("editing {}", file.display());
 
     let (tx, rx) = mpsc::channel::<Event>();

@@ -109,6 +109,15 @@ pub struct MemoryRequest {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// A LoRA adapter to apply to the model at run time, in place of the one before (`None`: the
+/// base model alone). Proposals and scores after it are the adapted model's.
+#[derive(Debug, Clone)]
+pub struct AdapterRequest {
+    pub id: u64,
+    /// The adapter's folder (peft's `adapter_config.json` and `adapter_model.safetensors`).
+    pub dir: Option<std::path::PathBuf>,
+}
+
 /// Work for the model thread.
 #[derive(Debug, Clone)]
 pub enum Job {
@@ -116,6 +125,7 @@ pub enum Job {
     Score(ScoreRequest),
     Lines(LinesRequest),
     Memory(MemoryRequest),
+    Adapter(AdapterRequest),
 }
 
 impl Job {
@@ -125,6 +135,7 @@ impl Job {
             Self::Score(r) => r.id,
             Self::Lines(r) => r.id,
             Self::Memory(r) => r.id,
+            Self::Adapter(r) => r.id,
         }
     }
 
@@ -134,6 +145,7 @@ impl Job {
             Self::Score(r) => r.cancel.load(Ordering::Relaxed),
             Self::Lines(r) => r.cancel.load(Ordering::Relaxed),
             Self::Memory(r) => r.cancel.load(Ordering::Relaxed),
+            Self::Adapter(_) => false,
         }
     }
 }
@@ -226,6 +238,10 @@ pub enum Reply {
         memory: Arc<Memory>,
         files: usize,
         seconds: f64,
+    },
+    /// An adapter request is done: the model is the adapted one (or the base) from now on.
+    Adapter {
+        id: u64,
     },
     Failed {
         id: u64,
@@ -330,6 +346,8 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
         model: model.name.clone(),
     });
     let mut scorer = ChunkScorer::default();
+    // Adapters read once, for switching back and forth.
+    let mut adapters = Adapters::default();
     // The newest job of each kind wins; a completion (someone is waiting at the cursor) goes first.
     let mut queue = Queue::default();
     // Set once typing has paused long enough to start refreshing the cache.
@@ -391,6 +409,11 @@ fn serve(load: Loader, options: WorkerOptions, inbox: &Receiver<Job>, reply: &dy
             Job::Score(r) => run_score(&model, &mut scorer, r, reply),
             Job::Lines(r) => run_lines(&mut model, r, reply),
             Job::Memory(r) => run_memory(&mut model, r, reply),
+            Job::Adapter(r) => {
+                // Scores kept from the model before are not the adapted model's.
+                scorer = ChunkScorer::default();
+                adapters.apply(&mut model, r, reply);
+            }
         }));
         if let Err(panic) = outcome {
             let what = panic_text(&*panic);
@@ -413,9 +436,51 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Adapters by folder, read the first time they are asked for.
+#[derive(Default)]
+struct Adapters {
+    read: std::collections::HashMap<std::path::PathBuf, crate::model::adapter::Adapter>,
+}
+
+impl Adapters {
+    fn apply(&mut self, model: &mut Model, request: &AdapterRequest, reply: &dyn Fn(Reply)) {
+        let id = request.id;
+        let outcome = match &request.dir {
+            None => model.network.clear_lora().map_err(anyhow::Error::from),
+            Some(dir) => {
+                let adapter = match self.read.entry(dir.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        crate::model::adapter::Adapter::read(dir).map(|a| e.insert(a))
+                    }
+                };
+                adapter.and_then(|a| a.apply(&mut model.network))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    "adapter: {}",
+                    request
+                        .dir
+                        .as_ref()
+                        .map_or("none (the base model)".into(), |d| d.display().to_string())
+                );
+                reply(Reply::Adapter { id });
+            }
+            Err(e) => reply(Reply::Failed {
+                id,
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+}
+
 /// The newest job of each kind, waiting for the model.
 #[derive(Default)]
 struct Queue {
+    /// Before anything else: every job after it is for the adapted model.
+    adapter: Option<AdapterRequest>,
     complete: Option<Request>,
     score: Option<ScoreRequest>,
     lines: Option<LinesRequest>,
@@ -424,7 +489,8 @@ struct Queue {
 
 impl Queue {
     fn is_empty(&self) -> bool {
-        self.complete.is_none()
+        self.adapter.is_none()
+            && self.complete.is_none()
             && self.score.is_none()
             && self.lines.is_none()
             && self.memory.is_none()
@@ -432,6 +498,7 @@ impl Queue {
 
     fn keep_newest(&mut self, job: Job) {
         match job {
+            Job::Adapter(r) => self.adapter = Some(r),
             Job::Complete(r) => self.complete = Some(r),
             Job::Score(r) => self.score = Some(r),
             Job::Lines(r) => self.lines = Some(r),
@@ -444,11 +511,13 @@ impl Queue {
         }
     }
 
-    /// A completion first (someone waits at the cursor), then the overlay's scores, then lines.
+    /// An adapter first (what follows is for the adapted model), then a completion (someone
+    /// waits at the cursor), then the overlay's scores, then lines.
     fn next(&mut self) -> Option<Job> {
-        self.complete
+        self.adapter
             .take()
-            .map(Job::Complete)
+            .map(Job::Adapter)
+            .or_else(|| self.complete.take().map(Job::Complete))
             .or_else(|| self.score.take().map(Job::Score))
             .or_else(|| self.lines.take().map(Job::Lines))
             .or_else(|| self.memory.take().map(Job::Memory))

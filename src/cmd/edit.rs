@@ -11,12 +11,19 @@ pub fn run(args: &EditArgs) -> anyhow::Result<()> {
     if args.no_completions {
         config.completions = false;
     }
-    let model_args = args.model.clone();
-    // A device that cannot be opened is said before the terminal changes.
+    // The editor loads the base model alone and applies adapters at run time, so that F7
+    // switches between them without loading it again.
+    let mut model_args = args.model.clone();
+    let adapters = std::mem::take(&mut model_args.adapter);
+    // A device or an adapter that cannot be opened is said before the terminal changes.
     let device = args.model.device.open()?;
+    for dir in &adapters {
+        crate::model::adapter::Adapter::read(dir)?;
+    }
     crate::tui::run(EditOptions {
         file: args.file.clone(),
         config,
         model: Box::new(move || super::load_model(&model_args, device, Default::default())),
+        adapters,
     })
 }

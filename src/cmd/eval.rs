@@ -359,7 +359,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let baseline_spec = match &args.baseline {
         Some(b) => Some(ModelArgs {
             model: Some(b.clone()),
-            adapter: None,
+            adapter: Vec::new(),
             ..args.model.clone()
         }),
         None if args.baseline_exact_cache || with_memory.is_some() => Some(args.model.clone()),

@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
+mod adapters;
 mod buffer;
 mod completion;
 mod file;
@@ -108,6 +109,7 @@ pub(super) struct Message {
 pub struct App {
     pub(super) buffer: Buffer,
     pub(super) completion: Completion,
+    pub(super) adapters: adapters::Adapters,
     pub(super) overlay: overlay::Overlay,
     pub(super) viewport: Viewport,
     pub(super) file: FileInfo,
@@ -135,6 +137,7 @@ impl App {
         Self {
             buffer: Buffer::new(text),
             completion: Completion::default(),
+            adapters: adapters::Adapters::default(),
             overlay: overlay::Overlay::default(),
             viewport: Viewport::default(),
             file,
@@ -231,7 +234,10 @@ impl App {
                 }
             }
             Event::Worker(reply) => {
-                if let Some(other) = self.completion_reply(reply) {
+                if let Some(other) = self
+                    .adapter_reply(reply, now)
+                    .and_then(|r| self.completion_reply(r))
+                {
                     self.overlay_reply(other);
                 }
             }
@@ -328,6 +334,7 @@ impl App {
             }
             KeyCode::F(1) => self.mode = Mode::Help,
             KeyCode::F(6) => self.go_to_source(),
+            KeyCode::F(7) => self.next_adapter(),
             KeyCode::F(2) => self.toggle_overlay(now),
             KeyCode::F(3) => self.jump_to_surprise(!shift),
             KeyCode::F(4) => {

@@ -395,6 +395,7 @@ impl App {
         let activity = match &self.completion.model {
             ModelState::Loading => "loading model…",
             ModelState::Unavailable(_) => "no model",
+            ModelState::Ready(_) if self.adapters.switching() => "switching adapter…",
             ModelState::Ready(_) if self.is_thinking() => "thinking…",
             ModelState::Ready(_) => "idle",
         };
@@ -464,8 +465,13 @@ impl App {
                     }
                     MemoryState::Ready { files, .. } => format!(" │ memory {files} files"),
                 };
+                // The adapter applied on top of the model, if any.
+                let model = match self.adapters.active_name() {
+                    Some(adapter) => format!("{short} + {adapter}"),
+                    None => short.to_owned(),
+                };
                 (
-                    short.to_owned(),
+                    model,
                     stats,
                     format!("{alternatives}{overlay}{memory}"),
                     format!("{alternatives}{overlay}{memory_brief}"),
@@ -612,6 +618,7 @@ impl App {
             "  typing what the proposal shows keeps the rest of it".to_owned(),
             "  F4 colours a proposal by how sure the model is of each token".to_owned(),
             "  F6 goes to where a proposal from repository memory was found".to_owned(),
+            "  F7 next LoRA adapter (--adapter, one or more), then the base model".to_owned(),
             String::new(),
             "Probability overlay".to_owned(),
             "  F2 on/off: every token coloured by the rank the model gave it".to_owned(),

@@ -603,3 +603,23 @@ fn a_device_not_built_in_or_not_a_device_is_said_in_one_line() {
     // Nothing was trained, and the terminal was never taken.
     assert!(!out.exists());
 }
+
+#[test]
+fn adapters_that_cannot_apply_are_said_before_the_editor_starts() {
+    let src = source_file(b"x = 1\n");
+    let p = src.path().to_str().unwrap();
+    let m = fixture("qwen2");
+    let m = m.to_str().unwrap();
+    // The editor reads every adapter before it takes the terminal.
+    assert_one_line_error(
+        &infill(&["edit", p, "--model", m, "--adapter", "/no/such/adapter"]),
+        "/no/such/adapter",
+    );
+    // Only the editor switches between several.
+    let at = ["--file", p, "--line", "1", "--column", "1", "--model", m];
+    let two = ["--adapter", "/a", "--adapter", "/b"];
+    assert_one_line_error(
+        &infill(&[&["complete"][..], &at, &two].concat()),
+        "only the editor switches",
+    );
+}

@@ -9,7 +9,7 @@ use infill::model::score::TokenScore;
 use infill::syntax::Registry;
 use infill::text::Pos;
 use infill::tui::{self, App, Config, Event, FileInfo};
-use infill::worker::{Job, MemoryRequest, Proposal, Reply, Request, ScoreRequest};
+use infill::worker::{AdapterRequest, Job, MemoryRequest, Proposal, Reply, Request, ScoreRequest};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::style::{Color, Modifier};
@@ -24,6 +24,7 @@ struct Ed {
     requests: Vec<Request>,
     scores: Vec<ScoreRequest>,
     memories: Vec<MemoryRequest>,
+    adapters: Vec<AdapterRequest>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -65,8 +66,10 @@ impl Ed {
             requests: Vec::new(),
             scores: Vec::new(),
             memories: Vec::new(),
+            adapters: Vec::new(),
             _dir: dir,
         };
+        ed.collect();
         ed.draw();
         ed
     }
@@ -123,6 +126,7 @@ impl Ed {
                 Job::Score(r) => self.scores.push(r),
                 Job::Lines(r) => panic!("the editor asked for line scores: {r:?}"),
                 Job::Memory(r) => self.memories.push(r),
+                Job::Adapter(r) => self.adapters.push(r),
             }
         }
     }
@@ -328,6 +332,94 @@ fn typing_back_over_a_deleted_character_shows_the_earlier_proposal_at_once() {
     ed.press(KeyCode::Backspace).typed("x").idle();
     assert_eq!(ed.app.ghost_text(), "");
     assert_eq!(ed.requests.len(), asked + 1);
+}
+
+/// `infill edit --adapter A --adapter B`: A goes on once the model is ready, before anything is
+/// proposed; F7 goes to B, then to the base model, then to A again, each a request to the worker
+/// (the model is not loaded again); what the model before proposed is neither shown nor
+/// remembered, and an adapter that fails to apply leaves the one before, with the reason.
+#[test]
+fn f7_switches_adapters_and_forgets_what_the_model_before_proposed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.py");
+    std::fs::write(&path, "def f(a, b):\n    ").unwrap();
+    let mut app = App::new("def f(a, b):\n    ", file_info(&path), config(), None);
+    let (tuned, other) = (dir.path().join("run/adapter"), dir.path().join("b"));
+    app.set_adapters(vec![tuned.clone(), other.clone()]);
+    let mut ed = Ed::with_app(app, Some(dir));
+    let first = ed
+        .adapters
+        .pop()
+        .expect("the first adapter, once the model is ready");
+    assert_eq!(first.dir.as_deref(), Some(tuned.as_path()));
+    assert!(ed.screen().concat().contains("switching adapter…"));
+    ed.reply(Reply::Adapter { id: first.id });
+    assert!(
+        ed.screen().concat().contains("fixture + run │"),
+        "{:?}",
+        ed.screen()
+    );
+    ed.ctrl('g')
+        .typed("2")
+        .press(KeyCode::Enter)
+        .press(KeyCode::End);
+    ed.typed("r").propose("eturn a + b");
+    assert_eq!(ed.app.ghost_text(), "eturn a + b");
+    // F7: the other adapter; the proposal goes, and typing back to it does not bring it back.
+    ed.press(KeyCode::F(7));
+    assert_eq!(ed.app.ghost_text(), "");
+    let second = ed.adapters.pop().unwrap();
+    assert_eq!(second.dir.as_deref(), Some(other.as_path()));
+    let asked = ed.requests.len();
+    ed.reply(Reply::Adapter { id: second.id });
+    assert!(
+        ed.screen().concat().contains("fixture + b │"),
+        "{:?}",
+        ed.screen()
+    );
+    assert_eq!(
+        ed.requests.len(),
+        asked + 1,
+        "the adapted model is asked at once"
+    );
+    ed.press(KeyCode::Backspace).typed("r");
+    assert_eq!(
+        ed.app.ghost_text(),
+        "",
+        "the model before's proposal is forgotten"
+    );
+    // F7 after the last: the base model alone.
+    ed.press(KeyCode::F(7));
+    let base = ed.adapters.pop().unwrap();
+    assert_eq!(base.dir, None);
+    ed.reply(Reply::Adapter { id: base.id });
+    let screen = ed.screen().concat();
+    assert!(
+        screen.contains("fixture │") && !screen.contains(" + "),
+        "{screen}"
+    );
+    // Then the first again; it fails here, and the base stays, with the reason said.
+    ed.press(KeyCode::F(7));
+    let again = ed.adapters.pop().unwrap();
+    assert_eq!(again.dir.as_deref(), Some(tuned.as_path()));
+    ed.reply(Reply::Failed {
+        id: again.id,
+        message: "no adapter_config.json".into(),
+    });
+    let screen = ed.screen().concat();
+    assert!(
+        screen.contains("adapter run not applied: no adapter_config.json"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("fixture │") && !screen.contains("fixture +"),
+        "{screen}"
+    );
+    // Without adapters F7 says how to give some.
+    let mut plain = Ed::new("a.py", "x");
+    plain.press(KeyCode::F(7));
+    assert!(plain.adapters.is_empty());
+    assert!(plain.screen().concat().contains("--adapter"));
 }
 
 #[test]

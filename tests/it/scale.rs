@@ -260,7 +260,7 @@ fn an_export_for_a_gguf_file_is_refused_with_the_reason() {
 
 /// A peft-style LoRA adapter for the qwen2 fixture: A and B of rank 2 on the q and down
 /// projections of both layers.
-fn write_adapter(dir: &Path, config: serde_json::Value) -> HashMap<String, Tensor> {
+pub(crate) fn write_adapter(dir: &Path, config: serde_json::Value) -> HashMap<String, Tensor> {
     let mut tensors = HashMap::new();
     let mut seed = 1.0f32;
     for layer in 0..2 {
@@ -286,7 +286,7 @@ fn write_adapter(dir: &Path, config: serde_json::Value) -> HashMap<String, Tenso
     tensors
 }
 
-fn lora_config() -> serde_json::Value {
+pub(crate) fn lora_config() -> serde_json::Value {
     serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "use_rslora": false,
         "bias": "none", "fan_in_fan_out": false, "rank_pattern": {}, "alpha_pattern": {},
         "base_model_name_or_path": fixture("qwen2").display().to_string()})

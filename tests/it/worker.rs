@@ -6,7 +6,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use infill::complete::Settings;
-use infill::worker::{Job, Preview, Reply, Request, ScoreRequest, Worker, WorkerOptions};
+use infill::worker::{
+    AdapterRequest, Job, Preview, Reply, Request, ScoreRequest, Worker, WorkerOptions,
+};
 
 use crate::{fixture, open};
 
@@ -212,4 +214,64 @@ fn typing_reuses_the_suffix_and_a_pause_refreshes_the_cache() {
         type_until(13, &mut keystroke) >= 1,
         "a request is computed exactly"
     );
+}
+
+/// Every token's log-probability of `text`, scored by the worker.
+fn scores(worker: &Worker, rx: &Receiver<Reply>, id: u64, text: &str) -> Vec<f32> {
+    worker.submit(Job::Score(ScoreRequest {
+        id,
+        text: text.into(),
+        cancel: Arc::new(AtomicBool::new(false)),
+    }));
+    let mut out = Vec::new();
+    loop {
+        match next(rx) {
+            Reply::Scored { tokens, .. } => out.extend(tokens.iter().map(|t| t.logprob)),
+            Reply::ScoreDone { .. } => return out,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// An adapter applied by the worker changes what the model computes, the worker's own score
+/// cache included; taking it off gives the base's scores exactly; one that cannot be read
+/// fails with its reason and leaves the model as it was.
+#[test]
+fn the_worker_switches_adapters_on_the_model_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("adapter");
+    crate::scale::write_adapter(&adapter, crate::scale::lora_config());
+    let (tx, rx) = mpsc::channel();
+    let worker = Worker::spawn(
+        Box::new(|| Ok(open(&fixture("qwen2")))),
+        WorkerOptions::default(),
+        move |r| {
+            let _ = tx.send(r);
+        },
+    )
+    .unwrap();
+    assert!(matches!(next(&rx), Reply::Ready { .. }));
+    let text = format!("{PREFIX}return a - b\n");
+    let base = scores(&worker, &rx, 1, &text);
+    let switch = |id: u64, dir: Option<&std::path::Path>| {
+        worker.submit(Job::Adapter(AdapterRequest {
+            id,
+            dir: dir.map(std::path::Path::to_path_buf),
+        }));
+        next(&rx)
+    };
+    assert!(matches!(
+        switch(2, Some(&adapter)),
+        Reply::Adapter { id: 2 }
+    ));
+    let adapted = scores(&worker, &rx, 3, &text);
+    assert_eq!(adapted.len(), base.len());
+    assert!(adapted.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-3));
+    match switch(4, Some(&tmp.path().join("missing"))) {
+        Reply::Failed { id: 4, message } => assert!(message.contains("missing"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(scores(&worker, &rx, 5, &text), adapted);
+    assert!(matches!(switch(6, None), Reply::Adapter { id: 6 }));
+    assert_eq!(scores(&worker, &rx, 7, &text), base);
 }

@@ -206,6 +206,13 @@ impl Completion {
         self.due = None;
     }
 
+    /// The model changed (another adapter): nothing it proposed before is shown or remembered.
+    pub fn forget(&mut self) {
+        self.invalidate();
+        self.recent = Recent::default();
+        self.last = None;
+    }
+
     /// The kind of request `id`, if it is the one in flight.
     fn current(&self, id: u64) -> Option<RequestKind> {
         self.in_flight
@@ -476,6 +483,7 @@ impl App {
         match reply {
             Reply::Ready { model } => {
                 c.model = ModelState::Ready(model);
+                self.apply_first_adapter();
                 self.build_memory();
             }
             Reply::Memory {

@@ -49,6 +49,16 @@ impl Overlay {
         }
     }
 
+    /// The model changed (another adapter): no score stands, and all are asked for again.
+    pub fn model_changed(&mut self, now: Instant) {
+        self.cancel();
+        self.valid_until = 0;
+        self.scores.clear();
+        if self.on {
+            self.due = Some(now);
+        }
+    }
+
     /// A completion is about to be asked for: scoring in flight steps aside (the worker runs one job
     /// at a time) and resumes once the completion is done, from its cache.
     pub fn yield_to_completion(&mut self) {
