@@ -4,7 +4,9 @@
 //! default model, and Qwen2.5-Coder-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads,
 //! intermediate 4864, vocab 151936). Run with `cargo bench --bench engine`; set
 //! `INFILL_BENCH=small` for the small model only, `INFILL_BENCH_DTYPES=f32,bf16` to compare
-//! precisions. Figures are printed, never asserted: timings on shared machines are noisy.
+//! precisions, `INFILL_BENCH_LORA=16` to measure a rank-16 LoRA adapter on every projection
+//! applied at run time (as the editor applies `--adapter`) against none, in alternating rounds on
+//! one model. Figures are printed, never asserted: timings on shared machines are noisy.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -121,6 +123,70 @@ fn bench(name: &str, dtype: DType) -> candle_core::Result<()> {
     // Warm up (allocators, thread pool).
     net.logits_after(&ids(16, cfg.vocab_size, 9))?;
     net.reset()?;
+    let rank: usize = std::env::var("INFILL_BENCH_LORA")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    if rank == 0 {
+        return measure(&mut net, &cfg, name, dtype, params, "");
+    }
+    let updates = lora(&cfg, rank)?;
+    for round in 0..3 {
+        for adapted in [false, true] {
+            if adapted {
+                let named = updates.iter().map(|(n, a, b)| (n.as_str(), a, b));
+                net.set_lora(named, 2.0)?;
+            } else {
+                net.clear_lora()?;
+            }
+            let label = if adapted {
+                format!(" round {round} LoRA r={rank}")
+            } else {
+                format!(" round {round} no adapter")
+            };
+            measure(&mut net, &cfg, name, dtype, params, &label)?;
+        }
+    }
+    Ok(())
+}
+
+/// A random rank-`rank` LoRA update of every projection of every layer, as peft names them.
+fn lora(
+    cfg: &LlamaConfig,
+    rank: usize,
+) -> candle_core::Result<Vec<(String, candle_core::Tensor, candle_core::Tensor)>> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
+    let mut out = Vec::new();
+    for layer in 0..cfg.num_hidden_layers {
+        for (module, fan_in, fan_out) in [
+            ("self_attn.q_proj", h, q),
+            ("self_attn.k_proj", h, kv),
+            ("self_attn.v_proj", h, kv),
+            ("self_attn.o_proj", q, h),
+            ("mlp.gate_proj", h, i),
+            ("mlp.up_proj", h, i),
+            ("mlp.down_proj", i, h),
+        ] {
+            let a = candle_core::Tensor::randn(0f32, 0.02, (rank, fan_in), &Device::Cpu)?;
+            let b = candle_core::Tensor::randn(0f32, 0.02, (fan_out, rank), &Device::Cpu)?;
+            out.push((format!("model.layers.{layer}.{module}.weight"), a, b));
+        }
+    }
+    Ok(out)
+}
+
+fn measure(
+    net: &mut Network,
+    cfg: &LlamaConfig,
+    name: &str,
+    dtype: DType,
+    params: usize,
+    label: &str,
+) -> candle_core::Result<()> {
     let mut prefill = Vec::new();
     for &n in &[512usize, 1024] {
         net.reset()?;
@@ -148,7 +214,7 @@ fn bench(name: &str, dtype: DType) -> candle_core::Result<()> {
     let decode_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     println!(
         "{name:<26} {:>6.1}M {:<5} prefill@512 {:>7.1} tok/s  prefill@1024 {:>7.1} tok/s  TTFT@512 {:>7.0} ms  \
-         decode {:>7.1} ms/tok ({:>5.1} tok/s)  peak RSS {:>6.0} MiB",
+         decode {:>7.1} ms/tok ({:>5.1} tok/s)  peak RSS {:>6.0} MiB{label}",
         params as f64 / 1e6,
         format!("{dtype:?}").to_lowercase(),
         prefill[0].1,

@@ -1171,11 +1171,14 @@ impl Llama {
         self.head(&last)?.squeeze(1)?.to_dtype(DType::F32)
     }
 
-    /// The language-model head, with the adapter's update of it.
+    /// The language-model head, with the adapter's update of it. On one of rayon's threads, as
+    /// the layers run (see [`Self::forward_hidden`]).
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = self.lm_head.forward(hidden, self.kernels)?;
-        let lora = self.lora.as_deref().and_then(|l| l.head.as_ref());
-        Lora::add(lora, logits, hidden)
+        rayon::scope(|_| {
+            let logits = self.lm_head.forward(hidden, self.kernels)?;
+            let lora = self.lora.as_deref().and_then(|l| l.head.as_ref());
+            Lora::add(lora, logits, hidden)
+        })
     }
 
     /// Applies a LoRA adapter at run time, replacing the one applied before. `updates` are `(base weight name, A (r x in), B (out x r))` as peft names and stores
