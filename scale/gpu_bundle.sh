@@ -10,14 +10,16 @@ PY=${PY:-$(python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_inf
 rm -rf "$B" && mkdir -p "$B/wheels"
 cargo build --release
 strip -o "$B/infill" target/release/infill
-# infill on the GPU itself (`--device cuda`), where this machine has the CUDA toolkit to build it;
-# CUDA_COMPUTE_CAP names the target GPU's (90 for an H100 or H200) when this machine has none.
+# infill on the GPU itself (`--device cuda`): with this machine's CUDA toolkit, or without one
+# from NVIDIA's wheels (scale/cuda_build.sh); CUDA_COMPUTE_CAP names the target GPU's (90 for an
+# H100 or H200) where this machine has none. xz keeps it small (99 MB stripped, 21 MB packed).
 if command -v nvcc >/dev/null; then
     cargo build --release --features cuda --target-dir target/cuda
-    strip -o "$B/infill-cuda" target/cuda/release/infill
 else
-    echo "no nvcc here: the bundle has no CUDA build of infill, and gpu_check.sh skips that stage"
+    scale/cuda_build.sh
 fi
+strip -o "$B/infill-cuda" target/cuda/release/infill
+xz -T0 -6 "$B/infill-cuda"
 # Exactly the packages scale/'s tests ran with (target/scale-venv, as .ci/run makes it), less
 # PyTorch and its CUDA libraries, which the machine has, and the test runner.
 V=${VENV:-target/scale-venv}

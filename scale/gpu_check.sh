@@ -124,8 +124,14 @@ stage import-builtin "$INFILL" models import "$OUT/lora-builtin" --out "$OUT/bui
 stage eval-builtin "$INFILL" eval --repo . --model "$OUT/builtin-tuned" --baseline assets/model \
     --tasks "$TASKS" --json "$OUT/eval.json"
 cuda() { # infill's own kernels on the GPU against its CPU kernels
-    local gpu=$B/infill-cuda probe=$OUT/probe.rs model dtype
-    chmod +x "$gpu"
+    local gpu=$OUT/infill-cuda probe=$OUT/probe.rs model dtype
+    xz -dc "$B/infill-cuda.xz" >"$gpu" && chmod +x "$gpu" || return 1
+    # The CUDA 13 libraries it links: the toolkit's, or those PyTorch's wheels bring.
+    local torch_libs
+    torch_libs=$(python3 -c 'import glob, os, nvidia
+print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})))' 2>/dev/null)
+    export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${torch_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    ldd "$gpu" | grep 'not found' && return 1
     "$INFILL" models export --model "$OUT/merged05" --format gguf --dtype q8_0 \
         --out "$OUT/merged05.gguf" ||
         return 1
@@ -154,7 +160,7 @@ EOF
     "$gpu" train --repo . --init assets/model --out "$OUT/cuda-train" --device cuda --steps 20 \
         --eval-every 10 --plain
 }
-if [[ -f $B/infill-cuda ]]; then
+if [[ -f $B/infill-cuda.xz ]]; then
     stage cuda cuda
 else
     echo "== cuda: skipped (the bundle has no infill-cuda; gpu_bundle.sh builds it where nvcc is)"
