@@ -15,9 +15,13 @@ use crate::{fixture, open};
 const PREFIX: &str = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    ";
 
 fn start() -> (Worker, Receiver<Reply>) {
+    start_with("tiny-python")
+}
+
+fn start_with(model: &'static str) -> (Worker, Receiver<Reply>) {
     let (tx, rx) = mpsc::channel();
     let worker = Worker::spawn(
-        Box::new(|| Ok(open(&fixture("tiny-python")))),
+        Box::new(move || Ok(open(&fixture(model)))),
         WorkerOptions::default(),
         move |r| {
             let _ = tx.send(r);
@@ -241,15 +245,7 @@ fn the_worker_switches_adapters_on_the_model_it_holds() {
     let tmp = tempfile::tempdir().unwrap();
     let adapter = tmp.path().join("adapter");
     crate::scale::write_adapter(&adapter, crate::scale::lora_config());
-    let (tx, rx) = mpsc::channel();
-    let worker = Worker::spawn(
-        Box::new(|| Ok(open(&fixture("qwen2")))),
-        WorkerOptions::default(),
-        move |r| {
-            let _ = tx.send(r);
-        },
-    )
-    .unwrap();
+    let (worker, rx) = start_with("qwen2");
     assert!(matches!(next(&rx), Reply::Ready { .. }));
     let text = format!("{PREFIX}return a - b\n");
     let base = scores(&worker, &rx, 1, &text);
