@@ -1027,6 +1027,21 @@ mod tests {
         assert_eq!(super::exp_nonpositive(0.0), 1.0);
     }
 
+    /// The exponent kernel this processor runs gives the portable one's values and sum, for
+    /// rows of every remainder past its vector width.
+    #[test]
+    fn the_exponent_kernel_equals_the_portable_one() {
+        let kernel = super::exp_kernel();
+        for n in [1usize, 7, 8, 9, 17, 33, 250] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3).collect();
+            let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+            let want_sum = super::exps_portable(&row, 0.7, &mut want);
+            let sum = kernel(&row, 0.7, &mut got);
+            assert_eq!(got, want, "{n} values");
+            assert!((sum - want_sum).abs() <= 1e-6 * want_sum, "{n} values");
+        }
+    }
+
     use super::*;
     use candle_core::{Device, Var};
 
