@@ -1033,7 +1033,9 @@ mod tests {
     fn the_exponent_kernel_equals_the_portable_one() {
         let kernel = super::exp_kernel();
         for n in [1usize, 7, 8, 9, 17, 33, 250] {
-            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3).collect();
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3)
+                .collect();
             let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
             let want_sum = super::exps_portable(&row, 0.7, &mut want);
             let sum = kernel(&row, 0.7, &mut got);
