@@ -936,6 +936,9 @@ impl Mlp {
             Kernels::Differentiable if gate.dtype() == DType::F32 => {
                 super::ops::swiglu(&gate, &up)?
             }
+            Kernels::Fused if gate.dtype() == DType::F32 && up.dtype() == DType::F32 => {
+                super::ops::silu_mul(&gate, &up)?
+            }
             _ => (gate.silu()? * up)?,
         };
         let down = self.down_proj.forward(&act, kernels)?;

@@ -85,9 +85,82 @@ fn map_rows3(
     Ok((CpuStorage::F32(out), l1.shape().clone()))
 }
 
-#[inline]
+/// The logistic function in arithmetic that vectorizes (no call to libm's `expf`):
+/// `e = e^-|x|` is in `(0, 1]`, and `sigmoid(x)` is `1 / (1 + e)` for `x >= 0`, `e / (1 + e)`
+/// below, so the exponent never overflows. Within a few ulps of `1 / (1 + e^-x)`.
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    let e = exp_nonpositive(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 { r } else { e * r }
+}
+
+/// `out = silu(gate) * up`, one row, and d/d gate `grad * up * sigmoid(g) * (1 + g * (1 -
+/// sigmoid(g)))`: a kernel for each instruction set, chosen at run time ([`swiglu_kernels`]).
+#[derive(Clone, Copy)]
+struct SwiGluKernels {
+    /// `(out, gate, up)`.
+    forward: fn(&mut [f32], &[f32], &[f32]),
+    /// `(out, gate, up, grad)`.
+    grad_gate: GradGate,
+}
+
+type GradGate = fn(&mut [f32], &[f32], &[f32], &[f32]);
+
+macro_rules! swiglu_kernels {
+    ($forward:ident, $grad_gate:ident $(, #[$attr:meta])?) => {
+        $(#[$attr])?
+        fn $forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g * sigmoid(g) * u;
+            }
+        }
+
+        $(#[$attr])?
+        fn $grad_gate(out: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+            for (((o, &g), &u), &d) in out.iter_mut().zip(gate).zip(up).zip(grad) {
+                let s = sigmoid(g);
+                *o = d * u * s * (1.0 + g * (1.0 - s));
+            }
+        }
+    };
+}
+
+swiglu_kernels!(swiglu_portable, swiglu_grad_gate_portable);
+#[cfg(target_arch = "x86_64")]
+swiglu_kernels!(swiglu_avx2_body, swiglu_grad_gate_avx2_body, #[target_feature(enable = "avx2,fma")]);
+
+#[cfg(target_arch = "x86_64")]
+fn swiglu_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    // SAFETY: chosen by `swiglu_kernels` only where the processor has AVX2 and FMA.
+    #[allow(unsafe_code)]
+    unsafe {
+        swiglu_avx2_body(out, gate, up)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn swiglu_grad_gate_avx2(out: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+    // SAFETY: chosen by `swiglu_kernels` only where the processor has AVX2 and FMA.
+    #[allow(unsafe_code)]
+    unsafe {
+        swiglu_grad_gate_avx2_body(out, gate, up, grad)
+    }
+}
+
+/// The SwiGLU kernels for this processor: AVX2 where it has it, else portable.
+fn swiglu_kernels() -> SwiGluKernels {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return SwiGluKernels {
+            forward: swiglu_avx2,
+            grad_gate: swiglu_grad_gate_avx2,
+        };
+    }
+    SwiGluKernels {
+        forward: swiglu_portable,
+        grad_gate: swiglu_grad_gate_portable,
+    }
 }
 
 /// The MLP's activation `silu(gate) * up`. Composed, the product and silu's backward are about a
@@ -107,11 +180,7 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        map_rows2(self.name(), (s1, l1), (s2, l2), |out, gate, up| {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g * sigmoid(g) * u;
-            }
-        })
+        map_rows2(self.name(), (s1, l1), (s2, l2), swiglu_kernels().forward)
     }
 
     fn bwd(
@@ -151,12 +220,7 @@ impl candle_core::CustomOp3 for SwiGluGradGate {
             (s1, l1),
             (s2, l2),
             (s3, l3),
-            |out, gate, up, grad| {
-                for (((o, &g), &u), &d) in out.iter_mut().zip(gate).zip(up).zip(grad) {
-                    let s = sigmoid(g);
-                    *o = d * u * s * (1.0 + g * (1.0 - s));
-                }
-            },
+            swiglu_kernels().grad_gate,
         )
     }
 }
@@ -164,6 +228,83 @@ impl candle_core::CustomOp3 for SwiGluGradGate {
 /// `silu(gate) * up`, differentiable, in one pass each way.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// Where the rows of an f32 view lie: `rows` rows of `n` values, row `r` at `start + r * stride`.
+/// `None` unless the last dimension is contiguous and the others fold into one evenly strided
+/// dimension (a contiguous tensor, or a `narrow` of its last dimension).
+fn strided_rows(layout: &Layout) -> Option<(usize, usize, usize, usize)> {
+    let (dims, strides) = (layout.dims(), layout.stride());
+    let (&n, lead) = dims.split_last()?;
+    if n > 1 && strides.last() != Some(&1) {
+        return None;
+    }
+    let rows = lead.iter().product::<usize>();
+    // The stride of the innermost leading dimension that is longer than 1 is the row stride;
+    // each one further out must step over all the rows inside it.
+    let mut stride = None;
+    let mut inner_rows = 1;
+    for (&dim, &step) in lead.iter().zip(strides).rev() {
+        if dim == 1 {
+            continue;
+        }
+        match stride {
+            None => stride = Some(step),
+            Some(s) if step == s * inner_rows => {}
+            Some(_) => return None,
+        }
+        inner_rows *= dim;
+    }
+    Some((layout.start_offset(), stride.unwrap_or(n), rows, n))
+}
+
+/// Inference's `silu(gate) * up` (no backward): gate and up may be `narrow`s of one joint
+/// product (the two halves of each row), read in place.
+struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "infill-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(gate), CpuStorage::F32(up)) = (s1, s2) else {
+            candle_core::bail!("{}: expects f32", self.name())
+        };
+        let view = |data: &[f32], layout: &Layout| -> Result<(usize, usize)> {
+            let (start, stride, rows, n) = strided_rows(layout).ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: rows not evenly strided", self.name()))
+            })?;
+            let end = start + rows.saturating_sub(1) * stride + n;
+            if rows > 0 && end > data.len() {
+                candle_core::bail!("{}: bad layout", self.name());
+            }
+            Ok((start, stride))
+        };
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("{}: gate and up of different shapes", self.name());
+        }
+        let ((g0, gs), (u0, us)) = (view(gate, l1)?, view(up, l2)?);
+        let n = last_dim(l1);
+        let forward = swiglu_kernels().forward;
+        let mut out = vec![0f32; l1.shape().elem_count()];
+        out.par_chunks_mut(n).enumerate().for_each(|(r, o)| {
+            forward(o, &gate[g0 + r * gs..][..n], &up[u0 + r * us..][..n]);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `silu(gate) * up` for inference on the CPU, in one pass, reading two halves of a joint
+/// gate-up product where they lie (f32 only).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.apply_op2_no_bwd(up, &SiluMul)
 }
 
 /// Softmax over the last dimension.
@@ -1207,6 +1348,77 @@ mod tests {
             |u| (gate.silu().unwrap() * u).unwrap(),
             (6, 37),
         );
+    }
+
+    /// The vectorizable logistic function against libm's, over the whole range where it is not
+    /// 0 or 1 in f32 and beyond, NaN included; and the SwiGLU kernel chosen for this processor
+    /// against the portable one, bit for bit.
+    #[test]
+    fn the_sigmoid_is_within_a_few_ulps_and_every_kernel_computes_the_same() {
+        let mut worst = 0f32;
+        for i in -20_000..=20_000 {
+            let x = i as f32 * 0.01;
+            let want = 1.0 / (1.0 + (-f64::from(x)).exp());
+            let got = f64::from(sigmoid(x));
+            if x >= -80.0 {
+                worst = worst.max(((got - want) / want).abs() as f32);
+            } else {
+                // Below e^-87 the exponent stops; both are 0 to any product's rounding.
+                assert!(got < 2e-35 && want < 2e-35, "{x}: {got} vs {want}");
+            }
+        }
+        assert!(worst < 4.0 * f32::EPSILON, "relative error {worst}");
+        assert_eq!(sigmoid(1e4), 1.0);
+        assert!(sigmoid(-1e4) < 1e-37);
+        let kernels = swiglu_kernels();
+        let mut out = [0f32];
+        (kernels.forward)(&mut out, &[f32::NAN], &[1.0]);
+        assert!(out[0].is_nan(), "a NaN activation stays NaN");
+        for n in [1usize, 7, 8, 9, 31, 250] {
+            let gate: Vec<f32> = (0..n).map(|i| (i as f32 * 7.3) % 41.0 - 20.0).collect();
+            let up: Vec<f32> = (0..n).map(|i| (i as f32 * 1.9) % 3.0 - 1.5).collect();
+            let grad: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7) % 2.0 - 1.0).collect();
+            let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+            swiglu_portable(&mut want, &gate, &up);
+            (kernels.forward)(&mut got, &gate, &up);
+            assert_eq!(got, want, "{n} values");
+            swiglu_grad_gate_portable(&mut want, &gate, &up, &grad);
+            (kernels.grad_gate)(&mut got, &gate, &up, &grad);
+            assert_eq!(got, want, "{n} values");
+        }
+    }
+
+    /// Inference's SiLU-times-up reads the two halves of a joint product where they lie (as the
+    /// MLP's gate-up product leaves them) and computes what candle's `silu` and product do, also
+    /// for contiguous inputs, several leading dimensions and a single row.
+    #[test]
+    fn silu_mul_reads_halves_of_a_joint_product_in_place() {
+        for (lead, i) in [(vec![1, 9], 37), (vec![2, 3], 16), (vec![1, 1], 5)] {
+            let mut shape = lead.clone();
+            shape.push(2 * i);
+            let both = Tensor::randn(0f32, 3.0, shape, &Device::Cpu).unwrap();
+            let last = lead.len();
+            let (gate, up) = (
+                both.narrow(last, 0, i).unwrap(),
+                both.narrow(last, i, i).unwrap(),
+            );
+            let want = (gate.silu().unwrap() * &up).unwrap();
+            let got = silu_mul(&gate, &up).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(close(&got, &want, 1e-5));
+            let got = silu_mul(&gate.contiguous().unwrap(), &up.contiguous().unwrap()).unwrap();
+            assert!(close(&got, &want, 1e-5));
+        }
+        // A view whose rows are not evenly strided is refused, not misread.
+        let x = Tensor::randn(0f32, 1.0, (4, 6, 8), &Device::Cpu).unwrap();
+        let odd = x.narrow(1, 0, 5).unwrap();
+        assert!(strided_rows(odd.layout()).is_none());
+        assert!(silu_mul(&odd, &odd).is_err());
+        assert_eq!(
+            strided_rows(x.narrow(2, 2, 3).unwrap().layout()),
+            Some((2, 8, 24, 3))
+        );
+        assert!(strided_rows(x.t().unwrap().layout()).is_none());
     }
 
     #[test]
