@@ -182,17 +182,18 @@ impl Bf16Linear {
         if rows >= GEMM_ROWS {
             return self.forward_gemm(x);
         }
-        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let mut out_t = vec![0f32; self.out_dim * rows];
-        out_t
-            .par_chunks_mut(ROWS_PER_TASK * rows)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                let first = task * ROWS_PER_TASK;
-                let n = chunk.len() / rows.max(1);
-                let w = &self.weight.get()[first * self.in_dim..(first + n) * self.in_dim];
-                compute(w, &xs, chunk, self.in_dim, rows);
-            });
+        with_values(x, |xs| {
+            out_t
+                .par_chunks_mut(ROWS_PER_TASK * rows)
+                .enumerate()
+                .for_each(|(task, chunk)| {
+                    let first = task * ROWS_PER_TASK;
+                    let n = chunk.len() / rows.max(1);
+                    let w = &self.weight.get()[first * self.in_dim..(first + n) * self.in_dim];
+                    compute(w, xs, chunk, self.in_dim, rows);
+                })
+        })?;
         // out_t is (out, rows); the caller wants (rows, out).
         let out = if rows == 1 {
             out_t
@@ -220,6 +221,22 @@ pub(crate) fn input_rows(x: &Tensor, in_dim: usize, what: &str) -> Result<(Vec<u
         candle_core::bail!("{what} linear expects {in_dim} inputs, got {last}");
     }
     Ok((lead.to_vec(), lead.iter().product()))
+}
+
+/// Calls `f` with `x`'s values as one f32 slice, in place where `x` is a contiguous f32 tensor in
+/// memory (a layer's input usually is; a long prompt's MLP input is tens of megabytes), else on a
+/// copy.
+pub(crate) fn with_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if x.dtype() == DType::F32 {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&data[a..b]));
+        }
+    }
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(f(&xs))
 }
 
 /// A linear layer's `(rows, out_dim)` products with `bias` added, shaped `(...lead, out_dim)`.

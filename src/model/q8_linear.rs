@@ -33,7 +33,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::bf16_linear::{input_rows, output};
+use super::bf16_linear::{input_rows, output, with_values};
 
 /// Values per block.
 pub const BLOCK: usize = 32;
@@ -52,6 +52,15 @@ pub const GEMM_ROWS: usize = 16;
 const GEMM_CHUNK: usize = 2048;
 /// Tiles per work item handed to a thread.
 const TILES_PER_TASK: usize = 4;
+/// Tiles read at a time while loading, then rearranged in parallel.
+const LOAD_BATCH: usize = 64;
+/// Bytes of quantized activations a prompt's tiles pass over at a time (see
+/// `Q8Linear::products`): a fraction of a core's L2 cache; a few rows in unit tests, so that
+/// their prompts take several chunks.
+#[cfg(not(test))]
+const CHUNK_BYTES: usize = 256 << 10;
+#[cfg(test)]
+const CHUNK_BYTES: usize = 1 << 10;
 
 /// 64 bytes, aligned for AVX-512 loads: 4 values of each of a tile's 16 rows.
 #[derive(Clone, Copy)]
@@ -462,26 +471,60 @@ impl Q8Linear {
         let (blocks, units) = (in_dim / BLOCK, in_dim / unit);
         let row_bytes = format.row_bytes(in_dim);
         let (n, ns) = (format.lines(), format.unit_scales());
-        let total: usize = parts.iter().map(|rows| rows.div_ceil(TILE)).sum();
-        let mut values = vec![format.empty(); total * units * n];
+        // (matrix, first row, rows) of every tile, in order.
+        let jobs: Vec<(usize, usize, usize)> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(part, &rows)| {
+                (0..rows)
+                    .step_by(TILE)
+                    .map(move |first| (part, first, TILE.min(rows - first)))
+            })
+            .collect();
+        let total = jobs.len();
+        let firsts = parts
+            .iter()
+            .scan(0, |t, rows| {
+                let first = *t;
+                *t += rows.div_ceil(TILE);
+                Some(first)
+            })
+            .collect::<Vec<_>>();
+        let mut values: Vec<Line> = (0..total * units * n)
+            .into_par_iter()
+            .map(|_| format.empty())
+            .collect();
         let mut scales = vec![0u16; total * units * ns];
-        let mut buf = vec![0u8; TILE * row_bytes];
-        let mut t = 0;
-        let mut firsts = Vec::with_capacity(parts.len());
-        for (part, &rows) in parts.iter().enumerate() {
-            firsts.push(t);
-            for first in (0..rows).step_by(TILE) {
-                let count = TILE.min(rows - first);
-                read(part, first, &mut buf[..count * row_bytes])?;
-                for (lane, row) in buf[..count * row_bytes].chunks_exact(row_bytes).enumerate() {
-                    for (u, bytes) in row.chunks_exact(format.unit_bytes()).enumerate() {
-                        let tu = t * units + u;
-                        let (lines, scales) = (&mut values[tu * n..][..n], &mut scales[tu * ns..]);
-                        format.store(lines, &mut scales[..ns], lane, bytes);
-                    }
-                }
-                t += 1;
+        // Tiles are read in order (`read` may be a file's reader), a batch at a time, and their
+        // rows rearranged into lines on every core: one core took seconds for a 1.5B model.
+        let tile_bytes = TILE * row_bytes;
+        let mut buf = vec![0u8; LOAD_BATCH * tile_bytes];
+        let (tile_lines, tile_scales) = (units * n, units * ns);
+        let batches = values
+            .chunks_mut(LOAD_BATCH * tile_lines)
+            .zip(scales.chunks_mut(LOAD_BATCH * tile_scales))
+            .zip(jobs.chunks(LOAD_BATCH));
+        for ((values, scales), batch) in batches {
+            for (&(part, first, count), dst) in batch.iter().zip(buf.chunks_exact_mut(tile_bytes)) {
+                read(part, first, &mut dst[..count * row_bytes])?;
             }
+            values
+                .par_chunks_mut(tile_lines)
+                .zip(scales.par_chunks_mut(tile_scales))
+                .zip(buf.par_chunks_exact(tile_bytes))
+                .zip(batch.par_iter())
+                .for_each(|(((values, scales), bytes), &(_, _, count))| {
+                    for (lane, row) in bytes[..count * row_bytes]
+                        .chunks_exact(row_bytes)
+                        .enumerate()
+                    {
+                        for (u, unit) in row.chunks_exact(format.unit_bytes()).enumerate() {
+                            let (lines, scales) =
+                                (&mut values[u * n..][..n], &mut scales[u * ns..]);
+                            format.store(lines, &mut scales[..ns], lane, unit);
+                        }
+                    }
+                });
         }
         let tiles = Arc::new(Tiles {
             values,
@@ -598,8 +641,7 @@ impl Q8Linear {
         let out = if rows >= GEMM_ROWS && !integer_prompts(level()) {
             self.gemm(&x.to_dtype(DType::F32)?.reshape((rows, self.in_dim))?)?
         } else {
-            let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            self.products(&xs, rows)
+            with_values(x, |xs| self.products(xs, rows))?
         };
         output(out, self.bias.as_deref(), &lead, self.out_dim, x.device())
     }
@@ -631,6 +673,10 @@ impl Q8Linear {
         let mut out = vec![0f32; rows * padded];
         let lines = tiles.tile_lines();
         let task_tiles = TILES_PER_TASK.min(padded / TILE);
+        // A task's tiles pass over the rows a chunk at a time, so that the chunk's quantized
+        // values stay in the core's cache for all of them: every tile streaming every row of a
+        // long prompt (megabytes) from memory, over and over, left the multiply-adds waiting.
+        let chunk_rows = (CHUNK_BYTES / self.in_dim).next_multiple_of(4).max(4);
         let tasks = padded / TILE;
         let per_task: Vec<Vec<f32>> = (0..tasks.div_ceil(task_tiles))
             .into_par_iter()
@@ -641,29 +687,33 @@ impl Q8Linear {
                 let tile_scales = tiles.tile_scales();
                 let scales = &tiles.scales[first * tile_scales..][..count * tile_scales];
                 let mut part = vec![0f32; rows * count * TILE];
-                match level {
-                    // SAFETY: `level()` chose it only where the processor has its features.
-                    #[cfg(target_arch = "x86_64")]
-                    #[allow(unsafe_code)]
-                    Level::Avx512Vnni if rows > 1 => unsafe {
-                        match tiles.format {
-                            Format::Q8 => {
-                                x86::rows_avx512(values, scales, tiles.blocks, &acts, &mut part)
+                let chunks = acts
+                    .chunks(chunk_rows)
+                    .zip(part.chunks_mut(chunk_rows * count * TILE));
+                for (acts, part) in chunks {
+                    match level {
+                        // SAFETY: `level()` chose it only where the processor has its features.
+                        #[cfg(target_arch = "x86_64")]
+                        #[allow(unsafe_code)]
+                        Level::Avx512Vnni if rows > 1 => unsafe {
+                            let blocks = tiles.blocks;
+                            match tiles.format {
+                                Format::Q8 => x86::rows_avx512(values, scales, blocks, acts, part),
+                                Format::Q5 => {
+                                    x86::rows_q5_avx512(values, scales, blocks, acts, part)
+                                }
+                                Format::Q4K => {
+                                    x86::rows_q4k_avx512(values, scales, blocks, acts, part)
+                                }
+                                Format::Q6K => {
+                                    x86::rows_q6k_avx512(values, scales, blocks, acts, part)
+                                }
                             }
-                            Format::Q5 => {
-                                x86::rows_q5_avx512(values, scales, tiles.blocks, &acts, &mut part)
+                        },
+                        _ => {
+                            for (a, y) in acts.iter().zip(part.chunks_exact_mut(count * TILE)) {
+                                dots(level, tiles.format, values, scales, tiles.blocks, a, y);
                             }
-                            Format::Q4K => {
-                                x86::rows_q4k_avx512(values, scales, tiles.blocks, &acts, &mut part)
-                            }
-                            Format::Q6K => {
-                                x86::rows_q6k_avx512(values, scales, tiles.blocks, &acts, &mut part)
-                            }
-                        }
-                    },
-                    _ => {
-                        for (a, y) in acts.iter().zip(part.chunks_exact_mut(count * TILE)) {
-                            dots(level, tiles.format, values, scales, tiles.blocks, a, y);
                         }
                     }
                 }

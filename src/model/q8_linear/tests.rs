@@ -449,3 +449,35 @@ fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
         }
     }
 }
+
+/// A prompt's rows pass over each format's tiles a chunk at a time (a few rows each in tests):
+/// every row of the layer's output is exactly that row's product alone, chunk edges included.
+#[test]
+fn a_prompt_in_chunks_computes_each_row_as_alone() {
+    let dev = Device::Cpu;
+    let out_dim = 40;
+    let layers = [
+        Q8Linear::from_rows(&matrix(out_dim, 192, 3), (out_dim, 192), None).unwrap(),
+        q5_layer(&q5_matrix(out_dim, 192, 5).0, (out_dim, 192)),
+        layer(Format::Q4K, &q4k_matrix(out_dim, 512, 7), (out_dim, 512)),
+        layer(Format::Q6K, &q6k_matrix(out_dim, 512, 9), (out_dim, 512)),
+    ];
+    for layer in &layers {
+        let rows = 13;
+        assert!(rows > 2 * (CHUNK_BYTES / layer.in_dim), "several chunks");
+        let x = Tensor::from_vec(
+            randn(rows * layer.in_dim, 77),
+            (1, rows, layer.in_dim),
+            &dev,
+        )
+        .unwrap();
+        let all = layer.forward(&x).unwrap();
+        assert_eq!(all.dims(), [1, rows, out_dim]);
+        for r in 0..rows {
+            let alone = layer.forward(&x.narrow(1, r, 1).unwrap()).unwrap();
+            let together = all.narrow(1, r, 1).unwrap();
+            let gap = crate::model::max_abs(&(alone - together).unwrap());
+            assert_eq!(gap, 0.0, "{:?}, row {r}", layer.tiles.format);
+        }
+    }
+}
