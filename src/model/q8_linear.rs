@@ -125,13 +125,18 @@ fn q4k_scale_min(j: usize, packed: &[u8]) -> (u8, u8) {
 /// `l`'s low and high nibbles, `l + 32` and `l + 96` from byte `l + 32`'s) and its top two bits
 /// from 32 (value `l + 32 * i` from bits `2i..2i + 2` of byte `l`).
 fn q6k_values(unit: &[u8]) -> [u8; Q4K_VALUES] {
-    std::array::from_fn(|v| {
-        let (half, quarter, l) = (v / 128, v % 128 / 32, v % 32);
-        let low = unit[64 * half + l + 32 * (quarter % 2)];
-        let low = if quarter < 2 { low & 15 } else { low >> 4 };
-        let high = (unit[128 + 32 * half + l] >> (2 * quarter)) & 3;
-        low | high << 4
-    })
+    let mut values = [0u8; Q4K_VALUES];
+    for (half, out) in values.chunks_exact_mut(128).enumerate() {
+        let (lows, highs) = (&unit[64 * half..][..64], &unit[128 + 32 * half..][..32]);
+        for (quarter, out) in out.chunks_exact_mut(32).enumerate() {
+            let lows = &lows[32 * (quarter % 2)..][..32];
+            let shift = if quarter < 2 { 0 } else { 4 };
+            for ((v, &low), &high) in out.iter_mut().zip(lows).zip(highs) {
+                *v = ((low >> shift) & 15) | ((high >> (2 * quarter)) & 3) << 4;
+            }
+        }
+    }
+    values
 }
 
 impl Format {
@@ -218,9 +223,8 @@ impl Format {
         if self == Self::Q6K {
             scales[lane] = u16::from_le_bytes([unit[208], unit[209]]);
             let values = q6k_values(unit);
-            for j in 0..Q4K_VALUES / BLOCK {
-                let block = std::array::from_fn(|i| values[j * BLOCK + i]);
-                self.pack(&mut lines[6 * j..6 * j + 6], lane, &block);
+            for (j, block) in values.as_chunks::<BLOCK>().0.iter().enumerate() {
+                self.pack(&mut lines[6 * j..6 * j + 6], lane, block);
                 let at = &mut lines[48 + j / 2].0[j % 2 * 32..];
                 at[lane] = unit[192 + 2 * j];
                 at[TILE + lane] = unit[192 + 2 * j + 1];
@@ -268,22 +272,42 @@ impl Format {
         }
     }
 
-    /// Stores `values` (a row's block, stored values) as row `lane` of a tile's block `lines`.
+    /// Stores `values` (a row's block, stored values) as row `lane` of a tile's block `lines`:
+    /// group `g` (values `4g..4g + 4`) goes to bytes `4 lane..4 lane + 4` of line `g`, or, in
+    /// the narrower formats, to the low (`g < 4`) or high nibbles of line `g % 4`, with Q5's fifth
+    /// bit of group `g` at bit `g` of line 4 and Q6_K's top two bits at bits `2 (g % 4)` of line
+    /// `4 + g / 4`. Every byte of the lane is assigned once, none read back.
     fn pack(self, lines: &mut [Line], lane: usize, values: &[u8; BLOCK]) {
-        for (i, &v) in values.iter().enumerate() {
-            let (g, k) = (i / 4, lane * 4 + i % 4);
-            match self {
-                Self::Q8 => lines[g].0[k] = v,
-                Self::Q5 | Self::Q4K | Self::Q6K => {
-                    let shift = if g < 4 { 0 } else { 4 };
-                    lines[g % 4].0[k] |= (v & 15) << shift;
-                    match self {
-                        Self::Q5 => lines[4].0[k] |= ((v >> 4) & 1) << g,
-                        Self::Q6K => lines[4 + g / 4].0[k] |= ((v >> 4) & 3) << (2 * (g % 4)),
-                        _ => {}
+        let at = lane * 4;
+        if self == Self::Q8 {
+            for (line, group) in lines.iter_mut().zip(values.chunks_exact(4)) {
+                line.0[at..at + 4].copy_from_slice(group);
+            }
+            return;
+        }
+        for g in 0..4 {
+            for m in 0..4 {
+                let (low, high) = (values[4 * g + m], values[16 + 4 * g + m]);
+                lines[g].0[at + m] = (low & 15) | (high & 15) << 4;
+            }
+        }
+        match self {
+            Self::Q5 => {
+                for m in 0..4 {
+                    lines[4].0[at + m] =
+                        (0..8).fold(0, |bits, g| bits | ((values[4 * g + m] >> 4) & 1) << g);
+                }
+            }
+            Self::Q6K => {
+                for h in 0..2 {
+                    for m in 0..4 {
+                        lines[4 + h].0[at + m] = (0..4).fold(0, |bits, q| {
+                            bits | ((values[4 * (4 * h + q) + m] >> 4) & 3) << (2 * q)
+                        });
                     }
                 }
             }
+            Self::Q8 | Self::Q4K => {}
         }
     }
 
