@@ -662,7 +662,7 @@ impl Q8Linear {
     /// `x` of shape `(..., in)`; returns `(..., out)` in f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (lead, rows) = input_rows(x, self.in_dim, "Q8_0")?;
-        let out = if rows >= GEMM_ROWS && !integer_prompts(level()) {
+        let out = if rows >= GEMM_ROWS && !integer_prompts(level(), self.tiles.format) {
             self.gemm(&x.to_dtype(DType::F32)?.reshape((rows, self.in_dim))?)?
         } else {
             with_values(x, |xs| self.products(xs, rows))?
@@ -733,6 +733,18 @@ impl Q8Linear {
                                     x86::rows_q6k_avx512(values, scales, blocks, acts, part)
                                 }
                             }
+                        },
+                        // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        #[allow(unsafe_code)]
+                        Level::Avx2 if rows > 1 && tiles.format == Format::Q4K => unsafe {
+                            x86::rows_q4k_avx2(values, scales, tiles.blocks, acts, part)
+                        },
+                        // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        #[allow(unsafe_code)]
+                        Level::Avx2 if rows > 1 && tiles.format == Format::Q6K => unsafe {
+                            x86::rows_q6k_avx2(values, scales, tiles.blocks, acts, part)
                         },
                         _ => {
                             for (a, y) in acts.iter().zip(part.chunks_exact_mut(count * TILE)) {
@@ -857,7 +869,7 @@ fn level() -> Level {
 /// Whether this processor runs the AVX-512 VNNI kernels, where Q8_0 is the fastest type to hold
 /// a quantized matrix in (prompts and decoding both on integer kernels).
 pub fn vnni() -> bool {
-    integer_prompts(level())
+    integer_prompts(level(), Format::Q8)
 }
 
 /// Whether Q5_0 matrices are kept in five bits ([`Format::Q5`]) rather than requantized to Q8_0:
@@ -881,13 +893,17 @@ pub fn q6k_tiles() -> bool {
     level() != Level::Portable && std::env::var("INFILL_Q6K").map_or(true, |v| v != "q8")
 }
 
-/// Whether prompts run on the integer kernels at `level`: only VNNI's has a several-row form.
-fn integer_prompts(level: Level) -> bool {
+/// Whether prompts on tiles in `format` run on the integer kernels at `level`: those with a
+/// several-row form (VNNI's, and AVX2's for Q4_K and Q6_K); the others widen tiles for
+/// candle's GEMM.
+fn integer_prompts(level: Level, format: Format) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx512Vnni {
-        return true;
+    match level {
+        Level::Avx512Vnni => return true,
+        Level::Avx2 => return matches!(format, Format::Q4K | Format::Q6K),
+        Level::Portable => {}
     }
-    let _ = level;
+    let _ = (level, format);
     false
 }
 

@@ -450,6 +450,47 @@ fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
     }
 }
 
+/// AVX2's several-row K kernels give each row exactly what AVX2's decoding kernels give it.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_prompt_kernels_equal_their_decoding_kernels_row_by_row() {
+    if !levels().contains(&Level::Avx2) {
+        return;
+    }
+    let out_dim = 48;
+    type Kernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
+    let layers: [(Q8Linear, Kernel); 2] = [
+        (
+            layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512)),
+            x86::rows_q4k_avx2,
+        ),
+        (
+            layer(Format::Q6K, &q6k_matrix(out_dim, 512, 8), (out_dim, 512)),
+            x86::rows_q6k_avx2,
+        ),
+    ];
+    for (layer, kernel) in &layers {
+        let t = &*layer.tiles;
+        for rows in [2, 4, 7, 9] {
+            let acts: Vec<Activations> = (0..rows)
+                .map(|r| Activations::quantize(&randn(layer.in_dim, 200 + r as u64)))
+                .collect();
+            let mut together = vec![0f32; rows * out_dim];
+            // SAFETY: the processor has AVX2, FMA and F16C (checked above).
+            #[allow(unsafe_code)]
+            unsafe {
+                kernel(&t.values, &t.scales, t.blocks, &acts, &mut together)
+            };
+            for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
+                let mut got = vec![0f32; out_dim];
+                let (v, s) = (&t.values, &t.scales);
+                dots(Level::Avx2, t.format, v, s, t.blocks, a, &mut got);
+                assert_eq!(got, want, "{:?}, {rows} rows", t.format);
+            }
+        }
+    }
+}
+
 /// A prompt's rows pass over each format's tiles a chunk at a time (a few rows each in tests):
 /// every row of the layer's output is exactly that row's product alone, chunk edges included.
 #[test]

@@ -625,6 +625,106 @@ pub unsafe fn rows_q4k_avx512(
     }
 }
 
+/// [`dots_q4k_avx2`] for a prompt's rows, `ROWS` at a time: each line of weights is loaded and
+/// its nibbles split once for all of them (a prompt without VNNI otherwise widens the weights to
+/// f32 for a GEMM), every row's arithmetic in the order of [`dots_q4k_avx2`] (so the same bits).
+///
+/// # Safety
+/// The processor must have AVX2, FMA and F16C.
+// Tile halves `h` and rows `r` index the same arrays together.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows_q4k_avx2(
+    values: &[Line],
+    scales: &[u16],
+    blocks: usize,
+    acts: &[Activations],
+    out: &mut [f32],
+) {
+    let rows = acts.len();
+    let width = out.len() / rows.max(1);
+    let tiles = width / TILE;
+    assert!(out.len() == rows * width);
+    bounds(Format::Q4K, values, scales, blocks, tiles, acts);
+    let units = blocks / 8;
+    // SAFETY: `bounds` and the assert above bound every index below.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(15);
+        for t in 0..tiles {
+            for first in (0..rows).step_by(ROWS) {
+                let count = ROWS.min(rows - first);
+                // Rows past the end repeat the last one; their results are not stored.
+                let a: [&Activations; ROWS] =
+                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                // Rows 0-7 and 8-15 of the tile (`h`), for each activation row.
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                for u in 0..units {
+                    let tu = t * units + u;
+                    let unit = values.as_ptr().add(tu * Q4K_LINES).cast::<u8>();
+                    let mut scaled = [[_mm256_setzero_ps(); 2]; ROWS];
+                    let mut mins = [[_mm256_setzero_ps(); 2]; ROWS];
+                    for j in 0..8 {
+                        let b = u * 8 + j;
+                        let mut sums = [[_mm256_setzero_si256(); 2]; ROWS];
+                        for g in 0..4 {
+                            let line = unit.add((4 * j + g) * 64);
+                            for h in 0..2 {
+                                let n = _mm256_load_si256(line.add(h * 32).cast());
+                                let w_low = _mm256_and_si256(n, low);
+                                let w_high = _mm256_and_si256(_mm256_srli_epi16::<4>(n), low);
+                                for r in 0..ROWS {
+                                    let xs = a[r].q.as_ptr().add(b * BLOCK + 4 * g);
+                                    let x_low = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                        xs.cast::<i32>(),
+                                    ));
+                                    let x_high = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                        xs.add(16).cast::<i32>(),
+                                    ));
+                                    let pairs = _mm256_add_epi16(
+                                        _mm256_maddubs_epi16(w_low, x_low),
+                                        _mm256_maddubs_epi16(w_high, x_high),
+                                    );
+                                    sums[r][h] = _mm256_add_epi32(
+                                        sums[r][h],
+                                        _mm256_madd_epi16(pairs, ones),
+                                    );
+                                }
+                            }
+                        }
+                        let at = unit.add((32 + j / 2) * 64 + j % 2 * 32);
+                        for h in 0..2 {
+                            let (sc, m) =
+                                (q4k_bytes8(at.add(8 * h)), q4k_bytes8(at.add(TILE + 8 * h)));
+                            for r in 0..ROWS {
+                                let s = _mm256_mul_ps(sc, _mm256_set1_ps(*a[r].d.get_unchecked(b)));
+                                let sum = _mm256_cvtepi32_ps(sums[r][h]);
+                                scaled[r][h] = _mm256_fmadd_ps(sum, s, scaled[r][h]);
+                                let sa = _mm256_set1_ps(*a[r].sum.get_unchecked(b));
+                                mins[r][h] = _mm256_fmadd_ps(m, sa, mins[r][h]);
+                            }
+                        }
+                    }
+                    let f = scales.as_ptr().add(tu * 2 * TILE);
+                    for h in 0..2 {
+                        let d = _mm256_cvtph_ps(_mm_loadu_si128(f.add(8 * h).cast()));
+                        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(f.add(TILE + 8 * h).cast()));
+                        for r in 0..ROWS {
+                            acc[r][h] = _mm256_fmadd_ps(scaled[r][h], d, acc[r][h]);
+                            acc[r][h] = _mm256_fnmadd_ps(mins[r][h], dmin, acc[r][h]);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(count) {
+                    let y = out.as_mut_ptr().add((first + r) * width + t * TILE);
+                    _mm256_storeu_ps(y, acc[0]);
+                    _mm256_storeu_ps(y.add(8), acc[1]);
+                }
+            }
+        }
+    }
+}
+
 /// [`dots_q4k_avx512`] with AVX2: `vpmaddubsw` takes the nibbles (0..15) as they are, with the
 /// activations as its signed operand (two groups' pairs of products stay within 4 * 15 * 127).
 ///
@@ -1015,6 +1115,103 @@ unsafe fn q6k_pairs8(w: [__m256i; 2], x: [__m256i; 2], sum: __m256i) -> __m256i 
 unsafe fn q6k_scales8(at: *const u8) -> __m256 {
     // SAFETY: the caller's.
     unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast()))) }
+}
+
+/// [`dots_q6k_avx2`] for a prompt's rows, `ROWS` at a time: each half line's six-bit values are
+/// put together once for all of them, every row's arithmetic in the order of [`dots_q6k_avx2`]
+/// (so the same bits).
+///
+/// # Safety
+/// The processor must have AVX2, FMA and F16C.
+// Tile halves `h` and rows `r` index the same arrays together.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows_q6k_avx2(
+    values: &[Line],
+    scales: &[u16],
+    blocks: usize,
+    acts: &[Activations],
+    out: &mut [f32],
+) {
+    let rows = acts.len();
+    let width = out.len() / rows.max(1);
+    let tiles = width / TILE;
+    assert!(out.len() == rows * width);
+    bounds(Format::Q6K, values, scales, blocks, tiles, acts);
+    assert!(acts.iter().all(|a| a.offset6.len() >= 2 * blocks));
+    let units = blocks / 8;
+    // SAFETY: `bounds` and the asserts above bound every index below.
+    unsafe {
+        for t in 0..tiles {
+            for first in (0..rows).step_by(ROWS) {
+                let count = ROWS.min(rows - first);
+                // Rows past the end repeat the last one; their results are not stored.
+                let a: [&Activations; ROWS] =
+                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                for u in 0..units {
+                    let tu = t * units + u;
+                    let unit = values.as_ptr().add(tu * Q6K_LINES).cast::<u8>();
+                    let mut scaled = [[_mm256_setzero_ps(); 2]; ROWS];
+                    for j in 0..8 {
+                        let b = u * 8 + j;
+                        let block = unit.add(6 * j * 64);
+                        let at = unit.add((48 + j / 2) * 64 + j % 2 * 32);
+                        for h in 0..2 {
+                            let half = block.add(h * 32);
+                            let n: [__m256i; 4] =
+                                std::array::from_fn(|i| _mm256_load_si256(half.add(i * 64).cast()));
+                            let h0 = _mm256_load_si256(half.add(4 * 64).cast());
+                            let h1 = _mm256_load_si256(half.add(5 * 64).cast());
+                            let w: [__m256i; GROUPS] = std::array::from_fn(|g| match g < 4 {
+                                true => q6k_group8(n[g], h0, g),
+                                false => q6k_group8(n[g - 4], h1, g),
+                            });
+                            let (sl, sh) = (
+                                q6k_scales8(at.add(8 * h)),
+                                q6k_scales8(at.add(TILE + 8 * h)),
+                            );
+                            for r in 0..ROWS {
+                                let x = a[r].q.as_ptr().add(b * BLOCK);
+                                let xg = |g: usize| {
+                                    _mm256_set1_epi32(std::ptr::read_unaligned(
+                                        x.add(4 * g).cast::<i32>(),
+                                    ))
+                                };
+                                let mut low = _mm256_set1_epi32(*a[r].offset6.get_unchecked(2 * b));
+                                let mut high =
+                                    _mm256_set1_epi32(*a[r].offset6.get_unchecked(2 * b + 1));
+                                for g in [0, 2] {
+                                    low = q6k_pairs8([w[g], w[g + 1]], [xg(g), xg(g + 1)], low);
+                                    high = q6k_pairs8(
+                                        [w[g + 4], w[g + 5]],
+                                        [xg(g + 4), xg(g + 5)],
+                                        high,
+                                    );
+                                }
+                                let total = _mm256_mul_ps(_mm256_cvtepi32_ps(low), sl);
+                                let total = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), sh, total);
+                                let da = _mm256_set1_ps(*a[r].d.get_unchecked(b));
+                                scaled[r][h] = _mm256_fmadd_ps(total, da, scaled[r][h]);
+                            }
+                        }
+                    }
+                    let f = scales.as_ptr().add(tu * TILE);
+                    for h in 0..2 {
+                        let d = _mm256_cvtph_ps(_mm_loadu_si128(f.add(8 * h).cast()));
+                        for r in 0..ROWS {
+                            acc[r][h] = _mm256_fmadd_ps(scaled[r][h], d, acc[r][h]);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(count) {
+                    let y = out.as_mut_ptr().add((first + r) * width + t * TILE);
+                    _mm256_storeu_ps(y, acc[0]);
+                    _mm256_storeu_ps(y.add(8), acc[1]);
+                }
+            }
+        }
+    }
 }
 
 /// [`dots_q6k_avx512`] with AVX2: `vpmaddubsw` takes the unpacked values (0..63) with the
