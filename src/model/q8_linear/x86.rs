@@ -669,21 +669,22 @@ pub unsafe fn rows_q4k_avx2(
                         let mut sums = [[_mm256_setzero_si256(); 2]; ROWS];
                         for g in 0..4 {
                             let line = unit.add((4 * j + g) * 64);
-                            for h in 0..2 {
-                                let n = _mm256_load_si256(line.add(h * 32).cast());
-                                let w_low = _mm256_and_si256(n, low);
-                                let w_high = _mm256_and_si256(_mm256_srli_epi16::<4>(n), low);
-                                for r in 0..ROWS {
-                                    let xs = a[r].q.as_ptr().add(b * BLOCK + 4 * g);
-                                    let x_low = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                        xs.cast::<i32>(),
-                                    ));
-                                    let x_high = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                        xs.add(16).cast::<i32>(),
-                                    ));
+                            let n: [__m256i; 2] =
+                                std::array::from_fn(|h| _mm256_load_si256(line.add(h * 32).cast()));
+                            let w_low = n.map(|n| _mm256_and_si256(n, low));
+                            let w_high =
+                                n.map(|n| _mm256_and_si256(_mm256_srli_epi16::<4>(n), low));
+                            for r in 0..ROWS {
+                                let xs = a[r].q.as_ptr().add(b * BLOCK + 4 * g);
+                                let x_low =
+                                    _mm256_set1_epi32(std::ptr::read_unaligned(xs.cast::<i32>()));
+                                let x_high = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                    xs.add(16).cast::<i32>(),
+                                ));
+                                for h in 0..2 {
                                     let pairs = _mm256_add_epi16(
-                                        _mm256_maddubs_epi16(w_low, x_low),
-                                        _mm256_maddubs_epi16(w_high, x_high),
+                                        _mm256_maddubs_epi16(w_low[h], x_low),
+                                        _mm256_maddubs_epi16(w_high[h], x_high),
                                     );
                                     sums[r][h] = _mm256_add_epi32(
                                         sums[r][h],
