@@ -21,7 +21,34 @@ fn bounds(
     for a in acts {
         assert!(a.q.len() >= blocks * BLOCK && a.d.len() >= blocks && a.sum.len() >= blocks);
         assert!(a.offset.len() >= blocks && a.offset5.len() >= blocks);
+        assert!(a.offset6.len() >= 2 * blocks);
     }
+}
+
+/// A several-row kernel's shape: `out` holds a row of whole tiles for each of `acts`; returns
+/// the rows, a row's width and its tiles, after [`bounds`] holds for them.
+fn rows_bounds(
+    format: Format,
+    values: &[Line],
+    scales: &[u16],
+    blocks: usize,
+    acts: &[Activations],
+    out: &[f32],
+) -> (usize, usize, usize) {
+    let rows = acts.len();
+    let width = out.len() / rows.max(1);
+    let tiles = width / TILE;
+    assert!(out.len() == rows * width);
+    bounds(format, values, scales, blocks, tiles, acts);
+    (rows, width, tiles)
+}
+
+/// The `ROWS` activation rows from `first` a several-row kernel computes together, and how many
+/// of them are real: rows past the end repeat the last one, and their results are not stored.
+fn row_group(acts: &[Activations], first: usize) -> (usize, [&Activations; ROWS]) {
+    let count = ROWS.min(acts.len() - first);
+    let group = std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+    (count, group)
 }
 
 /// How far ahead of the loads (in 64-byte lines, about 2 KB) each tile's Q8 values are
@@ -198,19 +225,12 @@ pub unsafe fn rows_avx512(
     acts: &[Activations],
     out: &mut [f32],
 ) {
-    let rows = acts.len();
-    let width = out.len() / rows.max(1);
-    let tiles = width / TILE;
-    assert!(out.len() == rows * width);
-    bounds(Format::Q8, values, scales, blocks, tiles, acts);
-    // SAFETY: `bounds` and the assert above bound every index below.
+    let (rows, width, tiles) = rows_bounds(Format::Q8, values, scales, blocks, acts, out);
+    // SAFETY: `rows_bounds` bounds every index below.
     unsafe {
         for t in 0..tiles {
             for first in (0..rows).step_by(ROWS) {
-                let count = ROWS.min(rows - first);
-                // Rows past the end repeat the last one; their results are not stored.
-                let a: [&Activations; ROWS] =
-                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let (count, a) = row_group(acts, first);
                 let mut acc = [_mm512_setzero_ps(); ROWS];
                 for b in 0..blocks {
                     let tb = t * blocks + b;
@@ -254,19 +274,12 @@ pub unsafe fn rows_q5_avx512(
     out: &mut [f32],
 ) {
     const LINES: usize = 5;
-    let rows = acts.len();
-    let width = out.len() / rows.max(1);
-    let tiles = width / TILE;
-    assert!(out.len() == rows * width);
-    bounds(Format::Q5, values, scales, blocks, tiles, acts);
-    // SAFETY: `bounds` and the assert above bound every index below.
+    let (rows, width, tiles) = rows_bounds(Format::Q5, values, scales, blocks, acts, out);
+    // SAFETY: `rows_bounds` bounds every index below.
     unsafe {
         for t in 0..tiles {
             for first in (0..rows).step_by(ROWS) {
-                let count = ROWS.min(rows - first);
-                // Rows past the end repeat the last one; their results are not stored.
-                let a: [&Activations; ROWS] =
-                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let (count, a) = row_group(acts, first);
                 let mut acc = [_mm512_setzero_ps(); ROWS];
                 for b in 0..blocks {
                     let tb = t * blocks + b;
@@ -562,21 +575,14 @@ pub unsafe fn rows_q4k_avx512(
     acts: &[Activations],
     out: &mut [f32],
 ) {
-    let rows = acts.len();
-    let width = out.len() / rows.max(1);
-    let tiles = width / TILE;
-    assert!(out.len() == rows * width);
-    bounds(Format::Q4K, values, scales, blocks, tiles, acts);
+    let (rows, width, tiles) = rows_bounds(Format::Q4K, values, scales, blocks, acts, out);
     let units = blocks / 8;
-    // SAFETY: `bounds` and the assert above bound every index below.
+    // SAFETY: `rows_bounds` bounds every index below.
     unsafe {
         let low = _mm512_set1_epi8(15);
         for t in 0..tiles {
             for first in (0..rows).step_by(ROWS) {
-                let count = ROWS.min(rows - first);
-                // Rows past the end repeat the last one; their results are not stored.
-                let a: [&Activations; ROWS] =
-                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let (count, a) = row_group(acts, first);
                 let mut acc = [_mm512_setzero_ps(); ROWS];
                 for u in 0..units {
                     let tu = t * units + u;
@@ -641,22 +647,15 @@ pub unsafe fn rows_q4k_avx2(
     acts: &[Activations],
     out: &mut [f32],
 ) {
-    let rows = acts.len();
-    let width = out.len() / rows.max(1);
-    let tiles = width / TILE;
-    assert!(out.len() == rows * width);
-    bounds(Format::Q4K, values, scales, blocks, tiles, acts);
+    let (rows, width, tiles) = rows_bounds(Format::Q4K, values, scales, blocks, acts, out);
     let units = blocks / 8;
-    // SAFETY: `bounds` and the assert above bound every index below.
+    // SAFETY: `rows_bounds` bounds every index below.
     unsafe {
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(15);
         for t in 0..tiles {
             for first in (0..rows).step_by(ROWS) {
-                let count = ROWS.min(rows - first);
-                // Rows past the end repeat the last one; their results are not stored.
-                let a: [&Activations; ROWS] =
-                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let (count, a) = row_group(acts, first);
                 // Rows 0-7 and 8-15 of the tile (`h`), for each activation row.
                 let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
                 for u in 0..units {
@@ -924,9 +923,8 @@ pub unsafe fn dots_q6k_avx512(
         tiles,
         std::slice::from_ref(a),
     );
-    assert!(a.offset6.len() >= 2 * blocks);
     let units = blocks / 8;
-    // SAFETY: `bounds` and the assert above bound every index below.
+    // SAFETY: `bounds` bounds every index below.
     unsafe {
         let x = a.q.as_ptr();
         // Two tiles at a time, each block's halves in two sums: four chains.
@@ -994,17 +992,12 @@ pub unsafe fn rows_q6k_avx512(
     acts: &[Activations],
     out: &mut [f32],
 ) {
-    let rows = acts.len();
-    let width = out.len() / rows.max(1);
-    let tiles = width / TILE;
-    assert!(out.len() == rows * width);
-    bounds(Format::Q6K, values, scales, blocks, tiles, acts);
-    assert!(acts.iter().all(|a| a.offset6.len() >= 2 * blocks));
+    let (rows, width, tiles) = rows_bounds(Format::Q6K, values, scales, blocks, acts, out);
     let units = blocks / 8;
     // One tile unpacked: each block's 8 groups, and its two halves' scales as f32.
     let mut groups = vec![Line([0; 64]); blocks * GROUPS];
     let mut block_scales = vec![[0f32; TILE]; blocks * 2];
-    // SAFETY: `bounds`, the asserts above and the scratch tiles' sizes bound every index below.
+    // SAFETY: `rows_bounds` and the scratch tiles' sizes bound every index below.
     unsafe {
         let groups = groups.as_mut_ptr();
         let sf_at = block_scales.as_mut_ptr().cast::<f32>();
@@ -1023,10 +1016,7 @@ pub unsafe fn rows_q6k_avx512(
                 }
             }
             for first in (0..rows).step_by(ROWS) {
-                let count = ROWS.min(rows - first);
-                // Rows past the end repeat the last one; their results are not stored.
-                let a: [&Activations; ROWS] =
-                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let (count, a) = row_group(acts, first);
                 let mut acc = [_mm512_setzero_ps(); ROWS];
                 for u in 0..units {
                     let mut scaled = [_mm512_setzero_ps(); ROWS];
@@ -1134,21 +1124,13 @@ pub unsafe fn rows_q6k_avx2(
     acts: &[Activations],
     out: &mut [f32],
 ) {
-    let rows = acts.len();
-    let width = out.len() / rows.max(1);
-    let tiles = width / TILE;
-    assert!(out.len() == rows * width);
-    bounds(Format::Q6K, values, scales, blocks, tiles, acts);
-    assert!(acts.iter().all(|a| a.offset6.len() >= 2 * blocks));
+    let (rows, width, tiles) = rows_bounds(Format::Q6K, values, scales, blocks, acts, out);
     let units = blocks / 8;
-    // SAFETY: `bounds` and the asserts above bound every index below.
+    // SAFETY: `rows_bounds` bounds every index below.
     unsafe {
         for t in 0..tiles {
             for first in (0..rows).step_by(ROWS) {
-                let count = ROWS.min(rows - first);
-                // Rows past the end repeat the last one; their results are not stored.
-                let a: [&Activations; ROWS] =
-                    std::array::from_fn(|r| &acts[first + r.min(count - 1)]);
+                let (count, a) = row_group(acts, first);
                 let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
                 for u in 0..units {
                     let tu = t * units + u;
@@ -1237,9 +1219,8 @@ pub unsafe fn dots_q6k_avx2(
         tiles,
         std::slice::from_ref(a),
     );
-    assert!(a.offset6.len() >= 2 * blocks);
     let units = blocks / 8;
-    // SAFETY: `bounds` and the assert above bound every index below.
+    // SAFETY: `bounds` bounds every index below.
     unsafe {
         let x = a.q.as_ptr();
         for t in 0..tiles {
