@@ -405,37 +405,38 @@ fn a_q4k_row_that_is_not_whole_super_blocks_is_refused() {
     assert!(err.contains("not whole blocks of 256"), "{err}");
 }
 
-/// Each format's prompt kernel, several activation rows per pass over the weights, gives each
-/// row exactly what the format's decoding kernel gives it: the same integer sums, scaled the
-/// same way.
+/// Each prompt kernel, several activation rows per pass over the weights (VNNI's for every
+/// format, AVX2's for the K formats), gives each row exactly what the decoding kernel of its
+/// level gives it: the same integer sums, scaled the same way.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
-    if !levels().contains(&Level::Avx512Vnni) {
-        return;
-    }
     let out_dim = 48;
-    let layers = [
-        Q8Linear::from_rows(&matrix(out_dim, 192, 2), (out_dim, 192), None).unwrap(),
-        q5_layer(&q5_matrix(out_dim, 192, 4).0, (out_dim, 192)),
-        layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512)),
-        layer(Format::Q6K, &q6k_matrix(out_dim, 512, 8), (out_dim, 512)),
-    ];
+    let q8 = Q8Linear::from_rows(&matrix(out_dim, 192, 2), (out_dim, 192), None).unwrap();
+    let q5 = q5_layer(&q5_matrix(out_dim, 192, 4).0, (out_dim, 192));
+    let q4k = layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512));
+    let q6k = layer(Format::Q6K, &q6k_matrix(out_dim, 512, 8), (out_dim, 512));
     type Kernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
-    for layer in &layers {
+    let kernels: [(Level, &Q8Linear, Kernel); 6] = [
+        (Level::Avx512Vnni, &q8, x86::rows_avx512),
+        (Level::Avx512Vnni, &q5, x86::rows_q5_avx512),
+        (Level::Avx512Vnni, &q4k, x86::rows_q4k_avx512),
+        (Level::Avx512Vnni, &q6k, x86::rows_q6k_avx512),
+        (Level::Avx2, &q4k, x86::rows_q4k_avx2),
+        (Level::Avx2, &q6k, x86::rows_q6k_avx2),
+    ];
+    let available = levels();
+    for (level, layer, kernel) in kernels {
+        if !available.contains(&level) {
+            continue;
+        }
         let t = &*layer.tiles;
-        let kernel: Kernel = match t.format {
-            Format::Q8 => x86::rows_avx512,
-            Format::Q5 => x86::rows_q5_avx512,
-            Format::Q4K => x86::rows_q4k_avx512,
-            Format::Q6K => x86::rows_q6k_avx512,
-        };
         for rows in [2, 4, 7, 9] {
             let acts: Vec<Activations> = (0..rows)
                 .map(|r| Activations::quantize(&randn(layer.in_dim, 100 + r as u64)))
                 .collect();
             let mut together = vec![0f32; rows * out_dim];
-            // SAFETY: the processor has VNNI (checked above).
+            // SAFETY: the processor has the level's features (checked above).
             #[allow(unsafe_code)]
             unsafe {
                 kernel(&t.values, &t.scales, t.blocks, &acts, &mut together)
@@ -443,49 +444,8 @@ fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
             for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
                 let mut got = vec![0f32; out_dim];
                 let (v, s) = (&t.values, &t.scales);
-                dots(Level::Avx512Vnni, t.format, v, s, t.blocks, a, &mut got);
-                assert_eq!(got, want, "{:?}, {rows} rows", t.format);
-            }
-        }
-    }
-}
-
-/// AVX2's several-row K kernels give each row exactly what AVX2's decoding kernels give it.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn the_avx2_prompt_kernels_equal_their_decoding_kernels_row_by_row() {
-    if !levels().contains(&Level::Avx2) {
-        return;
-    }
-    let out_dim = 48;
-    type Kernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
-    let layers: [(Q8Linear, Kernel); 2] = [
-        (
-            layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512)),
-            x86::rows_q4k_avx2,
-        ),
-        (
-            layer(Format::Q6K, &q6k_matrix(out_dim, 512, 8), (out_dim, 512)),
-            x86::rows_q6k_avx2,
-        ),
-    ];
-    for (layer, kernel) in &layers {
-        let t = &*layer.tiles;
-        for rows in [2, 4, 7, 9] {
-            let acts: Vec<Activations> = (0..rows)
-                .map(|r| Activations::quantize(&randn(layer.in_dim, 200 + r as u64)))
-                .collect();
-            let mut together = vec![0f32; rows * out_dim];
-            // SAFETY: the processor has AVX2, FMA and F16C (checked above).
-            #[allow(unsafe_code)]
-            unsafe {
-                kernel(&t.values, &t.scales, t.blocks, &acts, &mut together)
-            };
-            for (a, want) in acts.iter().zip(together.chunks_exact(out_dim)) {
-                let mut got = vec![0f32; out_dim];
-                let (v, s) = (&t.values, &t.scales);
-                dots(Level::Avx2, t.format, v, s, t.blocks, a, &mut got);
-                assert_eq!(got, want, "{:?}, {rows} rows", t.format);
+                dots(level, t.format, v, s, t.blocks, a, &mut got);
+                assert_eq!(got, want, "{level:?} {:?}, {rows} rows", t.format);
             }
         }
     }
