@@ -701,6 +701,8 @@ impl Q8Linear {
         // values stay in the core's cache for all of them: every tile streaming every row of a
         // long prompt (megabytes) from memory, over and over, left the multiply-adds waiting.
         let chunk_rows = (CHUNK_BYTES / self.in_dim).next_multiple_of(4).max(4);
+        // One row at a time is decoding, on the decoding kernels.
+        let rows_kernel = rows_kernel(level, tiles.format).filter(|_| rows > 1);
         let tasks = padded / TILE;
         let per_task: Vec<Vec<f32>> = (0..tasks.div_ceil(task_tiles))
             .into_par_iter()
@@ -715,38 +717,12 @@ impl Q8Linear {
                     .chunks(chunk_rows)
                     .zip(part.chunks_mut(chunk_rows * count * TILE));
                 for (acts, part) in chunks {
-                    match level {
-                        // SAFETY: `level()` chose it only where the processor has its features.
-                        #[cfg(target_arch = "x86_64")]
+                    match rows_kernel {
+                        // SAFETY: `rows_kernel` gives a kernel of `level()`, which was chosen
+                        // only where the processor has its features.
                         #[allow(unsafe_code)]
-                        Level::Avx512Vnni if rows > 1 => unsafe {
-                            let blocks = tiles.blocks;
-                            match tiles.format {
-                                Format::Q8 => x86::rows_avx512(values, scales, blocks, acts, part),
-                                Format::Q5 => {
-                                    x86::rows_q5_avx512(values, scales, blocks, acts, part)
-                                }
-                                Format::Q4K => {
-                                    x86::rows_q4k_avx512(values, scales, blocks, acts, part)
-                                }
-                                Format::Q6K => {
-                                    x86::rows_q6k_avx512(values, scales, blocks, acts, part)
-                                }
-                            }
-                        },
-                        // SAFETY: as above.
-                        #[cfg(target_arch = "x86_64")]
-                        #[allow(unsafe_code)]
-                        Level::Avx2 if rows > 1 && tiles.format == Format::Q4K => unsafe {
-                            x86::rows_q4k_avx2(values, scales, tiles.blocks, acts, part)
-                        },
-                        // SAFETY: as above.
-                        #[cfg(target_arch = "x86_64")]
-                        #[allow(unsafe_code)]
-                        Level::Avx2 if rows > 1 && tiles.format == Format::Q6K => unsafe {
-                            x86::rows_q6k_avx2(values, scales, tiles.blocks, acts, part)
-                        },
-                        _ => {
+                        Some(kernel) => unsafe { kernel(values, scales, tiles.blocks, acts, part) },
+                        None => {
                             for (a, y) in acts.iter().zip(part.chunks_exact_mut(count * TILE)) {
                                 dots(level, tiles.format, values, scales, tiles.blocks, a, y);
                             }
@@ -893,18 +869,31 @@ pub fn q6k_tiles() -> bool {
     level() != Level::Portable && std::env::var("INFILL_Q6K").map_or(true, |v| v != "q8")
 }
 
-/// Whether prompts on tiles in `format` run on the integer kernels at `level`: those with a
-/// several-row form (VNNI's, and AVX2's for Q4_K and Q6_K); the others widen tiles for
-/// candle's GEMM.
-fn integer_prompts(level: Level, format: Format) -> bool {
+/// A several-row (prompt) kernel: [`dots`] for `acts.len()` rows, each line of weights loaded once
+/// for several of them, `out` holding each row's products in turn.
+type RowsKernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
+
+/// The several-row kernel for tiles in `format` at `level`, where there is one: VNNI's for every
+/// format, AVX2's for Q4_K and Q6_K.
+fn rows_kernel(level: Level, format: Format) -> Option<RowsKernel> {
     #[cfg(target_arch = "x86_64")]
-    match level {
-        Level::Avx512Vnni => return true,
-        Level::Avx2 => return matches!(format, Format::Q4K | Format::Q6K),
-        Level::Portable => {}
+    match (level, format) {
+        (Level::Avx512Vnni, Format::Q8) => return Some(x86::rows_avx512),
+        (Level::Avx512Vnni, Format::Q5) => return Some(x86::rows_q5_avx512),
+        (Level::Avx512Vnni, Format::Q4K) => return Some(x86::rows_q4k_avx512),
+        (Level::Avx512Vnni, Format::Q6K) => return Some(x86::rows_q6k_avx512),
+        (Level::Avx2, Format::Q4K) => return Some(x86::rows_q4k_avx2),
+        (Level::Avx2, Format::Q6K) => return Some(x86::rows_q6k_avx2),
+        _ => {}
     }
     let _ = (level, format);
-    false
+    None
+}
+
+/// Whether prompts on tiles in `format` run on the integer kernels at `level`: where there is a
+/// several-row kernel ([`rows_kernel`]); elsewhere they widen tiles for candle's GEMM.
+fn integer_prompts(level: Level, format: Format) -> bool {
+    rows_kernel(level, format).is_some()
 }
 
 /// The levels this processor can run, worst first.

@@ -416,8 +416,7 @@ fn every_prompt_kernel_equals_its_decoding_kernel_row_by_row() {
     let q5 = q5_layer(&q5_matrix(out_dim, 192, 4).0, (out_dim, 192));
     let q4k = layer(Format::Q4K, &q4k_matrix(out_dim, 512, 6), (out_dim, 512));
     let q6k = layer(Format::Q6K, &q6k_matrix(out_dim, 512, 8), (out_dim, 512));
-    type Kernel = unsafe fn(&[Line], &[u16], usize, &[Activations], &mut [f32]);
-    let kernels: [(Level, &Q8Linear, Kernel); 6] = [
+    let kernels: [(Level, &Q8Linear, RowsKernel); 6] = [
         (Level::Avx512Vnni, &q8, x86::rows_avx512),
         (Level::Avx512Vnni, &q5, x86::rows_q5_avx512),
         (Level::Avx512Vnni, &q4k, x86::rows_q4k_avx512),
