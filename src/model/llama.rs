@@ -331,7 +331,6 @@ impl Lora {
             && product.dtype() == DType::F32
             && xs.dtype() == DType::F32
         {
-            let x: Vec<f32> = xs.flatten_all()?.to_vec1()?;
             let mut out: Vec<f32> = product.flatten_all()?.to_vec1()?;
             let fan_out = out.len() / rows.max(1);
             let mut h = vec![0f32; rank];
@@ -339,23 +338,25 @@ impl Lora {
             // columns of the output: a few microseconds of work each, next to the forward's.
             use rayon::prelude::*;
             const COLUMNS: usize = 1024;
-            for (x, out) in x.chunks_exact(fan_in).zip(out.chunks_exact_mut(fan_out)) {
-                h.par_iter_mut()
-                    .zip(l.a.par_chunks_exact(fan_in))
-                    .with_min_len(rank.div_ceil(2).max(1))
-                    .for_each(|(h, a)| *h = dot(a, x));
-                out.par_chunks_mut(COLUMNS)
-                    .enumerate()
-                    .for_each(|(c, out)| {
-                        let start = c * COLUMNS;
-                        for (&h, b) in h.iter().zip(l.b_t_rows.chunks_exact(fan_out)) {
-                            let b = b.get(start..start + out.len()).unwrap_or_default();
-                            for (o, b) in out.iter_mut().zip(b) {
-                                *o += h * b;
+            super::bf16_linear::with_values(xs, |x| {
+                for (x, out) in x.chunks_exact(fan_in).zip(out.chunks_exact_mut(fan_out)) {
+                    h.par_iter_mut()
+                        .zip(l.a.par_chunks_exact(fan_in))
+                        .with_min_len(rank.div_ceil(2).max(1))
+                        .for_each(|(h, a)| *h = dot(a, x));
+                    out.par_chunks_mut(COLUMNS)
+                        .enumerate()
+                        .for_each(|(c, out)| {
+                            let start = c * COLUMNS;
+                            for (&h, b) in h.iter().zip(l.b_t_rows.chunks_exact(fan_out)) {
+                                let b = b.get(start..start + out.len()).unwrap_or_default();
+                                for (o, b) in out.iter_mut().zip(b) {
+                                    *o += h * b;
+                                }
                             }
-                        }
-                    });
-            }
+                        });
+                }
+            })?;
             return Tensor::from_vec(out, product.shape(), product.device());
         }
         let update = xs.broadcast_matmul(&l.a_t)?.broadcast_matmul(&l.b_t)?;
